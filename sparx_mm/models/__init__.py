@@ -1,0 +1,4 @@
+from .backbones import SparXMamba, SparXMambaBlock
+from .heads import SparXClsHead
+
+__all__ = ['SparXMamba', 'SparXMambaBlock', 'SparXClsHead']

@@ -1,0 +1,3 @@
+from .sparx_mamba import SparXMamba, SparXMambaBlock
+
+__all__ = ['SparXMamba', 'SparXMambaBlock']

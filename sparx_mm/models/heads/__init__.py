@@ -1,0 +1,3 @@
+from .sparx_cls_head import SparXClsHead
+
+__all__ = ['SparXClsHead']

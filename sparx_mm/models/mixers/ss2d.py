@@ -1,0 +1,94 @@
+"""SS2D: the four-route 2D selective-scan token mixer of VMamba, as configured by SparX."""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...ops import cross_merge, cross_scan, selective_scan
+
+SCAN_ROUTES = 4
+
+
+class SS2D(nn.Module):
+    """SS2D token mixer without gating branch (SparX's variant).
+
+    ``in_proj`` (1x1 conv to d_inner, or Identity when the caller already feeds d_inner channels, as a
+    ganglion layer's DMCA does) -> depthwise conv -> SiLU -> selective scan over four routes (row-major,
+    column-major and both reversed) -> GroupNorm -> 1x1 conv back to ``dim``.
+
+    Args:
+        dim: channels of the input and output (C).
+        d_inner: channels of the scanned sequence (D), 2C in SparX.
+        d_state: SSM state size N (1 in SparX).
+        dt_rank: rank R of the dt projection; 'auto' is ceil(dim / 16) (of the stage width, as the
+            official models compute it).
+        d_conv: depthwise conv kernel size.
+        project_input: False when the input already has d_inner channels (then in_proj is Identity).
+
+    Shapes: (B, C, H, W) -> (B, C, H, W); with project_input=False the input is (B, D, H, W).
+    """
+
+    def __init__(self, dim: int, d_inner: int, d_state: int = 1, dt_rank='auto', d_conv: int = 5,
+                 project_input: bool = True, dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4):
+        super().__init__()
+        self.dim = dim
+        self.d_inner = d_inner
+        self.d_state = d_state
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
+        k, r, n = SCAN_ROUTES, self.dt_rank, d_state
+
+        self.in_proj = nn.Conv2d(dim, d_inner, 1) if project_input else nn.Identity()
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner)
+        self.act = nn.SiLU()
+        # Per-route projections stored stacked, as grouped 1x1 conv weights (the official layout).
+        self.x_proj_weight = nn.Parameter(torch.empty(k * (r + 2 * n), d_inner, 1))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, r))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, n))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.out_norm = nn.GroupNorm(1, d_inner)
+        self.out_proj = nn.Conv2d(d_inner, dim, 1)
+        self._dt_range = (dt_min, dt_max, dt_init_floor)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        """Mamba's initialisation of the SSM parameters (the official 'v0' scheme)."""
+        dt_min, dt_max, dt_floor = self._dt_range
+        # x_proj: the default init of the per-route nn.Linear(d_inner, R + 2N) layers.
+        bound = 1 / math.sqrt(self.d_inner)
+        self.x_proj_weight.uniform_(-bound, bound)
+        std = self.dt_rank ** -0.5
+        self.dt_projs_weight.uniform_(-std, std)
+        # dt bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max].
+        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32))
+                          .expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def forward_core(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) -> (B, D, H, W) float32: scan the four routes and sum them back."""
+        b, d, h, w = x.shape
+        k, r, n = SCAN_ROUTES, self.dt_rank, self.d_state
+        length = h * w
+        xs = cross_scan(x).reshape(b, k * d, length)
+        x_dbl = F.conv1d(xs, self.x_proj_weight, groups=k).view(b, k, r + 2 * n, length)
+        dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
+        dts = F.conv1d(dts.reshape(b, k * r, length), self.dt_projs_weight.reshape(k * d, r, 1), groups=k)
+        ys = selective_scan(
+            xs, dts, -torch.exp(self.A_logs.float()), bs.contiguous(), cs.contiguous(),
+            D=self.Ds.float(), delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True)
+        y = cross_merge(ys.view(b, k, d, h, w))
+        return self.out_norm(y.view(b, d, h, w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv2d(self.in_proj(x)))
+        return self.out_proj(self.forward_core(x))
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}'

@@ -1,0 +1,157 @@
+"""DMCA: the Dynamic Multi-layer Channel Aggregator run by ganglion layers."""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+from torch import nn
+
+#: The learnable attention scale of the official Mask R-CNN checkpoints starts at (800*1333/16/64) ** -0.5,
+#: i.e. 1/sqrt(h'w') for a 800x1333 image at stride 16 reduced 64-fold (the sizes the scale was tuned for).
+LEARNABLE_SCALE_INIT = ((800 * 1333) / 16 / 64) ** -0.5
+ATTN_GROUPS = 4
+SCALE_MODES = ('fixed', 'learnable')
+
+
+def _bn(norm_cfg, channels):
+    return build_norm_layer(norm_cfg, channels)[1]
+
+
+def _spatial_reduction(dim: int, sr_ratio: int, norm_cfg) -> nn.Module:
+    """Depthwise strided conv + BN + GELU shrinking H, W by ``sr_ratio``; Identity when sr_ratio == 1."""
+    if sr_ratio == 1:
+        return nn.Identity()
+    return nn.Sequential(
+        nn.Conv2d(dim, dim, sr_ratio + 1, stride=sr_ratio, padding=(sr_ratio + 1) // 2, groups=dim,
+                  bias=False),
+        _bn(norm_cfg, dim),
+        nn.GELU(),
+    )
+
+
+def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int,
+                      scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Attention across channels, with the spatial axis as the dot-product dimension.
+
+    Args:
+        q, k: (B, C, h, w), possibly spatially reduced.
+        v: (B, C, H, W).
+        groups: channels are split into this many consecutive blocks, each attending within itself.
+        scale: softmax scale; None means 1/sqrt(h*w), a tensor is a learnable scalar.
+
+    Returns:
+        (B, C, H, W): for each group, softmax(q kᵀ * scale) (a C/g x C/g matrix) applied to v.
+    """
+    b, c, height, width = v.shape
+    qh, qw = q.shape[-2:]
+    q = q.reshape(b * groups, c // groups, qh * qw)
+    k = k.reshape(b * groups, c // groups, qh * qw)
+    v = v.reshape(b * groups, c // groups, height * width)
+    if isinstance(scale, torch.Tensor) and scale.requires_grad and torch.is_grad_enabled():
+        # SDPA takes the scale as a Python float, which would cut the scale's gradient.
+        attn = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1) @ v
+    else:
+        attn = F.scaled_dot_product_attention(q, k, v, scale=None if scale is None else float(scale))
+    return attn.reshape(b, c, height, width)
+
+
+def shuffle_three_groups(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3C, H, W) -> (B, 3C, H, W) with new channel g*C + c = old channel 3c + g (g = 0, 1, 2), so each
+    of the three groups of the following grouped conv sees x, attention and value channels in rotation."""
+    b, c3, h, w = x.shape
+    return x.reshape(b, c3 // 3, 3, h, w).transpose(1, 2).reshape(b, c3, h, w)
+
+
+def pad_channels_by_pooling(x: torch.Tensor, extra: int) -> torch.Tensor:
+    """Append ``extra`` channels, each the mean of one adaptive-pooling bin over the channel axis.
+
+    (B, C, H, W) -> (B, C + extra, H, W). One extra channel is the mean over all channels, two are the
+    means of the two halves (PyTorch's adaptive-pool bin boundaries).
+    """
+    if extra == 0:
+        return x
+    h, w = x.shape[-2:]
+    pad = F.adaptive_avg_pool3d(x.unsqueeze(1), (extra, h, w)).squeeze(1)
+    return torch.cat([x, pad], dim=1)
+
+
+class DMCA(nn.Module):
+    """Dynamic Multi-layer Channel Aggregator.
+
+    Fuses a ganglion layer's own (normalised) input ``x`` with the concatenation of earlier layers'
+    features ``shortcut``: the shortcut yields keys and values, ``x`` the queries; channel attention (in 4
+    groups, over the spatially reduced map) selects what to take from the earlier layers; ``x``, the
+    attention output and the values are shuffled, fused by a depthwise + grouped 1x1 conv, and padded to
+    ``out_channels``.
+
+    Args:
+        dim: C, the channels of ``x``.
+        shortcut_channels: channels of the concatenated shortcut (a multiple of C).
+        out_channels: channels of the output (2C in SparX-Mamba, feeding the SS2D core).
+        sr_ratio: spatial reduction of queries and keys (1 = none; then the projected query replaces x).
+        scale_mode: 'fixed' (softmax scale 1/sqrt(h'w'), classification and segmentation checkpoints) or
+            'learnable' (a learnable scalar, the official Mask R-CNN checkpoints).
+        norm_cfg: config of the BatchNorm layers (e.g. dict(type='SyncBN')).
+
+    Shapes: x (B, C, H, W), shortcut (B, shortcut_channels, H, W) -> (B, out_channels, H, W).
+    """
+
+    def __init__(self, dim: int, shortcut_channels: int, out_channels: int, sr_ratio: int = 1,
+                 scale_mode: str = 'fixed', norm_cfg: dict = dict(type='BN')):
+        super().__init__()
+        if dim % ATTN_GROUPS:
+            raise ValueError(f'DMCA: dim must be a multiple of {ATTN_GROUPS} (channel-attention groups), '
+                             f'got {dim}')
+        if scale_mode not in SCALE_MODES:
+            raise ValueError(f'DMCA: scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}')
+        if not isinstance(sr_ratio, int) or sr_ratio < 1:
+            raise ValueError(f'DMCA: sr_ratio must be an int >= 1, got {sr_ratio!r}')
+        self.dim = dim
+        self.shortcut_channels = shortcut_channels
+        self.out_channels = out_channels
+        self.scale_mode = scale_mode
+
+        self.shortcut_norm = nn.GroupNorm(1, shortcut_channels)
+        self.shortcut_proj = nn.Sequential(
+            nn.Conv2d(shortcut_channels, shortcut_channels, 3, padding=1, groups=shortcut_channels,
+                      bias=False),
+            _bn(norm_cfg, shortcut_channels),
+            nn.GELU(),
+            nn.Conv2d(shortcut_channels, 2 * dim, 1),
+            nn.GELU(),
+        )
+        self.q = nn.Sequential(_spatial_reduction(dim, sr_ratio, norm_cfg),
+                               nn.Conv2d(dim, dim, 1, bias=False), _bn(norm_cfg, dim))
+        self.k = nn.Sequential(_spatial_reduction(dim, sr_ratio, norm_cfg),
+                               nn.Conv2d(dim, dim, 1, bias=False), _bn(norm_cfg, dim))
+        self.v = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), _bn(norm_cfg, dim))
+        if scale_mode == 'learnable':
+            self.scale = nn.Parameter(torch.full((1,), LEARNABLE_SCALE_INIT))
+        fused = out_channels // 3 * 3
+        self.fuse = nn.Sequential(
+            nn.Conv2d(3 * dim, 3 * dim, 3, padding=1, groups=3 * dim),
+            nn.GELU(),
+            nn.Conv2d(3 * dim, fused, 1, groups=3),
+        )
+        self.channel_padding = out_channels - fused
+
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        if shortcut.shape[1] != self.shortcut_channels:
+            raise ValueError(f'DMCA expected a shortcut of {self.shortcut_channels} channels, '
+                             f'got {tuple(shortcut.shape)}')
+        keys, values = self.shortcut_proj(self.shortcut_norm(shortcut)).chunk(2, dim=1)
+        q = self.q(x)
+        k = self.k(keys)
+        v = self.v(values)
+        attn = channel_attention(q, k, v, ATTN_GROUPS, self.scale if self.scale_mode == 'learnable' else None)
+        if q.shape[-2:] == x.shape[-2:]:
+            # Quirk of the official models (and their checkpoints): without spatial reduction the
+            # projected query stands in for x.
+            x = q
+        y = shuffle_three_groups(torch.cat([x, attn, v], dim=1))
+        return pad_channels_by_pooling(self.fuse(y), self.channel_padding)
+
+    def extra_repr(self) -> str:
+        return (f'dim={self.dim}, shortcut_channels={self.shortcut_channels}, '
+                f'out_channels={self.out_channels}, scale_mode={self.scale_mode!r}')

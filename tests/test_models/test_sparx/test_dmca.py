@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from sparx_mm.models.sparx import DMCA, LEARNABLE_SCALE_INIT, channel_attention
+from sparx_mm.models.sparx.dmca import pad_channels_by_pooling, shuffle_three_groups
+
+
+def test_shuffle_three_groups_rotates_channels():
+    x = torch.arange(12.).view(1, 12, 1, 1)  # C = 4: [x0..x3, a0..a3, v0..v3]
+    out = shuffle_three_groups(x).flatten().tolist()
+    # new channel g*C + c = old channel 3c + g
+    assert out == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]
+
+
+def test_channel_padding_means_of_adaptive_bins():
+    x = torch.randn(2, 5, 3, 4)
+    one = pad_channels_by_pooling(x, 1)
+    torch.testing.assert_close(one[:, 5], x.mean(1))
+    two = pad_channels_by_pooling(x, 2)
+    # adaptive pooling of 5 channels into 2 bins: [0, 3) and [2, 5)
+    torch.testing.assert_close(two[:, 5], x[:, 0:3].mean(1))
+    torch.testing.assert_close(two[:, 6], x[:, 2:5].mean(1))
+    assert pad_channels_by_pooling(x, 0) is x
+
+
+def test_channel_attention_is_grouped_softmax_over_channels():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
+    v = torch.randn(2, 8, 6, 6)
+    out = channel_attention(q, k, v, groups=4)
+    for g in range(4):
+        sl = slice(2 * g, 2 * g + 2)
+        qg, kg, vg = q[:, sl].flatten(2), k[:, sl].flatten(2), v[:, sl].flatten(2)
+        expected = torch.softmax(qg @ kg.transpose(1, 2) / math.sqrt(9), -1) @ vg
+        torch.testing.assert_close(out[:, sl].flatten(2), expected, rtol=1e-5, atol=1e-6)
+    scale = torch.tensor([0.7], requires_grad=True)
+    learned = channel_attention(q, k, v, 4, scale)
+    learned.sum().backward()
+    assert scale.grad is not None and scale.grad.abs() > 0
+    with torch.no_grad():  # inference takes the fused path with the same result
+        torch.testing.assert_close(channel_attention(q, k, v, 4, scale), learned.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('dim, sr, out', [(8, 2, 16), (12, 1, 24), (20, 4, 40), (16, 2, 32)])
+def test_dmca_shapes_and_padding(dim, sr, out):
+    dmca = DMCA(dim, 3 * dim, out, sr_ratio=sr).eval()
+    y = dmca(torch.randn(2, dim, 9, 7), torch.randn(2, 3 * dim, 9, 7))
+    assert y.shape == (2, out, 9, 7)
+    assert dmca.channel_padding == out - out // 3 * 3
+    assert ('0' in dict(dmca.q.named_children())) and (sr == 1) == isinstance(dmca.q[0], torch.nn.Identity)
+
+
+def test_dmca_without_reduction_replaces_x_by_query():
+    """Official quirk: with sr = 1 the projected query, not x, goes into the concatenation."""
+    torch.manual_seed(0)
+    dmca = DMCA(8, 8, 24, sr_ratio=1).eval()
+    x, s = torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 4)
+    y = dmca(x, s)
+    # Changing x only through a direction the query projection ignores leaves the output unchanged.
+    with torch.no_grad():
+        dmca.q[1].weight.zero_()
+    torch.testing.assert_close(dmca(x, s), dmca(x + 5, s))
+    assert not torch.allclose(y, dmca(x, s))
+
+
+def test_learnable_scale_init_and_errors():
+    dmca = DMCA(8, 16, 16, sr_ratio=2, scale_mode='learnable')
+    assert dmca.scale.item() == pytest.approx(0.0309877, abs=1e-7) == LEARNABLE_SCALE_INIT
+    assert not hasattr(DMCA(8, 16, 16), 'scale')
+    with pytest.raises(ValueError, match='multiple of 4'):
+        DMCA(6, 6, 12)
+    with pytest.raises(ValueError, match='sr_ratio must be an int >= 1'):
+        DMCA(8, 8, 16, sr_ratio=0)
+    with pytest.raises(ValueError, match=r'expected a shortcut of 16 channels, got \(1, 8, 4, 4\)'):
+        dmca.eval()(torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 4))
