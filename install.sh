@@ -8,7 +8,7 @@
 #                         installed instead of compiling mmcv's ops (which takes ~8 min on 2 cores).
 #   MAX_JOBS              parallel compile jobs for mmcv (default: number of cores).
 #
-# Why the pins (each was measured on the target machine, see docs/install.md):
+# Why the pins (each measured on a fresh 2-core CPU machine, Python 3.11):
 #   torch 2.14.1 + torchvision 0.29.1  mmpretrain needs torchvision; PyPI's torchvision does not load beside
 #                                      the CPU torch 2.13.0, so both come from the machine's local wheel store.
 #   mmcv 2.1.0 built with its ops      mmdet 3.3.0 / mmseg 1.2.2 require mmcv < 2.2; mmcv-lite lacks RoIAlign / NMS.

@@ -1,0 +1,116 @@
+"""Throughput, latency and peak memory of SparX-Mamba backbones (with the classification head).
+
+    python tools/analysis_tools/benchmark.py --arch t --batch 1 --size 224 --device cpu
+    python tools/analysis_tools/benchmark.py --arch t s b --batch 128 --dtype fp32 fp16 --mode infer train
+
+Inference is timed under torch.inference_mode(); training times forward + backward + AdamW step on random
+labels. fp16 / bf16 run under autocast (the scan keeps a float32 state). Prints one row per setting.
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from sparx_mm.models import SparXMamba  # noqa: E402
+
+DTYPES = dict(fp32=None, fp16=torch.float16, bf16=torch.bfloat16)
+
+
+class Classifier(torch.nn.Module):
+    """SparXMamba + the official head (GroupNorm, mean pool, Linear), without mmpretrain's overhead."""
+
+    def __init__(self, arch, num_classes=1000):
+        super().__init__()
+        self.backbone = SparXMamba(arch, out_indices=(3, ), out_norm=None)
+        width = self.backbone.dims[-1]
+        self.norm = torch.nn.GroupNorm(1, width)
+        self.fc = torch.nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.backbone(x)[-1]).mean((2, 3)))
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def measure(arch, batch, size, device, dtype, mode, warmup, iters):
+    model = Classifier(arch).to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    autocast = torch.autocast(device.type, dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None)
+    if mode == 'train':
+        model.train()
+        labels = torch.randint(0, 1000, (batch, ), device=device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == 'fp16')
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(model(x), labels)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    else:
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast:
+                model(x)
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    median = times[len(times) // 2]
+    if device.type == 'cuda':
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS
+    return dict(arch=arch, mode=mode, dtype=dtype, batch=batch, size=size, ms=median * 1e3,
+                img_s=batch / median, peak_gb=peak)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--arch', nargs='+', default=['t'], choices=sorted(SparXMamba.arch_zoo))
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--size', type=int, default=224)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', nargs='+', default=['fp32'], choices=sorted(DTYPES))
+    parser.add_argument('--mode', nargs='+', default=['infer'], choices=['infer', 'train'])
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--iters', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.size < 1 or args.iters < 1:
+        parser.error('--batch, --size and --iters must be positive')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    print(f'# SparX-Mamba benchmark on {name}, torch {torch.__version__}; median of {args.iters} iterations')
+    print(f"{'arch':>4} {'mode':>5} {'dtype':>5} {'batch':>5} {'size':>5} {'ms/iter':>9} {'img/s':>9} {'peak GB':>8}")
+    for arch in args.arch:
+        for mode in args.mode:
+            for dtype in args.dtype:
+                r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters)
+                print(f"{r['arch']:>4} {r['mode']:>5} {r['dtype']:>5} {r['batch']:>5} {r['size']:>5} "
+                      f"{r['ms']:>9.1f} {r['img_s']:>9.1f} {r['peak_gb']:>8.2f}")
+
+
+if __name__ == '__main__':
+    main()
