@@ -9,6 +9,7 @@ from .selective_scan import (available_scan_backends, check_scan_inputs,
                              register_scan_backend, selective_scan,
                              selective_scan_reference,
                              unregister_scan_backend)
+from . import gpu_backends  # noqa: F401,E402  (registers 'triton' and 'mamba_ssm'; imports neither)
 
 __all__ = [
     'available_scan_backends',

@@ -39,8 +39,10 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(arch, batch, size, device, dtype, mode, warmup, iters):
+def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model=False):
     model = Classifier(arch).to(device)
+    if compile_model:
+        model = torch.compile(model)
     x = torch.randn(batch, 3, size, size, device=device)
     autocast = torch.autocast(device.type, dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None)
     if mode == 'train':
@@ -94,6 +96,7 @@ def main(argv=None):
     parser.add_argument('--mode', nargs='+', default=['infer'], choices=['infer', 'train'])
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--iters', type=int, default=5)
+    parser.add_argument('--compile', action='store_true', help='torch.compile the model first')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
     args = parser.parse_args(argv)
     if args.batch < 1 or args.size < 1 or args.iters < 1:
@@ -102,12 +105,13 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
-    print(f'# SparX-Mamba benchmark on {name}, torch {torch.__version__}; median of {args.iters} iterations')
+    print(f'# SparX-Mamba benchmark on {name}, torch {torch.__version__}; median of {args.iters} iterations'
+          + (', torch.compile' if args.compile else ''))
     print(f"{'arch':>4} {'mode':>5} {'dtype':>5} {'batch':>5} {'size':>5} {'ms/iter':>9} {'img/s':>9} {'peak GB':>8}")
     for arch in args.arch:
         for mode in args.mode:
             for dtype in args.dtype:
-                r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters)
+                r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters, args.compile)
                 print(f"{r['arch']:>4} {r['mode']:>5} {r['dtype']:>5} {r['batch']:>5} {r['size']:>5} "
                       f"{r['ms']:>9.1f} {r['img_s']:>9.1f} {r['peak_gb']:>8.2f}")
 

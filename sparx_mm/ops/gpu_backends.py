@@ -1,0 +1,51 @@
+"""Registration of the GPU scan backends (imported lazily: nothing here needs triton or a GPU to import).
+
+* 'mamba_ssm' (priority 20): mamba-ssm's CUDA kernel, when the package and its compiled extension are
+  installed. It is given float32 inputs so that its state and output are float32, as SparX's scan needs.
+* 'triton' (priority 10): this package's Triton kernels (``triton_scan.py``), for any CUDA tensor.
+
+``SPARX_SCAN_BACKEND=reference|triton|mamba_ssm`` (or ``backend=``) forces one for debugging.
+"""
+import functools
+import importlib.util
+
+from .selective_scan import register_scan_backend
+
+
+@functools.lru_cache(maxsize=None)
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _mamba_scan_fn():
+    """mamba-ssm's selective_scan_fn if it imports with its CUDA extension, else None."""
+    if not _has_module('mamba_ssm'):
+        return None
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        import selective_scan_cuda  # noqa: F401  (the compiled kernel; absent in CPU-only installs)
+    except Exception:  # a broken optional install must not break the package
+        return None
+    return selective_scan_fn
+
+
+def _triton_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    from .triton_scan import selective_scan_triton
+    return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def _mamba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    f32 = [t.float() for t in (u, delta, B, C)]
+    return _mamba_scan_fn()(f32[0], f32[1], A.float(), f32[2], f32[3], None if D is None else D.float(),
+                            delta_bias=None if delta_bias is None else delta_bias.float(),
+                            delta_softplus=delta_softplus)
+
+
+register_scan_backend('triton', _triton_scan, is_available=lambda u: u.is_cuda and _has_module('triton'),
+                      priority=10)
+register_scan_backend('mamba_ssm', _mamba_scan,
+                      is_available=lambda u: u.is_cuda and _mamba_scan_fn() is not None, priority=20)
