@@ -1,4 +1,4 @@
-from .backbones import SparXMamba, SparXMambaBlock
+from .backbones import SparXMamba, SparXMambaBlock, SparXSwin, SparXSwinBlock
 from .heads import SparXClsHead
 
-__all__ = ['SparXMamba', 'SparXMambaBlock', 'SparXClsHead']
+__all__ = ['SparXMamba', 'SparXMambaBlock', 'SparXSwin', 'SparXSwinBlock', 'SparXClsHead']

@@ -11,8 +11,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import ConvFFN, DropPath, LayerNorm2d, LayerScale
+from ..mixers.aggregators import AGGREGATORS, build_aggregator
 from ..mixers.ss2d import SS2D
-from ..sparx import DMCA, GanglionStage, ganglion_plan
+from ..sparx import GanglionStage, ganglion_plan
 
 #: Stage-wise ganglion settings use the paper's names: stride S, window M (None = no limit), start (None =
 #: a stage without ganglion layers). See ``sparx_mm.models.sparx.ganglion``. Per-stage defaults are functions
@@ -21,11 +22,16 @@ PER_STAGE_DEFAULTS = dict(
     ganglion_strides=lambda i, n: 1,
     ganglion_starts=lambda i, n: None,
     ganglion_windows=lambda i, n: None,
+    ganglion_rules=lambda i, n: 'sparx',
     cross_stage=lambda i, n: False,
     sr_ratios=lambda i, n: 2 ** (n - 1 - i),
     layer_scale_init=lambda i, n: 1.0 if i >= n - 2 else None,
 )
-SCALAR_DEFAULTS = dict(stem='v1', d_state=1, ssm_ratio=2, d_conv=5, mlp_ratio=4)
+SCALAR_DEFAULTS = dict(stem='v1', d_state=1, ssm_ratio=2, d_conv=5, mlp_ratio=4, token_mixer='ss2d', dpe=True,
+                       aggregator='dmca')
+#: Token mixers of SparX-Mamba and their scan routes: SS2D's four-route cross scan (the official models),
+#: ViM's Bi-SSM (row-major forward + backward) and vanilla Mamba's SSM (row-major forward only).
+TOKEN_MIXERS = dict(ss2d=4, bissm=2, ssm=1)
 REQUIRED_ARCH_KEYS = ('depths', 'dims')
 STEMS = ('v1', 'v2')
 OUT_NORMS = ('layernorm', None)
@@ -42,20 +48,26 @@ class SparXMambaBlock(nn.Module):
     channels that the SS2D core scans, in place of SS2D's input projection. LayerScale, where enabled,
     scales the skip path, as the official models do.
 
+    Ablation options (defaults: the official block): ``dpe=False`` drops the positional conv; ``routes``
+    (4, 2 or 1) picks the scan routes of the SSM (see :class:`SS2D`); ``aggregator`` replaces the DMCA by
+    one of the paper's alternatives (see :mod:`sparx_mm.models.mixers.aggregators`).
+
     Shapes: x (B, C, H, W), shortcut None or (B, shortcut_channels, H, W) -> (B, C, H, W).
     """
 
     def __init__(self, dim: int, shortcut_channels: int = 0, drop_path: float = 0.0, d_state: int = 1,
                  ssm_ratio: float = 2, d_conv: int = 5, mlp_ratio: float = 4,
                  layer_scale_init: Optional[float] = None, sr_ratio: int = 1,
-                 dmca_scale: str = 'fixed', norm_cfg: dict = dict(type='BN')):
+                 dmca_scale: str = 'fixed', norm_cfg: dict = dict(type='BN'), dpe: bool = True,
+                 routes: int = 4, aggregator: str = 'dmca'):
         super().__init__()
         d_inner = int(dim * ssm_ratio)
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if dpe else None
         self.norm = nn.GroupNorm(1, dim)
-        self.dmca = DMCA(dim, shortcut_channels, d_inner, sr_ratio, dmca_scale, norm_cfg) \
-            if shortcut_channels else None
-        self.op = SS2D(dim, d_inner, d_state=d_state, d_conv=d_conv, project_input=self.dmca is None)
+        self.dmca = build_aggregator(aggregator, dim, shortcut_channels, d_inner, sr_ratio, dmca_scale,
+                                     norm_cfg) if shortcut_channels else None
+        self.op = SS2D(dim, d_inner, d_state=d_state, d_conv=d_conv, project_input=self.dmca is None,
+                       routes=routes)
         self.norm2 = nn.GroupNorm(1, dim)
         self.mlp = ConvFFN(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -66,7 +78,8 @@ class SparXMambaBlock(nn.Module):
             self.layerscale_2 = LayerScale(dim, layer_scale_init)
 
     def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.pos_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(x)
         mixer_in = self.norm(x)
         if self.dmca is not None:
             mixer_in = self.dmca(mixer_in, shortcut)
@@ -85,8 +98,11 @@ class SparXMamba(BaseModule):
         arch: 't', 's', 'b' or a dict with 'depths' and 'dims' (one entry per stage) and optionally any
             of these keys (defaults: the official values): 'stem' ('v1' two convs / 'v2' three), 'ganglion_strides' (S per
             stage), 'ganglion_starts' (lowest ganglion-layer index, None = none), 'ganglion_windows' (M,
-            None = unlimited), 'cross_stage', 'sr_ratios' (DMCA spatial reduction), 'layer_scale_init'
-            (None = no LayerScale), 'd_state', 'ssm_ratio', 'd_conv', 'mlp_ratio'.
+            None = unlimited), 'ganglion_rules' ('sparx', or 'dense' for the paper's DGC ablation),
+            'cross_stage', 'sr_ratios' (DMCA spatial reduction), 'layer_scale_init' (None = no
+            LayerScale), 'd_state', 'ssm_ratio', 'd_conv', 'mlp_ratio', and the ablation switches
+            'token_mixer' ('ss2d', 'bissm' or 'ssm'), 'dpe' (bool) and 'aggregator' ('dmca', 'concat',
+            'no_cgca' or 'no_skip'). docs/variants.md lists the paper's variants as configs.
         in_channels: input image channels.
         out_indices: stages whose outputs are returned, in order (0-based; negative counts from the end);
             None returns every stage (0, 1, 2, 3).
@@ -108,6 +124,10 @@ class SparXMamba(BaseModule):
     ceil(H / 2**(i + 2)) x ceil(W / 2**(i + 2)); multiples of 32 give exact strides 4, 8, 16, 32).
     Output: tuple of (B, dims[i], H_i, W_i) for i in out_indices.
     """
+    #: Settings every arch dict may give (defaults as functions of (stage index, number of stages)) and the
+    #: scalar ones; subclasses with another token mixer (SparXSwin) override these two and ``build_block``.
+    per_stage_defaults = PER_STAGE_DEFAULTS
+    scalar_defaults = SCALAR_DEFAULTS
     arch_zoo: Dict[str, dict] = {
         't': dict(depths=[2, 2, 7, 2], dims=[96, 192, 320, 512], stem='v1',
                   ganglion_strides=[1, 1, 2, 1], ganglion_starts=[None, 1, 0, 0],
@@ -125,25 +145,27 @@ class SparXMamba(BaseModule):
                  drop_path_rate: float = 0.0, frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, norm_cfg: dict = dict(type='BN'), init_cfg=None):
         super().__init__(init_cfg=init_cfg)
+        name = type(self).__name__
         self.arch_settings = self.resolve_arch(arch)
         a = self.arch_settings
         self.depths, self.dims = list(a['depths']), list(a['dims'])
         self.num_stages = len(self.depths)
         self.out_indices = self._check_out_indices(out_indices, self.num_stages)
         if out_norm not in OUT_NORMS:
-            raise ValueError(f'SparXMamba: out_norm must be one of {OUT_NORMS}, got {out_norm!r}')
+            raise ValueError(f'{name}: out_norm must be one of {OUT_NORMS}, got {out_norm!r}')
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'SparXMamba: frozen_stages must be an int in [-1, {self.num_stages}] '
+            raise ValueError(f'{name}: frozen_stages must be an int in [-1, {self.num_stages}] '
                              f'(-1 = none, 0 = stem, i = stem and stages 0..i-1), got {frozen_stages!r}')
         if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f'SparXMamba: drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+            raise ValueError(f'{name}: drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.dmca_scale = dmca_scale
-        self.plans = [ganglion_plan(depth, stride, window, start, cross)
-                      for depth, stride, window, start, cross in zip(
+        # require_last: ganglion layers end every stage that has any; a start past the stage is an error.
+        self.plans = [ganglion_plan(depth, stride, window, start, cross, rule, require_last=True)
+                      for depth, stride, window, start, cross, rule in zip(
                           self.depths, a['ganglion_strides'], a['ganglion_windows'], a['ganglion_starts'],
-                          a['cross_stage'])]
+                          a['cross_stage'], a['ganglion_rules'])]
 
         self.patch_embed = self._make_stem(in_channels, self.dims[0], a['stem'], norm_cfg)
         rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
@@ -151,12 +173,8 @@ class SparXMamba(BaseModule):
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             stage_rates = rates[sum(self.depths[:i]):sum(self.depths[:i + 1])]
 
-            def make_block(j, shortcut_channels, i=i, dim=dim, stage_rates=stage_rates):
-                return SparXMambaBlock(
-                    dim, shortcut_channels, drop_path=stage_rates[j], d_state=a['d_state'],
-                    ssm_ratio=a['ssm_ratio'], d_conv=a['d_conv'], mlp_ratio=a['mlp_ratio'],
-                    layer_scale_init=a['layer_scale_init'][i], sr_ratio=a['sr_ratios'][i],
-                    dmca_scale=dmca_scale, norm_cfg=norm_cfg)
+            def make_block(j, shortcut_channels, i=i, stage_rates=stage_rates):
+                return self.build_block(i, j, shortcut_channels, stage_rates[j], norm_cfg)
 
             downsample = None
             if i < self.num_stages - 1:
@@ -171,63 +189,89 @@ class SparXMamba(BaseModule):
         self._freeze_stages()
 
     # ------------------------------------------------------------------ construction helpers
+    def build_block(self, stage: int, layer: int, shortcut_channels: int, drop_path: float,
+                    norm_cfg: dict) -> nn.Module:
+        """Block ``layer`` of stage ``stage``; ``shortcut_channels`` > 0 makes it a ganglion layer."""
+        a = self.arch_settings
+        return SparXMambaBlock(
+            self.dims[stage], shortcut_channels, drop_path=drop_path, d_state=a['d_state'],
+            ssm_ratio=a['ssm_ratio'], d_conv=a['d_conv'], mlp_ratio=a['mlp_ratio'],
+            layer_scale_init=a['layer_scale_init'][stage], sr_ratio=a['sr_ratios'][stage],
+            dmca_scale=self.dmca_scale, norm_cfg=norm_cfg, dpe=a['dpe'], routes=TOKEN_MIXERS[a['token_mixer']],
+            aggregator=a['aggregator'])
+
+    @classmethod
+    def check_arch(cls, settings: dict):
+        """Validate the settings specific to this backbone's blocks (called by ``resolve_arch``)."""
+        if settings['token_mixer'] not in TOKEN_MIXERS:
+            raise ValueError(f"{cls.__name__}: unknown token mixer {settings['token_mixer']!r} (arch "
+                             f"'token_mixer'); accepted: {list(TOKEN_MIXERS)}")
+
     @classmethod
     def resolve_arch(cls, arch) -> dict:
         """'t' / 's' / 'b' or a dict -> a complete, validated settings dict."""
+        name = cls.__name__
         if isinstance(arch, str):
             key = arch.lower()
             if key not in cls.arch_zoo:
-                raise KeyError(f'SparXMamba: unknown arch {arch!r}; choose one of '
+                raise KeyError(f'{name}: unknown arch {arch!r}; choose one of '
                                f'{sorted(cls.arch_zoo)} or pass a dict with {list(REQUIRED_ARCH_KEYS)}')
             arch = cls.arch_zoo[key]
         if not isinstance(arch, dict):
-            raise TypeError(f'SparXMamba: arch must be a str or a dict, got {type(arch).__name__}')
-        accepted = list(REQUIRED_ARCH_KEYS) + list(PER_STAGE_DEFAULTS) + list(SCALAR_DEFAULTS)
+            raise TypeError(f'{name}: arch must be a str or a dict, got {type(arch).__name__}')
+        accepted = list(REQUIRED_ARCH_KEYS) + list(cls.per_stage_defaults) + list(cls.scalar_defaults)
         unknown = set(arch) - set(accepted)
         missing = [k for k in REQUIRED_ARCH_KEYS if k not in arch]
         if unknown or missing:
-            raise ValueError(f'SparXMamba: malformed arch dict: missing {missing}, unknown {sorted(unknown)}; '
+            raise ValueError(f'{name}: malformed arch dict: missing {missing}, unknown {sorted(unknown)}; '
                              f'accepted keys: {accepted}')
         depths = arch['depths']
         num_stages = len(depths) if isinstance(depths, (list, tuple)) else 0
         if num_stages < 1:
-            raise ValueError(f"SparXMamba: arch 'depths' must be a non-empty list, got {depths!r}")
-        settings = dict(SCALAR_DEFAULTS)
+            raise ValueError(f"{name}: arch 'depths' must be a non-empty list, got {depths!r}")
+        settings = dict(cls.scalar_defaults)
         settings.update({key: [default(i, num_stages) for i in range(num_stages)]
-                         for key, default in PER_STAGE_DEFAULTS.items()})
+                         for key, default in cls.per_stage_defaults.items()})
         settings.update(copy.deepcopy(arch))
-        for key in ('depths', 'dims', *PER_STAGE_DEFAULTS):
+        for key in ('depths', 'dims', *cls.per_stage_defaults):
             value = settings[key]
             if not isinstance(value, (list, tuple)) or len(value) != num_stages:
-                raise ValueError(f'SparXMamba: arch {key!r} must be a list with one entry per stage '
+                raise ValueError(f'{name}: arch {key!r} must be a list with one entry per stage '
                                  f'({num_stages}, from depths), got {value!r}')
         for key in ('depths', 'dims', 'sr_ratios'):
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in settings[key]):
-                raise ValueError(f'SparXMamba: arch {key!r} must hold positive ints, got {settings[key]!r}')
+                raise ValueError(f'{name}: arch {key!r} must hold positive ints, got {settings[key]!r}')
         bad_dims = [d for d in settings['dims'] if d % 4]
         if bad_dims:
-            raise ValueError(f"SparXMamba: arch 'dims' must be multiples of 4 (the DMCA attends in 4 "
+            raise ValueError(f"{name}: arch 'dims' must be multiples of 4 (the DMCA attends in 4 "
                              f"channel groups), got {settings['dims']!r}")
         if settings['stem'] not in STEMS:
-            raise ValueError(f"SparXMamba: arch 'stem' must be one of {STEMS}, got {settings['stem']!r}")
+            raise ValueError(f"{name}: arch 'stem' must be one of {STEMS}, got {settings['stem']!r}")
+        if not isinstance(settings['dpe'], bool):
+            raise ValueError(f"{name}: arch 'dpe' must be a bool, got {settings['dpe']!r}")
+        if settings['aggregator'] not in AGGREGATORS:
+            raise ValueError(f"{name}: unknown aggregator {settings['aggregator']!r} (arch 'aggregator'); "
+                             f'accepted: {list(AGGREGATORS)}')
+        cls.check_arch(settings)
         return settings
 
-    @staticmethod
-    def _check_out_indices(out_indices, num_stages):
+    @classmethod
+    def _check_out_indices(cls, out_indices, num_stages):
         if out_indices is None:
             out_indices = list(range(num_stages))
         if isinstance(out_indices, int):
             out_indices = [out_indices]
         if not isinstance(out_indices, (list, tuple)) or not out_indices:
-            raise TypeError(f'SparXMamba: out_indices must be an int or a non-empty sequence, got {out_indices!r}')
+            raise TypeError(f'{cls.__name__}: out_indices must be an int or a non-empty sequence, '
+                            f'got {out_indices!r}')
         resolved = []
         for index in out_indices:
             if not isinstance(index, int) or not -num_stages <= index < num_stages:
-                raise ValueError(f'SparXMamba: out_indices entries must be ints in [{-num_stages}, '
+                raise ValueError(f'{cls.__name__}: out_indices entries must be ints in [{-num_stages}, '
                                  f'{num_stages - 1}] for a {num_stages}-stage model, got {index!r}')
             resolved.append(index % num_stages)
         if len(set(resolved)) != len(resolved):
-            raise ValueError(f'SparXMamba: out_indices has repeated stages: {out_indices!r}')
+            raise ValueError(f'{cls.__name__}: out_indices has repeated stages: {out_indices!r}')
         return tuple(resolved)
 
     @staticmethod
@@ -288,7 +332,8 @@ class SparXMamba(BaseModule):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor):
         if x.ndim != 4 or x.shape[1] != self.patch_embed[0].in_channels:
-            raise ValueError(f'SparXMamba expects images of shape (B, {self.patch_embed[0].in_channels}, H, W), '
+            raise ValueError(f'{type(self).__name__} expects images of shape '
+                             f'(B, {self.patch_embed[0].in_channels}, H, W), '
                              f'got {tuple(x.shape)}')
         x = self.patch_embed(x)
         outs = {}

@@ -9,6 +9,9 @@ from torch import nn
 from ...ops import cross_merge, cross_scan, selective_scan
 
 SCAN_ROUTES = 4
+#: Accepted route counts: 4 = SS2D's cross scan; 2 = row-major forward + backward (ViM's Bi-SSM);
+#: 1 = row-major forward only (Mamba's single causal direction).
+ROUTE_COUNTS = (1, 2, 4)
 
 
 class SS2D(nn.Module):
@@ -26,19 +29,25 @@ class SS2D(nn.Module):
             official models compute it).
         d_conv: depthwise conv kernel size.
         project_input: False when the input already has d_inner channels (then in_proj is Identity).
+        routes: scan routes K (each with its own projections and SSM parameters): 4 (default) is the
+            four-route cross scan; 2 scans the row-major sequence forwards and backwards (the Bi-SSM of
+            ViM); 1 scans it forwards only (vanilla Mamba's single causal direction).
 
     Shapes: (B, C, H, W) -> (B, C, H, W); with project_input=False the input is (B, D, H, W).
     """
 
     def __init__(self, dim: int, d_inner: int, d_state: int = 1, dt_rank='auto', d_conv: int = 5,
                  project_input: bool = True, dt_min: float = 1e-3, dt_max: float = 0.1,
-                 dt_init_floor: float = 1e-4):
+                 dt_init_floor: float = 1e-4, routes: int = SCAN_ROUTES):
         super().__init__()
+        if routes not in ROUTE_COUNTS:
+            raise ValueError(f'SS2D: routes must be one of {ROUTE_COUNTS}, got {routes!r}')
+        self.routes = routes
         self.dim = dim
         self.d_inner = d_inner
         self.d_state = d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
-        k, r, n = SCAN_ROUTES, self.dt_rank, d_state
+        k, r, n = routes, self.dt_rank, d_state
 
         self.in_proj = nn.Conv2d(dim, d_inner, 1) if project_input else nn.Identity()
         self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner)
@@ -71,19 +80,35 @@ class SS2D(nn.Module):
                           .expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
+    def _scan_routes(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) -> (B, K, D, H*W): the sequences of the K routes."""
+        if self.routes == SCAN_ROUTES:
+            return cross_scan(x)
+        seq = x.flatten(2)
+        return torch.stack((seq, seq.flip(-1)) if self.routes == 2 else (seq, ), dim=1)
+
+    def _merge_routes(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, K, D, H*W) route outputs in scan order -> (B, D, H*W) summed at row-major positions."""
+        if self.routes == SCAN_ROUTES:
+            return cross_merge(ys.view(*ys.shape[:3], h, w))
+        return ys[:, 0] + ys[:, 1].flip(-1) if self.routes == 2 else ys[:, 0]
+
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) -> (B, D, H, W) float32: scan the four routes and sum them back."""
+        """(B, D, H, W) -> (B, D, H, W) float32: scan the K routes and sum them back."""
         b, d, h, w = x.shape
-        k, r, n = SCAN_ROUTES, self.dt_rank, self.d_state
+        k, r, n = self.routes, self.dt_rank, self.d_state
         length = h * w
-        xs = cross_scan(x).reshape(b, k * d, length)
-        x_dbl = F.conv1d(xs, self.x_proj_weight, groups=k).view(b, k, r + 2 * n, length)
+        xs = self._scan_routes(x).reshape(b, k, d, length)
+        # Per-route projections as batched matmuls: the official grouped 1x1 convs' maths, without the two
+        # layout transposes cuDNN pays per grouped conv1d call.
+        x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight.view(k, r + 2 * n, d))
         dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = F.conv1d(dts.reshape(b, k * r, length), self.dt_projs_weight.reshape(k * d, r, 1), groups=k)
+        dts = torch.einsum('bkrl,kdr->bkdl', dts, self.dt_projs_weight).reshape(b, k * d, length)
+        xs = xs.reshape(b, k * d, length)
         ys = selective_scan(
             xs, dts, -torch.exp(self.A_logs.float()), bs.contiguous(), cs.contiguous(),
             D=self.Ds.float(), delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True)
-        y = cross_merge(ys.view(b, k, d, h, w))
+        y = self._merge_routes(ys.view(b, k, d, length), h, w)
         return self.out_norm(y.view(b, d, h, w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,4 +116,5 @@ class SS2D(nn.Module):
         return self.out_proj(self.forward_core(x))
 
     def extra_repr(self) -> str:
-        return f'dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}'
+        return (f'dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, '
+                f'routes={self.routes}')

@@ -19,12 +19,26 @@ so it stays in the window until ``M`` newer ganglion layers push it out.
 This reproduces the official SparX code (``dense_step`` = S, ``max_dense_depth`` = M, ``dense_start`` =
 start); e.g. SparX-Mamba-T stage 3 (7 layers, S=2, M=3, start 0) has ganglion layers 0, 2, 4, 6 fed by
 [input], [out1, out0], [out3, out0, out2] and [out5, out0, out2, out4].
+
+Two connection rules (``rule``) decide what a ganglion layer concatenates:
+
+* ``'sparx'`` (default): the rule above;
+* ``'dense'``: the paper's DGC ablation (dense ganglion connections): every ganglion layer takes the stage
+  input and the outputs of *all* preceding layers of the stage, normal and ganglion, in order of production
+  (input, out0, out1, ...). It takes no window and no ``cross_stage`` (the input is always included).
+
+``require_last=True`` rejects a plan whose last layer would not be a ganglion layer. Since ganglion layers
+are placed from the last layer backwards, that happens exactly when ``start >= depth`` (a stage left without
+ganglion layers by an out-of-range start, like the official ``dense_start=100``); pass ``start=None`` to ask
+for a stage without ganglion layers explicitly.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 #: The source index that stands for the stage input (the previous stage's downsampled output or the stem's).
 STAGE_INPUT = -1
+#: Accepted connection rules (see the module docstring).
+RULES = ('sparx', 'dense')
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,9 @@ def ganglion_plan(depth: int,
                   stride: int = 1,
                   window: Optional[int] = None,
                   start: Optional[int] = 0,
-                  cross_stage: bool = False) -> GanglionPlan:
+                  cross_stage: bool = False,
+                  rule: str = 'sparx',
+                  require_last: bool = False) -> GanglionPlan:
     """Compute the ganglion plan of one stage.
 
     Args:
@@ -78,8 +94,12 @@ def ganglion_plan(depth: int,
         window: M, the number of preceding ganglion layers a ganglion layer connects to (>= 1), or
             None for no limit.
         start: the lowest layer index that may be a ganglion layer (>= 0), or None for a stage without
-            ganglion layers. A start >= depth also gives no ganglion layers.
+            ganglion layers. A start >= depth also gives no ganglion layers (an error with require_last).
         cross_stage: keep the stage input in the ganglion window instead of the pending features.
+        rule: 'sparx' (pending features + the last M ganglion outputs) or 'dense' (the stage input and
+            every preceding layer; needs window=None and cross_stage=False).
+        require_last: raise unless the stage's last layer is a ganglion layer (i.e. unless
+            ``start < depth``); a ``start`` of None (no ganglion layers asked for) is always accepted.
 
     Returns:
         GanglionPlan.
@@ -90,10 +110,23 @@ def ganglion_plan(depth: int,
     _check_int('start', start, 0, allow_none=True)
     if not isinstance(cross_stage, bool):
         raise ValueError(f'ganglion plan: cross_stage must be a bool, got {cross_stage!r}')
+    if rule not in RULES:
+        raise ValueError(f'ganglion plan: rule must be one of {RULES}, got {rule!r}')
+    if rule == 'dense' and (window is not None or cross_stage):
+        raise ValueError("ganglion plan: the 'dense' rule connects every ganglion layer to the stage input "
+                         f'and all preceding layers; it takes window=None and cross_stage=False, got '
+                         f'window={window!r}, cross_stage={cross_stage!r}')
     if start is None:
         return GanglionPlan(depth, (), {})
+    if require_last and start >= depth:
+        raise ValueError(f'ganglion plan: start={start} leaves a stage of depth {depth} without ganglion '
+                         f'layers, so its last layer (index {depth - 1}) is not a ganglion layer; use a start '
+                         f'<= {depth - 1}, or start=None for a stage without ganglion layers')
 
     ganglion_layers = tuple(sorted(range(depth - 1, start - 1, -stride)))
+    if rule == 'dense':
+        sources = {layer: (STAGE_INPUT, ) + tuple(range(layer)) for layer in ganglion_layers}
+        return GanglionPlan(depth, ganglion_layers, sources)
     pending, ganglia = ([], [STAGE_INPUT]) if cross_stage else ([STAGE_INPUT], [])
     sources = {}
     for layer in range(depth):
