@@ -10,10 +10,11 @@ from mmengine.registry import MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers import ConvFFN, DropPath, LayerNorm2d, LayerScale
+from ..layers import LayerNorm2d
 from ..mixers.aggregators import AGGREGATORS, build_aggregator
 from ..mixers.ss2d import SS2D
 from ..sparx import GanglionStage, ganglion_plan
+from ..sparx.block import SparXBlock
 
 #: Stage-wise ganglion settings use the paper's names: stride S, window M (None = no limit), start (None =
 #: a stage without ganglion layers). See ``sparx_mm.models.sparx.ganglion``. Per-stage defaults are functions
@@ -41,7 +42,7 @@ def _bn(norm_cfg, channels):
     return build_norm_layer(norm_cfg, channels)[1]
 
 
-class SparXMambaBlock(nn.Module):
+class SparXMambaBlock(SparXBlock):
     """Pre-norm block: x += DPE(x); x = LS1(x) + SS2D(GN(x)); x = LS2(x) + FFN(GN2(x)).
 
     In a ganglion layer (``shortcut_channels > 0``) a DMCA fuses GN(x) with the shortcut into the d_inner
@@ -60,31 +61,12 @@ class SparXMambaBlock(nn.Module):
                  layer_scale_init: Optional[float] = None, sr_ratio: int = 1,
                  dmca_scale: str = 'fixed', norm_cfg: dict = dict(type='BN'), dpe: bool = True,
                  routes: int = 4, aggregator: str = 'dmca'):
-        super().__init__()
         d_inner = int(dim * ssm_ratio)
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if dpe else None
-        self.norm = nn.GroupNorm(1, dim)
-        self.dmca = build_aggregator(aggregator, dim, shortcut_channels, d_inner, sr_ratio, dmca_scale,
-                                     norm_cfg) if shortcut_channels else None
-        self.op = SS2D(dim, d_inner, d_state=d_state, d_conv=d_conv, project_input=self.dmca is None,
-                       routes=routes)
-        self.norm2 = nn.GroupNorm(1, dim)
-        self.mlp = ConvFFN(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        if layer_scale_init is None:
-            self.layerscale_1 = self.layerscale_2 = nn.Identity()
-        else:
-            self.layerscale_1 = LayerScale(dim, layer_scale_init)
-            self.layerscale_2 = LayerScale(dim, layer_scale_init)
-
-    def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(x)
-        mixer_in = self.norm(x)
-        if self.dmca is not None:
-            mixer_in = self.dmca(mixer_in, shortcut)
-        x = self.layerscale_1(x) + self.drop_path(self.op(mixer_in))
-        return self.layerscale_2(x) + self.drop_path(self.mlp(self.norm2(x)))
+        aggregator = build_aggregator(aggregator, dim, shortcut_channels, d_inner, sr_ratio, dmca_scale,
+                                      norm_cfg) if shortcut_channels else None
+        mixer = SS2D(dim, d_inner, d_state=d_state, d_conv=d_conv, project_input=aggregator is None,
+                     routes=routes)
+        super().__init__(dim, mixer, aggregator, drop_path, mlp_ratio, layer_scale_init, dpe)
 
 
 @MODELS.register_module()

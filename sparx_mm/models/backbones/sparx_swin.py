@@ -1,13 +1,12 @@
 """SparX-Swin: SparX-Mamba's layout with Swin's shifted-window attention as the token mixer (paper Table 9)."""
 from typing import Dict, Optional
 
-import torch
 from mmengine.registry import MODELS
 from torch import nn
 
-from ..layers import ConvFFN, DropPath, LayerScale
 from ..mixers.aggregators import build_aggregator
 from ..mixers.window_attention import WindowAttention
+from ..sparx.block import SparXBlock
 from .sparx_mamba import PER_STAGE_DEFAULTS, SparXMamba
 
 #: Channels per attention head aimed at when an arch dict gives no ``num_heads`` (Swin's 32).
@@ -20,7 +19,7 @@ def default_num_heads(dim: int, head_dim: int = HEAD_DIM) -> int:
     return min((h for h in range(1, dim + 1) if dim % h == 0), key=lambda h: (abs(h - target), -h))
 
 
-class SparXSwinBlock(nn.Module):
+class SparXSwinBlock(SparXBlock):
     """x += DPE(x); x = LS1(x) + W-MSA(GN(x)); x = LS2(x) + ConvFFN(GN2(x)).
 
     The SparX-Mamba block with the SS2D replaced by (shifted-)window multi-head self-attention. In a
@@ -34,29 +33,10 @@ class SparXSwinBlock(nn.Module):
                  shift: bool = False, drop_path: float = 0.0, mlp_ratio: float = 3, qkv_bias: bool = True,
                  layer_scale_init: Optional[float] = None, sr_ratio: int = 1, dmca_scale: str = 'fixed',
                  norm_cfg: dict = dict(type='BN'), dpe: bool = True, aggregator: str = 'dmca'):
-        super().__init__()
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if dpe else None
-        self.norm = nn.GroupNorm(1, dim)
-        self.dmca = build_aggregator(aggregator, dim, shortcut_channels, dim, sr_ratio, dmca_scale, norm_cfg) \
-            if shortcut_channels else None
-        self.attn = WindowAttention(dim, num_heads, window_size, shift, qkv_bias)
-        self.norm2 = nn.GroupNorm(1, dim)
-        self.mlp = ConvFFN(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        if layer_scale_init is None:
-            self.layerscale_1 = self.layerscale_2 = nn.Identity()
-        else:
-            self.layerscale_1 = LayerScale(dim, layer_scale_init)
-            self.layerscale_2 = LayerScale(dim, layer_scale_init)
-
-    def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(x)
-        mixer_in = self.norm(x)
-        if self.dmca is not None:
-            mixer_in = self.dmca(mixer_in, shortcut)
-        x = self.layerscale_1(x) + self.drop_path(self.attn(mixer_in))
-        return self.layerscale_2(x) + self.drop_path(self.mlp(self.norm2(x)))
+        aggregator = build_aggregator(aggregator, dim, shortcut_channels, dim, sr_ratio, dmca_scale,
+                                      norm_cfg) if shortcut_channels else None
+        mixer = WindowAttention(dim, num_heads, window_size, shift, qkv_bias)
+        super().__init__(dim, mixer, aggregator, drop_path, mlp_ratio, layer_scale_init, dpe)
 
 
 @MODELS.register_module()

@@ -1,9 +1,7 @@
 """SS2D: the four-route 2D selective-scan token mixer of VMamba, as configured by SparX."""
 import math
-from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...ops import cross_merge, cross_scan, selective_scan

@@ -1,5 +1,4 @@
 """DMCA: the Dynamic Multi-layer Channel Aggregator run by ganglion layers."""
-import math
 from typing import Optional
 
 import torch

@@ -58,9 +58,9 @@ def test_t_plan_blocks_and_shifts():
     assert [list(p.ganglion_layers) for p in model.plans] == [[], [1], [0, 2, 4, 6], [0, 1]]
     for stage, dim in zip(model.layers, model.dims):
         for j, block in enumerate(stage.blocks):
-            assert block.attn.shift == (j % 2 == 1) and block.attn.window_size == 7
+            assert block.op.shift == (j % 2 == 1) and block.op.window_size == 7
             if block.dmca is not None:  # the DMCA feeds the attention C channels
-                assert block.dmca.out_channels == dim and block.attn.qkv.in_features == dim
+                assert block.dmca.out_channels == dim and block.op.qkv.in_features == dim
 
 
 @pytest.mark.parametrize('size', [(64, 64), (70, 45), (33, 1), (1, 1), (97, 61)])
