@@ -47,6 +47,7 @@ CONFIGS.update(SWIN)
 
 
 def _build(cfg):
+    from mmengine.registry import DefaultScope
     task = cfg.model.type
     if task == 'ImageClassifier':
         from mmpretrain.registry import MODELS
@@ -54,7 +55,9 @@ def _build(cfg):
         from mmdet.registry import MODELS
     else:
         from mmseg.registry import MODELS
-    return MODELS.build(cfg.model)
+    # Registry.build follows the current default scope, which earlier tests may have set to another package.
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        return MODELS.build(cfg.model)
 
 
 def _features(model, x):
