@@ -48,6 +48,20 @@ def _delta(delta_ptr, bias, rows, t, mask, L, HAS_BIAS: tl.constexpr, SOFTPLUS: 
 
 
 @triton.jit
+def _load_chunk(u_ptr, delta_ptr, B_ptr, C_ptr, bias, A_n, rows, bc_row, t, mask, mask_t, L,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """One chunk's inputs in float32 and its recurrence terms a_t = exp(dt A), b_t = dt B u (identity
+    past the end of the sequence)."""
+    u = tl.load(u_ptr + rows[:, None] * L + t[None, :], mask=mask, other=0.0).to(tl.float32)
+    raw, dt = _delta(delta_ptr, bias, rows, t, mask, L, HAS_BIAS, SOFTPLUS)
+    Bt = tl.load(B_ptr + bc_row + t, mask=mask_t, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + bc_row + t, mask=mask_t, other=0.0).to(tl.float32)
+    a = tl.where(mask, tl.exp(dt * A_n[:, None]), 1.0)
+    bx = tl.where(mask, dt * Bt[None, :] * u, 0.0)
+    return u, raw, dt, Bt, Ct, a, bx
+
+
+@triton.jit
 def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, states_ptr,
                      KD, L, K, channels_per_route, num_chunks,
                      N: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -69,12 +83,8 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_p
             t = c * BLOCK_L + cols
             mask_t = t < L
             mask = mask_d[:, None] & mask_t[None, :]
-            u = tl.load(u_ptr + rows[:, None] * L + t[None, :], mask=mask, other=0.0).to(tl.float32)
-            _, dt = _delta(delta_ptr, bias, rows, t, mask, L, HAS_BIAS, SOFTPLUS)
-            Bt = tl.load(B_ptr + bc_row + t, mask=mask_t, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + bc_row + t, mask=mask_t, other=0.0).to(tl.float32)
-            a = tl.where(mask, tl.exp(dt * A_n[:, None]), 1.0)
-            bx = tl.where(mask, dt * Bt[None, :] * u, 0.0)
+            u, _, dt, Bt, Ct, a, bx = _load_chunk(u_ptr, delta_ptr, B_ptr, C_ptr, bias, A_n, rows, bc_row, t,
+                                                   mask, mask_t, L, HAS_BIAS, SOFTPLUS)
             tl.store(states_ptr + ((b * KD + d) * N + n) * num_chunks + c, h, mask=mask_d)
             acc_a, acc_b = tl.associative_scan((a, bx), 1, _combine)
             hs = acc_b + acc_a * h[:, None]
@@ -117,13 +127,9 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
             mask_t = t < L
             mask = mask_d[:, None] & mask_t[None, :]
             offs = rows[:, None] * L + t[None, :]
-            u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            raw, dt = _delta(delta_ptr, bias, rows, t, mask, L, HAS_BIAS, SOFTPLUS)
-            Bt = tl.load(B_ptr + bc_row + t, mask=mask_t, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + bc_row + t, mask=mask_t, other=0.0).to(tl.float32)
+            u, raw, dt, Bt, Ct, a, bx = _load_chunk(u_ptr, delta_ptr, B_ptr, C_ptr, bias, A_n, rows, bc_row, t,
+                                                     mask, mask_t, L, HAS_BIAS, SOFTPLUS)
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            a = tl.where(mask, tl.exp(dt * A_n[:, None]), 1.0)
-            bx = tl.where(mask, dt * Bt[None, :] * u, 0.0)
             # Recompute the chunk's states from the one saved at its start.
             h0 = tl.load(states_ptr + ((b * KD + d) * N + n) * num_chunks + c, mask=mask_d, other=0.0)
             acc_a, acc_b = tl.associative_scan((a, bx), 1, _combine)
