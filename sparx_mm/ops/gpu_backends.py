@@ -33,6 +33,11 @@ def _mamba_scan_fn():
     return selective_scan_fn
 
 
+def triton_usable(x) -> bool:
+    """Whether this package's Triton kernels can run on tensors like ``x`` (CUDA, triton installed)."""
+    return x.is_cuda and _has_module('triton')
+
+
 def _triton_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
     from .triton_scan import selective_scan_triton
     return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
@@ -45,7 +50,7 @@ def _mamba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
                             delta_softplus=delta_softplus)
 
 
-register_scan_backend('triton', _triton_scan, is_available=lambda u: u.is_cuda and _has_module('triton'),
+register_scan_backend('triton', _triton_scan, is_available=triton_usable,
                       priority=10)
 register_scan_backend('mamba_ssm', _mamba_scan,
                       is_available=lambda u: u.is_cuda and _mamba_scan_fn() is not None, priority=20)

@@ -1,11 +1,13 @@
-"""GPU check of the Triton selective scan against the PyTorch reference (run on a CUDA machine).
+"""GPU check of the Triton kernels against the PyTorch reference (run on a CUDA machine).
 
     python tools/gpu_checks/check_kernels.py [--model]
 
-Checks forward and every gradient on random inputs of awkward sizes (lengths that are not multiples of
-the block, N > 1, two routes, L = 1) in fp32 / bf16 / fp16, then (with --model) whole SparX-Mamba outputs
-and input gradients with the Triton backend against the reference backend. Prints the largest relative
-errors and exits non-zero when one exceeds its tolerance.
+Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
+projection, scan, merge), forward and every gradient, on random inputs of awkward sizes (H != W, lengths
+that are not multiples of the block, channels that are not multiples of the channel block, N > 1, one / two
+/ four routes, L = 1) in fp32 / bf16 / fp16, then (with --model) whole SparX-Mamba outputs and input
+gradients with the Triton kernels against the reference. Prints the largest relative errors and exits
+non-zero when one exceeds its tolerance.
 """
 import argparse
 import os
@@ -14,13 +16,18 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from sparx_mm.ops import selective_scan, selective_scan_reference  # noqa: E402
+from sparx_mm.ops import (cross_selective_scan, cross_selective_scan_reference, selective_scan,  # noqa: E402
+                          selective_scan_reference)
 
 # Gradients come back in the input dtype, so bf16 / fp16 errors are their rounding (2^-8, 2^-11).
 TOL = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
 # (batch, routes, channels per route, d_state, length)
 SHAPES = [(2, 4, 16, 1, 197), (1, 4, 24, 4, 300), (3, 2, 8, 1, 128), (2, 4, 40, 1, 1), (1, 4, 96, 1, 3136),
           (2, 1, 12, 2, 129)]
+# cross_selective_scan: (batch, channels, H, W, routes, d_state, dt rank); SparX-T's stage 1 and 3 sizes among
+# them (channels 128 at 56 x 56 with rank 4, 640 at 14 x 14 with rank 20).
+CROSS_SHAPES = [(2, 128, 56, 56, 4, 1, 4), (2, 640, 14, 14, 4, 1, 20), (1, 40, 13, 11, 4, 1, 3),
+                (2, 32, 9, 16, 2, 2, 5), (1, 8, 3, 50, 1, 1, 2), (2, 16, 1, 1, 4, 1, 4), (1, 24, 7, 200, 4, 1, 48)]
 
 
 def rel_err(a, b):
@@ -69,27 +76,98 @@ def check_scan(device):
     return ok
 
 
+def make_cross_inputs(batch, channels, h, w, routes, n, rank, dtype, device):
+    g = torch.Generator(device='cpu').manual_seed(channels * 7 + h)
+    kd = routes * channels
+    return dict(x=torch.randn(batch, channels, h, w, generator=g).to(device, dtype),
+                proj=torch.randn(batch, routes, rank + 2 * n, h * w, generator=g).to(device, dtype),
+                dt_weight=(rank ** -0.5 * torch.randn(routes, channels, rank, generator=g)).to(device),
+                A=(-torch.rand(kd, n, generator=g) - 0.1).to(device), D=torch.randn(kd, generator=g).to(device),
+                dt_bias=(torch.randn(kd, generator=g) - 3).to(device))
+
+
+def check_cross_scan(device):
+    worst, ok = {}, True
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for shape in CROSS_SHAPES:
+            inputs = make_cross_inputs(*shape, dtype, device)
+            routes = shape[4]
+            leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+            ref_leaves = {k: v.detach().clone().float().requires_grad_() for k, v in inputs.items()}
+            y = cross_selective_scan(**leaves, routes=routes, impl='fused')
+            y_ref = cross_selective_scan_reference(**ref_leaves, routes=routes, scan_backend='reference')
+            grad = torch.randn_like(y_ref)
+            y.backward(grad)
+            y_ref.backward(grad)
+            assert y.dtype == torch.float32 and leaves['x'].grad.dtype == dtype
+            errors = {'y': rel_err(y, y_ref)}
+            for k in leaves:
+                ref_grad = ref_leaves[k].grad if ref_leaves[k].grad is not None else torch.zeros_like(ref_leaves[k])
+                errors['d' + k] = rel_err(leaves[k].grad, ref_grad)
+            for name, err in errors.items():
+                key = (str(dtype).split('.')[-1], name)
+                worst[key] = max(worst.get(key, 0.0), err)
+                if err > TOL[dtype]:
+                    ok = False
+                    print(f'FAIL cross_selective_scan {dtype} {shape} {name}: rel err {err:.2e}')
+    print('largest relative errors, fused cross_selective_scan vs reference composition:')
+    for dtype in ('float32', 'bfloat16', 'float16'):
+        row = ', '.join(f'{name} {err:.1e}' for (d, name), err in sorted(worst.items()) if d == dtype)
+        print(f'  {dtype}: {row}')
+    return ok
+
+
 def check_model(device):
+    """Whole SparX-T with each scan path against the reference, TF32 off: with TF32 convolutions, inputs that
+    differ in the 7th digit round to different TF32 values and the comparison would measure TF32, not the
+    kernels."""
     from sparx_mm.models import SparXMamba
+    from sparx_mm.models.mixers.ss2d import SS2D
     torch.manual_seed(0)
     model = SparXMamba('t', dmca_scale='learnable').to(device)
+    # Each SS2D's output per backend, to name the first one that differs when the model check fails.
+    recorded = {}
+    current = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            recorded.setdefault(current['backend'], []).append((name, inputs[0].detach(), output.detach()))
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, SS2D):
+            module.register_forward_hook(hook(name))
+    # name -> (SPARX_CROSS_SCAN, SPARX_SCAN_BACKEND); the first is the reference.
+    configs = {'reference': ('unfused', 'reference'), 'triton scan': ('unfused', 'triton'),
+               'fused': ('fused', '')}
     ok = True
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     for mode in ('eval', 'train'):
         getattr(model, mode)()
         outs, grads = {}, {}
-        for backend in ('reference', 'triton'):
-            os.environ['SPARX_SCAN_BACKEND'] = backend
+        recorded.clear()
+        for name, (impl, scan) in configs.items():
+            os.environ['SPARX_CROSS_SCAN'], os.environ['SPARX_SCAN_BACKEND'] = impl, scan
+            current['backend'] = name
             torch.manual_seed(1)
             x = torch.randn(2, 3, 224, 160, device=device, requires_grad=True)
             feats = model(x)
             sum(f.float().square().mean() for f in feats).backward()
-            outs[backend] = [f.detach() for f in feats]
-            grads[backend] = x.grad
+            outs[name] = [f.detach() for f in feats]
+            grads[name] = x.grad
         os.environ.pop('SPARX_SCAN_BACKEND')
-        out_err = max(rel_err(a, b) for a, b in zip(outs['triton'], outs['reference']))
-        grad_err = rel_err(grads['triton'], grads['reference'])
-        print(f'SparX-T {mode}, 2x3x224x160: outputs rel err {out_err:.1e}, input-gradient rel err {grad_err:.1e}')
-        ok &= out_err < 1e-5 and grad_err < 1e-3
+        os.environ.pop('SPARX_CROSS_SCAN')
+        for name in list(configs)[1:]:
+            out_err = max(rel_err(a, b) for a, b in zip(outs[name], outs['reference']))
+            grad_err = rel_err(grads[name], grads['reference'])
+            print(f'SparX-T {mode}, 2x3x224x160, {name} vs reference: outputs rel err {out_err:.1e}, '
+                  f'input-gradient rel err {grad_err:.1e}')
+            passed = out_err < 1e-5 and grad_err < 1e-3
+            if not passed:
+                for (op, x_ref, y_ref), (_, x_new, y_new) in list(zip(recorded['reference'], recorded[name]))[:4]:
+                    print(f'  {op}: input rel diff {rel_err(x_new, x_ref):.1e}, output rel diff '
+                          f'{rel_err(y_new, y_ref):.1e}, shape {tuple(x_ref.shape)}')
+            ok &= passed
     return ok
 
 
@@ -102,6 +180,7 @@ def main():
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = check_scan(device)
+    ok &= check_cross_scan(device)
     if args.model:
         ok &= check_model(device)
     print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')

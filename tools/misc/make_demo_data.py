@@ -143,8 +143,8 @@ def write_png(path, array):
 
 
 # ---------------------------------------------------------------------------------------------- data sets
-def make_coco(root, rng):
-    for split, count in SPLITS['coco'].items():
+def make_coco(root, rng, splits):
+    for split, count in splits.items():
         images, annotations = [], []
         for i in range(count):
             img, objects = draw_scene(rng)
@@ -165,8 +165,8 @@ def make_coco(root, rng):
             json.dump(dict(images=images, annotations=annotations, categories=categories), f)
 
 
-def make_seg(root, rng):
-    for split, count in SPLITS['seg'].items():
+def make_seg(root, rng, splits):
+    for split, count in splits.items():
         for i in range(count):
             img, objects = draw_scene(rng)
             label_map = np.zeros(img.shape[:2], np.uint8)  # 0: background, ignored (reduce_zero_label)
@@ -176,24 +176,40 @@ def make_seg(root, rng):
             write_png(osp.join(root, 'annotations', split, f'{split}_{i:04d}.png'), label_map)
 
 
-def make_cls(root, rng):
-    for split, count in SPLITS['cls'].items():
+def make_cls(root, rng, splits):
+    for split, count in splits.items():
         for i in range(count):
             for label, name in enumerate(CLASSES):
                 write_png(osp.join(root, split, name, f'{i:04d}.png'), draw_single(rng, label))
 
 
-def make_demo_data(out='data/demo', seed=0):
-    """Write all three data sets under ``out`` (replacing earlier ones); returns ``out``."""
+TRAIN_SPLITS = ('train', 'training')
+
+
+def split_sizes(train_scale=1):
+    """Images per split of each data set, the training splits multiplied by ``train_scale``."""
+    if not isinstance(train_scale, int) or train_scale < 1:
+        raise ValueError(f'train_scale must be an integer >= 1, got {train_scale!r}')
+    return {task: {split: count * train_scale if split in TRAIN_SPLITS else count
+                   for split, count in splits.items()} for task, splits in SPLITS.items()}
+
+
+def make_demo_data(out='data/demo', seed=0, train_scale=1):
+    """Write all three data sets under ``out`` (replacing earlier ones); returns ``out``.
+
+    ``train_scale`` multiplies the training splits (validation splits stay as they are): the default sizes
+    suit a few CPU iterations; longer GPU runs need more scenes than the models can memorise.
+    """
+    sizes = split_sizes(train_scale)
     cv2.setNumThreads(1)
     for index, (task, maker) in enumerate((('coco', make_coco), ('seg', make_seg), ('cls', make_cls))):
         root = osp.join(out, task)
         if osp.isdir(root):
             shutil.rmtree(root)
         # One generator per data set, so each is the same whatever the others hold.
-        maker(root, np.random.default_rng([seed, index]))
+        maker(root, np.random.default_rng([seed, index]), sizes[task])
     with open(osp.join(out, 'README.txt'), 'w') as f:
-        f.write(f'Written by tools/misc/make_demo_data.py --seed {seed}; classes: {", ".join(CLASSES)}.\n'
+        f.write(f'Written by tools/misc/make_demo_data.py --seed {seed} --train-scale {train_scale}; classes: {", ".join(CLASSES)}.\n'
                 'coco/: COCO instances; seg/: ADE20K layout, label 0 = background (ignored), 1..4 = classes; '
                 'cls/: class folders.\n')
     return out
@@ -203,13 +219,19 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Write the demo COCO, ADE20K-style and class-folder data.')
     parser.add_argument('--out', default='data/demo', help='output folder (default: data/demo)')
     parser.add_argument('--seed', type=int, default=0, help='random seed (default: 0)')
+    parser.add_argument('--train-scale', type=int, default=1,
+                        help='multiply the training splits by this (default: 1; e.g. 8 for GPU runs)')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    out = make_demo_data(args.out, args.seed)
-    counts = {task: sum(SPLITS[task].values()) * (len(CLASSES) if task == 'cls' else 1) for task in SPLITS}
+    if args.train_scale < 1:
+        print(f'--train-scale must be >= 1, got {args.train_scale}', file=sys.stderr)
+        return 2
+    out = make_demo_data(args.out, args.seed, args.train_scale)
+    sizes = split_sizes(args.train_scale)
+    counts = {task: sum(sizes[task].values()) * (len(CLASSES) if task == 'cls' else 1) for task in sizes}
     print(f'demo data written to {out}: {counts["coco"]} COCO images, {counts["seg"]} segmentation images, '
           f'{counts["cls"]} classification images (classes: {", ".join(CLASSES)})')
     return 0

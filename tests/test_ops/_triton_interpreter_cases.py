@@ -1,0 +1,55 @@
+"""Run by test_cross_selective_scan.py in a subprocess with TRITON_INTERPRET=1 (Triton's CPU interpreter must
+be switched on before the kernels are defined): the fused Triton kernels against the reference, forward and
+every gradient. Prints one line per case: the case and the largest relative errors."""
+import os
+import sys
+
+assert os.environ.get('TRITON_INTERPRET') == '1', 'run with TRITON_INTERPRET=1'
+
+import torch  # noqa: E402
+
+from sparx_mm.ops import cross_selective_scan, cross_selective_scan_reference  # noqa: E402
+
+NAMES = ('y', 'dx', 'dproj', 'dt_weight', 'A', 'D', 'dt_bias')
+# (batch, channels, H, W, routes, d_state, dt rank): H != W, L = H * W across chunk boundaries (128), channels
+# not a multiple of the channel block (32), ranks below and above the padded 16, every route count.
+CASES = [(2, 40, 13, 11, 4, 1, 3), (1, 32, 9, 16, 2, 2, 5), (1, 8, 3, 50, 1, 1, 2), (1, 16, 1, 1, 4, 1, 4),
+         (1, 24, 6, 5, 4, 1, 20)]
+
+
+def relative_errors(case):
+    b, d, h, w, routes, n, r = case
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, d, h, w, generator=g)
+    proj = torch.randn(b, routes, r + 2 * n, h * w, generator=g)
+    dt_weight = torch.randn(routes, d, r, generator=g) * 0.3
+    A = -torch.rand(routes * d, n, generator=g) - 0.1
+    D = torch.randn(routes * d, generator=g)
+    bias = torch.randn(routes * d, generator=g) - 2
+    args = [t.requires_grad_() for t in (x, proj, dt_weight, A, D, bias)]
+    upstream = torch.randn(b, d, h, w, generator=g)
+    outs = []
+    for impl in ('unfused', 'fused'):
+        y = cross_selective_scan(*args, routes=routes, impl=impl, scan_backend='reference')
+        grads = torch.autograd.grad(y, args, upstream, allow_unused=True)
+        outs.append([y.detach()] + [torch.zeros_like(a) if gr is None else gr for gr, a in zip(grads, args)])
+    assert torch.equal(outs[0][0], cross_selective_scan_reference(*args, routes=routes))
+    return [float((t - e).abs().max() / e.abs().max().clamp_min(1e-12)) for t, e in zip(outs[1], outs[0])]
+
+
+if __name__ == '__main__':
+    worst = 0.0
+    for case in CASES:
+        errors = relative_errors(case)
+        worst = max(worst, *errors)
+        print(case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)), flush=True)
+    # The custom-op registration (schema, fake tensors for torch.compile, autograd) on a tiny case.
+    from sparx_mm.ops import triton_cross_scan
+    g = torch.Generator().manual_seed(1)
+    args = [torch.randn(1, 8, 3, 5, generator=g), torch.randn(1, 4, 4, 15, generator=g),
+            torch.randn(4, 8, 2, generator=g), -torch.rand(32, 1, generator=g), torch.randn(32, generator=g),
+            torch.randn(32, generator=g)]
+    report = torch.library.opcheck(triton_cross_scan._cross_scan_fwd, [t.requires_grad_() for t in args] + [4])
+    print('OPCHECK', 'ok' if set(report.values()) == {'SUCCESS'} else report)
+    print(f'WORST {worst:.3e}')
+    sys.exit(0)

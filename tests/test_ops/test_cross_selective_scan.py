@@ -1,0 +1,131 @@
+"""cross_selective_scan: the reference against VMamba's explicit composition, the route helpers, the CPU
+dispatch and errors, and the fused Triton kernels under Triton's CPU interpreter."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparx_mm.ops import (cross_merge, cross_scan, cross_selective_scan, cross_selective_scan_reference,
+                          route_sequence, route_to_positions, selective_scan_reference)
+
+HERE = os.path.dirname(__file__)
+
+
+def _inputs(b=2, d=6, h=3, w=5, routes=4, n=1, r=2, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, d, h, w, generator=g, dtype=dtype)
+    proj = torch.randn(b, routes, r + 2 * n, h * w, generator=g, dtype=dtype)
+    dt_weight = torch.randn(routes, d, r, generator=g, dtype=dtype)
+    A = -torch.rand(routes * d, n, generator=g, dtype=dtype)
+    D = torch.randn(routes * d, generator=g, dtype=dtype)
+    bias = torch.randn(routes * d, generator=g, dtype=dtype)
+    return x, proj, dt_weight, A, D, bias
+
+
+def _explicit_four_routes(x, x_proj_weight, dt_weight, A, D, bias):
+    """VMamba's SS2D core as the official code writes it: materialise the four routes, project each route's
+    sequence, scan, merge."""
+    b, d, h, w = x.shape
+    xs = cross_scan(x)
+    x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, x_proj_weight)
+    r = dt_weight.shape[2]
+    n = A.shape[1]
+    dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
+    dts = torch.einsum('bkrl,kdr->bkdl', dts, dt_weight)
+    ys = selective_scan_reference(xs.reshape(b, 4 * d, -1), dts.reshape(b, 4 * d, -1), A, bs.contiguous(),
+                                  cs.contiguous(), D, bias, True)
+    return cross_merge(ys.view(b, 4, d, -1), height=h, width=w).view(b, d, h, w)
+
+
+def test_reference_equals_projecting_the_materialised_routes():
+    x, _, dt_weight, A, D, bias = _inputs(n=2, r=3)
+    x_proj_weight = torch.randn(4, 3 + 4, x.shape[1], dtype=x.dtype)
+    # The projection on the map, at row-major positions, as SS2D computes it.
+    proj = torch.einsum('kcd,bdl->bkcl', x_proj_weight, x.flatten(2))
+    torch.testing.assert_close(cross_selective_scan_reference(x, proj, dt_weight, A, D, bias),
+                               _explicit_four_routes(x, x_proj_weight, dt_weight, A, D, bias))
+
+
+@pytest.mark.parametrize('routes', [1, 2, 4])
+def test_route_helpers(routes):
+    x = torch.arange(2 * 3 * 4.).view(1, 2, 3, 4)
+    for k in range(routes):
+        seq = route_sequence(x, k, routes)
+        assert torch.equal(route_to_positions(seq, k, routes, 3, 4), x)
+        if routes == 4:
+            assert torch.equal(seq, cross_scan(x)[:, k])
+    if routes == 2:
+        assert torch.equal(route_sequence(x, 1, 2), x.flatten(2).flip(-1))
+
+
+@pytest.mark.parametrize('routes', [1, 2])
+def test_fewer_routes_scan_the_row_major_sequence(routes):
+    x, proj, dt_weight, A, D, bias = _inputs(routes=routes)
+    b, d, h, w = x.shape
+    y = cross_selective_scan_reference(x, proj, dt_weight, A, D, bias, routes=routes)
+    total = torch.zeros_like(y)
+    for k in range(routes):
+        flip = (lambda t: t.flip(-1)) if k == 1 else (lambda t: t)
+        dts = torch.einsum('brl,dr->bdl', flip(proj[:, k, :2]), dt_weight[k])
+        seq = selective_scan_reference(flip(x.flatten(2)), dts, A[k * d:(k + 1) * d],
+                                       flip(proj[:, k:k + 1, 2:3]).contiguous(),
+                                       flip(proj[:, k:k + 1, 3:4]).contiguous(), D[k * d:(k + 1) * d],
+                                       bias[k * d:(k + 1) * d], True)
+        total += flip(seq).view(b, d, h, w)
+    torch.testing.assert_close(y, total)
+
+
+def test_cpu_dispatch_uses_the_reference():
+    args = _inputs(dtype=torch.float32)
+    assert torch.equal(cross_selective_scan(*args), cross_selective_scan_reference(*args))
+
+
+def test_forcing_the_fused_kernel_on_cpu_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    args = _inputs(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match='needs CUDA tensors'):
+        cross_selective_scan(*args, impl='fused')
+    monkeypatch.setenv('SPARX_CROSS_SCAN', 'fused')
+    with pytest.raises(RuntimeError, match='needs CUDA tensors'):
+        cross_selective_scan(*args)
+
+
+def test_unknown_implementation_is_a_clear_error(monkeypatch):
+    args = _inputs(dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"unknown implementation 'fast' \(from the impl argument\)"):
+        cross_selective_scan(*args, impl='fast')
+    monkeypatch.setenv('SPARX_CROSS_SCAN', 'cuda')
+    with pytest.raises(ValueError, match="unknown implementation 'cuda' .*SPARX_CROSS_SCAN.*'fused', 'unfused'"):
+        cross_selective_scan(*args)
+
+
+@pytest.mark.parametrize('change,match', [
+    (dict(routes=3), 'routes must be one of'),
+    (dict(x=torch.zeros(2, 6, 15)), 'x must be a 4-D tensor'),
+    (dict(proj=torch.zeros(2, 4, 4, 14)), r'proj must be \(B, K, R \+ 2N, H\*W\) = \(2, 4, 4, 15\)'),
+    (dict(dt_weight=torch.zeros(4, 5, 2)), r'dt_weight must be \(K, D, R\)'),
+    (dict(A=torch.zeros(23, 1)), r'A must be \(K\*D, N\) = \(24, N\)'),
+    (dict(D=torch.zeros(6)), r'D must be \(K\*D,\) = \(24,\)'),
+    (dict(dt_bias=torch.zeros(24, 1)), r'dt_bias must be'),
+])
+def test_bad_inputs(change, match):
+    names = ('x', 'proj', 'dt_weight', 'A', 'D', 'dt_bias')
+    kwargs = dict(zip(names, _inputs(dtype=torch.float32)))
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=match):
+        cross_selective_scan(**kwargs)
+
+
+def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
+    import triton  # noqa: F401  (a dependency of torch's Linux wheels: its absence fails this test)
+    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, os.path.join(HERE, '_triton_interpreter_cases.py')], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    worst = float(re.search(r'WORST (\S+)', out.stdout).group(1))
+    assert worst < 1e-5, out.stdout
+    assert 'OPCHECK ok' in out.stdout, out.stdout
+    assert out.stdout.count('\n') == 7, out.stdout  # five cases, the custom-op check and the summary
