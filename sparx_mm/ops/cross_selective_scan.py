@@ -36,6 +36,9 @@ ROUTE_COUNTS = (1, 2, 4)
 #: composition, with the selective-scan backend that ``SPARX_SCAN_BACKEND`` or the registry picks).
 IMPL_ENV = 'SPARX_CROSS_SCAN'
 IMPLS = ('fused', 'unfused')
+#: Largest H*W for which the automatic choice takes the fused kernel (SparX's stage-1 map at 224 x 224 is
+#: 3136; at 1024 x 1024 (65536 positions) the fused kernel was 20 % slower than the unfused path on an H100).
+FUSED_MAX_POSITIONS = 4096
 
 
 def _route_kind(route: int, routes: int):
@@ -118,9 +121,13 @@ def cross_selective_scan(x: Tensor, proj: Tensor, dt_weight: Tensor, A: Tensor, 
 
     ``impl`` (else ``SPARX_CROSS_SCAN``, else automatic): 'fused' runs the Triton kernel (CUDA); 'unfused'
     runs the reference composition with ``selective_scan(backend=scan_backend)`` (``scan_backend`` None: the
-    ``SPARX_SCAN_BACKEND`` variable or the best registered backend). Automatic is 'fused' for CUDA tensors
-    when triton is installed (on an H100 it is the faster one for inference and keeps ~25 % less activation
-    memory in training: docs/benchmarks.md), else 'unfused'.
+    ``SPARX_SCAN_BACKEND`` variable or the best registered backend). Automatic, for CUDA tensors with triton
+    installed: 'fused' when no gradient is needed, the map has at most ``FUSED_MAX_POSITIONS`` positions and
+    the dtype is not float64
+    (there, on an H100, it is the faster, and it makes no route copies), else 'unfused' (its backward is
+    faster, and on large maps the fused kernel's column-order reads miss the cache); 'fused' keeps ~25 % less
+    activation memory in training, so memory-bound runs may set ``SPARX_CROSS_SCAN=fused``. Figures in
+    docs/benchmarks.md. Elsewhere 'unfused'.
 
     Shapes: x (B, D, H, W), proj (B, K, R + 2N, H*W), dt_weight (K, D, R), A (K*D, N), D and dt_bias
     (K*D,) -> (B, D, H, W) float32.
@@ -131,7 +138,11 @@ def cross_selective_scan(x: Tensor, proj: Tensor, dt_weight: Tensor, A: Tensor, 
         source = f'environment variable {IMPL_ENV}'
     if impl is None:
         from .gpu_backends import triton_usable
-        impl = 'fused' if triton_usable(x) else 'unfused'
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, proj, dt_weight, A, D, dt_bias))
+        small_map = x.dim() == 4 and x.shape[-1] * x.shape[-2] <= FUSED_MAX_POSITIONS
+        fused_dtype = x.dtype in (torch.float32, torch.float16, torch.bfloat16)  # float64: reference only
+        impl = 'fused' if triton_usable(x) and fused_dtype and small_map and not needs_grad else 'unfused'
     if impl not in IMPLS:
         raise ValueError(f'cross_selective_scan: unknown implementation {impl!r} (from the {source}); '
                          f'choose one of {IMPLS}')

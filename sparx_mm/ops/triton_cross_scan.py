@@ -83,7 +83,7 @@ def _cross_scan_fwd_kernel(x_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, y_ptr
                            Dm, H, W, L, R, num_d_blocks, num_chunks,
                            ROUTES: tl.constexpr, N: tl.constexpr, R_PAD: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    b = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)  # element offsets of large inputs pass 2**31
     route, dl, mask_d, kd, ranks, mask_r, w_tile, bias, skip = _program_setup(
         w_ptr, bias_ptr, D_ptr, Dm, num_d_blocks, R, BLOCK_D, R_PAD)
     P = R + 2 * N
@@ -125,7 +125,7 @@ def _cross_scan_bwd_kernel(x_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_pt
                            Dm, H, W, L, R, num_d_blocks, num_chunks,
                            ROUTES: tl.constexpr, N: tl.constexpr, R_PAD: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    b = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)  # element offsets of large inputs pass 2**31
     route, dl, mask_d, kd, ranks, mask_r, w_tile, bias, skip = _program_setup(
         w_ptr, bias_ptr, D_ptr, Dm, num_d_blocks, R, BLOCK_D, R_PAD)
     P = R + 2 * N

@@ -79,3 +79,22 @@ def test_deterministic_for_a_seed(demo_root, tmp_path):
     same = _digest(demo_root / 'data/demo')
     assert _digest(tmp_path / 'seed0') == same
     assert _digest(tmp_path / 'seed1') != same
+
+
+def test_train_scale_multiplies_only_the_training_splits(tmp_path):
+    sys.path.insert(0, str(REPO / 'tools/misc'))
+    try:
+        import make_demo_data
+    finally:
+        sys.path.pop(0)
+    assert make_demo_data.split_sizes(8) == dict(coco=dict(train=256, val=12), seg=dict(training=256, validation=12),
+                                                 cls=dict(train=192, val=8))
+    script = str(REPO / 'tools/misc/make_demo_data.py')
+    out = subprocess.run([sys.executable, script, '--out', str(tmp_path / 'x2'), '--train-scale', '2'],
+                         capture_output=True, text=True, check=True)
+    assert '76 segmentation images' in out.stdout
+    assert len(list((tmp_path / 'x2/seg/images/training').glob('*.png'))) == 64
+    assert len(list((tmp_path / 'x2/cls/train/star').glob('*.png'))) == 48
+    bad = subprocess.run([sys.executable, script, '--out', str(tmp_path / 'x0'), '--train-scale', '0'],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and '--train-scale must be >= 1, got 0' in bad.stderr

@@ -43,6 +43,22 @@ if __name__ == '__main__':
         errors = relative_errors(case)
         worst = max(worst, *errors)
         print(case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)), flush=True)
+    # The plain Triton selective scan (the unfused path's kernel), two routes, N = 2, L across chunks.
+    from sparx_mm.ops import selective_scan_reference
+    from sparx_mm.ops.triton_scan import selective_scan_triton
+    g = torch.Generator().manual_seed(2)
+    scan_args = [torch.randn(2, 16, 150, generator=g), torch.randn(2, 16, 150, generator=g) - 1,
+                 -torch.rand(16, 2, generator=g) - 0.1, torch.randn(2, 2, 2, 150, generator=g),
+                 torch.randn(2, 2, 2, 150, generator=g), torch.randn(16, generator=g), torch.randn(16, generator=g)]
+    scan_args = [t.requires_grad_() for t in scan_args]
+    upstream = torch.randn(2, 16, 150, generator=g)
+    results = []
+    for fn in (selective_scan_reference, selective_scan_triton):
+        y = fn(*scan_args, delta_softplus=True)
+        results.append([y.detach()] + list(torch.autograd.grad(y, scan_args, upstream)))
+    errors = [float((t - e).abs().max() / e.abs().max()) for t, e in zip(results[1], results[0])]
+    worst = max(worst, *errors)
+    print('selective_scan_triton', ' '.join(f'{e:.1e}' for e in errors), flush=True)
     # The custom-op registration (schema, fake tensors for torch.compile, autograd) on a tiny case.
     from sparx_mm.ops import triton_cross_scan
     g = torch.Generator().manual_seed(1)

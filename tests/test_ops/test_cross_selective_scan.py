@@ -128,4 +128,41 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     worst = float(re.search(r'WORST (\S+)', out.stdout).group(1))
     assert worst < 1e-5, out.stdout
     assert 'OPCHECK ok' in out.stdout, out.stdout
-    assert out.stdout.count('\n') == 7, out.stdout  # five cases, the custom-op check and the summary
+    assert 'selective_scan_triton' in out.stdout, out.stdout
+    assert out.stdout.count('\n') == 8, out.stdout  # five cases, the plain scan, the custom-op check, the summary
+
+
+class _FusedCalled(Exception):
+    pass
+
+
+@pytest.mark.parametrize('grad,size,dtype,expected', [
+    (False, (8, 8), torch.float32, 'fused'), (False, (8, 8), torch.bfloat16, 'fused'),
+    (True, (8, 8), torch.float32, 'unfused'), (False, (65, 64), torch.float32, 'unfused'),
+    (False, (8, 8), torch.float64, 'unfused')])
+def test_automatic_choice_where_triton_runs(grad, size, dtype, expected, monkeypatch):
+    """With triton usable (as on CUDA): the fused kernel for inference on maps up to FUSED_MAX_POSITIONS, the
+    unfused composition when a gradient is needed, the map is larger or the inputs are float64."""
+    import importlib
+    module = importlib.import_module('sparx_mm.ops.cross_selective_scan')  # the package attribute is the function
+    from sparx_mm.ops import gpu_backends, triton_cross_scan
+    monkeypatch.delenv('SPARX_CROSS_SCAN', raising=False)
+    monkeypatch.setattr(gpu_backends, 'triton_usable', lambda x: True)
+
+    def fused(*args):
+        raise _FusedCalled
+
+    monkeypatch.setattr(triton_cross_scan, 'cross_selective_scan_triton', fused)
+    assert module.FUSED_MAX_POSITIONS == 4096
+    args = _inputs(dtype=torch.float32, h=size[0], w=size[1])
+    args = (args[0].to(dtype), args[1].to(dtype)) + args[2:]
+    if grad:
+        args[0].requires_grad_()
+    if expected == 'fused':
+        with pytest.raises(_FusedCalled):
+            cross_selective_scan(*args)
+    else:
+        assert torch.equal(cross_selective_scan(*args), cross_selective_scan_reference(*args))
+        if grad:
+            cross_selective_scan(*args).sum().backward()
+            assert args[0].grad is not None

@@ -28,7 +28,8 @@ def test_forcing_a_gpu_backend_on_cpu_tensors_is_a_clear_error(backend, monkeypa
         selective_scan(*_inputs())
 
 
-def test_triton_wrapper_checks_inputs_then_device():
+def test_triton_wrapper_checks_inputs_then_device(monkeypatch):
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
     triton_scan = importlib.import_module('sparx_mm.ops.triton_scan')  # triton comes with torch's install
     u, delta, A, B, C = _inputs()
     with pytest.raises(ValueError, match='delta'):

@@ -118,55 +118,44 @@ def check_cross_scan(device):
 
 
 def check_model(device):
-    """Whole SparX-T with each scan path against the reference, TF32 off: with TF32 convolutions, inputs that
-    differ in the 7th digit round to different TF32 values and the comparison would measure TF32, not the
-    kernels."""
+    """Whole SparX-T, outputs and input gradients, with each scan path in float32 against the same model in
+    float64 (reference path). A Triton path passes when its error is within 4x the float32 reference path's
+    own error (or 1e-5): SparX's input gradient at initialisation is ill-conditioned enough that float32
+    rounding alone moves it by ~1e-2, whatever the scan. TF32 is off, or the comparison would measure it."""
+    import copy
     from sparx_mm.models import SparXMamba
-    from sparx_mm.models.mixers.ss2d import SS2D
-    torch.manual_seed(0)
-    model = SparXMamba('t', dmca_scale='learnable').to(device)
-    # Each SS2D's output per backend, to name the first one that differs when the model check fails.
-    recorded = {}
-    current = {}
-
-    def hook(name):
-        def record(module, inputs, output):
-            recorded.setdefault(current['backend'], []).append((name, inputs[0].detach(), output.detach()))
-        return record
-
-    for name, module in model.named_modules():
-        if isinstance(module, SS2D):
-            module.register_forward_hook(hook(name))
-    # name -> (SPARX_CROSS_SCAN, SPARX_SCAN_BACKEND); the first is the reference.
-    configs = {'reference': ('unfused', 'reference'), 'triton scan': ('unfused', 'triton'),
-               'fused': ('fused', '')}
-    ok = True
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    model = SparXMamba('t', dmca_scale='learnable', drop_path_rate=0.0).to(device)
+    model64 = copy.deepcopy(model).double()
+    # name -> (model, SPARX_CROSS_SCAN, SPARX_SCAN_BACKEND); the first is the ground truth.
+    configs = {'float64 reference': (model64, 'unfused', 'reference'), 'reference': (model, 'unfused', 'reference'),
+               'triton scan': (model, 'unfused', 'triton'), 'fused': (model, 'fused', '')}
+    ok = True
     for mode in ('eval', 'train'):
-        getattr(model, mode)()
         outs, grads = {}, {}
-        recorded.clear()
-        for name, (impl, scan) in configs.items():
+        for name, (net, impl, scan) in configs.items():
+            getattr(net, mode)()
             os.environ['SPARX_CROSS_SCAN'], os.environ['SPARX_SCAN_BACKEND'] = impl, scan
-            current['backend'] = name
             torch.manual_seed(1)
-            x = torch.randn(2, 3, 224, 160, device=device, requires_grad=True)
-            feats = model(x)
-            sum(f.float().square().mean() for f in feats).backward()
+            x = torch.randn(2, 3, 224, 160, device=device).to(next(net.parameters()).dtype).requires_grad_()
+            feats = net(x)
+            sum(f.square().mean() for f in feats).backward()
             outs[name] = [f.detach() for f in feats]
             grads[name] = x.grad
         os.environ.pop('SPARX_SCAN_BACKEND')
         os.environ.pop('SPARX_CROSS_SCAN')
-        for name in list(configs)[1:]:
-            out_err = max(rel_err(a, b) for a, b in zip(outs[name], outs['reference']))
-            grad_err = rel_err(grads[name], grads['reference'])
-            print(f'SparX-T {mode}, 2x3x224x160, {name} vs reference: outputs rel err {out_err:.1e}, '
-                  f'input-gradient rel err {grad_err:.1e}')
-            passed = out_err < 1e-5 and grad_err < 1e-3
-            if not passed:
-                for (op, x_ref, y_ref), (_, x_new, y_new) in list(zip(recorded['reference'], recorded[name]))[:4]:
-                    print(f'  {op}: input rel diff {rel_err(x_new, x_ref):.1e}, output rel diff '
-                          f'{rel_err(y_new, y_ref):.1e}, shape {tuple(x_ref.shape)}')
+        errors = {name: (max(rel_err(a, b) for a, b in zip(outs[name], outs['float64 reference'])),
+                         rel_err(grads[name], grads['float64 reference'])) for name in list(configs)[1:]}
+        ref_out, ref_grad = errors['reference']
+        if ref_out > 1e-4 or ref_grad > 0.1:
+            print(f'FAIL the float32 reference itself is {ref_out:.1e} / {ref_grad:.1e} from float64: the '
+                  'comparison is broken')
+            ok = False
+        for name, (out_err, grad_err) in errors.items():
+            passed = out_err <= max(4 * ref_out, 1e-5) and grad_err <= max(4 * ref_grad, 1e-5)
+            print(f'SparX-T {mode}, 2x3x224x160, {name} (float32) vs float64: outputs rel err {out_err:.1e}, '
+                  f'input-gradient rel err {grad_err:.1e}{"" if passed else "  FAIL"}')
             ok &= passed
     return ok
 
@@ -174,14 +163,17 @@ def check_model(device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', action='store_true', help='also compare whole-model outputs')
+    parser.add_argument('--model-only', action='store_true', help='only the whole-model comparison')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('check_kernels.py needs a CUDA GPU')
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
-    ok = check_scan(device)
-    ok &= check_cross_scan(device)
-    if args.model:
+    ok = True
+    if not args.model_only:
+        ok &= check_scan(device)
+        ok &= check_cross_scan(device)
+    if args.model or args.model_only:
         ok &= check_model(device)
     print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')
     sys.exit(0 if ok else 1)
