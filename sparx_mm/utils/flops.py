@@ -5,11 +5,12 @@ The paper's FLOPs (SPEC section 1) are fvcore's count plus the selective scan co
 * **one multiply-add = 1 flop**;
 * counted by the jit-trace analyzer (mmengine's :class:`~mmengine.analysis.FlopAnalyzer`, which follows
   fvcore's per-operator rules): convolutions (``batch * prod(weight shape) * prod(output spatial)``, bias
-  not counted), linear / matmul / bmm, einsum (two operands: the product of all index sizes, exact; so
-  SS2D's per-route x / dt projections count the same whether written as grouped 1x1 convs, as in the
-  official code, or as einsums), batch_norm (2 per element in eval mode), group_norm and layer_norm (5 per
-  element with affine), adaptive average pooling (1 per input element), nearest / bilinear upsampling
-  (1 / 4 per output element), scaled_dot_product_attention (``q kᵀ`` + ``attn v``, e.g. window
+  not counted), linear / matmul (with broadcasting: output elements x contracted size) / bmm, einsum (two
+  operands: the product of all index sizes, exact; so SS2D's per-route x / dt projections count the same
+  whether written as grouped 1x1 convs, as in the official code, or as a matmul / einsums), batch_norm (2
+  per element in eval mode), group_norm and layer_norm (5 per element with affine), adaptive average
+  pooling (1 per input element), nearest / bilinear upsampling (1 / 4 per output element),
+  scaled_dot_product_attention (``q kᵀ`` + ``attn v``, e.g. window
   attention of other token mixers);
 * **not** counted: elementwise ops (activations, add, mul, exp, softplus), data movement (the cross
   scan / merge, reshapes, concatenations), custom autograd functions without a handle (e.g. mmcv's
@@ -64,6 +65,7 @@ from ..ops.selective_scan import SCAN_BACKEND_ENV, _selective_scan_reference
 __all__ = [
     'SCAN_OP_NAME', 'LAYER_SCALE_OP_NAME', 'ATTENTION_OP_NAMES', 'PAPER_NUMBERS', 'DEFAULT_SHAPES', 'FlopReport',
     'SparXClassifier', 'selective_scan_flops', 'analytic_scan_flops', 'sdpa_flop_jit', 'einsum_flop_jit',
+    'matmul_flop_jit',
     'scan_as_single_op', 'count_params', 'count_flops', 'count_classifier_flops', 'build_model_from_config',
     'prepare_for_flops', 'count_config_flops', 'model_family', 'paper_numbers', 'format_report',
 ]
@@ -319,6 +321,18 @@ def einsum_flop_jit(inputs, outputs) -> Counter:
     return Counter({'einsum': int(fallback(inputs, outputs))})
 
 
+def matmul_flop_jit(inputs, outputs) -> Counter:
+    """``aten::matmul`` in multiply-adds, with broadcasting: (output elements) x (contracted size). mmengine's
+    handle multiplies the first operand's elements by the last size, which drops the batch of a
+    (M, K) @ (B, K, N) product (SS2D's x_proj on the map)."""
+    first = _shape(inputs[0])
+    out = _shape(outputs[0])
+    if first is None or out is None:
+        from mmengine.analysis.jit_handles import matmul_flop_jit as fallback
+        return Counter({'matmul': int(fallback(inputs, outputs))})
+    return Counter({'matmul': _prod(out) * first[-1]})
+
+
 def _in_subtree(name: str, root: str) -> bool:
     return root == '' or name == root or name.startswith(root + '.')
 
@@ -352,6 +366,7 @@ def count_flops(model: nn.Module, inputs: Union[torch.Tensor, Tuple[int, ...], T
             analyzer.set_op_handle(**SCAN_HANDLES)
             analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
             analyzer.set_op_handle('aten::einsum', einsum_flop_jit)
+            analyzer.set_op_handle('aten::matmul', matmul_flop_jit)
             analyzer.unsupported_ops_warnings(warnings).uncalled_modules_warnings(warnings)
             analyzer.tracer_warnings('all' if warnings else 'none')
             per_module = {k: Counter({op: int(n) for op, n in v.items()})

@@ -138,3 +138,18 @@ def test_cli_rejects_missing_inputs():
     proc = subprocess.run([sys.executable, str(REPO / 'tools/analysis_tools/get_flops.py')], cwd=str(REPO),
                           capture_output=True, text=True)
     assert proc.returncode != 0 and 'give config files' in proc.stderr
+
+
+def test_broadcast_matmul_counts_every_batch_element():
+    """SS2D's x_proj is a (C, D) @ (B, D, L) matmul; mmengine's own handle would drop the batch B."""
+    from torch import nn
+
+    class Projection(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(6, 5))
+
+        def forward(self, x):
+            return torch.matmul(self.weight, x)
+
+    assert count_flops(Projection(), (3, 5, 7)).flops == 3 * 6 * 5 * 7
