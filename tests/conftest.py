@@ -36,6 +36,17 @@ def random_state_dict(keys, seed=0):
     return state
 
 
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures('one_torch_thread')``): on a small
+    CPU shared with other work, intra-op threads spin against each other (a 20x slowdown measured); no result
+    depends on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def repo_root():
     return REPO

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import gpu_backends
 from .cross_scan import cross_merge, cross_scan
 from .selective_scan import SCAN_BACKEND_ENV, selective_scan
 
@@ -137,12 +138,12 @@ def cross_selective_scan(x: Tensor, proj: Tensor, dt_weight: Tensor, A: Tensor, 
         impl = os.environ.get(IMPL_ENV, '').strip() or None
         source = f'environment variable {IMPL_ENV}'
     if impl is None:
-        from .gpu_backends import triton_usable
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, proj, dt_weight, A, D, dt_bias))
         small_map = x.dim() == 4 and x.shape[-1] * x.shape[-2] <= FUSED_MAX_POSITIONS
         fused_dtype = x.dtype in (torch.float32, torch.float16, torch.bfloat16)  # float64: reference only
-        impl = 'fused' if triton_usable(x) and fused_dtype and small_map and not needs_grad else 'unfused'
+        fused = gpu_backends.triton_usable(x) and fused_dtype and small_map and not needs_grad
+        impl = 'fused' if fused else 'unfused'
     if impl not in IMPLS:
         raise ValueError(f'cross_selective_scan: unknown implementation {impl!r} (from the {source}); '
                          f'choose one of {IMPLS}')

@@ -14,14 +14,13 @@ projections (dt ranks, B, C), shared by the channels of a route, are summed acro
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
 """
-import os
 from typing import Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .triton_scan import _combine, _first_column, _last_column
+from .triton_scan import _chunk_adjoint, _chunk_states, _last_column, interpreting
 
 BLOCK_D = 32
 #: (BLOCK_L, num_warps) for routes longer than LONG_ROUTE and for the others: the faster of the tilings
@@ -63,7 +62,12 @@ def _dt_chunk(proj_base, w_tile, bias, p, ranks, mask_rl, L):
 
 
 @triton.jit
-def _program_setup(w_ptr, bias_ptr, D_ptr, Dm, num_d_blocks, R, BLOCK_D: tl.constexpr, R_PAD: tl.constexpr):
+def _program_setup(w_ptr, bias_ptr, D_ptr, Dm, L, R, num_d_blocks, ROUTES: tl.constexpr, N: tl.constexpr,
+                   BLOCK_D: tl.constexpr, R_PAD: tl.constexpr):
+    """What a program (BLOCK_D channels of one route of one sample) reads once: its indices, dt weights, bias,
+    D, and the offsets of its projections, of its rows of x, of its rows of a per-route (B, K, D, L) buffer
+    and of its saved states."""
+    b = tl.program_id(1).to(tl.int64)  # element offsets of large inputs pass 2**31
     pid = tl.program_id(0)
     route = pid // num_d_blocks
     dl = (pid % num_d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)  # channel within the route
@@ -75,7 +79,30 @@ def _program_setup(w_ptr, bias_ptr, D_ptr, Dm, num_d_blocks, R, BLOCK_D: tl.cons
                      other=0.0).to(tl.float32)
     bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
     skip = tl.load(D_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
-    return route, dl, mask_d, kd, ranks, mask_r, w_tile, bias, skip
+    proj_offset = (b * ROUTES + route) * (R + 2 * N) * L
+    x_rows = (b * Dm + dl) * L
+    route_rows = ((b * ROUTES + route) * Dm + dl) * L
+    state_rows = (b * ROUTES * Dm + kd) * N
+    return route, mask_d, kd, ranks, mask_r, w_tile, bias, skip, proj_offset, x_rows, route_rows, state_rows
+
+
+@triton.jit
+def _route_chunk(x_ptr, proj_base, x_rows, w_tile, bias, A_n, ranks, mask_r, mask_d, c, n, route, H, W, L, R,
+                 N: tl.constexpr, ROUTES: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Chunk ``c`` of the route: its steps, masks and row-major positions, the inputs gathered there (float32)
+    and the recurrence terms a_t = exp(dt A), b_t = dt B u (identity past the end of the route)."""
+    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_t = t < L
+    mask = mask_d[:, None] & mask_t[None, :]
+    mask_rl = mask_r[:, None] & mask_t[None, :]
+    p = _positions(t, route, H, W, L, ROUTES)
+    u = tl.load(x_ptr + x_rows[:, None] + p[None, :], mask=mask, other=0.0).to(tl.float32)
+    dtr, raw, dt = _dt_chunk(proj_base, w_tile, bias, p, ranks, mask_rl, L)
+    Bt = tl.load(proj_base + (R + n) * L + p, mask=mask_t, other=0.0).to(tl.float32)
+    Ct = tl.load(proj_base + (R + N + n) * L + p, mask=mask_t, other=0.0).to(tl.float32)
+    a = tl.where(mask, tl.exp(dt * A_n[:, None]), 1.0)
+    bx = tl.where(mask, dt * Bt[None, :] * u, 0.0)
+    return t, mask_t, mask, mask_rl, p, u, dtr, raw, dt, Bt, Ct, a, bx
 
 
 @triton.jit
@@ -83,32 +110,19 @@ def _cross_scan_fwd_kernel(x_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, y_ptr
                            Dm, H, W, L, R, num_d_blocks, num_chunks,
                            ROUTES: tl.constexpr, N: tl.constexpr, R_PAD: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)  # element offsets of large inputs pass 2**31
-    route, dl, mask_d, kd, ranks, mask_r, w_tile, bias, skip = _program_setup(
-        w_ptr, bias_ptr, D_ptr, Dm, num_d_blocks, R, BLOCK_D, R_PAD)
-    P = R + 2 * N
-    proj_base = proj_ptr + (b * ROUTES + route) * P * L
-    x_rows = (b * Dm + dl) * L
-    y_rows = ((b * ROUTES + route) * Dm + dl) * L
-    state_rows = (b * ROUTES * Dm + kd) * N
+    route, mask_d, kd, ranks, mask_r, w_tile, bias, skip, proj_offset, x_rows, y_rows, state_rows = \
+        _program_setup(w_ptr, bias_ptr, D_ptr, Dm, L, R, num_d_blocks, ROUTES, N, BLOCK_D, R_PAD)
+    proj_base = proj_ptr + proj_offset
     cols = tl.arange(0, BLOCK_L)
     for n in tl.static_range(N):
         A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0).to(tl.float32)
         h = tl.zeros([BLOCK_D], dtype=tl.float32)
         for c in range(num_chunks):
-            t = c * BLOCK_L + cols
-            mask_t = t < L
-            mask = mask_d[:, None] & mask_t[None, :]
-            p = _positions(t, route, H, W, L, ROUTES)
-            u = tl.load(x_ptr + x_rows[:, None] + p[None, :], mask=mask, other=0.0).to(tl.float32)
-            _, _, dt = _dt_chunk(proj_base, w_tile, bias, p, ranks, mask_r[:, None] & mask_t[None, :], L)
-            Bt = tl.load(proj_base + (R + n) * L + p, mask=mask_t, other=0.0).to(tl.float32)
-            Ct = tl.load(proj_base + (R + N + n) * L + p, mask=mask_t, other=0.0).to(tl.float32)
-            a = tl.where(mask, tl.exp(dt * A_n[:, None]), 1.0)
-            bx = tl.where(mask, dt * Bt[None, :] * u, 0.0)
+            t, mask_t, mask, mask_rl, p, u, dtr, raw, dt, Bt, Ct, a, bx = _route_chunk(
+                x_ptr, proj_base, x_rows, w_tile, bias, A_n, ranks, mask_r, mask_d, c, n, route, H, W, L, R, N,
+                ROUTES, BLOCK_L)
             tl.store(states_ptr + (state_rows + n) * num_chunks + c, h, mask=mask_d)
-            acc_a, acc_b = tl.associative_scan((a, bx), 1, _combine)
-            hs = acc_b + acc_a * h[:, None]
+            hs = _chunk_states(a, bx, h)
             y = hs * Ct[None, :]
             y_ptrs = y_ptr + y_rows[:, None] + p[None, :]
             if n == 0:
@@ -125,15 +139,10 @@ def _cross_scan_bwd_kernel(x_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_pt
                            Dm, H, W, L, R, num_d_blocks, num_chunks,
                            ROUTES: tl.constexpr, N: tl.constexpr, R_PAD: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)  # element offsets of large inputs pass 2**31
-    route, dl, mask_d, kd, ranks, mask_r, w_tile, bias, skip = _program_setup(
-        w_ptr, bias_ptr, D_ptr, Dm, num_d_blocks, R, BLOCK_D, R_PAD)
-    P = R + 2 * N
-    proj_base = proj_ptr + (b * ROUTES + route) * P * L
-    dproj_base = dproj_ptr + (b * ROUTES + route) * P * L
-    x_rows = (b * Dm + dl) * L
-    dx_rows = ((b * ROUTES + route) * Dm + dl) * L
-    state_rows = (b * ROUTES * Dm + kd) * N
+    route, mask_d, kd, ranks, mask_r, w_tile, bias, skip, proj_offset, x_rows, dx_rows, state_rows = \
+        _program_setup(w_ptr, bias_ptr, D_ptr, Dm, L, R, num_d_blocks, ROUTES, N, BLOCK_D, R_PAD)
+    proj_base = proj_ptr + proj_offset
+    dproj_base = dproj_ptr + proj_offset
     cols = tl.arange(0, BLOCK_L)
     dw_acc = tl.zeros([BLOCK_D, R_PAD], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -144,23 +153,14 @@ def _cross_scan_bwd_kernel(x_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_pt
         dA_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         for step in range(num_chunks):
             c = num_chunks - 1 - step
-            t = c * BLOCK_L + cols
-            mask_t = t < L
-            mask = mask_d[:, None] & mask_t[None, :]
-            mask_rl = mask_r[:, None] & mask_t[None, :]
-            p = _positions(t, route, H, W, L, ROUTES)
-            u = tl.load(x_ptr + x_rows[:, None] + p[None, :], mask=mask, other=0.0).to(tl.float32)
-            dtr, raw, dt = _dt_chunk(proj_base, w_tile, bias, p, ranks, mask_rl, L)
-            Bt = tl.load(proj_base + (R + n) * L + p, mask=mask_t, other=0.0).to(tl.float32)
-            Ct = tl.load(proj_base + (R + N + n) * L + p, mask=mask_t, other=0.0).to(tl.float32)
-            a = tl.where(mask, tl.exp(dt * A_n[:, None]), 1.0)
-            bx = tl.where(mask, dt * Bt[None, :] * u, 0.0)
+            t, mask_t, mask, mask_rl, p, u, dtr, raw, dt, Bt, Ct, a, bx = _route_chunk(
+                x_ptr, proj_base, x_rows, w_tile, bias, A_n, ranks, mask_r, mask_d, c, n, route, H, W, L, R, N,
+                ROUTES, BLOCK_L)
             # Every route's output is summed into y, so each reads the same dy at its positions.
             dy = tl.load(dy_ptr + x_rows[:, None] + p[None, :], mask=mask, other=0.0).to(tl.float32)
             # Recompute the chunk's states from the one saved at its start.
             h0 = tl.load(states_ptr + (state_rows + n) * num_chunks + c, mask=mask_d, other=0.0)
-            acc_a, acc_b = tl.associative_scan((a, bx), 1, _combine)
-            hs = acc_b + acc_a * h0[:, None]
+            hs = _chunk_states(a, bx, h0)
             # a_{t+1}: the decay that carries dh back from step t+1 to t (0 past the end of the route).
             t_next = t + 1
             mask_tn = t_next < L
@@ -168,10 +168,7 @@ def _cross_scan_bwd_kernel(x_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_pt
             _, _, dt_next = _dt_chunk(proj_base, w_tile, bias, p_next, ranks, mask_r[:, None] & mask_tn[None, :],
                                       L)
             a_next = tl.where(mask_d[:, None] & mask_tn[None, :], tl.exp(dt_next * A_n[:, None]), 0.0)
-            g = tl.where(mask, Ct[None, :] * dy, 0.0)
-            rev_a, rev_b = tl.associative_scan((a_next, g), 1, _combine, reverse=True)
-            dh = rev_b + rev_a * dh_next[:, None]
-            dh_next = _first_column(dh, cols)
+            dh, dh_next = _chunk_adjoint(a_next, tl.where(mask, Ct[None, :] * dy, 0.0), dh_next, cols)
 
             h_prev_a = hs - bx  # = a_t * h_{t-1}
             dA_acc += tl.sum(tl.where(mask, dh * dt * h_prev_a, 0.0), axis=1)
@@ -277,16 +274,12 @@ def _backward(ctx, dy, _dstates):
 _cross_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _interpreting() -> bool:
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
-
-
 def cross_selective_scan_triton(x, proj, dt_weight, A, D=None, dt_bias=None, routes=4):
     """Fused Triton implementation of :func:`sparx_mm.ops.cross_selective_scan` (inputs already checked).
 
     Needs CUDA tensors (or ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests).
     """
-    if not x.is_cuda and not _interpreting():
+    if not x.is_cuda and not interpreting():
         raise RuntimeError('cross_selective_scan_triton needs CUDA tensors; on CPU use the reference '
                            "(backend='reference', or leave the backend unset)")
     if x.dtype == torch.float64:

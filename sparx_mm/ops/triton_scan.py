@@ -39,6 +39,22 @@ def _first_column(x, cols):
 
 
 @triton.jit
+def _chunk_states(a, bx, h0):
+    """States h_t = a_t h_{t-1} + bx_t of a (BLOCK_D, BLOCK_L) chunk, from the state h0 (BLOCK_D) before it."""
+    acc_a, acc_b = tl.associative_scan((a, bx), 1, _combine)
+    return acc_b + acc_a * h0[:, None]
+
+
+@triton.jit
+def _chunk_adjoint(a_next, g, dh_after, cols):
+    """Adjoint recurrence dh_t = g_t + a_{t+1} dh_{t+1} over a chunk, from dh_after (BLOCK_D), the value just
+    after it; returns dh (BLOCK_D, BLOCK_L) and its first column, which the chunk before continues from."""
+    rev_a, rev_b = tl.associative_scan((a_next, g), 1, _combine, reverse=True)
+    dh = rev_b + rev_a * dh_after[:, None]
+    return dh, _first_column(dh, cols)
+
+
+@triton.jit
 def _delta(delta_ptr, bias, rows, t, mask, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Raw delta (+ bias) and softplus of it, float32 (B_D, B_L)."""
     raw = tl.load(delta_ptr + rows[:, None] * L + t[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -89,8 +105,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_p
             u, _, dt, Bt, Ct, a, bx = _load_chunk(u_ptr, delta_ptr, B_ptr, C_ptr, bias, A_n, rows, bc_row, t,
                                                    mask, mask_t, L, HAS_BIAS, SOFTPLUS)
             tl.store(states_ptr + ((b * KD + d) * N + n) * num_chunks + c, h, mask=mask_d)
-            acc_a, acc_b = tl.associative_scan((a, bx), 1, _combine)
-            hs = acc_b + acc_a * h[:, None]
+            hs = _chunk_states(a, bx, h)
             y = hs * Ct[None, :]
             y_ptrs = y_ptr + rows[:, None] * L + t[None, :]
             if n == 0:
@@ -135,17 +150,13 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             # Recompute the chunk's states from the one saved at its start.
             h0 = tl.load(states_ptr + ((b * KD + d) * N + n) * num_chunks + c, mask=mask_d, other=0.0)
-            acc_a, acc_b = tl.associative_scan((a, bx), 1, _combine)
-            hs = acc_b + acc_a * h0[:, None]
+            hs = _chunk_states(a, bx, h0)
             # a_{t+1}: the decay that carries dh back from t+1 to t (0 past the end of the sequence).
             t_next = t + 1
             mask_next = mask_d[:, None] & (t_next < L)[None, :]
             _, dt_next = _delta(delta_ptr, bias, rows, t_next, mask_next, L, HAS_BIAS, SOFTPLUS)
             a_next = tl.where(mask_next, tl.exp(dt_next * A_n[:, None]), 0.0)
-            g = tl.where(mask, Ct[None, :] * dy, 0.0)
-            rev_a, rev_b = tl.associative_scan((a_next, g), 1, _combine, reverse=True)
-            dh = rev_b + rev_a * dh_next[:, None]
-            dh_next = _first_column(dh, cols)
+            dh, dh_next = _chunk_adjoint(a_next, tl.where(mask, Ct[None, :] * dy, 0.0), dh_next, cols)
 
             h_prev_a = hs - bx  # = a_t * h_{t-1}
             ddt = dh * (Bt[None, :] * u + A_n[:, None] * h_prev_a)
@@ -231,9 +242,14 @@ class _TritonSelectiveScan(torch.autograd.Function):
                 dD.to(d_dtype) if has_d else None, dbias.to(bias_dtype) if has_bias else None, None)
 
 
+def interpreting() -> bool:
+    """Whether Triton's CPU interpreter is on (``TRITON_INTERPRET=1``): the wrappers then accept CPU tensors."""
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
     """Triton selective scan; arguments and result as :func:`selective_scan_reference` (CUDA only)."""
     check_scan_inputs(u, delta, A, B, C, D, delta_bias)
-    if not u.is_cuda and os.environ.get('TRITON_INTERPRET', '0') != '1':  # the interpreter is for CPU tests
+    if not u.is_cuda and not interpreting():
         raise RuntimeError('selective_scan_triton needs CUDA tensors; use the reference backend on CPU')
     return _TritonSelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)

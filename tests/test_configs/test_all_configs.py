@@ -39,14 +39,7 @@ CLASSIFIER_PARAMS = {'t': 27_051_794, 's': 47_444_712, 'b': 83_536_168}
 BACKBONE_DIMS = {'t': [96, 192, 320, 512], 's': [96, 192, 328, 544], 'b': [120, 240, 396, 636]}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One torch thread: on a small shared CPU, two OpenMP threads competing with other work make model
-    construction and forward passes several times slower; counts do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 def _family(model_cfg):
     kind = model_cfg.get('type')

@@ -68,13 +68,7 @@ def _features(model, x):
     return [model._forward(x)]  # mmseg EncoderDecoder: decode-head logits
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """On a CPU shared with other jobs, intra-op threads spin against each other (a 20x slowdown measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture

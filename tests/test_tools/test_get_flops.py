@@ -32,14 +32,7 @@ TINY_ARCH = dict(depths=[1, 2, 2, 2], dims=[16, 24, 32, 40], ganglion_strides=[1
                  ganglion_starts=[None, 1, 0, 0], ganglion_windows=[None, None, 3, None])
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One torch thread: on a small shared CPU, two OpenMP threads competing with other work make model
-    construction and forward passes several times slower; counts do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.mark.parametrize('arch', ['t', 's', 'b'])

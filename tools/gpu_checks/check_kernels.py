@@ -44,36 +44,46 @@ def make_inputs(batch, routes, per_route, n, length, dtype, device):
                 delta_bias=(0.2 * rnd(kd)).to(device))
 
 
-def check_scan(device):
-    worst = {}
-    ok = True
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for shape in SHAPES:
-            inputs = make_inputs(*shape, dtype, device)
+def compare_with_reference(title, shapes, make, run, run_ref, device):
+    """Forward and every gradient of ``run(shape, **inputs)`` (fp32 / bf16 / fp16 inputs from ``make``)
+    against ``run_ref(shape, **float32 copies)``; prints the largest relative errors per dtype and returns
+    whether all are within TOL. Outputs must be float32 and gradients come back in their input's dtype."""
+    worst, ok = {}, True
+    for dtype in TOL:
+        for shape in shapes:
+            inputs = make(*shape, dtype, device)
             leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
             ref_leaves = {k: v.detach().clone().float().requires_grad_() for k, v in inputs.items()}
-            y = selective_scan(**leaves, delta_softplus=True, backend='triton')
-            y_ref = selective_scan_reference(**ref_leaves, delta_softplus=True)
+            y = run(shape, **leaves)
+            y_ref = run_ref(shape, **ref_leaves)
             grad = torch.randn_like(y_ref)
             y.backward(grad)
             y_ref.backward(grad)
+            assert y.dtype == torch.float32
+            assert all(leaf.grad.dtype == leaf.dtype for leaf in leaves.values())
             errors = {'y': rel_err(y, y_ref)}
             for k in leaves:  # with L = 1 the output does not depend on A: autograd leaves its grad None
-                if ref_leaves[k].grad is None:
-                    ref_leaves[k].grad = torch.zeros_like(ref_leaves[k])
-            errors.update({'d' + k: rel_err(leaves[k].grad, ref_leaves[k].grad) for k in leaves})
-            assert y.dtype == torch.float32
+                ref_grad = ref_leaves[k].grad
+                errors['d' + k] = rel_err(leaves[k].grad, torch.zeros_like(ref_leaves[k]) if ref_grad is None
+                                          else ref_grad)
             for name, err in errors.items():
                 key = (str(dtype).split('.')[-1], name)
                 worst[key] = max(worst.get(key, 0.0), err)
                 if err > TOL[dtype]:
                     ok = False
-                    print(f'FAIL {dtype} {shape} {name}: rel err {err:.2e}')
-    print('largest relative errors, Triton vs reference (float32 reference on the same rounded inputs):')
+                    print(f'FAIL {title} {dtype} {shape} {name}: rel err {err:.2e}')
+    print(f'largest relative errors, {title} (float32 reference on the same rounded inputs):')
     for dtype in ('float32', 'bfloat16', 'float16'):
         row = ', '.join(f'{name} {err:.1e}' for (d, name), err in sorted(worst.items()) if d == dtype)
         print(f'  {dtype}: {row}')
     return ok
+
+
+def check_scan(device):
+    return compare_with_reference(
+        'Triton selective scan vs reference', SHAPES, make_inputs,
+        lambda shape, **t: selective_scan(**t, delta_softplus=True, backend='triton'),
+        lambda shape, **t: selective_scan_reference(**t, delta_softplus=True), device)
 
 
 def make_cross_inputs(batch, channels, h, w, routes, n, rank, dtype, device):
@@ -87,34 +97,10 @@ def make_cross_inputs(batch, channels, h, w, routes, n, rank, dtype, device):
 
 
 def check_cross_scan(device):
-    worst, ok = {}, True
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for shape in CROSS_SHAPES:
-            inputs = make_cross_inputs(*shape, dtype, device)
-            routes = shape[4]
-            leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-            ref_leaves = {k: v.detach().clone().float().requires_grad_() for k, v in inputs.items()}
-            y = cross_selective_scan(**leaves, routes=routes, impl='fused')
-            y_ref = cross_selective_scan_reference(**ref_leaves, routes=routes, scan_backend='reference')
-            grad = torch.randn_like(y_ref)
-            y.backward(grad)
-            y_ref.backward(grad)
-            assert y.dtype == torch.float32 and leaves['x'].grad.dtype == dtype
-            errors = {'y': rel_err(y, y_ref)}
-            for k in leaves:
-                ref_grad = ref_leaves[k].grad if ref_leaves[k].grad is not None else torch.zeros_like(ref_leaves[k])
-                errors['d' + k] = rel_err(leaves[k].grad, ref_grad)
-            for name, err in errors.items():
-                key = (str(dtype).split('.')[-1], name)
-                worst[key] = max(worst.get(key, 0.0), err)
-                if err > TOL[dtype]:
-                    ok = False
-                    print(f'FAIL cross_selective_scan {dtype} {shape} {name}: rel err {err:.2e}')
-    print('largest relative errors, fused cross_selective_scan vs reference composition:')
-    for dtype in ('float32', 'bfloat16', 'float16'):
-        row = ', '.join(f'{name} {err:.1e}' for (d, name), err in sorted(worst.items()) if d == dtype)
-        print(f'  {dtype}: {row}')
-    return ok
+    return compare_with_reference(
+        'fused cross_selective_scan vs reference composition', CROSS_SHAPES, make_cross_inputs,
+        lambda shape, **t: cross_selective_scan(**t, routes=shape[4], impl='fused'),
+        lambda shape, **t: cross_selective_scan_reference(**t, routes=shape[4], scan_backend='reference'), device)
 
 
 def check_model(device):

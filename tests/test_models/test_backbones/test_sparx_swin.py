@@ -18,13 +18,7 @@ TINY = dict(depths=[1, 2, 3, 2], dims=[16, 32, 48, 64], num_heads=[1, 2, 3, 4], 
 CLASSIFIER_PARAMS = {'t': 26_129_580, 'b': 86_798_379}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """On a CPU shared with other jobs, intra-op threads spin against each other (a 20x slowdown measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def count(module):
