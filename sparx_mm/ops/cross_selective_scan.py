@@ -13,8 +13,8 @@ projections ``x_proj_k(x)`` at row-major positions (rows: R dt ranks, then N for
 This equals VMamba's cross-scan -> x_proj / dt_proj on the four sequences -> scan -> cross-merge (a
 per-position projection commutes with reordering positions). :func:`cross_selective_scan_reference`
 computes it with plain tensor ops and :func:`selective_scan` (any registered scan backend); the Triton
-kernel (``triton_cross_scan.py``) reads the routes straight from ``x`` and never materialises the K
-route copies, the (B, K*D, L) dt tensor or the K outputs in scan order.
+kernels (``triton_cross_scan.py``) read the routes from ``x`` and one transposed copy of it and never
+materialise the K route copies, the (B, K*D, L) dt tensor or the K outputs in scan order.
 """
 import os
 from typing import Optional
@@ -37,9 +37,6 @@ ROUTE_COUNTS = (1, 2, 4)
 #: composition, with the selective-scan backend that ``SPARX_SCAN_BACKEND`` or the registry picks).
 IMPL_ENV = 'SPARX_CROSS_SCAN'
 IMPLS = ('fused', 'unfused')
-#: Largest H*W for which the automatic choice takes the fused kernel (SparX's stage-1 map at 224 x 224 is
-#: 3136; at 1024 x 1024 (65536 positions) the fused kernel was 20 % slower than the unfused path on an H100).
-FUSED_MAX_POSITIONS = 4096
 
 
 def _route_kind(route: int, routes: int):
@@ -120,13 +117,12 @@ def cross_selective_scan(x: Tensor, proj: Tensor, dt_weight: Tensor, A: Tensor, 
                          scan_backend: Optional[str] = None) -> Tensor:
     """SS2D's scan core (module doc) through the chosen implementation.
 
-    ``impl`` (else ``SPARX_CROSS_SCAN``, else automatic): 'fused' runs the Triton kernel (CUDA); 'unfused'
+    ``impl`` (else ``SPARX_CROSS_SCAN``, else automatic): 'fused' runs the Triton kernels (CUDA); 'unfused'
     runs the reference composition with ``selective_scan(backend=scan_backend)`` (``scan_backend`` None: the
     ``SPARX_SCAN_BACKEND`` variable or the best registered backend). Automatic, for CUDA tensors with triton
-    installed: 'fused' when no gradient is needed, the map has at most ``FUSED_MAX_POSITIONS`` positions and
-    the dtype is not float64
-    (there, on an H100, it is the faster, and it makes no route copies), else 'unfused' (its backward is
-    faster, and on large maps the fused kernel's column-order reads miss the cache); 'fused' keeps ~25 % less
+    installed: 'fused' when no gradient is needed and the dtype is not float64 (faster at every map size
+    measured on an H100, and it keeps no route copies: SparX-T at 1024 x 1024 needs 13 instead of 30 GB),
+    else 'unfused' (its backward pass is the faster: SparX-S trains 35 % faster); 'fused' keeps ~25 % less
     activation memory in training, so memory-bound runs may set ``SPARX_CROSS_SCAN=fused``. Figures in
     docs/benchmarks.md. Elsewhere 'unfused'.
 
@@ -140,9 +136,8 @@ def cross_selective_scan(x: Tensor, proj: Tensor, dt_weight: Tensor, A: Tensor, 
     if impl is None:
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, proj, dt_weight, A, D, dt_bias))
-        small_map = x.dim() == 4 and x.shape[-1] * x.shape[-2] <= FUSED_MAX_POSITIONS
         fused_dtype = x.dtype in (torch.float32, torch.float16, torch.bfloat16)  # float64: reference only
-        fused = gpu_backends.triton_usable(x) and fused_dtype and small_map and not needs_grad
+        fused = gpu_backends.triton_usable(x) and fused_dtype and not needs_grad
         impl = 'fused' if fused else 'unfused'
     if impl not in IMPLS:
         raise ValueError(f'cross_selective_scan: unknown implementation {impl!r} (from the {source}); '

@@ -33,9 +33,15 @@ def _mamba_scan_fn():
     return selective_scan_fn
 
 
+# Looked up once at import (without importing the packages): torch.compile cannot trace importlib, so a
+# lookup inside the models' forward would split their graphs.
+TRITON_INSTALLED = _has_module('triton')
+MAMBA_SSM_INSTALLED = _has_module('mamba_ssm')
+
+
 def triton_usable(x) -> bool:
     """Whether this package's Triton kernels can run on tensors like ``x`` (CUDA, triton installed)."""
-    return x.is_cuda and _has_module('triton')
+    return x.is_cuda and TRITON_INSTALLED
 
 
 def _triton_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
@@ -53,4 +59,4 @@ def _mamba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
 register_scan_backend('triton', _triton_scan, is_available=triton_usable,
                       priority=10)
 register_scan_backend('mamba_ssm', _mamba_scan,
-                      is_available=lambda u: u.is_cuda and _mamba_scan_fn() is not None, priority=20)
+                      is_available=lambda u: u.is_cuda and MAMBA_SSM_INSTALLED and _mamba_scan_fn() is not None, priority=20)

@@ -1,15 +1,19 @@
 """Triton kernels of :func:`sparx_mm.ops.cross_selective_scan` (SS2D's scan core), forward and backward.
 
-One program scans ``BLOCK_D`` channels of one route of one sample, in chunks of ``BLOCK_L`` positions of the
-route's order (the chunked associative scan of ``triton_scan.py``). Instead of reading materialised route
-copies it computes, per chunk, the row-major positions ``p`` that the route visits and gathers ``x[:, :, p]``
-and the projections ``proj[:, k, :, p]`` directly; ``dt = softplus(dt_weight_k @ proj_dt + bias)`` is a small
-matmul in the kernel. Each route writes its output at row-major positions into (B, K, D, L), summed over K
-afterwards (no atomics: the result is deterministic).
+The K routes come in *pairs* that read the same sequence in opposite directions: the row-major pair (route 0
+forwards, route K/2 backwards) reads ``x`` itself, the column-major pair (routes 1 and 3, four-route scans
+only) reads one transposed copy ``x^T`` (B, D, W, H). One program scans ``BLOCK_D`` channels of one pair of
+one sample: it runs the forward route over the chunks of ``BLOCK_L`` positions in order, writing its output,
+then the backward route over the chunks in reverse order, adding to it. Every read and write is contiguous
+(a route that gathered column-order positions from the row-major map missed the cache and ran 4-7x slower on
+an H100), no per-route output buffer is summed afterwards, and ``dt = softplus(dt_weight_k @ proj_dt + b)`` is
+computed in the kernel with R multiply-adds a position (a padded tl.dot cost more). The column-major pair's
+output is added back at row-major positions after the kernel.
 
-The backward pass rescans each chunk from the saved chunk-start states (as ``triton_scan.py`` does), runs the
-adjoint recurrence backwards, and writes du per route at row-major positions; the gradients of the
-projections (dt ranks, B, C), shared by the channels of a route, are summed across programs with atomics.
+The backward pass rescans each chunk from the chunk states saved by the forward pass, runs the adjoint
+recurrence in the opposite direction (dh_t = g_t + a_{t+1} dh_{t+1} for a forward route, a_{t-1} and
+dh_{t-1} for a backward one), and sums the gradients of the projections (dt ranks, B, C), shared by the
+channels of a route, across programs with atomics.
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
@@ -22,190 +26,253 @@ import triton.language as tl
 
 from .triton_scan import _chunk_adjoint, _chunk_states, _last_column, interpreting
 
-BLOCK_D = 32
-#: (BLOCK_L, num_warps) for routes longer than LONG_ROUTE and for the others: the faster of the tilings
-#: timed by tools/gpu_checks/bench_cross_scan.py on an H100 (long routes gain from 8 warps, short ones from
-#: shorter chunks). Ranks padded beyond MAX_LONG_RANK take the short tiling: the long one's dt tiles would
-#: not fit in shared memory in the backward kernel.
-LONG_ROUTE = 1024
-LONG_TILING = (128, 8)
-SHORT_TILING = (64, 4)
-MAX_LONG_RANK = 32
-
-
-def _rank_padding(rank: int) -> int:
-    return max(16, triton.next_power_of_2(rank))  # tl.dot needs every dimension >= 16
-
-
-def _tiling(length: int, rank: int):
-    return LONG_TILING if length > LONG_ROUTE and _rank_padding(rank) <= MAX_LONG_RANK else SHORT_TILING
+#: Chunk length, and (BLOCK_D channels, warps) of the forward and backward kernels. Forward: SparX-T inference
+#: on an H100 was 3-7 % faster with 16 channels (149 registers) than with 32 (255); backward: 32 channels
+#: spilled ~2 KB a thread (ptxas -v, sm_90). Both kernels must use the same BLOCK_L: the backward pass
+#: restarts from the forward pass's per-chunk states.
+BLOCK_L = 64
+FWD_TILING = (16, 4)
+BWD_TILING = (16, 4)
 
 
 @triton.jit
-def _positions(t, route, H, W, L, ROUTES: tl.constexpr):
-    """Row-major positions visited at steps ``t`` of route ``route`` (see cross_selective_scan.route_sequence)."""
-    s = t
-    if ROUTES > 1:
-        s = tl.where(route >= ROUTES // 2, L - 1 - t, t)
-    if ROUTES == 4:
-        s = tl.where(route % 2 == 1, (s % H) * W + s // H, s)
-    return s
-
-
-@triton.jit
-def _dt_chunk(proj_base, w_tile, bias, p, ranks, mask_rl, L):
-    """Raw dt (dt_weight @ proj_dt + bias) and softplus of it, float32 (BLOCK_D, BLOCK_L)."""
-    dtr = tl.load(proj_base + ranks[:, None] * L + p[None, :], mask=mask_rl, other=0.0).to(tl.float32)
-    raw = tl.dot(w_tile, dtr, input_precision='ieee') + bias[:, None]
-    dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
-    return dtr, raw, dt
-
-
-@triton.jit
-def _program_setup(w_ptr, bias_ptr, D_ptr, Dm, L, R, num_d_blocks, ROUTES: tl.constexpr, N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, R_PAD: tl.constexpr):
-    """What a program (BLOCK_D channels of one route of one sample) reads once: its indices, dt weights, bias,
-    D, and the offsets of its projections, of its rows of x, of its rows of a per-route (B, K, D, L) buffer
-    and of its saved states."""
+def _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D: tl.constexpr):
+    """A program's indices: its pair (0: row-major, 1: column-major), sample, channels, the sequence it
+    reads (rows of x or of x^T) and the row offset shared by the sequence, dy and the per-pair buffers."""
     b = tl.program_id(1).to(tl.int64)  # element offsets of large inputs pass 2**31
-    pid = tl.program_id(0)
-    route = pid // num_d_blocks
-    dl = (pid % num_d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)  # channel within the route
-    mask_d = dl < Dm
-    kd = route * Dm + dl  # index into the (K*D,) parameters
-    ranks = tl.arange(0, R_PAD)
-    mask_r = ranks < R
-    w_tile = tl.load(w_ptr + kd[:, None] * R + ranks[None, :], mask=mask_d[:, None] & mask_r[None, :],
-                     other=0.0).to(tl.float32)
+    pair = tl.program_id(0) // num_d_blocks
+    d = (tl.program_id(0) % num_d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d < Dm
+    rows = (b * Dm + d) * L  # this sample's channels in a (B, D, L) tensor
+    if pair == 0:
+        seq_ptr = x_ptr
+    else:
+        seq_ptr = xt_ptr
+    pair_rows = (pair * tl.num_programs(1) * Dm) * L + rows  # the same in a (pairs, B, D, L) tensor
+    return b, pair, d, mask_d, rows, seq_ptr, pair_rows
+
+
+@triton.jit
+def _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L, num_chunks, n, ROUTES: tl.constexpr,
+                  R, N: tl.constexpr):
+    """Route ``route``'s parameters for these channels and the offsets of its projections and states."""
+    kd = route * Dm + d  # index into the (K*D,) parameters
     bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
     skip = tl.load(D_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
-    proj_offset = (b * ROUTES + route) * (R + 2 * N) * L
-    x_rows = (b * Dm + dl) * L
-    route_rows = ((b * ROUTES + route) * Dm + dl) * L
-    state_rows = (b * ROUTES * Dm + kd) * N
-    return route, mask_d, kd, ranks, mask_r, w_tile, bias, skip, proj_offset, x_rows, route_rows, state_rows
+    A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0).to(tl.float32)
+    proj_base = (b * ROUTES + route) * (R + 2 * N) * L
+    state_rows = ((b * ROUTES * Dm + kd) * N + n) * num_chunks
+    return kd, bias, skip, A_n, proj_base, state_rows
 
 
 @triton.jit
-def _route_chunk(x_ptr, proj_base, x_rows, w_tile, bias, A_n, ranks, mask_r, mask_d, c, n, route, H, W, L, R,
-                 N: tl.constexpr, ROUTES: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Chunk ``c`` of the route: its steps, masks and row-major positions, the inputs gathered there (float32)
-    and the recurrence terms a_t = exp(dt A), b_t = dt B u (identity past the end of the route)."""
+def _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, BLOCK_D: tl.constexpr,
+            BLOCK_L: tl.constexpr):
+    """dt_weight_k @ proj_dt + bias at steps ``t``, float32 (BLOCK_D, BLOCK_L)."""
+    raw = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32) + bias[:, None]
+    # A runtime loop: unrolled over a constexpr rank, the backward kernel (dt twice a chunk) spilled registers
+    # and each of a model's four ranks took minutes to compile.
+    for r in range(R):
+        w_r = tl.load(w_ptr + kd * R + r, mask=mask_d, other=0.0)
+        p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
+        raw += w_r[:, None] * p_r[None, :]
+    return raw
+
+
+@triton.jit
+def _softplus(raw):
+    return tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+
+
+@triton.jit
+def _chunk_terms(seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L,
+                 R, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Chunk ``c`` (positions c*BLOCK_L ...): inputs in float32 and the recurrence terms a = exp(dt A),
+    bx = dt B u (the identity past the end of the sequence)."""
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_t = t < L
     mask = mask_d[:, None] & mask_t[None, :]
-    mask_rl = mask_r[:, None] & mask_t[None, :]
-    p = _positions(t, route, H, W, L, ROUTES)
-    u = tl.load(x_ptr + x_rows[:, None] + p[None, :], mask=mask, other=0.0).to(tl.float32)
-    dtr, raw, dt = _dt_chunk(proj_base, w_tile, bias, p, ranks, mask_rl, L)
-    Bt = tl.load(proj_base + (R + n) * L + p, mask=mask_t, other=0.0).to(tl.float32)
-    Ct = tl.load(proj_base + (R + N + n) * L + p, mask=mask_t, other=0.0).to(tl.float32)
+    u = tl.load(seq_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+    raw = _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, BLOCK_D, BLOCK_L)
+    dt = _softplus(raw)
+    Bt = tl.load(proj_ptr + proj_base + (R + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+    Ct = tl.load(proj_ptr + proj_base + (R + N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
     a = tl.where(mask, tl.exp(dt * A_n[:, None]), 1.0)
     bx = tl.where(mask, dt * Bt[None, :] * u, 0.0)
-    return t, mask_t, mask, mask_rl, p, u, dtr, raw, dt, Bt, Ct, a, bx
+    return t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx
 
 
 @triton.jit
-def _cross_scan_fwd_kernel(x_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, states_ptr,
-                           Dm, H, W, L, R, num_d_blocks, num_chunks,
-                           ROUTES: tl.constexpr, N: tl.constexpr, R_PAD: tl.constexpr,
-                           BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    route, mask_d, kd, ranks, mask_r, w_tile, bias, skip, proj_offset, x_rows, y_rows, state_rows = \
-        _program_setup(w_ptr, bias_ptr, D_ptr, Dm, L, R, num_d_blocks, ROUTES, N, BLOCK_D, R_PAD)
-    proj_base = proj_ptr + proj_offset
+def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows, route, b, d, mask_d,
+                bias_ptr, D_ptr, Dm, L, num_chunks, n, FIRST: tl.constexpr, BACKWARD: tl.constexpr,
+                ROUTES: tl.constexpr, R, N: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_L: tl.constexpr):
+    """Scan one route of the pair (BACKWARD: from the last position to the first) for state index n,
+    adding its output to y (FIRST: the first term written to y)."""
+    kd, bias, skip, A_n, proj_base, state_rows = _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L,
+                                                               num_chunks, n, ROUTES, R, N)
     cols = tl.arange(0, BLOCK_L)
-    for n in tl.static_range(N):
-        A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0).to(tl.float32)
-        h = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for c in range(num_chunks):
-            t, mask_t, mask, mask_rl, p, u, dtr, raw, dt, Bt, Ct, a, bx = _route_chunk(
-                x_ptr, proj_base, x_rows, w_tile, bias, A_n, ranks, mask_r, mask_d, c, n, route, H, W, L, R, N,
-                ROUTES, BLOCK_L)
-            tl.store(states_ptr + (state_rows + n) * num_chunks + c, h, mask=mask_d)
+    h = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for step in range(num_chunks):
+        c = num_chunks - 1 - step if BACKWARD else step
+        t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
+            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D, BLOCK_L)
+        # The state entering the chunk (from before it going forwards, from after it going backwards).
+        tl.store(states_ptr + state_rows + c, h, mask=mask_d)
+        if BACKWARD:
+            hs, h = _chunk_adjoint(a, bx, h, cols)  # h_t = a_t h_{t+1} + bx_t: the same reverse recurrence
+        else:
             hs = _chunk_states(a, bx, h)
-            y = hs * Ct[None, :]
-            y_ptrs = y_ptr + y_rows[:, None] + p[None, :]
-            if n == 0:
-                y += skip[:, None] * u
-            else:
-                y += tl.load(y_ptrs, mask=mask, other=0.0)
-            tl.store(y_ptrs, y, mask=mask)
             h = _last_column(hs, cols, BLOCK_L)
+        y = hs * Ct[None, :]
+        if n == 0:
+            y += skip[:, None] * u
+        y_ptrs = y_ptr + pair_rows[:, None] + t[None, :]
+        if not FIRST:
+            y += tl.load(y_ptrs, mask=mask, other=0.0)
+        tl.store(y_ptrs, y, mask=mask)
 
 
 @triton.jit
-def _cross_scan_bwd_kernel(x_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr,
-                           dx_ptr, dproj_ptr, dw_ptr, dA_ptr, dD_ptr, dbias_ptr,
-                           Dm, H, W, L, R, num_d_blocks, num_chunks,
-                           ROUTES: tl.constexpr, N: tl.constexpr, R_PAD: tl.constexpr,
+def _cross_scan_fwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, states_ptr,
+                           Dm, L, num_d_blocks, num_chunks,
+                           ROUTES: tl.constexpr, R, N: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    route, mask_d, kd, ranks, mask_r, w_tile, bias, skip, proj_offset, x_rows, dx_rows, state_rows = \
-        _program_setup(w_ptr, bias_ptr, D_ptr, Dm, L, R, num_d_blocks, ROUTES, N, BLOCK_D, R_PAD)
-    proj_base = proj_ptr + proj_offset
-    dproj_base = dproj_ptr + proj_offset
+    b, pair, d, mask_d, rows, seq_ptr, pair_rows = _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D)
+    for n in tl.static_range(N):
+        _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows, pair, b, d, mask_d,
+                    bias_ptr, D_ptr, Dm, L, num_chunks, n, n == 0, False, ROUTES, R, N, BLOCK_D, BLOCK_L)
+        if ROUTES > 1:
+            _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows,
+                        pair + ROUTES // 2, b, d, mask_d, bias_ptr, D_ptr, Dm, L, num_chunks, n, False, True,
+                        ROUTES, R, N, BLOCK_D, BLOCK_L)
+
+
+@triton.jit
+def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, dproj_ptr,
+                 dw_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, route, b, d, mask_d, Dm, L, num_chunks,
+                 n, FIRST: tl.constexpr, BACKWARD: tl.constexpr, ROUTES: tl.constexpr, R,
+                 R_PAD: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Gradients of one route of the pair for state index n: the adjoint runs against the route's direction
+    (from the last chunk for a forward route, from the first for a backward one); dx is added into the
+    pair's buffer (FIRST: the first term written), parameter gradients by atomics."""
+    kd, bias, skip, A_n, proj_base, state_rows = _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L,
+                                                               num_chunks, n, ROUTES, R, N)
     cols = tl.arange(0, BLOCK_L)
-    dw_acc = tl.zeros([BLOCK_D, R_PAD], dtype=tl.float32)
+    ranks = tl.arange(0, R_PAD)
+    # The step the state flows to: t + 1 going forwards, t - 1 going backwards.
+    shift = -1 if BACKWARD else 1
+    dh_carry = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for n in tl.static_range(N):
-        A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0).to(tl.float32)
-        dh_next = tl.zeros([BLOCK_D], dtype=tl.float32)
-        dA_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for step in range(num_chunks):
-            c = num_chunks - 1 - step
-            t, mask_t, mask, mask_rl, p, u, dtr, raw, dt, Bt, Ct, a, bx = _route_chunk(
-                x_ptr, proj_base, x_rows, w_tile, bias, A_n, ranks, mask_r, mask_d, c, n, route, H, W, L, R, N,
-                ROUTES, BLOCK_L)
-            # Every route's output is summed into y, so each reads the same dy at its positions.
-            dy = tl.load(dy_ptr + x_rows[:, None] + p[None, :], mask=mask, other=0.0).to(tl.float32)
-            # Recompute the chunk's states from the one saved at its start.
-            h0 = tl.load(states_ptr + (state_rows + n) * num_chunks + c, mask=mask_d, other=0.0)
-            hs = _chunk_states(a, bx, h0)
-            # a_{t+1}: the decay that carries dh back from step t+1 to t (0 past the end of the route).
-            t_next = t + 1
-            mask_tn = t_next < L
-            p_next = _positions(t_next, route, H, W, L, ROUTES)
-            _, _, dt_next = _dt_chunk(proj_base, w_tile, bias, p_next, ranks, mask_r[:, None] & mask_tn[None, :],
-                                      L)
-            a_next = tl.where(mask_d[:, None] & mask_tn[None, :], tl.exp(dt_next * A_n[:, None]), 0.0)
-            dh, dh_next = _chunk_adjoint(a_next, tl.where(mask, Ct[None, :] * dy, 0.0), dh_next, cols)
+    dw_acc = tl.zeros([BLOCK_D, R_PAD], dtype=tl.float32)
+    for step in range(num_chunks):
+        c = step if BACKWARD else num_chunks - 1 - step
+        t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
+            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D, BLOCK_L)
+        dy = tl.load(dy_ptr + pair_rows[:, None] + t[None, :], mask=mask, other=0.0)
+        h_in = tl.load(states_ptr + state_rows + c, mask=mask_d, other=0.0)
+        if BACKWARD:
+            hs, _ = _chunk_adjoint(a, bx, h_in, cols)
+        else:
+            hs = _chunk_states(a, bx, h_in)
+        # The decay carrying dh from the next step of the route back to t (0 past the route's end).
+        t_next = t + shift
+        mask_tn = (t_next >= 0) & (t_next < L)
+        dt_next = _softplus(_dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t_next, mask_tn, L, R, BLOCK_D,
+                                    BLOCK_L))
+        a_next = tl.where(mask_d[:, None] & mask_tn[None, :], tl.exp(dt_next * A_n[:, None]), 0.0)
+        g = tl.where(mask, Ct[None, :] * dy, 0.0)
+        if BACKWARD:
+            dh = _chunk_states(a_next, g, dh_carry)
+            dh_carry = _last_column(dh, cols, BLOCK_L)
+        else:
+            dh, dh_carry = _chunk_adjoint(a_next, g, dh_carry, cols)
 
-            h_prev_a = hs - bx  # = a_t * h_{t-1}
-            dA_acc += tl.sum(tl.where(mask, dh * dt * h_prev_a, 0.0), axis=1)
-            # softplus' derivative is sigmoid(raw) (the identity branch above 20 has sigmoid ~ 1).
-            draw = tl.where(mask, dh * (Bt[None, :] * u + A_n[:, None] * h_prev_a) * tl.sigmoid(raw), 0.0)
-            dbias_acc += tl.sum(draw, axis=1)
-            dw_acc += tl.dot(draw, tl.trans(dtr), input_precision='ieee')
-            ddtr = tl.dot(tl.trans(w_tile), draw, input_precision='ieee')
-            tl.atomic_add(dproj_base + ranks[:, None] * L + p[None, :], ddtr, mask=mask_rl)
-            tl.atomic_add(dproj_base + (R + n) * L + p, tl.sum(tl.where(mask, dh * dt * u, 0.0), axis=0),
-                          mask=mask_t)
-            tl.atomic_add(dproj_base + (R + N + n) * L + p, tl.sum(tl.where(mask, dy * hs, 0.0), axis=0),
-                          mask=mask_t)
-            du = dh * dt * Bt[None, :]
-            dx_ptrs = dx_ptr + dx_rows[:, None] + p[None, :]
-            if n == 0:
-                du += skip[:, None] * dy
-                dD_acc += tl.sum(tl.where(mask, dy * u, 0.0), axis=1)
-            else:
-                du += tl.load(dx_ptrs, mask=mask, other=0.0)
-            tl.store(dx_ptrs, du, mask=mask)
-        tl.atomic_add(dA_ptr + kd * N + n, dA_acc, mask=mask_d)
-    tl.atomic_add(dw_ptr + kd[:, None] * R + ranks[None, :], dw_acc, mask=mask_d[:, None] & mask_r[None, :])
+        h_prev_a = hs - bx  # a_t times the state before step t
+        dA_acc += tl.sum(tl.where(mask, dh * dt * h_prev_a, 0.0), axis=1)
+        # softplus' derivative is sigmoid(raw) (the identity branch above 20 has sigmoid ~ 1).
+        draw = tl.where(mask, dh * (Bt[None, :] * u + A_n[:, None] * h_prev_a) * tl.sigmoid(raw), 0.0)
+        dbias_acc += tl.sum(draw, axis=1)
+        for r in range(R):
+            p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
+            w_r = tl.load(w_ptr + kd * R + r, mask=mask_d, other=0.0)
+            dw_acc += tl.where(ranks[None, :] == r, tl.sum(draw * p_r[None, :], axis=1)[:, None], 0.0)
+            tl.atomic_add(dproj_ptr + proj_base + r * L + t, tl.sum(draw * w_r[:, None], axis=0), mask=mask_t)
+        tl.atomic_add(dproj_ptr + proj_base + (R + n) * L + t, tl.sum(tl.where(mask, dh * dt * u, 0.0), axis=0),
+                      mask=mask_t)
+        tl.atomic_add(dproj_ptr + proj_base + (R + N + n) * L + t, tl.sum(tl.where(mask, dy * hs, 0.0), axis=0),
+                      mask=mask_t)
+        du = dh * dt * Bt[None, :]
+        if n == 0:
+            du += skip[:, None] * dy
+            dD_acc += tl.sum(tl.where(mask, dy * u, 0.0), axis=1)
+        dx_ptrs = dx_ptr + pair_rows[:, None] + t[None, :]
+        if not FIRST:
+            du += tl.load(dx_ptrs, mask=mask, other=0.0)
+        tl.store(dx_ptrs, du, mask=mask)
+    tl.atomic_add(dA_ptr + kd * N + n, dA_acc, mask=mask_d)
     tl.atomic_add(dbias_ptr + kd, dbias_acc, mask=mask_d)
-    tl.atomic_add(dD_ptr + kd, dD_acc, mask=mask_d)
+    tl.atomic_add(dw_ptr + kd[:, None] * R + ranks[None, :], dw_acc, mask=mask_d[:, None] & (ranks[None, :] < R))
+    if n == 0:
+        tl.atomic_add(dD_ptr + kd, dD_acc, mask=mask_d)
 
 
-def _launch_config(x, dt_weight, A, routes):
+@triton.jit
+def _cross_scan_bwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr,
+                           dx_ptr, dproj_ptr, dw_ptr, dA_ptr, dD_ptr, dbias_ptr,
+                           Dm, L, num_d_blocks, num_chunks,
+                           ROUTES: tl.constexpr, R, R_PAD: tl.constexpr, N: tl.constexpr,
+                           BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    b, pair, d, mask_d, rows, seq_ptr, pair_rows = _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D)
+    for n in tl.static_range(N):
+        _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, dproj_ptr,
+                     dw_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, pair, b, d, mask_d, Dm, L, num_chunks,
+                     n, n == 0, False, ROUTES, R, R_PAD, N, BLOCK_D, BLOCK_L)
+        if ROUTES > 1:
+            _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr,
+                         dproj_ptr, dw_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, pair + ROUTES // 2, b, d,
+                         mask_d, Dm, L, num_chunks, n, False, True, ROUTES, R, R_PAD, N, BLOCK_D, BLOCK_L)
+
+
+def _num_pairs(routes: int) -> int:
+    return 2 if routes == 4 else 1
+
+
+def _launch_config(x, dt_weight, A, routes, tiling):
     batch, channels, height, width = x.shape
-    rank = dt_weight.shape[2]
+    block_d, warps = tiling
+    num_d_blocks = triton.cdiv(channels, block_d)
     length = height * width
-    num_d_blocks = triton.cdiv(channels, BLOCK_D)
-    block_l, warps = _tiling(length, rank)
-    meta = dict(Dm=channels, H=height, W=width, L=length, R=rank, num_d_blocks=num_d_blocks,
-                num_chunks=triton.cdiv(length, block_l), ROUTES=routes, N=A.shape[1],
-                R_PAD=_rank_padding(rank), BLOCK_D=BLOCK_D, BLOCK_L=block_l, num_warps=warps)
-    return meta, (routes * num_d_blocks, batch)
+    meta = dict(Dm=channels, L=length, num_d_blocks=num_d_blocks, num_chunks=triton.cdiv(length, BLOCK_L),
+                ROUTES=routes, R=dt_weight.shape[2], N=A.shape[1], BLOCK_D=block_d, BLOCK_L=BLOCK_L,
+                num_warps=warps)
+    return meta, (_num_pairs(routes) * num_d_blocks, batch)
+
+
+def _to_route_order(t: torch.Tensor, routes: int, height: int, width: int) -> torch.Tensor:
+    """(B, K, C, H*W) at row-major positions -> the same with the column-major routes (1, 3 of a four-route
+    scan) in column-major order; also its own inverse with height and width swapped."""
+    if routes != 4:
+        return t.contiguous()
+    b, k, c, _ = t.shape
+    out = t.clone(memory_format=torch.contiguous_format)
+    out[:, 1::2] = t[:, 1::2].reshape(b, 2, c, height, width).transpose(-1, -2).reshape(b, 2, c, -1)
+    return out
+
+
+def _merge_pairs(ys: torch.Tensor, routes: int, height: int, width: int) -> torch.Tensor:
+    """(pairs, B, C, L) per-pair sums -> (B, C, H, W) at row-major positions."""
+    b, c = ys.shape[1:3]
+    y = ys[0].view(b, c, height, width)
+    if routes == 4:
+        y = y + ys[1].view(b, c, width, height).transpose(-1, -2)
+    return y
+
+
+def _transposed_copy(x: torch.Tensor, routes: int) -> torch.Tensor:
+    return x.transpose(-1, -2).contiguous() if routes == 4 else x
 
 
 # The kernels are wrapped as torch.library custom ops (with shape-only "fake" versions and a registered
@@ -214,22 +281,22 @@ def _launch_config(x, dt_weight, A, routes):
 @torch.library.custom_op('sparx_mm::cross_scan_fwd', mutates_args=())
 def _cross_scan_fwd(x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor,
                     D: torch.Tensor, dt_bias: torch.Tensor, routes: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """-> y (B, D, H, W) float32, chunk-start states (B, K*D, N, chunks) float32."""
-    meta, grid = _launch_config(x, dt_weight, A, routes)
+    """-> y (B, D, H, W) float32, the states entering each chunk (B, K*D, N, chunks) float32."""
+    meta, grid = _launch_config(x, dt_weight, A, routes, FWD_TILING)
     b, d, h, w = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
-    ys = torch.empty(b, routes, d, h * w, **f32)
+    ys = torch.empty(_num_pairs(routes), b, d, h * w, **f32)
     states = torch.empty(b, A.shape[0], meta['N'], meta['num_chunks'], **f32)
-    _cross_scan_fwd_kernel[grid](x, proj, dt_weight, A, D, dt_bias, ys, states, **meta)
-    return ys.sum(dim=1).view(b, d, h, w), states
+    _cross_scan_fwd_kernel[grid](x, _transposed_copy(x, routes), _to_route_order(proj, routes, h, w), dt_weight,
+                                 A, D, dt_bias, ys, states, **meta)
+    return _merge_pairs(ys, routes, h, w), states
 
 
 @_cross_scan_fwd.register_fake
 def _(x, proj, dt_weight, A, D, dt_bias, routes):
     b, d, h, w = x.shape
-    chunks = triton.cdiv(h * w, _tiling(h * w, dt_weight.shape[2])[0])
     return (x.new_empty(b, d, h, w, dtype=torch.float32),
-            x.new_empty(b, A.shape[0], A.shape[1], chunks, dtype=torch.float32))
+            x.new_empty(b, A.shape[0], A.shape[1], triton.cdiv(h * w, BLOCK_L), dtype=torch.float32))
 
 
 @torch.library.custom_op('sparx_mm::cross_scan_bwd', mutates_args=())
@@ -238,18 +305,23 @@ def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_we
                     routes: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                           torch.Tensor]:
     """-> dx, dproj (in the inputs' dtypes), d dt_weight, dA, dD, d dt_bias (float32)."""
-    meta, grid = _launch_config(x, dt_weight, A, routes)
+    meta, grid = _launch_config(x, dt_weight, A, routes, BWD_TILING)
     b, d, h, w = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
-    dxs = torch.empty(b, routes, d, h * w, **f32)
+    dxs = torch.empty(_num_pairs(routes), b, d, h * w, **f32)
     dproj = torch.zeros(proj.shape, **f32)
     grads = [torch.zeros(t.shape, **f32) for t in (dt_weight, A, D, dt_bias)]
     # The backward kernel specialised for float16 / bfloat16 inputs ran ~2x slower than on float32 ones (H100,
     # stage-1 sizes); converting the inputs first costs far less.
-    x_, proj_ = x.float(), proj.float()
-    _cross_scan_bwd_kernel[grid](x_, proj_, dt_weight, A, D, dt_bias, dy.contiguous().float(), states, dxs, dproj,
-                                 *grads, **meta)
-    return (dxs.sum(dim=1).view(x.shape).to(x.dtype), dproj.to(proj.dtype), *grads)
+    x_ = x.float()
+    dy = dy.float().reshape(b, d, h * w)
+    if routes == 4:
+        dy = torch.stack([dy, dy.view(b, d, h, w).transpose(-1, -2).reshape(b, d, h * w)])
+    _cross_scan_bwd_kernel[grid](x_, _transposed_copy(x_, routes), _to_route_order(proj.float(), routes, h, w),
+                                 dt_weight, A, D, dt_bias, dy, states, dxs, dproj, *grads,
+                                 R_PAD=triton.next_power_of_2(meta['R']), **meta)
+    dx = _merge_pairs(dxs, routes, h, w).to(x.dtype)
+    return (dx, _to_route_order(dproj, routes, w, h).to(proj.dtype), *grads)
 
 
 @_cross_scan_bwd.register_fake

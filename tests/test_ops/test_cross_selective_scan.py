@@ -138,13 +138,11 @@ class _FusedCalled(Exception):
 
 @pytest.mark.parametrize('grad,size,dtype,expected', [
     (False, (8, 8), torch.float32, 'fused'), (False, (8, 8), torch.bfloat16, 'fused'),
-    (True, (8, 8), torch.float32, 'unfused'), (False, (65, 64), torch.float32, 'unfused'),
+    (True, (8, 8), torch.float32, 'unfused'), (False, (65, 64), torch.float32, 'fused'),
     (False, (8, 8), torch.float64, 'unfused')])
 def test_automatic_choice_where_triton_runs(grad, size, dtype, expected, monkeypatch):
-    """With triton usable (as on CUDA): the fused kernel for inference on maps up to FUSED_MAX_POSITIONS, the
-    unfused composition when a gradient is needed, the map is larger or the inputs are float64."""
-    import importlib
-    module = importlib.import_module('sparx_mm.ops.cross_selective_scan')  # the package attribute is the function
+    """With triton usable (as on CUDA): the fused kernels for inference at any map size, the unfused composition
+    when a gradient is needed or the inputs are float64."""
     from sparx_mm.ops import gpu_backends, triton_cross_scan
     monkeypatch.delenv('SPARX_CROSS_SCAN', raising=False)
     monkeypatch.setattr(gpu_backends, 'triton_usable', lambda x: True)
@@ -153,7 +151,6 @@ def test_automatic_choice_where_triton_runs(grad, size, dtype, expected, monkeyp
         raise _FusedCalled
 
     monkeypatch.setattr(triton_cross_scan, 'cross_selective_scan_triton', fused)
-    assert module.FUSED_MAX_POSITIONS == 4096
     args = _inputs(dtype=torch.float32, h=size[0], w=size[1])
     args = (args[0].to(dtype), args[1].to(dtype)) + args[2:]
     if grad:
@@ -166,3 +163,24 @@ def test_automatic_choice_where_triton_runs(grad, size, dtype, expected, monkeyp
         if grad:
             cross_selective_scan(*args).sum().backward()
             assert args[0].grad is not None
+
+
+@pytest.mark.parametrize('routes', [1, 2, 4])
+def test_pair_layout_helpers_of_the_fused_kernels(routes):
+    """The fused kernels read the column-major routes from x^T and their projections in column order, and
+    write per-pair outputs: the helpers that prepare and merge them agree with the route definitions."""
+    from sparx_mm.ops import triton_cross_scan as tcs
+    b, c, h, w = 2, 3, 4, 5
+    x = torch.randn(b, c, h, w)
+    proj = torch.randn(b, routes, c, h * w)
+    ordered = tcs._to_route_order(proj, routes, h, w)
+    maps = proj.view(b, routes, c, h, w)
+    for k in range(routes):
+        # Route k's projections as its pair reads them: forwards over rows of x, or of x^T for routes 1 and 3.
+        pair_sequence = route_sequence(maps[:, k], k % 2 if routes == 4 else 0, routes)
+        assert torch.equal(ordered[:, k], pair_sequence)
+    assert torch.equal(tcs._to_route_order(ordered, routes, w, h), proj)  # its own inverse, sizes swapped
+    xt = tcs._transposed_copy(x, routes)
+    assert torch.equal(xt.flatten(2), route_sequence(x, 1 if routes == 4 else 0, routes))
+    pairs = torch.stack([x.flatten(2), x.transpose(-1, -2).flatten(2)])[:tcs._num_pairs(routes)]
+    assert torch.equal(tcs._merge_pairs(pairs, routes, h, w), x * (2 if routes == 4 else 1))

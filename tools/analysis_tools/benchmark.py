@@ -39,11 +39,13 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model=False):
+def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model=False, channels_last=False):
     model = Classifier(arch).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     if compile_model:
         model = torch.compile(model)
-    x = torch.randn(batch, 3, size, size, device=device)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     autocast = torch.autocast(device.type, dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None)
     if mode == 'train':
         model.train()
@@ -97,6 +99,8 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--iters', type=int, default=5)
     parser.add_argument('--compile', action='store_true', help='torch.compile the model first')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='run in channels-last memory format (weights and input)')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
     args = parser.parse_args(argv)
     if args.batch < 1 or args.size < 1 or args.iters < 1:
@@ -106,12 +110,21 @@ def main(argv=None):
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f'# SparX-Mamba benchmark on {name}, torch {torch.__version__}; median of {args.iters} iterations'
-          + (', torch.compile' if args.compile else ''))
+          + (', torch.compile' if args.compile else '') + (', channels-last' if args.channels_last else ''))
     print(f"{'arch':>4} {'mode':>5} {'dtype':>5} {'batch':>5} {'size':>5} {'ms/iter':>9} {'img/s':>9} {'peak GB':>8}")
     for arch in args.arch:
         for mode in args.mode:
             for dtype in args.dtype:
-                r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters, args.compile)
+                r = None
+                try:
+                    r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters,
+                                args.compile, args.channels_last)
+                except torch.OutOfMemoryError:
+                    pass  # one setting too large for the device must not cost the rest of the table
+                if r is None:
+                    torch.cuda.empty_cache()  # here, once the failed setting's tensors are released
+                    print(f'{arch:>4} {mode:>5} {dtype:>5} {args.batch:>5} {args.size:>5}   out of memory')
+                    continue
                 print(f"{r['arch']:>4} {r['mode']:>5} {r['dtype']:>5} {r['batch']:>5} {r['size']:>5} "
                       f"{r['ms']:>9.1f} {r['img_s']:>9.1f} {r['peak_gb']:>8.2f}")
 

@@ -1,6 +1,6 @@
 """Time SS2D's scan core on the GPU: the fused Triton kernel against the unfused composition.
 
-    python tools/gpu_checks/bench_cross_scan.py [--batch 128] [--tiling BLOCK_L WARPS] [--block-d 32]
+    python tools/gpu_checks/bench_cross_scan.py [--batch 128] [--fwd-tiling BLOCK_D WARPS] [--bwd-tiling ...]
 
 For SparX-T's four stage sizes at 224 x 224 (d_inner 192 / 384 / 640 / 1024 on 56 / 28 / 14 / 7 maps, dt
 ranks 6 / 12 / 20 / 32), fp32 and fp16 inputs: milliseconds of the forward pass and of forward + backward,
@@ -36,17 +36,20 @@ def timed(fn, iters=10, warmup=3):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--batch', type=int, default=128)
-    parser.add_argument('--tiling', type=int, nargs=2, metavar=('BLOCK_L', 'WARPS'), default=None,
-                        help='one tiling for every length instead of the kernel\'s choice by length')
-    parser.add_argument('--block-d', type=int, default=None)
+    parser.add_argument('--fwd-tiling', type=int, nargs=2, metavar=('BLOCK_D', 'WARPS'), default=None,
+                        help="the fused forward kernel's channels per program and warps instead of its defaults")
+    parser.add_argument('--bwd-tiling', type=int, nargs=2, metavar=('BLOCK_D', 'WARPS'), default=None,
+                        help='the same for the backward kernel')
+    parser.add_argument('--block-l', type=int, default=None, help='chunk length of both fused kernels')
     args = parser.parse_args()
-    if args.tiling:
-        triton_cross_scan.LONG_TILING = triton_cross_scan.SHORT_TILING = tuple(args.tiling)
-    if args.block_d:
-        triton_cross_scan.BLOCK_D = args.block_d
-    print(f'# {torch.cuda.get_device_name()}, batch {args.batch}, (BLOCK_L, warps) long '
-          f'{triton_cross_scan.LONG_TILING} short {triton_cross_scan.SHORT_TILING}, BLOCK_D '
-          f'{triton_cross_scan.BLOCK_D}; ms')
+    if args.fwd_tiling:
+        triton_cross_scan.FWD_TILING = tuple(args.fwd_tiling)
+    if args.bwd_tiling:
+        triton_cross_scan.BWD_TILING = tuple(args.bwd_tiling)
+    if args.block_l:
+        triton_cross_scan.BLOCK_L = args.block_l
+    print(f'# {torch.cuda.get_device_name()}, batch {args.batch}, BLOCK_L {triton_cross_scan.BLOCK_L}, (BLOCK_D, '
+          f'warps) forward {triton_cross_scan.FWD_TILING} backward {triton_cross_scan.BWD_TILING}; ms')
     print(f'{"d_inner":>7} {"HxW":>6} {"dtype":>5} {"fused fwd":>10} {"unfused fwd":>12} {"fused f+b":>10} '
           f'{"unfused f+b":>12}')
     device = torch.device('cuda')

@@ -1,6 +1,6 @@
 """GPU check of the Triton kernels against the PyTorch reference (run on a CUDA machine).
 
-    python tools/gpu_checks/check_kernels.py [--model]
+    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model]
 
 Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
 projection, scan, merge), forward and every gradient, on random inputs of awkward sizes (H != W, lengths
@@ -146,21 +146,25 @@ def check_model(device):
     return ok
 
 
+PARTS = ('scan', 'cross', 'model')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', action='store_true', help='also compare whole-model outputs')
     parser.add_argument('--model-only', action='store_true', help='only the whole-model comparison')
+    parser.add_argument('--only', nargs='+', choices=PARTS, default=None,
+                        help='run only these parts (default: scan and cross, plus model with --model)')
     args = parser.parse_args()
+    parts = set(args.only or (['model'] if args.model_only else ['scan', 'cross'] + (['model'] if args.model else [])))
     if not torch.cuda.is_available():
         sys.exit('check_kernels.py needs a CUDA GPU')
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
-    if not args.model_only:
-        ok &= check_scan(device)
-        ok &= check_cross_scan(device)
-    if args.model or args.model_only:
-        ok &= check_model(device)
+    for part, check in (('scan', check_scan), ('cross', check_cross_scan), ('model', check_model)):
+        if part in parts:
+            ok &= check(device)
     print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')
     sys.exit(0 if ok else 1)
 

@@ -1,0 +1,53 @@
+"""tools/analysis_tools/benchmark.py on the CPU: its table, its options, and a setting that does not fit."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
+_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'analysis_tools', 'benchmark.py')
+
+
+@pytest.fixture(scope='module')
+def benchmark():
+    spec = importlib.util.spec_from_file_location('sparx_benchmark', _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(text):
+    return [line.split() for line in text.splitlines() if line and not line.startswith(('#', 'arch'))]
+
+
+def test_prints_one_row_per_setting_in_channels_last(benchmark, capsys):
+    benchmark.main(['--arch', 't', '--batch', '2', '--size', '32', '--device', 'cpu', '--mode', 'infer', 'train',
+                    '--warmup', '0', '--iters', '1', '--channels-last'])
+    out = capsys.readouterr().out
+    assert 'channels-last' in out.splitlines()[0]
+    rows = _rows(out)
+    assert [row[:5] for row in rows] == [['t', 'infer', 'fp32', '2', '32'], ['t', 'train', 'fp32', '2', '32']]
+    assert all(float(row[6]) > 0 for row in rows)  # img/s
+
+
+def test_a_setting_out_of_memory_is_reported_and_the_table_goes_on(benchmark, capsys, monkeypatch):
+    real_measure = benchmark.measure
+
+    def measure(arch, batch, size, device, dtype, mode, *args):
+        if mode == 'train':
+            raise torch.OutOfMemoryError('CUDA out of memory (simulated)')
+        return real_measure(arch, batch, size, device, dtype, mode, *args)
+
+    monkeypatch.setattr(benchmark, 'measure', measure)
+    benchmark.main(['--arch', 't', '--batch', '1', '--size', '32', '--device', 'cpu', '--mode', 'train', 'infer',
+                    '--warmup', '0', '--iters', '1'])
+    rows = _rows(capsys.readouterr().out)
+    assert rows[0] == ['t', 'train', 'fp32', '1', '32', 'out', 'of', 'memory']
+    assert rows[1][:2] == ['t', 'infer'] and float(rows[1][6]) > 0
+
+
+def test_bad_sizes_are_rejected(benchmark):
+    with pytest.raises(SystemExit):
+        benchmark.main(['--batch', '0', '--device', 'cpu'])
