@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU checks and the benchmark tables of docs/benchmarks.md:
+#   bash tools/gpu_checks/report.sh [OUT_DIR [STEP ...]]
+# Steps: kernels table train fused_train large compiled compile_check (default: all, ~15 minutes on one H100;
+# name a few to fit a shorter session, e.g. `report.sh out kernels table`). Each step has its own time limit so
+# that one slow step (a first Triton / inductor compilation) cannot cost the rest; full logs go to OUT_DIR
+# (default gpu_report/), a summary to stdout.
+set -u
+out=${1:-gpu_report}
+shift $(( $# > 0 ? 1 : 0 ))
+wanted=" ${*:-kernels table train fused_train large compiled compile_check} "
+mkdir -p "$out"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+bench="python3 $here/../analysis_tools/benchmark.py"
+rows() { grep -E "^ *[tsb] |out of memory|Error|rror:" || true; }
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  [[ $wanted == *" $name "* ]] || return 1  # not asked for: no summary either
+  echo "## $name"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  [ $rc -eq 124 ] && echo "($name: stopped after $limit s)"
+  return 0
+}
+step kernels 150 python3 "$here/check_kernels.py" --model &&
+  grep -E "^  (float|bfloat)|vs float64|PASSED|FAILED" "$out/kernels.log"
+step table 170 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer &&
+  rows < "$out/table.log"
+step train 150 $bench --arch t s b --batch 128 --dtype fp16 --mode train &&
+  rows < "$out/train.log"
+SPARX_CROSS_SCAN=fused step fused_train 120 $bench --arch t s b --batch 128 --dtype fp16 --mode train &&
+  rows < "$out/fused_train.log"
+step large 120 bash -c "$bench --arch t --batch 32 --size 1024 --dtype fp32 fp16 && $bench --arch t --batch 64 --size 768 --dtype fp32 fp16" &&
+  rows < "$out/large.log"
+step compiled 240 $bench --arch t --batch 128 --dtype fp32 fp16 --compile &&
+  rows < "$out/compiled.log"
+step compile_check 240 python3 "$here/check_compile.py" &&
+  grep -E "graph|break at|compiled vs|PASSED|FAILED" "$out/compile_check.log"
+exit 0
