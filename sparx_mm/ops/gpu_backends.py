@@ -12,7 +12,6 @@ import importlib.util
 from .selective_scan import register_scan_backend
 
 
-@functools.lru_cache(maxsize=None)
 def _has_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
@@ -20,10 +19,16 @@ def _has_module(name: str) -> bool:
         return False
 
 
+# Looked up once at import (without importing the packages): torch.compile cannot trace importlib, so a
+# lookup inside the models' forward would split their graphs.
+TRITON_INSTALLED = _has_module('triton')
+MAMBA_SSM_INSTALLED = _has_module('mamba_ssm')
+
+
 @functools.lru_cache(maxsize=None)
 def _mamba_scan_fn():
     """mamba-ssm's selective_scan_fn if it imports with its CUDA extension, else None."""
-    if not _has_module('mamba_ssm'):
+    if not MAMBA_SSM_INSTALLED:
         return None
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -31,12 +36,6 @@ def _mamba_scan_fn():
     except Exception:  # a broken optional install must not break the package
         return None
     return selective_scan_fn
-
-
-# Looked up once at import (without importing the packages): torch.compile cannot trace importlib, so a
-# lookup inside the models' forward would split their graphs.
-TRITON_INSTALLED = _has_module('triton')
-MAMBA_SSM_INSTALLED = _has_module('mamba_ssm')
 
 
 def triton_usable(x) -> bool:
@@ -58,5 +57,5 @@ def _mamba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
 
 register_scan_backend('triton', _triton_scan, is_available=triton_usable,
                       priority=10)
-register_scan_backend('mamba_ssm', _mamba_scan,
-                      is_available=lambda u: u.is_cuda and MAMBA_SSM_INSTALLED and _mamba_scan_fn() is not None, priority=20)
+register_scan_backend('mamba_ssm', _mamba_scan, priority=20,
+                      is_available=lambda u: u.is_cuda and MAMBA_SSM_INSTALLED and _mamba_scan_fn() is not None)

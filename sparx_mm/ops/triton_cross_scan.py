@@ -36,20 +36,28 @@ BWD_TILING = (16, 4)
 
 
 @triton.jit
+def _as_pair_reads(pair, map_ptr, transposed_ptr):
+    """The copy of a (B, D, H, W) map that a pair reads contiguously: the map itself for the row-major pair,
+    its transposed copy (B, D, W, H) for the column-major one."""
+    if pair == 0:
+        ptr = map_ptr
+    else:
+        ptr = transposed_ptr
+    return ptr
+
+
+@triton.jit
 def _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D: tl.constexpr):
     """A program's indices: its pair (0: row-major, 1: column-major), sample, channels, the sequence it
-    reads (rows of x or of x^T) and the row offset shared by the sequence, dy and the per-pair buffers."""
+    reads (rows of x or of x^T), the row offset of its channels in a (B, D, L) tensor and in the per-pair
+    (pairs, B, D, L) buffers."""
     b = tl.program_id(1).to(tl.int64)  # element offsets of large inputs pass 2**31
     pair = tl.program_id(0) // num_d_blocks
     d = (tl.program_id(0) % num_d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < Dm
-    rows = (b * Dm + d) * L  # this sample's channels in a (B, D, L) tensor
-    if pair == 0:
-        seq_ptr = x_ptr
-    else:
-        seq_ptr = xt_ptr
-    pair_rows = (pair * tl.num_programs(1) * Dm) * L + rows  # the same in a (pairs, B, D, L) tensor
-    return b, pair, d, mask_d, rows, seq_ptr, pair_rows
+    rows = (b * Dm + d) * L
+    pair_rows = (pair * tl.num_programs(1) * Dm) * L + rows
+    return b, pair, d, mask_d, rows, _as_pair_reads(pair, x_ptr, xt_ptr), pair_rows
 
 
 @triton.jit
@@ -171,7 +179,7 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
         c = step if BACKWARD else num_chunks - 1 - step
         t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
             seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D, BLOCK_L)
-        dy = tl.load(dy_ptr + pair_rows[:, None] + t[None, :], mask=mask, other=0.0)
+        dy = tl.load(dy_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0)
         h_in = tl.load(states_ptr + state_rows + c, mask=mask_d, other=0.0)
         if BACKWARD:
             hs, _ = _chunk_adjoint(a, bx, h_in, cols)
@@ -220,12 +228,13 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
 
 
 @triton.jit
-def _cross_scan_bwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr,
+def _cross_scan_bwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, dyt_ptr, states_ptr,
                            dx_ptr, dproj_ptr, dw_ptr, dA_ptr, dD_ptr, dbias_ptr,
                            Dm, L, num_d_blocks, num_chunks,
                            ROUTES: tl.constexpr, R, R_PAD: tl.constexpr, N: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     b, pair, d, mask_d, rows, seq_ptr, pair_rows = _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D)
+    dy_ptr = _as_pair_reads(pair, dy_ptr, dyt_ptr)  # every route of the pair sums into y: the same dy
     for n in tl.static_range(N):
         _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, dproj_ptr,
                      dw_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, pair, b, d, mask_d, Dm, L, num_chunks,
@@ -313,12 +322,10 @@ def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_we
     grads = [torch.zeros(t.shape, **f32) for t in (dt_weight, A, D, dt_bias)]
     # The backward kernel specialised for float16 / bfloat16 inputs ran ~2x slower than on float32 ones (H100,
     # stage-1 sizes); converting the inputs first costs far less.
-    x_ = x.float()
-    dy = dy.float().reshape(b, d, h * w)
-    if routes == 4:
-        dy = torch.stack([dy, dy.view(b, d, h, w).transpose(-1, -2).reshape(b, d, h * w)])
+    x_, dy = x.float(), dy.float().contiguous()
     _cross_scan_bwd_kernel[grid](x_, _transposed_copy(x_, routes), _to_route_order(proj.float(), routes, h, w),
-                                 dt_weight, A, D, dt_bias, dy, states, dxs, dproj, *grads,
+                                 dt_weight, A, D, dt_bias, dy, _transposed_copy(dy, routes), states, dxs, dproj,
+                                 *grads,
                                  R_PAD=triton.next_power_of_2(meta['R']), **meta)
     dx = _merge_pairs(dxs, routes, h, w).to(x.dtype)
     return (dx, _to_route_order(dproj, routes, w, h).to(proj.dtype), *grads)

@@ -152,11 +152,10 @@ PARTS = ('scan', 'cross', 'model')
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', action='store_true', help='also compare whole-model outputs')
-    parser.add_argument('--model-only', action='store_true', help='only the whole-model comparison')
     parser.add_argument('--only', nargs='+', choices=PARTS, default=None,
                         help='run only these parts (default: scan and cross, plus model with --model)')
     args = parser.parse_args()
-    parts = set(args.only or (['model'] if args.model_only else ['scan', 'cross'] + (['model'] if args.model else [])))
+    parts = set(args.only or ['scan', 'cross'] + (['model'] if args.model else []))
     if not torch.cuda.is_available():
         sys.exit('check_kernels.py needs a CUDA GPU')
     device = torch.device('cuda')
