@@ -8,6 +8,7 @@
 """
 import functools
 import importlib.util
+import os
 
 from .selective_scan import register_scan_backend
 
@@ -41,6 +42,39 @@ def _mamba_scan_fn():
 def triton_usable(x) -> bool:
     """Whether this package's Triton kernels can run on tensors like ``x`` (CUDA, triton installed)."""
     return x.is_cuda and TRITON_INSTALLED
+
+
+#: Environment variable choosing the implementation of the fused layer kernels (one-group GroupNorm, depthwise
+#: conv + activation): 'triton' or 'reference' (plain torch ops); unset = Triton for CUDA tensors when triton is
+#: installed, else the reference.
+LAYER_KERNELS_ENV = 'SPARX_LAYER_KERNELS'
+LAYER_KERNEL_IMPLS = ('triton', 'reference')
+
+
+def layer_kernel_impl(x, impl=None) -> str:
+    """'triton' or 'reference': ``impl`` if given, else ``SPARX_LAYER_KERNELS``, else automatic (module doc).
+
+    Forcing 'triton' for tensors it cannot run on (CPU tensors, no triton) is an error that says so.
+    """
+    source = 'impl argument'
+    if impl is None:
+        impl = os.environ.get(LAYER_KERNELS_ENV, '').strip() or None
+        source = f'environment variable {LAYER_KERNELS_ENV}'
+    if impl is None:
+        return 'triton' if triton_usable(x) else 'reference'
+    if impl not in LAYER_KERNEL_IMPLS:
+        raise ValueError(f'unknown layer-kernel implementation {impl!r} (from the {source}); '
+                         f'choose one of {LAYER_KERNEL_IMPLS}')
+    if impl == 'triton' and not (triton_usable(x) or interpreting()):
+        raise RuntimeError(f"layer kernels: 'triton' (from the {source}) needs CUDA tensors and triton installed, "
+                           f"got a {x.device.type} tensor{'' if TRITON_INSTALLED else ' and no triton'}; "
+                           "use 'reference' or leave it unset")
+    return impl
+
+
+def interpreting() -> bool:
+    """Whether Triton's CPU interpreter is on (``TRITON_INTERPRET=1``): the wrappers then accept CPU tensors."""
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
 def _triton_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):

@@ -11,12 +11,12 @@ d_state N is a compile-time constant (N = 1, SparX's setting, is one pass; large
 Importing this module needs triton but no GPU; launching needs CUDA tensors (or ``TRITON_INTERPRET=1``,
 Triton's CPU interpreter, which the CPU tests use).
 """
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .gpu_backends import interpreting  # noqa: F401  (re-exported for the Triton wrappers)
 from .selective_scan import check_scan_inputs
 
 BLOCK_L = 128
@@ -240,11 +240,6 @@ class _TritonSelectiveScan(torch.autograd.Function):
         d_dtype, bias_dtype = ctx.dtypes
         return (du.to(u.dtype), ddelta.to(delta.dtype), dA, dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(d_dtype) if has_d else None, dbias.to(bias_dtype) if has_bias else None, None)
-
-
-def interpreting() -> bool:
-    """Whether Triton's CPU interpreter is on (``TRITON_INTERPRET=1``): the wrappers then accept CPU tensors."""
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
