@@ -1,7 +1,14 @@
 """Small layers shared by the SparX backbones."""
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ops import depthwise_conv2d_act
+
+#: Activation modules that the fused depthwise-conv kernel applies itself, by the kernel's name for them.
+FUSED_ACTIVATIONS = {nn.GELU: 'gelu', nn.SiLU: 'silu'}
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -28,20 +35,48 @@ class LayerScale(nn.Module):
         return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
 
 
+class DepthwiseConvAct(nn.Conv2d):
+    """``act(dwconv_kxk(x) + (x if residual))`` as one operator (:func:`sparx_mm.ops.depthwise_conv2d_act`: one
+    Triton kernel on GPUs, which neither reads nor writes the intermediate maps and saves only ``x`` for the
+    backward pass).
+
+    An ``nn.Conv2d`` (depthwise, stride 1, 'same' padding) with the same parameters, so official checkpoints
+    load unchanged. ``activation``: None, 'gelu' (exact) or 'silu'.
+
+    Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True, residual: bool = False,
+                 activation: Optional[str] = None):
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias)
+        self.residual = residual
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv2d_act(x, self.weight, self.bias, self.residual, self.activation)
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, residual={self.residual}, activation={self.activation}'
+
+
 class ConvFFN(nn.Module):
-    """1x1 conv -> (+ depthwise 3x3 of itself) -> act -> 1x1 conv; (B, C, H, W) -> (B, C, H, W)."""
+    """1x1 conv -> (+ depthwise 3x3 of itself) -> act -> 1x1 conv; (B, C, H, W) -> (B, C, H, W).
+
+    With GELU or SiLU the middle three steps are one fused operator (:class:`DepthwiseConvAct`); other
+    activations run as their own module after it.
+    """
 
     def __init__(self, dim: int, hidden_dim: int, act_layer=nn.GELU, drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
-        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
-        self.act = act_layer()
+        fused_act = FUSED_ACTIVATIONS.get(act_layer)
+        self.dwconv = DepthwiseConvAct(hidden_dim, 3, residual=True, activation=fused_act)
+        self.act = nn.Identity() if fused_act else act_layer()
         self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(x)
-        x = self.act(x + self.dwconv(x))
+        x = self.act(self.dwconv(self.fc1(x)))
         return self.drop(self.fc2(self.drop(x)))
 
 

@@ -1,4 +1,4 @@
-"""Scan operators of the SparX-Mamba blocks.
+"""Scan operators of the SparX-Mamba blocks, and the one-group GroupNorm of SparX's blocks.
 
 Only torch is imported here, so the package works on CPU-only machines;
 accelerated backends (Triton, mamba-ssm) register themselves with
@@ -7,6 +7,8 @@ accelerated backends (Triton, mamba-ssm) register themselves with
 from .cross_scan import cross_merge, cross_scan
 from .cross_selective_scan import (ROUTE_COUNTS, cross_selective_scan, cross_selective_scan_reference,
                                    route_sequence, route_to_positions)
+from .depthwise_conv import depthwise_conv2d_act, depthwise_conv2d_act_reference
+from .group_norm import OneGroupNorm, group_norm_one_group, group_norm_one_group_reference
 from .selective_scan import (available_scan_backends, check_scan_inputs,
                              register_scan_backend, selective_scan,
                              selective_scan_reference,
@@ -14,6 +16,7 @@ from .selective_scan import (available_scan_backends, check_scan_inputs,
 from . import gpu_backends  # noqa: F401,E402  (registers 'triton' and 'mamba_ssm'; imports neither)
 
 __all__ = [
+    'OneGroupNorm',
     'ROUTE_COUNTS',
     'cross_selective_scan',
     'cross_selective_scan_reference',
@@ -23,6 +26,10 @@ __all__ = [
     'check_scan_inputs',
     'cross_merge',
     'cross_scan',
+    'depthwise_conv2d_act',
+    'depthwise_conv2d_act_reference',
+    'group_norm_one_group',
+    'group_norm_one_group_reference',
     'register_scan_backend',
     'selective_scan',
     'selective_scan_reference',

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import gpu_backends
 from .cross_scan import cross_merge, cross_scan
-from .selective_scan import SCAN_BACKEND_ENV, selective_scan
+from .selective_scan import selective_scan
 
 __all__ = ['ROUTE_COUNTS', 'cross_selective_scan', 'cross_selective_scan_reference', 'route_sequence',
            'route_to_positions']

@@ -10,6 +10,8 @@ import functools
 import importlib.util
 import os
 
+import torch
+
 from .selective_scan import register_scan_backend
 
 
@@ -45,30 +47,37 @@ def triton_usable(x) -> bool:
 
 
 #: Environment variable choosing the implementation of the fused layer kernels (one-group GroupNorm, depthwise
-#: conv + activation): 'triton' or 'reference' (plain torch ops); unset = Triton for CUDA tensors when triton is
-#: installed, else the reference.
+#: conv + activation): 'triton' or 'reference' (plain torch ops); unset = Triton for CUDA tensors of
+#: LAYER_KERNEL_DTYPES when triton is installed, else the reference.
 LAYER_KERNELS_ENV = 'SPARX_LAYER_KERNELS'
 LAYER_KERNEL_IMPLS = ('triton', 'reference')
+#: Input dtypes of the layer kernels (float32 arithmetic inside); float64 takes the reference.
+LAYER_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def layer_kernel_impl(x, impl=None) -> str:
-    """'triton' or 'reference': ``impl`` if given, else ``SPARX_LAYER_KERNELS``, else automatic (module doc).
+def layer_kernel_impl(x, impl=None, op: str = 'layer kernels') -> str:
+    """'triton' or 'reference' for the layer kernel ``op`` on ``x``: ``impl`` if given, else
+    ``SPARX_LAYER_KERNELS``, else automatic (see LAYER_KERNELS_ENV).
 
-    Forcing 'triton' for tensors it cannot run on (CPU tensors, no triton) is an error that says so.
+    Forcing 'triton' where it cannot run (CPU tensors, no triton, a dtype outside LAYER_KERNEL_DTYPES) is an
+    error that says so and where the choice came from.
     """
     source = 'impl argument'
     if impl is None:
         impl = os.environ.get(LAYER_KERNELS_ENV, '').strip() or None
         source = f'environment variable {LAYER_KERNELS_ENV}'
     if impl is None:
-        return 'triton' if triton_usable(x) else 'reference'
+        return 'triton' if triton_usable(x) and x.dtype in LAYER_KERNEL_DTYPES else 'reference'
     if impl not in LAYER_KERNEL_IMPLS:
-        raise ValueError(f'unknown layer-kernel implementation {impl!r} (from the {source}); '
+        raise ValueError(f'{op}: unknown layer-kernel implementation {impl!r} (from the {source}); '
                          f'choose one of {LAYER_KERNEL_IMPLS}')
     if impl == 'triton' and not (triton_usable(x) or interpreting()):
-        raise RuntimeError(f"layer kernels: 'triton' (from the {source}) needs CUDA tensors and triton installed, "
+        raise RuntimeError(f"{op}: 'triton' (from the {source}) needs CUDA tensors and triton installed, "
                            f"got a {x.device.type} tensor{'' if TRITON_INSTALLED else ' and no triton'}; "
                            "use 'reference' or leave it unset")
+    if impl == 'triton' and x.dtype not in LAYER_KERNEL_DTYPES:
+        raise TypeError(f"{op}: 'triton' (from the {source}) computes in float32 and takes float32, float16 or "
+                        f"bfloat16 inputs, got {x.dtype}; use 'reference' (the automatic choice does)")
     return impl
 
 

@@ -26,13 +26,26 @@ import triton.language as tl
 
 from .triton_scan import _chunk_adjoint, _chunk_states, _last_column, interpreting
 
-#: Chunk length, and (BLOCK_D channels, warps) of the forward and backward kernels. Forward: SparX-T inference
-#: on an H100 was 3-7 % faster with 16 channels (149 registers) than with 32 (255); backward: 32 channels
-#: spilled ~2 KB a thread (ptxas -v, sm_90). Both kernels must use the same BLOCK_L: the backward pass
-#: restarts from the forward pass's per-chunk states.
-BLOCK_L = 64
-FWD_TILING = (16, 4)
+#: Tilings (BLOCK_L positions a chunk, BLOCK_D channels a program, warps), measured on an H100 (fp16, batch 128,
+#: SparX-T stage sizes; tools/gpu_checks/bench_cross_scan.py). Training: the backward kernel restarts from the
+#: forward pass's per-chunk states, so both kernels use TRAIN_BLOCK_L; the backward kernel spilled ~2 KB a thread
+#: with 32 channels (ptxas -v, sm_90). Inference: see :func:`inference_tiling`.
+TRAIN_BLOCK_L = 64
+TRAIN_FWD_TILING = (16, 4)
 BWD_TILING = (16, 4)
+#: The forward kernel specialised on the dt rank (its loop unrolled): one compilation per rank (a SparX model
+#: has four); SparX-T's stage-1 / stage-3 scans took 1.72 / 1.19 instead of 2.22 / 1.70 ms.
+UNROLL_RANK_FWD = True
+
+
+def inference_tiling(length: int, rank: int) -> Tuple[int, int, int]:
+    """(BLOCK_L, BLOCK_D, warps) of the forward kernel when no backward pass follows. Long sequences with a
+    small dt rank (stage 1): 32 channels x 64 positions, 1.33 ms instead of 1.72 at SparX-T's stage 1 (128
+    registers; with rank 20 the same tiling spilled); otherwise 16 x 32, 0.98 instead of 1.19 at stage 3
+    (chunks of 64 left a quarter of a 196-position sequence's last chunk idle)."""
+    if length >= 2048 and rank <= 8:
+        return 64, 32, 4
+    return 32, 16, 4
 
 
 @triton.jit
@@ -74,16 +87,23 @@ def _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L, num_chunks
 
 
 @triton.jit
-def _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, BLOCK_D: tl.constexpr,
-            BLOCK_L: tl.constexpr):
-    """dt_weight_k @ proj_dt + bias at steps ``t``, float32 (BLOCK_D, BLOCK_L)."""
+def _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, R_STATIC: tl.constexpr,
+            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """dt_weight_k @ proj_dt + bias at steps ``t``, float32 (BLOCK_D, BLOCK_L). R_STATIC > 0: the rank as a
+    compile-time constant, the loop unrolled (its loads issued together instead of one per iteration)."""
     raw = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32) + bias[:, None]
-    # A runtime loop: unrolled over a constexpr rank, the backward kernel (dt twice a chunk) spilled registers
-    # and each of a model's four ranks took minutes to compile.
-    for r in range(R):
-        w_r = tl.load(w_ptr + kd * R + r, mask=mask_d, other=0.0)
-        p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
-        raw += w_r[:, None] * p_r[None, :]
+    if R_STATIC > 0:
+        for r in tl.static_range(R_STATIC):
+            w_r = tl.load(w_ptr + kd * R_STATIC + r, mask=mask_d, other=0.0)
+            p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
+            raw += w_r[:, None] * p_r[None, :]
+    else:
+        # A runtime loop in the backward kernel: unrolled, it (dt twice a chunk) spilled registers and each of a
+        # model's four ranks took minutes to compile.
+        for r in range(R):
+            w_r = tl.load(w_ptr + kd * R + r, mask=mask_d, other=0.0)
+            p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
+            raw += w_r[:, None] * p_r[None, :]
     return raw
 
 
@@ -94,14 +114,14 @@ def _softplus(raw):
 
 @triton.jit
 def _chunk_terms(seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L,
-                 R, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                 R, R_STATIC: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     """Chunk ``c`` (positions c*BLOCK_L ...): inputs in float32 and the recurrence terms a = exp(dt A),
     bx = dt B u (the identity past the end of the sequence)."""
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_t = t < L
     mask = mask_d[:, None] & mask_t[None, :]
     u = tl.load(seq_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
-    raw = _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, BLOCK_D, BLOCK_L)
+    raw = _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, R_STATIC, BLOCK_D, BLOCK_L)
     dt = _softplus(raw)
     Bt = tl.load(proj_ptr + proj_base + (R + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
     Ct = tl.load(proj_ptr + proj_base + (R + N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
@@ -113,7 +133,7 @@ def _chunk_terms(seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_
 @triton.jit
 def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows, route, b, d, mask_d,
                 bias_ptr, D_ptr, Dm, L, num_chunks, n, FIRST: tl.constexpr, BACKWARD: tl.constexpr,
-                ROUTES: tl.constexpr, R, N: tl.constexpr, BLOCK_D: tl.constexpr,
+                ROUTES: tl.constexpr, R, R_STATIC: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_L: tl.constexpr):
     """Scan one route of the pair (BACKWARD: from the last position to the first) for state index n,
     adding its output to y (FIRST: the first term written to y)."""
@@ -124,7 +144,8 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
     for step in range(num_chunks):
         c = num_chunks - 1 - step if BACKWARD else step
         t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
-            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D, BLOCK_L)
+            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, R_STATIC, N, BLOCK_D,
+            BLOCK_L)
         # The state entering the chunk (from before it going forwards, from after it going backwards).
         tl.store(states_ptr + state_rows + c, h, mask=mask_d)
         if BACKWARD:
@@ -144,16 +165,17 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
 @triton.jit
 def _cross_scan_fwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, states_ptr,
                            Dm, L, num_d_blocks, num_chunks,
-                           ROUTES: tl.constexpr, R, N: tl.constexpr,
+                           ROUTES: tl.constexpr, R, R_STATIC: tl.constexpr, N: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     b, pair, d, mask_d, rows, seq_ptr, pair_rows = _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D)
     for n in tl.static_range(N):
         _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows, pair, b, d, mask_d,
-                    bias_ptr, D_ptr, Dm, L, num_chunks, n, n == 0, False, ROUTES, R, N, BLOCK_D, BLOCK_L)
+                    bias_ptr, D_ptr, Dm, L, num_chunks, n, n == 0, False, ROUTES, R, R_STATIC, N, BLOCK_D,
+                    BLOCK_L)
         if ROUTES > 1:
             _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows,
                         pair + ROUTES // 2, b, d, mask_d, bias_ptr, D_ptr, Dm, L, num_chunks, n, False, True,
-                        ROUTES, R, N, BLOCK_D, BLOCK_L)
+                        ROUTES, R, R_STATIC, N, BLOCK_D, BLOCK_L)
 
 
 @triton.jit
@@ -178,7 +200,7 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
     for step in range(num_chunks):
         c = step if BACKWARD else num_chunks - 1 - step
         t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
-            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D, BLOCK_L)
+            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, 0, N, BLOCK_D, BLOCK_L)
         dy = tl.load(dy_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0)
         h_in = tl.load(states_ptr + state_rows + c, mask=mask_d, other=0.0)
         if BACKWARD:
@@ -188,7 +210,7 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
         # The decay carrying dh from the next step of the route back to t (0 past the route's end).
         t_next = t + shift
         mask_tn = (t_next >= 0) & (t_next < L)
-        dt_next = _softplus(_dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t_next, mask_tn, L, R, BLOCK_D,
+        dt_next = _softplus(_dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t_next, mask_tn, L, R, 0, BLOCK_D,
                                     BLOCK_L))
         a_next = tl.where(mask_d[:, None] & mask_tn[None, :], tl.exp(dt_next * A_n[:, None]), 0.0)
         g = tl.where(mask, Ct[None, :] * dy, 0.0)
@@ -249,13 +271,12 @@ def _num_pairs(routes: int) -> int:
     return 2 if routes == 4 else 1
 
 
-def _launch_config(x, dt_weight, A, routes, tiling):
+def _launch_config(x, dt_weight, A, routes, block_l, block_d, warps):
     batch, channels, height, width = x.shape
-    block_d, warps = tiling
     num_d_blocks = triton.cdiv(channels, block_d)
     length = height * width
-    meta = dict(Dm=channels, L=length, num_d_blocks=num_d_blocks, num_chunks=triton.cdiv(length, BLOCK_L),
-                ROUTES=routes, R=dt_weight.shape[2], N=A.shape[1], BLOCK_D=block_d, BLOCK_L=BLOCK_L,
+    meta = dict(Dm=channels, L=length, num_d_blocks=num_d_blocks, num_chunks=triton.cdiv(length, block_l),
+                ROUTES=routes, R=dt_weight.shape[2], N=A.shape[1], BLOCK_D=block_d, BLOCK_L=block_l,
                 num_warps=warps)
     return meta, (_num_pairs(routes) * num_d_blocks, batch)
 
@@ -289,32 +310,35 @@ def _transposed_copy(x: torch.Tensor, routes: int) -> torch.Tensor:
 # graph at an opaque autograd.Function.
 @torch.library.custom_op('sparx_mm::cross_scan_fwd', mutates_args=())
 def _cross_scan_fwd(x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor,
-                    D: torch.Tensor, dt_bias: torch.Tensor, routes: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """-> y (B, D, H, W) float32, the states entering each chunk (B, K*D, N, chunks) float32."""
-    meta, grid = _launch_config(x, dt_weight, A, routes, FWD_TILING)
+                    D: torch.Tensor, dt_bias: torch.Tensor, routes: int, block_l: int, block_d: int,
+                    warps: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> y (B, D, H, W) float32, the states entering each chunk of ``block_l`` positions (B, K*D, N, chunks)
+    float32."""
+    meta, grid = _launch_config(x, dt_weight, A, routes, block_l, block_d, warps)
     b, d, h, w = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
     ys = torch.empty(_num_pairs(routes), b, d, h * w, **f32)
     states = torch.empty(b, A.shape[0], meta['N'], meta['num_chunks'], **f32)
     _cross_scan_fwd_kernel[grid](x, _transposed_copy(x, routes), _to_route_order(proj, routes, h, w), dt_weight,
-                                 A, D, dt_bias, ys, states, **meta)
+                                 A, D, dt_bias, ys, states, R_STATIC=meta['R'] if UNROLL_RANK_FWD else 0, **meta)
     return _merge_pairs(ys, routes, h, w), states
 
 
 @_cross_scan_fwd.register_fake
-def _(x, proj, dt_weight, A, D, dt_bias, routes):
+def _(x, proj, dt_weight, A, D, dt_bias, routes, block_l, block_d, warps):
     b, d, h, w = x.shape
     return (x.new_empty(b, d, h, w, dtype=torch.float32),
-            x.new_empty(b, A.shape[0], A.shape[1], triton.cdiv(h * w, BLOCK_L), dtype=torch.float32))
+            x.new_empty(b, A.shape[0], A.shape[1], triton.cdiv(h * w, block_l), dtype=torch.float32))
 
 
 @torch.library.custom_op('sparx_mm::cross_scan_bwd', mutates_args=())
 def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor,
                     A: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor, states: torch.Tensor,
-                    routes: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                          torch.Tensor]:
-    """-> dx, dproj (in the inputs' dtypes), d dt_weight, dA, dD, d dt_bias (float32)."""
-    meta, grid = _launch_config(x, dt_weight, A, routes, BWD_TILING)
+                    routes: int, block_l: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                        torch.Tensor, torch.Tensor]:
+    """-> dx, dproj (in the inputs' dtypes), d dt_weight, dA, dD, d dt_bias (float32); ``states`` saved by a
+    forward pass with chunks of ``block_l``."""
+    meta, grid = _launch_config(x, dt_weight, A, routes, block_l, *BWD_TILING)
     b, d, h, w = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
     dxs = torch.empty(_num_pairs(routes), b, d, h * w, **f32)
@@ -332,22 +356,22 @@ def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_we
 
 
 @_cross_scan_bwd.register_fake
-def _(dy, x, proj, dt_weight, A, D, dt_bias, states, routes):
+def _(dy, x, proj, dt_weight, A, D, dt_bias, states, routes, block_l):
     f32 = dict(dtype=torch.float32)
     return (torch.empty_like(x), torch.empty_like(proj), torch.empty_like(dt_weight, **f32),
             torch.empty_like(A, **f32), torch.empty_like(D, **f32), torch.empty_like(dt_bias, **f32))
 
 
 def _setup_context(ctx, inputs, output):
-    x, proj, dt_weight, A, D, dt_bias, routes = inputs
+    x, proj, dt_weight, A, D, dt_bias, routes, block_l, _block_d, _warps = inputs
     ctx.save_for_backward(x, proj, dt_weight, A, D, dt_bias, output[1])
-    ctx.routes = routes
+    ctx.routes, ctx.block_l = routes, block_l
 
 
 def _backward(ctx, dy, _dstates):
     x, proj, dt_weight, A, D, dt_bias, states = ctx.saved_tensors
-    grads = _cross_scan_bwd(dy, x, proj, dt_weight, A, D, dt_bias, states, ctx.routes)
-    return (*grads, None)
+    grads = _cross_scan_bwd(dy, x, proj, dt_weight, A, D, dt_bias, states, ctx.routes, ctx.block_l)
+    return (*grads, None, None, None, None)
 
 
 _cross_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -368,6 +392,9 @@ def cross_selective_scan_triton(x, proj, dt_weight, A, D=None, dt_bias=None, rou
     # Absent D / dt_bias are zeros (their gradients are computed and dropped); parameters go in as float32.
     D = D.float() if D is not None else x.new_zeros(kd, dtype=torch.float32)
     dt_bias = dt_bias.float() if dt_bias is not None else x.new_zeros(kd, dtype=torch.float32)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, proj, dt_weight, A, D, dt_bias))
+    tiling = ((TRAIN_BLOCK_L, *TRAIN_FWD_TILING) if needs_grad
+              else inference_tiling(x.shape[2] * x.shape[3], dt_weight.shape[2]))
     y, _ = _cross_scan_fwd(x.contiguous(), proj.contiguous(), dt_weight.float().contiguous(),
-                           A.float().contiguous(), D.contiguous(), dt_bias.contiguous(), routes)
+                           A.float().contiguous(), D.contiguous(), dt_bias.contiguous(), routes, *tiling)
     return y

@@ -60,6 +60,8 @@ from ..models.layers import LayerScale
 from ..models.mixers.ss2d import SCAN_ROUTES, SS2D
 from ..models.sparx.dmca import DMCA
 from ..ops import register_scan_backend, unregister_scan_backend
+from ..ops.cross_selective_scan import IMPL_ENV as CROSS_SCAN_IMPL_ENV
+from ..ops.gpu_backends import LAYER_KERNELS_ENV
 from ..ops.selective_scan import SCAN_BACKEND_ENV, _selective_scan_reference
 
 __all__ = [
@@ -224,16 +226,26 @@ def scan_as_single_op() -> Iterator[None]:
     """Within the block, every :func:`sparx_mm.ops.selective_scan` call runs the reference scan as one
     autograd Function (one ``prim::PythonOp`` node of a jit trace, counted by :data:`SCAN_HANDLES`).
 
-    The environment's ``SPARX_SCAN_BACKEND`` is suspended and restored afterwards.
+    The scan core runs unfused and the layer kernels (GroupNorm, depthwise convs) as their reference torch
+    ops, on any device, so that the trace sees the operators the counting rules know (a fused GPU kernel is
+    one opaque node); the environment's ``SPARX_SCAN_BACKEND``, ``SPARX_CROSS_SCAN`` and
+    ``SPARX_LAYER_KERNELS`` are restored afterwards.
     """
-    forced = os.environ.pop(SCAN_BACKEND_ENV, None)
+    overrides = {SCAN_BACKEND_ENV: None, CROSS_SCAN_IMPL_ENV: 'unfused', LAYER_KERNELS_ENV: 'reference'}
+    saved = {name: os.environ.get(name) for name in overrides}
+    for name, value in overrides.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
     register_scan_backend(_FLOP_BACKEND, _flop_scan, priority=2 ** 62, force=True)
     try:
         yield
     finally:
         unregister_scan_backend(_FLOP_BACKEND)
-        if forced is not None:
-            os.environ[SCAN_BACKEND_ENV] = forced
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -44,6 +44,20 @@ if __name__ == '__main__':
         errors = relative_errors(case)
         worst = max(worst, *errors)
         print(case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)), flush=True)
+    # Inference (no gradient): the forward kernel's size-dependent tilings, 16 channels x 32 positions (a short
+    # sequence) and 32 x 64 (2160 positions, rank 4), channels not a multiple of either block.
+    for case in [(2, 40, 13, 11, 4, 1, 3), (1, 40, 48, 45, 4, 1, 4)]:
+        b, d, h, w, routes, n, r = case
+        g = torch.Generator().manual_seed(3)
+        args = [torch.randn(b, d, h, w, generator=g), torch.randn(b, routes, r + 2 * n, h * w, generator=g),
+                torch.randn(routes, d, r, generator=g) * 0.3, -torch.rand(routes * d, n, generator=g) - 0.1,
+                torch.randn(routes * d, generator=g), torch.randn(routes * d, generator=g) - 2]
+        with torch.no_grad():
+            expected = cross_selective_scan_reference(*args, routes=routes)
+            error = float((cross_selective_scan(*args, routes=routes, impl='fused') - expected).abs().max()
+                          / expected.abs().max())
+        worst = max(worst, error)
+        print('inference', case, f'y {error:.1e}', flush=True)
     # The plain Triton selective scan (the unfused path's kernel), two routes, N = 2, L across chunks.
     from sparx_mm.ops import selective_scan_reference
     from sparx_mm.ops.triton_scan import selective_scan_triton
@@ -66,7 +80,8 @@ if __name__ == '__main__':
     args = [torch.randn(1, 8, 3, 5, generator=g), torch.randn(1, 4, 4, 15, generator=g),
             torch.randn(4, 8, 2, generator=g), -torch.rand(32, 1, generator=g), torch.randn(32, generator=g),
             torch.randn(32, generator=g)]
-    report = torch.library.opcheck(triton_cross_scan._cross_scan_fwd, [t.requires_grad_() for t in args] + [4])
+    report = torch.library.opcheck(triton_cross_scan._cross_scan_fwd,
+                                   [t.requires_grad_() for t in args] + [4, triton_cross_scan.TRAIN_BLOCK_L, 16, 4])
     print('OPCHECK', 'ok' if set(report.values()) == {'SUCCESS'} else report)
     print(f'WORST {worst:.3e}')
     sys.exit(0)

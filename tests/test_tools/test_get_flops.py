@@ -73,6 +73,8 @@ def test_scan_formula():
 
 def test_scan_is_one_op_counted_once_and_backends_are_restored(monkeypatch):
     monkeypatch.setenv(SCAN_BACKEND_ENV, 'reference')
+    monkeypatch.setenv('SPARX_LAYER_KERNELS', 'triton')
+    monkeypatch.delenv('SPARX_CROSS_SCAN', raising=False)
     before = available_scan_backends()
 
     class ScanOnly(torch.nn.Module):
@@ -93,8 +95,11 @@ def test_scan_is_one_op_counted_once_and_backends_are_restored(monkeypatch):
     with torch.no_grad():
         with scan_as_single_op():
             counted = model(u, delta, b, c)
+            # Fused GPU kernels would be opaque nodes of the trace: the countable compositions run instead.
+            assert (os.environ['SPARX_CROSS_SCAN'], os.environ['SPARX_LAYER_KERNELS']) == ('unfused', 'reference')
         torch.testing.assert_close(counted, model(u, delta, b, c))  # same maths as the reference
     assert os.environ[SCAN_BACKEND_ENV] == 'reference' and available_scan_backends() == before
+    assert os.environ['SPARX_LAYER_KERNELS'] == 'triton' and 'SPARX_CROSS_SCAN' not in os.environ
 
 
 def test_learnable_dmca_scale_counts_like_the_fixed_one():

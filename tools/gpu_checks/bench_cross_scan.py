@@ -1,6 +1,7 @@
 """Time SS2D's scan core on the GPU: the fused Triton kernel against the unfused composition.
 
-    python tools/gpu_checks/bench_cross_scan.py [--batch 128] [--fwd-tiling BLOCK_D WARPS] [--bwd-tiling ...]
+    python tools/gpu_checks/bench_cross_scan.py [--batch 128] [--infer-tiling BLOCK_L BLOCK_D WARPS]
+        [--train-tiling BLOCK_L BLOCK_D WARPS] [--bwd-tiling BLOCK_D WARPS]
 
 For SparX-T's four stage sizes at 224 x 224 (d_inner 192 / 384 / 640 / 1024 on 56 / 28 / 14 / 7 maps, dt
 ranks 6 / 12 / 20 / 32), fp32 and fp16 inputs: milliseconds of the forward pass and of forward + backward,
@@ -36,20 +37,25 @@ def timed(fn, iters=10, warmup=3):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--batch', type=int, default=128)
-    parser.add_argument('--fwd-tiling', type=int, nargs=2, metavar=('BLOCK_D', 'WARPS'), default=None,
-                        help="the fused forward kernel's channels per program and warps instead of its defaults")
+    parser.add_argument('--train-tiling', type=int, nargs=3, metavar=('BLOCK_L', 'BLOCK_D', 'WARPS'), default=None,
+                        help="the fused kernels' chunk length and the forward kernel's channels per program and warps "
+                             'when gradients follow, instead of the defaults')
     parser.add_argument('--bwd-tiling', type=int, nargs=2, metavar=('BLOCK_D', 'WARPS'), default=None,
-                        help='the same for the backward kernel')
-    parser.add_argument('--block-l', type=int, default=None, help='chunk length of both fused kernels')
+                        help="the backward kernel's channels per program and warps")
+    parser.add_argument('--infer-tiling', type=int, nargs=3, metavar=('BLOCK_L', 'BLOCK_D', 'WARPS'), default=None,
+                        help='one forward tiling for every size when no gradient follows, instead of '
+                             "inference_tiling's")
     args = parser.parse_args()
-    if args.fwd_tiling:
-        triton_cross_scan.FWD_TILING = tuple(args.fwd_tiling)
+    if args.train_tiling:
+        triton_cross_scan.TRAIN_BLOCK_L = args.train_tiling[0]
+        triton_cross_scan.TRAIN_FWD_TILING = tuple(args.train_tiling[1:])
     if args.bwd_tiling:
         triton_cross_scan.BWD_TILING = tuple(args.bwd_tiling)
-    if args.block_l:
-        triton_cross_scan.BLOCK_L = args.block_l
-    print(f'# {torch.cuda.get_device_name()}, batch {args.batch}, BLOCK_L {triton_cross_scan.BLOCK_L}, (BLOCK_D, '
-          f'warps) forward {triton_cross_scan.FWD_TILING} backward {triton_cross_scan.BWD_TILING}; ms')
+    if args.infer_tiling:
+        triton_cross_scan.inference_tiling = lambda length, rank: tuple(args.infer_tiling)
+    print(f'# {torch.cuda.get_device_name()}, batch {args.batch}; training: BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L}, '
+          f'(BLOCK_D, warps) forward {triton_cross_scan.TRAIN_FWD_TILING} backward {triton_cross_scan.BWD_TILING}; '
+          f'inference (BLOCK_L, BLOCK_D, warps) {args.infer_tiling or "by size (inference_tiling)"}; ms')
     print(f'{"d_inner":>7} {"HxW":>6} {"dtype":>5} {"fused fwd":>10} {"unfused fwd":>12} {"fused f+b":>10} '
           f'{"unfused f+b":>12}')
     device = torch.device('cuda')

@@ -6,8 +6,10 @@ Checks the selective scan and the fused SS2D scan core (cross_selective_scan: ro
 projection, scan, merge), forward and every gradient, on random inputs of awkward sizes (H != W, lengths
 that are not multiples of the block, channels that are not multiples of the channel block, N > 1, one / two
 / four routes, L = 1) in fp32 / bf16 / fp16, then (with --model) whole SparX-Mamba outputs and input
-gradients with the Triton kernels against the reference. Prints the largest relative errors and exits
-non-zero when one exceeds its tolerance.
+gradients (train and eval mode; outputs alone without autograd, where the scan kernel takes its inference
+tilings) with the Triton kernels (plain scan, fused scan core, fused scan core + the layer kernels) against the
+reference. Prints the largest relative errors and exits non-zero when one exceeds its tolerance. The layer
+kernels' own checks: check_group_norm.py, check_depthwise_conv.py.
 """
 import argparse
 import os
@@ -114,23 +116,31 @@ def check_model(device):
     torch.manual_seed(0)
     model = SparXMamba('t', dmca_scale='learnable', drop_path_rate=0.0).to(device)
     model64 = copy.deepcopy(model).double()
-    # name -> (model, SPARX_CROSS_SCAN, SPARX_SCAN_BACKEND); the first is the ground truth.
-    configs = {'float64 reference': (model64, 'unfused', 'reference'), 'reference': (model, 'unfused', 'reference'),
-               'triton scan': (model, 'unfused', 'triton'), 'fused': (model, 'fused', '')}
+    # name -> (model, SPARX_CROSS_SCAN, SPARX_SCAN_BACKEND, SPARX_LAYER_KERNELS); the first is the ground truth.
+    configs = {'float64 reference': (model64, 'unfused', 'reference', 'reference'),
+               'reference': (model, 'unfused', 'reference', 'reference'),
+               'triton scan': (model, 'unfused', 'triton', 'reference'),
+               'fused': (model, 'fused', '', 'reference'),
+               'fused + layer kernels': (model, 'fused', '', 'triton')}
+    names = ('SPARX_CROSS_SCAN', 'SPARX_SCAN_BACKEND', 'SPARX_LAYER_KERNELS')
     ok = True
-    for mode in ('eval', 'train'):
+    # 'inference': eval mode without autograd (the kernels' inference tilings), outputs only. Before 'train',
+    # whose forward passes move the float32 model's BatchNorm statistics away from the float64 copy's.
+    for mode in ('eval', 'inference', 'train'):
         outs, grads = {}, {}
-        for name, (net, impl, scan) in configs.items():
-            getattr(net, mode)()
-            os.environ['SPARX_CROSS_SCAN'], os.environ['SPARX_SCAN_BACKEND'] = impl, scan
+        for name, (net, *env) in configs.items():
+            net.train(mode == 'train')
+            os.environ.update(zip(names, env))
             torch.manual_seed(1)
-            x = torch.randn(2, 3, 224, 160, device=device).to(next(net.parameters()).dtype).requires_grad_()
-            feats = net(x)
-            sum(f.square().mean() for f in feats).backward()
+            x = torch.randn(2, 3, 224, 160, device=device).to(next(net.parameters()).dtype)
+            with torch.set_grad_enabled(mode != 'inference'):
+                feats = net(x.requires_grad_(mode != 'inference'))
+            if mode != 'inference':
+                sum(f.square().mean() for f in feats).backward()
             outs[name] = [f.detach() for f in feats]
-            grads[name] = x.grad
-        os.environ.pop('SPARX_SCAN_BACKEND')
-        os.environ.pop('SPARX_CROSS_SCAN')
+            grads[name] = x.grad if mode != 'inference' else torch.zeros(1, device=device)  # no gradient
+        for env_name in names:
+            os.environ.pop(env_name)
         errors = {name: (max(rel_err(a, b) for a, b in zip(outs[name], outs['float64 reference'])),
                          rel_err(grads[name], grads['float64 reference'])) for name in list(configs)[1:]}
         ref_out, ref_grad = errors['reference']
@@ -140,8 +150,9 @@ def check_model(device):
             ok = False
         for name, (out_err, grad_err) in errors.items():
             passed = out_err <= max(4 * ref_out, 1e-5) and grad_err <= max(4 * ref_grad, 1e-5)
-            print(f'SparX-T {mode}, 2x3x224x160, {name} (float32) vs float64: outputs rel err {out_err:.1e}, '
-                  f'input-gradient rel err {grad_err:.1e}{"" if passed else "  FAIL"}')
+            grad_text = '' if mode == 'inference' else f', input-gradient rel err {grad_err:.1e}'
+            print(f'SparX-T {mode}, 2x3x224x160, {name} (float32) vs float64: outputs rel err {out_err:.1e}'
+                  f'{grad_text}{"" if passed else "  FAIL"}')
             ok &= passed
     return ok
 

@@ -22,6 +22,7 @@ def main():
     parser.add_argument('--dtype', default='fp32', choices=sorted(DTYPES))
     parser.add_argument('--train', action='store_true')
     parser.add_argument('--rows', type=int, default=25)
+    parser.add_argument('--name-width', type=int, default=70, help='characters of each kernel name shown')
     args = parser.parse_args()
     model = Classifier(args.arch).cuda().train(args.train)
     x = torch.randn(args.batch, 3, args.size, args.size, device='cuda')
@@ -39,7 +40,8 @@ def main():
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=args.rows, max_name_column_width=70))
+    print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=args.rows,
+                                    max_name_column_width=args.name_width))
 
 
 if __name__ == '__main__':

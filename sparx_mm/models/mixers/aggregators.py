@@ -17,6 +17,7 @@ import torch
 from mmcv.cnn import build_norm_layer
 from torch import nn
 
+from ...ops import OneGroupNorm
 from ..sparx.dmca import ATTN_GROUPS, DMCA, channel_attention, pad_channels_by_pooling
 
 AGGREGATORS = ('dmca', 'concat', 'no_cgca', 'no_skip')
@@ -53,7 +54,7 @@ class ConcatAggregator(nn.Module):
         super().__init__()
         self.dim, self.shortcut_channels, self.out_channels = dim, shortcut_channels, out_channels
         in_channels = dim + shortcut_channels
-        self.shortcut_norm = nn.GroupNorm(1, shortcut_channels)
+        self.shortcut_norm = OneGroupNorm(shortcut_channels)
         self.fc1 = nn.Conv2d(in_channels, out_channels, 1)
         self.dwconv = nn.Conv2d(out_channels, out_channels, 3, padding=1, groups=out_channels)
         self.act = nn.GELU()
@@ -78,7 +79,7 @@ class NoCGCAAggregator(nn.Module):
     def __init__(self, dim: int, shortcut_channels: int, out_channels: int, norm_cfg: dict = dict(type='BN')):
         super().__init__()
         self.dim, self.shortcut_channels, self.out_channels = dim, shortcut_channels, out_channels
-        self.shortcut_norm = nn.GroupNorm(1, shortcut_channels)
+        self.shortcut_norm = OneGroupNorm(shortcut_channels)
         self.shortcut_proj = nn.Sequential(
             nn.Conv2d(shortcut_channels, shortcut_channels, 3, padding=1, groups=shortcut_channels, bias=False),
             _bn(norm_cfg, shortcut_channels),

@@ -4,7 +4,8 @@ import math
 import torch
 from torch import nn
 
-from ...ops import ROUTE_COUNTS, cross_selective_scan
+from ...ops import ROUTE_COUNTS, OneGroupNorm, cross_selective_scan
+from ..layers import DepthwiseConvAct
 
 SCAN_ROUTES = 4
 
@@ -45,15 +46,14 @@ class SS2D(nn.Module):
         k, r, n = routes, self.dt_rank, d_state
 
         self.in_proj = nn.Conv2d(dim, d_inner, 1) if project_input else nn.Identity()
-        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner)
-        self.act = nn.SiLU()
+        self.conv2d = DepthwiseConvAct(d_inner, d_conv, activation='silu')  # SiLU(dwconv(x)) in one kernel
         # Per-route projections stored stacked, as grouped 1x1 conv weights (the official layout).
         self.x_proj_weight = nn.Parameter(torch.empty(k * (r + 2 * n), d_inner, 1))
         self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, r))
         self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, n))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
-        self.out_norm = nn.GroupNorm(1, d_inner)
+        self.out_norm = OneGroupNorm(d_inner)
         self.out_proj = nn.Conv2d(d_inner, dim, 1)
         self._dt_range = (dt_min, dt_max, dt_init_floor)
         self.reset_ssm_parameters()
@@ -88,7 +88,7 @@ class SS2D(nn.Module):
         return self.out_norm(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv2d(self.in_proj(x)))
+        x = self.conv2d(self.in_proj(x))
         return self.out_proj(self.forward_core(x))
 
     def extra_repr(self) -> str:

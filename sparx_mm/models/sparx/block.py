@@ -4,7 +4,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..layers import ConvFFN, DropPath, LayerScale
+from ...ops import OneGroupNorm
+from ..layers import ConvFFN, DepthwiseConvAct, DropPath, LayerScale
 
 
 class SparXBlock(nn.Module):
@@ -27,11 +28,11 @@ class SparXBlock(nn.Module):
                  drop_path: float = 0.0, mlp_ratio: float = 4, layer_scale_init: Optional[float] = None,
                  dpe: bool = True):
         super().__init__()
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if dpe else None
-        self.norm = nn.GroupNorm(1, dim)
+        self.pos_embed = DepthwiseConvAct(dim, 3, residual=True) if dpe else None  # x + dwconv(x)
+        self.norm = OneGroupNorm(dim)
         self.dmca = aggregator
         self.op = mixer
-        self.norm2 = nn.GroupNorm(1, dim)
+        self.norm2 = OneGroupNorm(dim)
         self.mlp = ConvFFN(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if layer_scale_init is None:
@@ -42,7 +43,7 @@ class SparXBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.pos_embed is not None:
-            x = x + self.pos_embed(x)
+            x = self.pos_embed(x)
         mixer_in = self.norm(x)
         if self.dmca is not None:
             mixer_in = self.dmca(mixer_in, shortcut)

@@ -6,6 +6,9 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from torch import nn
 
+from ...ops import OneGroupNorm
+from ..layers import DepthwiseConvAct
+
 #: The learnable attention scale of the official Mask R-CNN checkpoints starts at (800*1333/16/64) ** -0.5,
 #: i.e. 1/sqrt(h'w') for a 800x1333 image at stride 16 reduced 64-fold (the sizes the scale was tuned for).
 LEARNABLE_SCALE_INIT = ((800 * 1333) / 16 / 64) ** -0.5
@@ -113,7 +116,7 @@ class DMCA(nn.Module):
         self.out_channels = out_channels
         self.scale_mode = scale_mode
 
-        self.shortcut_norm = nn.GroupNorm(1, shortcut_channels)
+        self.shortcut_norm = OneGroupNorm(shortcut_channels)
         self.shortcut_proj = nn.Sequential(
             nn.Conv2d(shortcut_channels, shortcut_channels, 3, padding=1, groups=shortcut_channels,
                       bias=False),
@@ -131,8 +134,8 @@ class DMCA(nn.Module):
             self.scale = nn.Parameter(torch.full((1,), LEARNABLE_SCALE_INIT))
         fused = out_channels // 3 * 3
         self.fuse = nn.Sequential(
-            nn.Conv2d(3 * dim, 3 * dim, 3, padding=1, groups=3 * dim),
-            nn.GELU(),
+            DepthwiseConvAct(3 * dim, 3, activation='gelu'),  # GELU(dwconv(y)) in one kernel
+            nn.Identity(),  # where the GELU was: keeps the official checkpoints' key fuse.2
             nn.Conv2d(3 * dim, fused, 1, groups=3),
         )
         self.channel_padding = out_channels - fused

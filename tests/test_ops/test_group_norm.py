@@ -1,0 +1,170 @@
+"""group_norm_one_group / OneGroupNorm: the reference against nn.GroupNorm(1, C), the output-dtype rule under
+autocast, checkpoint compatibility, dispatch and errors, and the Triton kernels under Triton's CPU
+interpreter."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from sparx_mm.ops import OneGroupNorm, gpu_backends, group_norm_one_group, group_norm_one_group_reference
+
+HERE = os.path.dirname(__file__)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
+SHAPES = [(2, 5, 7, 9), (1, 3, 1, 1), (3, 8, 33), (2, 16)]
+
+
+def _inputs(shape, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    channels = shape[1]
+    return (torch.randn(shape, generator=g).to(dtype), torch.randn(channels, generator=g).to(dtype),
+            torch.randn(channels, generator=g).to(dtype))
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_reference_equals_nn_group_norm(shape):
+    x, w, b = _inputs(shape)
+    norm = nn.GroupNorm(1, shape[1], eps=1e-3)
+    with torch.no_grad():
+        norm.weight.copy_(w)
+        norm.bias.copy_(b)
+    torch.testing.assert_close(group_norm_one_group_reference(x, w, b, 1e-3, torch.float32), norm(x))
+    torch.testing.assert_close(group_norm_one_group(x, w, b, eps=1e-3), norm(x))
+    torch.testing.assert_close(group_norm_one_group(x), nn.GroupNorm(1, shape[1], affine=False)(x))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_output_dtype_is_the_input_dtype_without_autocast(dtype):
+    x, w, b = _inputs((2, 4, 3, 5), dtype)
+    y = group_norm_one_group(x, w, b)
+    assert y.dtype == dtype
+    assert torch.equal(y, group_norm_one_group_reference(x, w, b, 1e-5, dtype))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_output_dtype_is_the_autocast_dtype_under_autocast(dtype):
+    """Under autocast the output is what the autocast convolution after nn.GroupNorm reads: its float32 output
+    cast to the autocast dtype. The convolution's outputs are then equal."""
+    x, w, b = _inputs((2, 4, 3, 5), dtype)
+    norm = nn.GroupNorm(1, 4)
+    conv = nn.Conv2d(4, 6, 1)
+    with torch.no_grad():
+        norm.weight.copy_(w)
+        norm.bias.copy_(b)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = group_norm_one_group(x, w, b)
+        assert y.dtype == torch.bfloat16
+        assert torch.equal(y, norm(x.float()).to(torch.bfloat16))
+        assert torch.equal(conv(y), conv(norm(x)))
+
+
+def test_one_group_norm_loads_group_norm_checkpoints_and_matches_it():
+    torch.manual_seed(0)
+    official = nn.GroupNorm(1, 6)
+    with torch.no_grad():
+        official.weight.normal_()
+        official.bias.normal_()
+    norm = OneGroupNorm(6)
+    norm.load_state_dict(official.state_dict())
+    assert list(norm.state_dict()) == ['weight', 'bias']
+    assert (norm.num_groups, norm.num_channels, norm.eps, norm.affine) == (1, 6, 1e-5, True)
+    nn.GroupNorm(1, 6).load_state_dict(norm.state_dict())
+    x = torch.randn(2, 6, 5, 4, requires_grad=True)
+    upstream = torch.randn(2, 6, 5, 4)
+    results = []
+    for module in (official, norm):
+        y = module(x)
+        grads = torch.autograd.grad(y, [x, module.weight, module.bias], upstream)
+        results.append([y, *grads])
+    for ours, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(ours, expected)
+    plain = OneGroupNorm(6, eps=1e-3, affine=False)
+    assert plain.weight is None and plain.bias is None and not list(plain.state_dict())
+    torch.testing.assert_close(plain(x), nn.GroupNorm(1, 6, eps=1e-3, affine=False)(x))
+
+
+def test_low_precision_gradients_come_back_in_the_inputs_dtypes():
+    x, w, b = (t.requires_grad_() for t in _inputs((2, 4, 3, 5), torch.bfloat16))
+    group_norm_one_group(x, w, b).float().square().sum().backward()
+    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize('args,error,match', [
+    ((torch.zeros(5),), ValueError, r'x must be \(B, C, \*spatial\) with at least 2 dimensions, got shape \(5,\)'),
+    ((torch.zeros(2, 5, 3, dtype=torch.int64),), TypeError, 'x must be a floating-point tensor .* got torch.int64'),
+    ((torch.zeros(2, 5, 3), torch.ones(4)), ValueError,
+     r'weight must be \(C,\) = \(5,\) for x of shape \(2, 5, 3\), or None; got shape \(4,\)'),
+    ((torch.zeros(2, 5, 3), None, torch.ones(5, 1)), ValueError, r'bias must be \(C,\) = \(5,\) .* got shape \(5, 1\)'),
+    (([[1.0]],), TypeError, 'x must be a tensor, got list'),
+])
+def test_bad_inputs(args, error, match):
+    with pytest.raises(error, match=match):
+        group_norm_one_group(*args)
+
+
+def test_unknown_implementation_is_a_clear_error(monkeypatch):
+    x = torch.zeros(2, 3, 4)
+    with pytest.raises(ValueError, match=r"unknown layer-kernel implementation 'fast' \(from the impl argument\)"):
+        group_norm_one_group(x, impl='fast')
+    monkeypatch.setenv(gpu_backends.LAYER_KERNELS_ENV, 'cuda')
+    with pytest.raises(ValueError, match="unknown layer-kernel implementation 'cuda' .*SPARX_LAYER_KERNELS"):
+        group_norm_one_group(x)
+
+
+def test_forcing_triton_on_cpu_tensors_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    x = torch.zeros(2, 3, 4)
+    with pytest.raises(RuntimeError, match="'triton' .*needs CUDA tensors.* got a cpu tensor"):
+        group_norm_one_group(x, impl='triton')
+    monkeypatch.setenv(gpu_backends.LAYER_KERNELS_ENV, 'triton')
+    with pytest.raises(RuntimeError, match='needs CUDA tensors'):
+        group_norm_one_group(x)
+    from sparx_mm.ops.triton_group_norm import group_norm_one_group_triton  # triton comes with torch's install
+    with pytest.raises(RuntimeError, match='group_norm_one_group_triton needs CUDA tensors'):
+        group_norm_one_group_triton(x, None, None, 1e-5, torch.float32)
+
+
+class _TritonCalled(Exception):
+    pass
+
+
+@pytest.mark.parametrize('dtype,shape,impl,expected', [
+    (torch.float32, (2, 3, 4), None, 'triton'), (torch.bfloat16, (2, 3), None, 'triton'),
+    (torch.float64, (2, 3, 4), None, 'reference'), (torch.float32, (0, 3, 4), None, 'reference'),
+    (torch.float32, (2, 3, 4), 'reference', 'reference'), (torch.float64, (2, 3, 4), 'triton', TypeError)])
+def test_dispatch_where_triton_runs(dtype, shape, impl, expected, monkeypatch):
+    """With triton usable (as on CUDA): the kernels unless x is float64 (reference when the choice is automatic,
+    an error when 'triton' is forced) or empty (nothing to launch)."""
+    from sparx_mm.ops import triton_group_norm
+    monkeypatch.delenv(gpu_backends.LAYER_KERNELS_ENV, raising=False)
+    monkeypatch.setattr(gpu_backends, 'triton_usable', lambda x: True)
+
+    def triton_op(*args):
+        raise _TritonCalled
+
+    monkeypatch.setattr(triton_group_norm, 'group_norm_one_group_triton', triton_op)
+    x = torch.randn(shape, dtype=dtype)
+    if expected == 'triton':
+        with pytest.raises(_TritonCalled):
+            group_norm_one_group(x, impl=impl)
+    elif expected is TypeError:
+        with pytest.raises(TypeError, match=r"'triton' \(from the impl argument\) .* got torch.float64"):
+            group_norm_one_group(x, impl=impl)
+    else:
+        assert torch.equal(group_norm_one_group(x, impl=impl), group_norm_one_group_reference(x, None, None, 1e-5,
+                                                                                              dtype))
+
+
+def test_triton_kernels_match_the_reference_in_the_interpreter():
+    import triton  # noqa: F401  (a dependency of torch's Linux wheels: its absence fails this test)
+    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, os.path.join(HERE, '_triton_group_norm_cases.py')], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert float(re.search(r'WORST (\S+)', out.stdout).group(1)) < 2e-5, out.stdout
+    assert 'OPCHECK ok' in out.stdout and 'autocast bfloat16 output' in out.stdout, out.stdout
+    assert out.stdout.count('\n') == 15, out.stdout  # eleven cases, autocast, large mean, custom op, summary
