@@ -16,7 +16,6 @@ computes it with plain tensor ops and :func:`selective_scan` (any registered sca
 kernels (``triton_cross_scan.py``) read the routes from ``x`` and one transposed copy of it and never
 materialise the K route copies, the (B, K*D, L) dt tensor or the K outputs in scan order.
 """
-import os
 from typing import Optional
 
 import torch
@@ -24,7 +23,7 @@ from torch import Tensor
 
 from . import gpu_backends
 from .cross_scan import cross_merge, cross_scan
-from .selective_scan import selective_scan
+from .selective_scan import requested_choice, selective_scan
 
 __all__ = ['ROUTE_COUNTS', 'cross_selective_scan', 'cross_selective_scan_reference', 'route_sequence',
            'route_to_positions']
@@ -129,15 +128,11 @@ def cross_selective_scan(x: Tensor, proj: Tensor, dt_weight: Tensor, A: Tensor, 
     Shapes: x (B, D, H, W), proj (B, K, R + 2N, H*W), dt_weight (K, D, R), A (K*D, N), D and dt_bias
     (K*D,) -> (B, D, H, W) float32.
     """
-    source = 'impl argument'
+    impl, source = requested_choice(impl, IMPL_ENV, 'impl')
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, proj, dt_weight, A, D, dt_bias))
     if impl is None:
-        impl = os.environ.get(IMPL_ENV, '').strip() or None
-        source = f'environment variable {IMPL_ENV}'
-    if impl is None:
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, proj, dt_weight, A, D, dt_bias))
-        fused_dtype = x.dtype in (torch.float32, torch.float16, torch.bfloat16)  # float64: reference only
-        fused = gpu_backends.triton_usable(x) and fused_dtype and not needs_grad
+        fused = gpu_backends.triton_usable(x) and x.dtype in gpu_backends.TRITON_DTYPES and not needs_grad
         impl = 'fused' if fused else 'unfused'
     if impl not in IMPLS:
         raise ValueError(f'cross_selective_scan: unknown implementation {impl!r} (from the {source}); '
@@ -145,5 +140,5 @@ def cross_selective_scan(x: Tensor, proj: Tensor, dt_weight: Tensor, A: Tensor, 
     if impl == 'fused':
         _check(x, proj, dt_weight, A, D, dt_bias, routes)
         from .triton_cross_scan import cross_selective_scan_triton
-        return cross_selective_scan_triton(x, proj, dt_weight, A, D, dt_bias, routes)
+        return cross_selective_scan_triton(x, proj, dt_weight, A, D, dt_bias, routes, needs_grad)
     return cross_selective_scan_reference(x, proj, dt_weight, A, D, dt_bias, routes, scan_backend=scan_backend)

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .selective_scan import register_scan_backend
+from .selective_scan import register_scan_backend, requested_choice
 
 
 def _has_module(name: str) -> bool:
@@ -46,28 +46,26 @@ def triton_usable(x) -> bool:
     return x.is_cuda and TRITON_INSTALLED
 
 
+#: Input dtypes of the fused Triton kernels (scan core, layer kernels; float32 arithmetic inside): float64
+#: takes the references.
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Environment variable choosing the implementation of the fused layer kernels (one-group GroupNorm, depthwise
 #: conv + activation): 'triton' or 'reference' (plain torch ops); unset = Triton for CUDA tensors of
-#: LAYER_KERNEL_DTYPES when triton is installed, else the reference.
+#: TRITON_DTYPES when triton is installed, else the reference.
 LAYER_KERNELS_ENV = 'SPARX_LAYER_KERNELS'
 LAYER_KERNEL_IMPLS = ('triton', 'reference')
-#: Input dtypes of the layer kernels (float32 arithmetic inside); float64 takes the reference.
-LAYER_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def layer_kernel_impl(x, impl=None, op: str = 'layer kernels') -> str:
     """'triton' or 'reference' for the layer kernel ``op`` on ``x``: ``impl`` if given, else
     ``SPARX_LAYER_KERNELS``, else automatic (see LAYER_KERNELS_ENV).
 
-    Forcing 'triton' where it cannot run (CPU tensors, no triton, a dtype outside LAYER_KERNEL_DTYPES) is an
-    error that says so and where the choice came from.
+    Forcing 'triton' where it cannot run (CPU tensors, no triton, a dtype outside TRITON_DTYPES) is an error
+    that says so and where the choice came from.
     """
-    source = 'impl argument'
+    impl, source = requested_choice(impl, LAYER_KERNELS_ENV, 'impl')
     if impl is None:
-        impl = os.environ.get(LAYER_KERNELS_ENV, '').strip() or None
-        source = f'environment variable {LAYER_KERNELS_ENV}'
-    if impl is None:
-        return 'triton' if triton_usable(x) and x.dtype in LAYER_KERNEL_DTYPES else 'reference'
+        return 'triton' if triton_usable(x) and x.dtype in TRITON_DTYPES else 'reference'
     if impl not in LAYER_KERNEL_IMPLS:
         raise ValueError(f'{op}: unknown layer-kernel implementation {impl!r} (from the {source}); '
                          f'choose one of {LAYER_KERNEL_IMPLS}')
@@ -75,7 +73,7 @@ def layer_kernel_impl(x, impl=None, op: str = 'layer kernels') -> str:
         raise RuntimeError(f"{op}: 'triton' (from the {source}) needs CUDA tensors and triton installed, "
                            f"got a {x.device.type} tensor{'' if TRITON_INSTALLED else ' and no triton'}; "
                            "use 'reference' or leave it unset")
-    if impl == 'triton' and x.dtype not in LAYER_KERNEL_DTYPES:
+    if impl == 'triton' and x.dtype not in TRITON_DTYPES:
         raise TypeError(f"{op}: 'triton' (from the {source}) computes in float32 and takes float32, float16 or "
                         f"bfloat16 inputs, got {x.dtype}; use 'reference' (the automatic choice does)")
     return impl
@@ -84,6 +82,17 @@ def layer_kernel_impl(x, impl=None, op: str = 'layer kernels') -> str:
 def interpreting() -> bool:
     """Whether Triton's CPU interpreter is on (``TRITON_INTERPRET=1``): the wrappers then accept CPU tensors."""
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def check_triton_launchable(x, op: str, dtypes=TRITON_DTYPES) -> None:
+    """The Triton wrappers' own guard (their dispatchers pick the references before it matters): CUDA tensors,
+    or CPU ones under the interpreter, of ``dtypes`` (None: any)."""
+    if not x.is_cuda and not interpreting():
+        raise RuntimeError(f'{op} needs CUDA tensors, got a {x.device.type} tensor; on CPU use the reference '
+                           'implementation (the automatic choice does)')
+    if dtypes is not None and x.dtype not in dtypes:
+        raise TypeError(f'{op} computes in float32 and takes float32, float16 or bfloat16 inputs, got {x.dtype}; '
+                        'use the reference implementation (the automatic choice does for float64)')
 
 
 def _triton_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):

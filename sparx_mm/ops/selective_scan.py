@@ -20,7 +20,7 @@ extension, ...) can register themselves without the models knowing about them.
 """
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -333,12 +333,17 @@ def available_scan_backends(u: Optional[Tensor] = None) -> List[str]:
             if u is None or b.is_available(u)]
 
 
+def requested_choice(value: Optional[str], env: str, argument: str) -> Tuple[Optional[str], str]:
+    """The implementation a caller asked for: ``value`` if given, else the environment variable ``env`` (None
+    when unset or empty), with where it came from, for error messages ('impl argument', 'environment
+    variable SPARX_...')."""
+    if value is not None:
+        return value, f'{argument} argument'
+    return os.environ.get(env, '').strip() or None, f'environment variable {env}'
+
+
 def _resolve_backend(u: Tensor, backend: Optional[str]) -> _ScanBackend:
-    if backend is not None:
-        source = 'backend argument'
-    else:
-        backend = os.environ.get(SCAN_BACKEND_ENV, '').strip() or None
-        source = f'environment variable {SCAN_BACKEND_ENV}'
+    backend, source = requested_choice(backend, SCAN_BACKEND_ENV, 'backend')
     if backend is None:
         for candidate in _by_priority():
             if candidate.is_available(u):

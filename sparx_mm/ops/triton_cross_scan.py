@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_scan import _chunk_adjoint, _chunk_states, _last_column, interpreting
+from .gpu_backends import check_triton_launchable
+from .triton_scan import _chunk_adjoint, _chunk_states, _last_column
 
 #: Tilings (BLOCK_L positions a chunk, BLOCK_D channels a program, warps), measured on an H100 (fp16, batch 128,
 #: SparX-T stage sizes; tools/gpu_checks/bench_cross_scan.py). Training: the backward kernel restarts from the
@@ -377,22 +378,18 @@ def _backward(ctx, dy, _dstates):
 _cross_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def cross_selective_scan_triton(x, proj, dt_weight, A, D=None, dt_bias=None, routes=4):
+def cross_selective_scan_triton(x, proj, dt_weight, A, D=None, dt_bias=None, routes=4, needs_grad=True):
     """Fused Triton implementation of :func:`sparx_mm.ops.cross_selective_scan` (inputs already checked).
 
-    Needs CUDA tensors (or ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests).
+    ``needs_grad``: whether a backward pass follows (the dispatcher knows): the forward kernel then takes the
+    training tiling, whose chunk the backward kernel shares, else :func:`inference_tiling`'s. Needs CUDA
+    tensors (or ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests).
     """
-    if not x.is_cuda and not interpreting():
-        raise RuntimeError('cross_selective_scan_triton needs CUDA tensors; on CPU use the reference '
-                           "(backend='reference', or leave the backend unset)")
-    if x.dtype == torch.float64:
-        raise TypeError('cross_selective_scan_triton computes in float32; float64 inputs need the reference '
-                        "backend (backend='reference')")
+    check_triton_launchable(x, 'cross_selective_scan_triton')
     kd = A.shape[0]
     # Absent D / dt_bias are zeros (their gradients are computed and dropped); parameters go in as float32.
     D = D.float() if D is not None else x.new_zeros(kd, dtype=torch.float32)
     dt_bias = dt_bias.float() if dt_bias is not None else x.new_zeros(kd, dtype=torch.float32)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, proj, dt_weight, A, D, dt_bias))
     tiling = ((TRAIN_BLOCK_L, *TRAIN_FWD_TILING) if needs_grad
               else inference_tiling(x.shape[2] * x.shape[3], dt_weight.shape[2]))
     y, _ = _cross_scan_fwd(x.contiguous(), proj.contiguous(), dt_weight.float().contiguous(),

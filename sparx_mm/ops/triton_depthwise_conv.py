@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .gpu_backends import interpreting
+from .gpu_backends import check_triton_launchable
 
 #: (elements per tile, warps) of the forward kernel, which also computes dx. On an H100 at SparX-T's sizes (batch
 #: 128) 1024 elements and 4 warps were the fastest of 512 / 1024 / 2048 / 4096 elements (the others 0-30 %
@@ -286,10 +286,6 @@ def depthwise_conv2d_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: Opt
     that are not contiguous in NCHW order (channels_last) are copied first. Needs CUDA tensors (or
     ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests).
     """
-    if not x.is_cuda and not interpreting():
-        raise RuntimeError('depthwise_conv2d_act_triton needs CUDA tensors, got a '
-                           f"{x.device.type} tensor; on CPU use impl='reference' (or leave impl unset)")
-    if x.dtype == torch.float64:
-        raise TypeError("depthwise_conv2d_act_triton computes in float32; float64 inputs need impl='reference'")
+    check_triton_launchable(x, 'depthwise_conv2d_act_triton')
     return _dwconv_fwd(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
                        residual, activation or 'none', out_dtype)

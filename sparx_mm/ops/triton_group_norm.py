@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .gpu_backends import interpreting
+from .gpu_backends import check_triton_launchable
 
 #: (elements per program tile, warps) of the two reduction kernels (row moments, gradient row sums) and of the
 #: two elementwise kernels (normalise, dx). A tile is BLOCK_S = min(next_power_of_2(S), tile) columns by
@@ -361,11 +361,7 @@ def group_norm_one_group_triton(x: torch.Tensor, weight: Optional[torch.Tensor],
     x (B, C, *spatial) float32 / float16 / bfloat16, weight / bias (C,) or None -> (B, C, *spatial) out_dtype.
     Needs CUDA tensors (or ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests).
     """
-    if not x.is_cuda and not interpreting():
-        raise RuntimeError('group_norm_one_group_triton needs CUDA tensors; on CPU use the reference '
-                           "(impl='reference', or leave impl unset)")
-    if x.dtype == torch.float64:
-        raise TypeError("group_norm_one_group_triton computes in float32; float64 inputs need impl='reference'")
+    check_triton_launchable(x, 'group_norm_one_group_triton')
     weight = None if weight is None else weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     y, _ = _group_norm_fwd(x.contiguous(), weight, bias, float(eps), out_dtype)

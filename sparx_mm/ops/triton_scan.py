@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .gpu_backends import interpreting  # noqa: F401  (re-exported for the Triton wrappers)
+from .gpu_backends import check_triton_launchable
 from .selective_scan import check_scan_inputs
 
 BLOCK_L = 128
@@ -245,6 +245,5 @@ class _TritonSelectiveScan(torch.autograd.Function):
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
     """Triton selective scan; arguments and result as :func:`selective_scan_reference` (CUDA only)."""
     check_scan_inputs(u, delta, A, B, C, D, delta_bias)
-    if not u.is_cuda and not interpreting():
-        raise RuntimeError('selective_scan_triton needs CUDA tensors; use the reference backend on CPU')
+    check_triton_launchable(u, 'selective_scan_triton', dtypes=None)  # computes in float32 from any float dtype
     return _TritonSelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)

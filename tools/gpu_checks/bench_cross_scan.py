@@ -17,21 +17,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import cross_selective_scan  # noqa: E402
 from sparx_mm.ops import triton_cross_scan  # noqa: E402
+from gpu_common import timed  # noqa: E402
 
 STAGES = [(192, 56, 6), (384, 28, 12), (640, 14, 20), (1024, 7, 32)]
-
-
-def timed(fn, iters=10, warmup=3):
-    for _ in range(warmup):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def main():
@@ -81,7 +69,7 @@ def main():
                                 y = cross_selective_scan(x, proj, *params, impl='unfused', scan_backend='triton')
                             if mode != 'fwd':
                                 y.backward(upstream)
-                    row.append(timed(run))
+                    row.append(timed(run)[0])
             print(f'{channels:>7} {size:>3}x{size:<2} {str(dtype)[6:]:>5} {row[0]:>10.2f} {row[1]:>12.2f} '
                   f'{row[2]:>10.2f} {row[3]:>12.2f}', flush=True)
 

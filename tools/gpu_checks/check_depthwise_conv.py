@@ -11,12 +11,12 @@ of more than 2**31 elements) for float32 / float16 / bfloat16 tensors and for fl
 bfloat16 autocast. Prints the largest relative errors (max |error| / max |reference|) and PASSED / FAILED
 (exit code 1 on failure).
 
-bench: milliseconds (CUDA events, after warm-up) of the forward pass and of forward + backward, the Triton op
-against the torch composition (nn.Conv2d depthwise + add + activation), at SparX-T's sizes with batch 128,
-for float16 tensors under float16 autocast (float32 parameters) and for float32; plus the Triton forward's
-effective bandwidth (x read once, y written once). Eager steps on small maps are bound by Python and launch
-overhead; --cuda-graphs times graph replays instead (GPU time). The tiling options override the kernels'
-module constants.
+bench: median GPU milliseconds (gpu_common.timed: the calls queued behind a sleep kernel, so Python and launch
+overhead stay out) of the forward pass and of forward + backward, the Triton op against the torch composition
+(nn.Conv2d depthwise + add + activation), at SparX-T's sizes with batch 128, for float16 tensors under float16
+autocast (float32 parameters) and for float32; plus the Triton forward's effective bandwidth (x read once, y
+written once). --cuda-graphs times CUDA-graph replays of each step instead. The tiling options override the
+kernels' module constants.
 """
 import argparse
 import os
@@ -27,6 +27,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import depthwise_conv2d_act, depthwise_conv2d_act_reference  # noqa: E402
+from gpu_common import rel_err, timed  # noqa: E402
 
 # Outputs and gradients come back in the tensors' dtype: the errors are that dtype's rounding (float16 2**-11,
 # bfloat16 2**-8); weight / bias gradients are sums over the batch and the map, in float32.
@@ -45,10 +46,6 @@ BENCH_CONFIGS = [(96, 56, 3, True, None, False), (384, 56, 3, True, 'gelu', Fals
                  (1280, 14, 3, True, 'gelu', False), (2048, 7, 3, True, 'gelu', False)]
 DTYPE_MODES = {'float32': (torch.float32, None), 'float16': (torch.float16, None), 'bfloat16': (torch.bfloat16, None),
                'autocast float16': (torch.float32, torch.float16), 'autocast bfloat16': (torch.float32, torch.bfloat16)}
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
 def check_case(shape, mode, device):
@@ -128,19 +125,6 @@ def run_checks(device, large):
     return ok
 
 
-def timed(fn, iters=20, warmup=5):
-    for _ in range(warmup):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
-
-
 def graph_replay(step):
     """``step`` captured in a CUDA graph (after warm-up on a side stream, as capture requires): its replay."""
     stream = torch.cuda.Stream()
@@ -176,7 +160,7 @@ def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs):
                     y = fn()
                 if grad:
                     y.backward(dy)
-            row.append(timed(graph_replay(step) if cuda_graphs else step))
+            row.append(timed(graph_replay(step) if cuda_graphs else step)[0])
     return row
 
 
@@ -184,7 +168,7 @@ def bench(device, batch, cuda_graphs):
     from sparx_mm.ops import triton_depthwise_conv as tdc
     print(f'# {torch.cuda.get_device_name()}, batch {batch}; forward (elements, warps) {tdc.FWD_TILING}, gradient '
           f'(values, warps) {tdc.BWD_TILING}, BWD_PROGRAMS {tdc.BWD_PROGRAMS}, MAX_BLOCK_W {tdc.MAX_BLOCK_W}; ms'
-          f'{" of CUDA-graph replays" if cuda_graphs else " (eager)"}')
+          f'{" of CUDA-graph replays" if cuda_graphs else " (eager steps, GPU time)"}')
     print(f'{"C":>5} {"HxW":>5} {"k":>1} {"op":>12} {"dtype":>5} {"triton fwd":>10} {"torch fwd":>9} {"speedup":>7} '
           f'{"GB/s":>5} {"triton f+b":>10} {"torch f+b":>9} {"speedup":>7}')
     acts = {None: nn.Identity(), 'gelu': nn.GELU(), 'silu': nn.SiLU()}
@@ -206,8 +190,7 @@ def main():
     parser.add_argument('--only', nargs='+', choices=('check', 'bench'), default=('check', 'bench'))
     parser.add_argument('--batch', type=int, default=128, help='batch of the benchmark (default 128)')
     parser.add_argument('--cuda-graphs', action='store_true',
-                        help='time CUDA-graph replays of each step: GPU time without the Python / launch overhead '
-                             'that bounds eager steps on small maps (~1.3 ms a forward + backward step)')
+                        help='time CUDA-graph replays of each step instead of eager steps')
     parser.add_argument('--large', action='store_true',
                         help='also check a float16 input of more than 2**31 elements (~35 GiB of GPU memory)')
     parser.add_argument('--fwd-tiling', type=int, nargs=2, metavar=('ELEMENTS', 'WARPS'), default=None,

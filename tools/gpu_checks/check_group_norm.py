@@ -20,13 +20,13 @@ custom-op dispatch) stays out of them; the last line gives that host time per ca
 import argparse
 import os
 import sys
-import time
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import group_norm_one_group, group_norm_one_group_reference  # noqa: E402
+from gpu_common import rel_err, timed  # noqa: E402
 
 # Largest relative error of a tensor (to its largest magnitude), by the dtype it comes in: both sides round the
 # same float32 values, so float16 / bfloat16 differ by at most one rounding (2^-10, 2^-7 of the largest).
@@ -39,11 +39,6 @@ CHECK_CASES = [((2, 5, 7, 9), 0.0, True), ((1, 3, 1, 1), 0.0, True), ((3, 8, 33)
 AUTOCAST = (None, torch.float16, torch.bfloat16)
 # SparX-T's norm sizes (channels, H, W) at 224 x 224.
 BENCH_SIZES = [(96, 56, 56), (192, 28, 28), (320, 14, 14), (512, 7, 7)]
-
-
-def rel_err(a, b):
-    err = ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
-    return err if err == err else float('inf')  # NaN (an unwritten or broken element) fails
 
 
 def make_inputs(shape, offset, affine, dtype, device, seed):
@@ -95,39 +90,6 @@ def check(device):
         print(f'  {key[0]:>8} / {key[1]:<8} {row}')
     print('PASSED' if ok else 'FAILED')
     return ok
-
-
-def _sleep_cycles_per_ms():
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    torch.cuda._sleep(10 ** 7)
-    end.record()
-    torch.cuda.synchronize()
-    return 10 ** 7 / start.elapsed_time(end)
-
-
-def timed(fn, iters=20, warmup=3):
-    """(median GPU milliseconds, host milliseconds) of a call of ``fn``. The timed calls are queued behind a
-    sleep kernel that outlasts their launching (3x the host time measured just before, the sleep calibrated
-    at the current clocks), so the GPU runs them back to back and host-side overhead (Python, launches,
-    custom-op dispatch; the host time) stays out of the GPU time."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    host_ms = (time.perf_counter() - t0) * 1e3 / iters
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    torch.cuda._sleep(int((3 * iters * host_ms + 2) * _sleep_cycles_per_ms()))
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    times = sorted(start.elapsed_time(end) for start, end in events)
-    return times[len(times) // 2], host_ms
 
 
 def bench_row(batch, channels, h, w, dtype, autocast_dtype, device):

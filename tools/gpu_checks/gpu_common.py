@@ -1,0 +1,46 @@
+"""What the GPU check scripts share: the relative error they report and GPU timing.
+
+Imported by the scripts of this folder (their own folder is on sys.path when they run).
+"""
+import time
+
+import torch
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| in float64; NaN (an unwritten or broken element) counts as infinite."""
+    err = ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+    return err if err == err else float('inf')
+
+
+def _sleep_cycles_per_ms() -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(10 ** 7)
+    end.record()
+    torch.cuda.synchronize()
+    return 10 ** 7 / start.elapsed_time(end)
+
+
+def timed(fn, iters: int = 20, warmup: int = 3):
+    """(median GPU milliseconds, host milliseconds) of a call of ``fn``. The timed calls are queued behind a
+    sleep kernel that outlasts their launching (3x the host time measured just before, the sleep calibrated
+    at the current clocks), so the GPU runs them back to back and host-side overhead (Python, launches,
+    custom-op dispatch; the host time) stays out of the GPU time."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    host_ms = (time.perf_counter() - t0) * 1e3 / iters
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    torch.cuda._sleep(int((3 * iters * host_ms + 2) * _sleep_cycles_per_ms()))
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(start.elapsed_time(end) for start, end in events)
+    return times[len(times) // 2], host_ms
