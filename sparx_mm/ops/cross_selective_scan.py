@@ -118,27 +118,25 @@ def cross_selective_scan(x: Tensor, proj: Tensor, dt_weight: Tensor, A: Tensor, 
 
     ``impl`` (else ``SPARX_CROSS_SCAN``, else automatic): 'fused' runs the Triton kernels (CUDA); 'unfused'
     runs the reference composition with ``selective_scan(backend=scan_backend)`` (``scan_backend`` None: the
-    ``SPARX_SCAN_BACKEND`` variable or the best registered backend). Automatic, for CUDA tensors with triton
-    installed: 'fused' when no gradient is needed and the dtype is not float64 (faster at every map size
-    measured on an H100, and it keeps no route copies: SparX-T at 1024 x 1024 needs 13 instead of 30 GB),
-    else 'unfused' (its backward pass is the faster: SparX-S trains 35 % faster); 'fused' keeps ~25 % less
-    activation memory in training, so memory-bound runs may set ``SPARX_CROSS_SCAN=fused``. Figures in
-    docs/benchmarks.md. Elsewhere 'unfused'.
+    ``SPARX_SCAN_BACKEND`` variable or the best registered backend). Automatic: 'fused' for CUDA tensors
+    (not float64) with triton installed, for inference and training alike (on an H100 it was faster at every
+    SparX-T stage size, forward and backward, and keeps no route copies: SparX-T trains at 552 instead of
+    392 img/s in 13.5 instead of 18.1 GB; docs/benchmarks.md); elsewhere 'unfused'.
 
     Shapes: x (B, D, H, W), proj (B, K, R + 2N, H*W), dt_weight (K, D, R), A (K*D, N), D and dt_bias
     (K*D,) -> (B, D, H, W) float32.
     """
     impl, source = requested_choice(impl, IMPL_ENV, 'impl')
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, proj, dt_weight, A, D, dt_bias))
     if impl is None:
-        fused = gpu_backends.triton_usable(x) and x.dtype in gpu_backends.TRITON_DTYPES and not needs_grad
+        fused = gpu_backends.triton_usable(x) and x.dtype in gpu_backends.TRITON_DTYPES
         impl = 'fused' if fused else 'unfused'
     if impl not in IMPLS:
         raise ValueError(f'cross_selective_scan: unknown implementation {impl!r} (from the {source}); '
                          f'choose one of {IMPLS}')
     if impl == 'fused':
         _check(x, proj, dt_weight, A, D, dt_bias, routes)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, proj, dt_weight, A, D, dt_bias))
         from .triton_cross_scan import cross_selective_scan_triton
         return cross_selective_scan_triton(x, proj, dt_weight, A, D, dt_bias, routes, needs_grad)
     return cross_selective_scan_reference(x, proj, dt_weight, A, D, dt_bias, routes, scan_backend=scan_backend)

@@ -13,7 +13,8 @@ output is added back at row-major positions after the kernel.
 The backward pass rescans each chunk from the chunk states saved by the forward pass, runs the adjoint
 recurrence in the opposite direction (dh_t = g_t + a_{t+1} dh_{t+1} for a forward route, a_{t-1} and
 dh_{t-1} for a backward one), and sums the gradients of the projections (dt ranks, B, C), shared by the
-channels of a route, across programs with atomics.
+channels of a route, per channel block (B, C) or per sample (dA, dD, dt_bias) without atomics, and leaves the
+dt projection's two gradients to GEMMs over the raw-dt gradient it writes.
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
@@ -25,18 +26,18 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
-from .triton_scan import _chunk_adjoint, _chunk_states, _last_column
+from .triton_scan import _chunk_adjoint, _chunk_states, _first_column, _last_column
 
 #: Tilings (BLOCK_L positions a chunk, BLOCK_D channels a program, warps), measured on an H100 (fp16, batch 128,
 #: SparX-T stage sizes; tools/gpu_checks/bench_cross_scan.py). Training: the backward kernel restarts from the
-#: forward pass's per-chunk states, so both kernels use TRAIN_BLOCK_L; the backward kernel spilled ~2 KB a thread
-#: with 32 channels (ptxas -v, sm_90). Inference: see :func:`inference_tiling`.
-TRAIN_BLOCK_L = 64
+#: forward pass's per-chunk states, so both kernels use TRAIN_BLOCK_L. The backward kernel keeps ~30 registers
+#: per element a thread holds (ptxas -v, sm_90): 16 x 64 with 4 warps spilled; 8 channels x 32 positions with
+#: 2 warps (4 elements a thread, 139 registers) was the fastest of 8 tilings tried (SparX-T weighted by layers:
+#: 37.8 ms a training step's backward scans against 44.9 for 8 x 64 with 4 warps). Inference: see
+#: :func:`inference_tiling`.
+TRAIN_BLOCK_L = 32
 TRAIN_FWD_TILING = (16, 4)
-BWD_TILING = (16, 4)
-#: The forward kernel specialised on the dt rank (its loop unrolled): one compilation per rank (a SparX model
-#: has four); SparX-T's stage-1 / stage-3 scans took 1.72 / 1.19 instead of 2.22 / 1.70 ms.
-UNROLL_RANK_FWD = True
+BWD_TILING = (8, 2)
 
 
 def inference_tiling(length: int, rank: int) -> Tuple[int, int, int]:
@@ -88,23 +89,16 @@ def _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L, num_chunks
 
 
 @triton.jit
-def _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, R_STATIC: tl.constexpr,
-            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """dt_weight_k @ proj_dt + bias at steps ``t``, float32 (BLOCK_D, BLOCK_L). R_STATIC > 0: the rank as a
-    compile-time constant, the loop unrolled (its loads issued together instead of one per iteration)."""
+def _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R: tl.constexpr, BLOCK_D: tl.constexpr,
+            BLOCK_L: tl.constexpr):
+    """dt_weight_k @ proj_dt + bias at steps ``t``, float32 (BLOCK_D, BLOCK_L); the rank R is a compile-time
+    constant and its loop unrolled (the loads issued together instead of one per iteration: SparX-T's stage-1 /
+    stage-3 forward scans took 1.72 / 1.19 instead of 2.22 / 1.70 ms; one compilation per rank, four a model)."""
     raw = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32) + bias[:, None]
-    if R_STATIC > 0:
-        for r in tl.static_range(R_STATIC):
-            w_r = tl.load(w_ptr + kd * R_STATIC + r, mask=mask_d, other=0.0)
-            p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
-            raw += w_r[:, None] * p_r[None, :]
-    else:
-        # A runtime loop in the backward kernel: unrolled, it (dt twice a chunk) spilled registers and each of a
-        # model's four ranks took minutes to compile.
-        for r in range(R):
-            w_r = tl.load(w_ptr + kd * R + r, mask=mask_d, other=0.0)
-            p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
-            raw += w_r[:, None] * p_r[None, :]
+    for r in tl.static_range(R):
+        w_r = tl.load(w_ptr + kd * R + r, mask=mask_d, other=0.0)
+        p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
+        raw += w_r[:, None] * p_r[None, :]
     return raw
 
 
@@ -115,14 +109,14 @@ def _softplus(raw):
 
 @triton.jit
 def _chunk_terms(seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L,
-                 R, R_STATIC: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                 R: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     """Chunk ``c`` (positions c*BLOCK_L ...): inputs in float32 and the recurrence terms a = exp(dt A),
     bx = dt B u (the identity past the end of the sequence)."""
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_t = t < L
     mask = mask_d[:, None] & mask_t[None, :]
     u = tl.load(seq_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
-    raw = _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, R_STATIC, BLOCK_D, BLOCK_L)
+    raw = _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, BLOCK_D, BLOCK_L)
     dt = _softplus(raw)
     Bt = tl.load(proj_ptr + proj_base + (R + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
     Ct = tl.load(proj_ptr + proj_base + (R + N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
@@ -134,7 +128,7 @@ def _chunk_terms(seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_
 @triton.jit
 def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows, route, b, d, mask_d,
                 bias_ptr, D_ptr, Dm, L, num_chunks, n, FIRST: tl.constexpr, BACKWARD: tl.constexpr,
-                ROUTES: tl.constexpr, R, R_STATIC: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
+                ROUTES: tl.constexpr, R: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_L: tl.constexpr):
     """Scan one route of the pair (BACKWARD: from the last position to the first) for state index n,
     adding its output to y (FIRST: the first term written to y)."""
@@ -145,7 +139,7 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
     for step in range(num_chunks):
         c = num_chunks - 1 - step if BACKWARD else step
         t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
-            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, R_STATIC, N, BLOCK_D,
+            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D,
             BLOCK_L)
         # The state entering the chunk (from before it going forwards, from after it going backwards).
         tl.store(states_ptr + state_rows + c, h, mask=mask_d)
@@ -166,75 +160,88 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
 @triton.jit
 def _cross_scan_fwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, states_ptr,
                            Dm, L, num_d_blocks, num_chunks,
-                           ROUTES: tl.constexpr, R, R_STATIC: tl.constexpr, N: tl.constexpr,
+                           ROUTES: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     b, pair, d, mask_d, rows, seq_ptr, pair_rows = _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D)
     for n in tl.static_range(N):
         _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows, pair, b, d, mask_d,
-                    bias_ptr, D_ptr, Dm, L, num_chunks, n, n == 0, False, ROUTES, R, R_STATIC, N, BLOCK_D,
+                    bias_ptr, D_ptr, Dm, L, num_chunks, n, n == 0, False, ROUTES, R, N, BLOCK_D,
                     BLOCK_L)
         if ROUTES > 1:
             _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows,
                         pair + ROUTES // 2, b, d, mask_d, bias_ptr, D_ptr, Dm, L, num_chunks, n, False, True,
-                        ROUTES, R, R_STATIC, N, BLOCK_D, BLOCK_L)
+                        ROUTES, R, N, BLOCK_D, BLOCK_L)
 
 
 @triton.jit
-def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, dproj_ptr,
-                 dw_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, route, b, d, mask_d, Dm, L, num_chunks,
-                 n, FIRST: tl.constexpr, BACKWARD: tl.constexpr, ROUTES: tl.constexpr, R,
-                 R_PAD: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+def _combine_adjoint(v1, q1, a1, v2, q2, a2):
+    # Segments S1 then S2 in scan order, each (v: the adjoint at its last element from inside the segment,
+    # q: the product of a over all but its last element, a of its last element); S1's last element feeds S2's
+    # first through its own decay a1.
+    return v2 + q2 * a1 * v1, q1 * a1 * q2, a2
+
+
+@triton.jit
+def _chunk_adjoint_of_route(a, g, carry, cols, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The adjoint recurrence v_s = g_s + a_{s-1} v_{s-1} in scan order s (REVERSE: from the chunk's last
+    position to its first, the adjoint of a forward route), where a_{s-1} is the decay of the step scanned
+    before (the step the state flows to). ``carry`` (BLOCK_D): a v at the step scanned just before the chunk.
+    Returns v (BLOCK_D, BLOCK_L) and a v at the chunk's last step in scan order, the next chunk's carry."""
+    v, q, _ = tl.associative_scan((g, tl.full(g.shape, 1.0, tl.float32), a), 1, _combine_adjoint, reverse=REVERSE)
+    v += q * carry[:, None]
+    if REVERSE:
+        new_carry = _first_column(a * v, cols)
+    else:
+        new_carry = _last_column(a * v, cols, BLOCK_L)
+    return v, new_carry
+
+
+@triton.jit
+def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, ddt_ptr, dbc_ptr,
+                 dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, route, b, d, d_block, mask_d, Dm, L, num_d_blocks,
+                 num_chunks, n, FIRST: tl.constexpr, BACKWARD: tl.constexpr, ROUTES: tl.constexpr,
+                 R: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     """Gradients of one route of the pair for state index n: the adjoint runs against the route's direction
-    (from the last chunk for a forward route, from the first for a backward one); dx is added into the
-    pair's buffer (FIRST: the first term written), parameter gradients by atomics."""
+    (from the last chunk for a forward route, from the first for a backward one). Every program writes its
+    own entries, no atomics: dx into the pair's buffer (FIRST: the first term written); the gradient of the
+    raw dt (before softplus) into ``ddt`` (B, K*D, L) at the route's positions, summed over n (the dt
+    projection's gradients are GEMMs over it, after the kernel); this channel block's sums of the B and C
+    gradients into ``dbc`` (B, K, blocks, 2N, L); this sample's dA, dD and d dt_bias sums."""
     kd, bias, skip, A_n, proj_base, state_rows = _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L,
                                                                num_chunks, n, ROUTES, R, N)
     cols = tl.arange(0, BLOCK_L)
-    ranks = tl.arange(0, R_PAD)
-    # The step the state flows to: t + 1 going forwards, t - 1 going backwards.
-    shift = -1 if BACKWARD else 1
-    dh_carry = tl.zeros([BLOCK_D], dtype=tl.float32)
+    sample_kd = b * ROUTES * Dm + kd  # row of (B, K*D, ...) per-sample tensors
+    dbc_base = ((b * ROUTES + route) * num_d_blocks + d_block) * (2 * N) * L
+    dh_carry = tl.zeros([BLOCK_D], dtype=tl.float32)  # a dh at the step the adjoint scanned last
     dA_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dw_acc = tl.zeros([BLOCK_D, R_PAD], dtype=tl.float32)
     for step in range(num_chunks):
         c = step if BACKWARD else num_chunks - 1 - step
         t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
-            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, 0, N, BLOCK_D, BLOCK_L)
-        dy = tl.load(dy_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0)
+            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D,
+            BLOCK_L)
+        dy = tl.load(dy_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
         h_in = tl.load(states_ptr + state_rows + c, mask=mask_d, other=0.0)
         if BACKWARD:
             hs, _ = _chunk_adjoint(a, bx, h_in, cols)
         else:
             hs = _chunk_states(a, bx, h_in)
-        # The decay carrying dh from the next step of the route back to t (0 past the route's end).
-        t_next = t + shift
-        mask_tn = (t_next >= 0) & (t_next < L)
-        dt_next = _softplus(_dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t_next, mask_tn, L, R, 0, BLOCK_D,
-                                    BLOCK_L))
-        a_next = tl.where(mask_d[:, None] & mask_tn[None, :], tl.exp(dt_next * A_n[:, None]), 0.0)
+        # dh_t = g_t + a_{t+shift} dh_{t+shift}: the decay of the step the state flows to, folded into the scan
+        # (no second dt at shifted positions).
         g = tl.where(mask, Ct[None, :] * dy, 0.0)
-        if BACKWARD:
-            dh = _chunk_states(a_next, g, dh_carry)
-            dh_carry = _last_column(dh, cols, BLOCK_L)
-        else:
-            dh, dh_carry = _chunk_adjoint(a_next, g, dh_carry, cols)
-
+        dh, dh_carry = _chunk_adjoint_of_route(a, g, dh_carry, cols, not BACKWARD, BLOCK_L)
         h_prev_a = hs - bx  # a_t times the state before step t
         dA_acc += tl.sum(tl.where(mask, dh * dt * h_prev_a, 0.0), axis=1)
         # softplus' derivative is sigmoid(raw) (the identity branch above 20 has sigmoid ~ 1).
         draw = tl.where(mask, dh * (Bt[None, :] * u + A_n[:, None] * h_prev_a) * tl.sigmoid(raw), 0.0)
         dbias_acc += tl.sum(draw, axis=1)
-        for r in range(R):
-            p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
-            w_r = tl.load(w_ptr + kd * R + r, mask=mask_d, other=0.0)
-            dw_acc += tl.where(ranks[None, :] == r, tl.sum(draw * p_r[None, :], axis=1)[:, None], 0.0)
-            tl.atomic_add(dproj_ptr + proj_base + r * L + t, tl.sum(draw * w_r[:, None], axis=0), mask=mask_t)
-        tl.atomic_add(dproj_ptr + proj_base + (R + n) * L + t, tl.sum(tl.where(mask, dh * dt * u, 0.0), axis=0),
-                      mask=mask_t)
-        tl.atomic_add(dproj_ptr + proj_base + (R + N + n) * L + t, tl.sum(tl.where(mask, dy * hs, 0.0), axis=0),
-                      mask=mask_t)
+        ddt_ptrs = ddt_ptr + sample_kd[:, None] * L + t[None, :]
+        if n > 0:
+            draw += tl.load(ddt_ptrs, mask=mask, other=0.0)
+        tl.store(ddt_ptrs, draw, mask=mask)
+        tl.store(dbc_ptr + dbc_base + n * L + t, tl.sum(tl.where(mask, dh * dt * u, 0.0), axis=0), mask=mask_t)
+        tl.store(dbc_ptr + dbc_base + (N + n) * L + t, tl.sum(tl.where(mask, dy * hs, 0.0), axis=0), mask=mask_t)
         du = dh * dt * Bt[None, :]
         if n == 0:
             du += skip[:, None] * dy
@@ -243,29 +250,33 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
         if not FIRST:
             du += tl.load(dx_ptrs, mask=mask, other=0.0)
         tl.store(dx_ptrs, du, mask=mask)
-    tl.atomic_add(dA_ptr + kd * N + n, dA_acc, mask=mask_d)
-    tl.atomic_add(dbias_ptr + kd, dbias_acc, mask=mask_d)
-    tl.atomic_add(dw_ptr + kd[:, None] * R + ranks[None, :], dw_acc, mask=mask_d[:, None] & (ranks[None, :] < R))
+    tl.store(dA_ptr + sample_kd * N + n, dA_acc, mask=mask_d)
     if n == 0:
-        tl.atomic_add(dD_ptr + kd, dD_acc, mask=mask_d)
+        tl.store(dD_ptr + sample_kd, dD_acc, mask=mask_d)
+        tl.store(dbias_ptr + sample_kd, dbias_acc, mask=mask_d)
+    else:
+        tl.store(dbias_ptr + sample_kd, dbias_acc + tl.load(dbias_ptr + sample_kd, mask=mask_d, other=0.0),
+                 mask=mask_d)
 
 
 @triton.jit
 def _cross_scan_bwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, dyt_ptr, states_ptr,
-                           dx_ptr, dproj_ptr, dw_ptr, dA_ptr, dD_ptr, dbias_ptr,
+                           dx_ptr, ddt_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr,
                            Dm, L, num_d_blocks, num_chunks,
-                           ROUTES: tl.constexpr, R, R_PAD: tl.constexpr, N: tl.constexpr,
+                           ROUTES: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     b, pair, d, mask_d, rows, seq_ptr, pair_rows = _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D)
+    d_block = tl.program_id(0) % num_d_blocks
     dy_ptr = _as_pair_reads(pair, dy_ptr, dyt_ptr)  # every route of the pair sums into y: the same dy
     for n in tl.static_range(N):
-        _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, dproj_ptr,
-                     dw_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, pair, b, d, mask_d, Dm, L, num_chunks,
-                     n, n == 0, False, ROUTES, R, R_PAD, N, BLOCK_D, BLOCK_L)
+        _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, ddt_ptr,
+                     dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, pair, b, d, d_block, mask_d, Dm, L,
+                     num_d_blocks, num_chunks, n, n == 0, False, ROUTES, R, N, BLOCK_D, BLOCK_L)
         if ROUTES > 1:
-            _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr,
-                         dproj_ptr, dw_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, pair + ROUTES // 2, b, d,
-                         mask_d, Dm, L, num_chunks, n, False, True, ROUTES, R, R_PAD, N, BLOCK_D, BLOCK_L)
+            _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, ddt_ptr,
+                         dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, pair + ROUTES // 2, b, d, d_block,
+                         mask_d, Dm, L, num_d_blocks, num_chunks, n, False, True, ROUTES, R, N, BLOCK_D,
+                         BLOCK_L)
 
 
 def _num_pairs(routes: int) -> int:
@@ -321,7 +332,7 @@ def _cross_scan_fwd(x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor
     ys = torch.empty(_num_pairs(routes), b, d, h * w, **f32)
     states = torch.empty(b, A.shape[0], meta['N'], meta['num_chunks'], **f32)
     _cross_scan_fwd_kernel[grid](x, _transposed_copy(x, routes), _to_route_order(proj, routes, h, w), dt_weight,
-                                 A, D, dt_bias, ys, states, R_STATIC=meta['R'] if UNROLL_RANK_FWD else 0, **meta)
+                                 A, D, dt_bias, ys, states, **meta)
     return _merge_pairs(ys, routes, h, w), states
 
 
@@ -339,21 +350,37 @@ def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_we
                                                         torch.Tensor, torch.Tensor]:
     """-> dx, dproj (in the inputs' dtypes), d dt_weight, dA, dD, d dt_bias (float32); ``states`` saved by a
     forward pass with chunks of ``block_l``."""
+    b, d, h, w = x.shape
+    rank = dt_weight.shape[2]
+    proj_routes = _to_route_order(proj.float(), routes, h, w)
+    dxs, ddt, dbc, dA, dD, dbias = _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, routes,
+                                                      block_l)
+    # dt_k = dt_weight[k] @ proj_dt: both gradients are GEMMs over the raw-dt gradient (B, K, D, L), batched
+    # over (sample, route).
+    ddt = ddt.view(b, routes, d, h * w)
+    d_dt_weight = torch.matmul(ddt, proj_routes[:, :, :rank].transpose(-1, -2)).sum(0)
+    dproj = torch.cat([torch.matmul(dt_weight.transpose(1, 2), ddt), dbc.sum(2)], dim=2)
+    dx = _merge_pairs(dxs, routes, h, w).to(x.dtype)
+    return (dx, _to_route_order(dproj, routes, w, h).to(proj.dtype), d_dt_weight, dA.sum(0), dD.sum(0),
+            dbias.sum(0))
+
+
+def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, routes, block_l):
+    """The backward kernel on its buffers: -> per-pair dx (pairs, B, D, L), the raw-dt gradient (B, K*D, L),
+    per-channel-block B / C gradients (B, K, blocks, 2N, L), per-sample dA (B, K*D, N), dD and d dt_bias
+    (B, K*D); all float32, route order."""
     meta, grid = _launch_config(x, dt_weight, A, routes, block_l, *BWD_TILING)
     b, d, h, w = x.shape
+    length, n = h * w, meta['N']
     f32 = dict(device=x.device, dtype=torch.float32)
-    dxs = torch.empty(_num_pairs(routes), b, d, h * w, **f32)
-    dproj = torch.zeros(proj.shape, **f32)
-    grads = [torch.zeros(t.shape, **f32) for t in (dt_weight, A, D, dt_bias)]
-    # The backward kernel specialised for float16 / bfloat16 inputs ran ~2x slower than on float32 ones (H100,
-    # stage-1 sizes); converting the inputs first costs far less.
-    x_, dy = x.float(), dy.float().contiguous()
-    _cross_scan_bwd_kernel[grid](x_, _transposed_copy(x_, routes), _to_route_order(proj.float(), routes, h, w),
-                                 dt_weight, A, D, dt_bias, dy, _transposed_copy(dy, routes), states, dxs, dproj,
-                                 *grads,
-                                 R_PAD=triton.next_power_of_2(meta['R']), **meta)
-    dx = _merge_pairs(dxs, routes, h, w).to(x.dtype)
-    return (dx, _to_route_order(dproj, routes, w, h).to(proj.dtype), *grads)
+    dxs = torch.empty(_num_pairs(routes), b, d, length, **f32)
+    ddt = torch.empty(b, routes * d, length, **f32)
+    dbc = torch.empty(b, routes, meta['num_d_blocks'], 2 * n, length, **f32)
+    dA, dD, dbias = (torch.empty(b, *t.shape, **f32) for t in (A, D, dt_bias))
+    dy = dy.contiguous()  # float32 (the gradient of the float32 output); x is read in its own dtype
+    _cross_scan_bwd_kernel[grid](x, _transposed_copy(x, routes), proj_routes, dt_weight, A, D, dt_bias, dy,
+                                 _transposed_copy(dy, routes), states, dxs, ddt, dbc, dA, dD, dbias, **meta)
+    return dxs, ddt, dbc, dA, dD, dbias
 
 
 @_cross_scan_bwd.register_fake

@@ -140,11 +140,11 @@ class _FusedCalled(Exception):
 
 @pytest.mark.parametrize('grad,size,dtype,expected', [
     (False, (8, 8), torch.float32, 'fused'), (False, (8, 8), torch.bfloat16, 'fused'),
-    (True, (8, 8), torch.float32, 'unfused'), (False, (65, 64), torch.float32, 'fused'),
+    (True, (8, 8), torch.float32, 'fused'), (False, (65, 64), torch.float32, 'fused'),
     (False, (8, 8), torch.float64, 'unfused')])
 def test_automatic_choice_where_triton_runs(grad, size, dtype, expected, monkeypatch):
-    """With triton usable (as on CUDA): the fused kernels for inference at any map size, the unfused composition
-    when a gradient is needed or the inputs are float64."""
+    """With triton usable (as on CUDA): the fused kernels at any map size, with or without gradients; the unfused
+    composition for float64 inputs."""
     from sparx_mm.ops import gpu_backends, triton_cross_scan
     monkeypatch.delenv('SPARX_CROSS_SCAN', raising=False)
     monkeypatch.setattr(gpu_backends, 'triton_usable', lambda x: True)
