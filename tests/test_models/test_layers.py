@@ -37,3 +37,40 @@ def test_conv_ffn_equals_the_official_composition(act_layer):
     torch.testing.assert_close(ffn(x), expected, rtol=1e-5, atol=1e-5)
     assert sorted(ffn.state_dict()) == ['dwconv.bias', 'dwconv.weight', 'fc1.bias', 'fc1.weight', 'fc2.bias',
                                         'fc2.weight']
+
+
+def _saved_bytes(fn):
+    """Bytes of the tensors autograd saves for the backward pass while ``fn`` runs."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+@pytest.mark.parametrize('drop', [0.0, 0.3])
+def test_conv_ffn_recomputing_its_hidden_map_changes_nothing_but_the_saved_memory(drop):
+    plain = _seeded(ConvFFN(4, 16, drop=drop)).train()
+    recomputing = _seeded(ConvFFN(4, 16, drop=drop, recompute_hidden=True)).train()
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    torch.manual_seed(3)  # the same dropout masks: the recomputation replays the RNG state
+    y, plain_bytes = _saved_bytes(lambda: plain(x))
+    torch.manual_seed(3)
+    y2, recomputing_bytes = _saved_bytes(lambda: recomputing(x2))
+    assert torch.equal(y, y2)
+    upstream = torch.randn_like(y)
+    y.backward(upstream)
+    y2.backward(upstream)
+    assert torch.equal(x.grad, x2.grad)
+    for p, p2 in zip(plain.parameters(), recomputing.parameters()):
+        assert torch.equal(p.grad, p2.grad)
+    # What is no longer kept: the activated hidden map (2 x 16 x 6 x 5 float32), which fc2 saved.
+    assert plain_bytes - recomputing_bytes >= 2 * 16 * 6 * 5 * 4
+    # Inference and eval keep the plain path.
+    recomputing.eval()
+    assert torch.equal(recomputing(x2), plain.eval()(x))

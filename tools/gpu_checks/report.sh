@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks and the benchmark tables of docs/benchmarks.md:
 #   bash tools/gpu_checks/report.sh [OUT_DIR [STEP ...]]
-# Steps: kernels layer_kernels table train fused_train large compiled compile_check (default: all, ~17 minutes
+# Steps: kernels layer_kernels table train unfused_train large compiled compile_check (default: all, ~17 minutes
 # on one H100; name a few to fit a shorter session, e.g. `report.sh out kernels table`). Each step has its own
 # time limit so that one slow step (a first Triton / inductor compilation) cannot cost the rest; full logs go
 # to OUT_DIR (default gpu_report/), a summary to stdout.
 set -u
 out=${1:-gpu_report}
 shift $(( $# > 0 ? 1 : 0 ))
-wanted=" ${*:-kernels layer_kernels table train fused_train large compiled compile_check} "
+wanted=" ${*:-kernels layer_kernels table train unfused_train large compiled compile_check} "
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bench="python3 $here/../analysis_tools/benchmark.py"
@@ -28,10 +28,10 @@ step layer_kernels 240 bash -c "python3 $here/check_group_norm.py && python3 $he
   grep -E "^ +(float|bfloat)|PASSED|FAILED|^ +[0-9]+ ?x" "$out/layer_kernels.log"
 step table 170 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer &&
   rows < "$out/table.log"
-step train 150 $bench --arch t s b --batch 128 --dtype fp16 --mode train &&
+step train 300 $bench --arch t s b --batch 128 --dtype fp16 --mode train &&
   rows < "$out/train.log"
-SPARX_CROSS_SCAN=fused step fused_train 120 $bench --arch t s b --batch 128 --dtype fp16 --mode train &&
-  rows < "$out/fused_train.log"
+SPARX_CROSS_SCAN=unfused step unfused_train 200 $bench --arch t s b --batch 128 --dtype fp16 --mode train &&
+  rows < "$out/unfused_train.log"
 step large 120 bash -c "$bench --arch t --batch 32 --size 1024 --dtype fp32 fp16 && $bench --arch t --batch 64 --size 768 --dtype fp32 fp16" &&
   rows < "$out/large.log"
 step compiled 240 $bench --arch t --batch 128 --dtype fp32 fp16 --compile &&

@@ -90,6 +90,23 @@ def test_with_cp_gives_same_outputs_and_gradients():
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_ffn_recompute_is_set_on_every_conv_ffn_and_changes_no_gradient():
+    from sparx_mm.models.layers import ConvFFN
+    torch.manual_seed(0)
+    recomputing = SparXMamba(TINY, ffn_recompute=True).train()
+    keeping = SparXMamba(TINY).train()
+    with_cp = SparXMamba(TINY, with_cp=True, ffn_recompute=True)
+    for model, expected in ((recomputing, True), (keeping, False), (with_cp, False)):
+        flags = {m.recompute_hidden for m in model.modules() if isinstance(m, ConvFFN)}
+        assert flags == {expected}
+    keeping.load_state_dict(recomputing.state_dict())
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    sum(o.sum() for o in recomputing(x)).backward()
+    sum(o.sum() for o in keeping(x2)).backward()
+    assert torch.equal(x.grad, x2.grad)
+
+
 def test_frozen_stages_and_norm_eval():
     model = SparXMamba(TINY, frozen_stages=2, norm_eval=True)
     model.train()
