@@ -145,6 +145,9 @@ class SparXMamba(BaseModule):
                              f'(-1 = none, 0 = stem, i = stem and stages 0..i-1), got {frozen_stages!r}')
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f'{name}: drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+        for flag, value in (('with_cp', with_cp), ('ffn_recompute', ffn_recompute), ('norm_eval', norm_eval)):
+            if not isinstance(value, bool):
+                raise TypeError(f'{name}: {flag} must be True or False, got {value!r}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.dmca_scale = dmca_scale

@@ -99,6 +99,8 @@ def test_ffn_recompute_is_set_on_every_conv_ffn_and_changes_no_gradient():
     for model, expected in ((recomputing, True), (keeping, False), (with_cp, False)):
         flags = {m.recompute_hidden for m in model.modules() if isinstance(m, ConvFFN)}
         assert flags == {expected}
+    with pytest.raises(TypeError, match="ffn_recompute must be True or False, got 'yes'"):
+        SparXMamba(TINY, ffn_recompute='yes')
     keeping.load_state_dict(recomputing.state_dict())
     x = torch.randn(2, 3, 64, 64, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
