@@ -10,11 +10,12 @@ an H100), no per-route output buffer is summed afterwards, and ``dt = softplus(d
 computed in the kernel with R multiply-adds a position (a padded tl.dot cost more). The column-major pair's
 output is added back at row-major positions after the kernel.
 
-The backward pass rescans each chunk from the chunk states saved by the forward pass, runs the adjoint
+The backward pass rescans each chunk from the chunk states saved by the forward pass and runs the adjoint
 recurrence in the opposite direction (dh_t = g_t + a_{t+1} dh_{t+1} for a forward route, a_{t-1} and
-dh_{t-1} for a backward one), and sums the gradients of the projections (dt ranks, B, C), shared by the
-channels of a route, per channel block (B, C) or per sample (dA, dD, dt_bias) without atomics, and leaves the
-dt projection's two gradients to GEMMs over the raw-dt gradient it writes.
+dh_{t-1} for a backward one), the decay of the step the state flows to folded into the associative scan.
+Nothing is accumulated across programs (no atomics, deterministic): each writes the raw-dt gradient of its
+channels, its channel block's sums of the B and C gradients and its sample's sums of dA, dD and d dt_bias;
+the dt projection's two gradients are GEMMs over the raw-dt gradient after the kernel.
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
