@@ -120,8 +120,8 @@ def cross_selective_scan(x: Tensor, proj: Tensor, dt_weight: Tensor, A: Tensor, 
     runs the reference composition with ``selective_scan(backend=scan_backend)`` (``scan_backend`` None: the
     ``SPARX_SCAN_BACKEND`` variable or the best registered backend). Automatic: 'fused' for CUDA tensors
     (not float64) with triton installed, for inference and training alike (on an H100 it was faster at every
-    SparX-T stage size, forward and backward, and keeps no route copies: SparX-T trains at 552 instead of
-    392 img/s in 13.5 instead of 18.1 GB; docs/benchmarks.md); elsewhere 'unfused'.
+    SparX-T stage size, forward and backward, and keeps no route copies: SparX-T fp16 trains at 450 instead of
+    348 img/s in 13.5 instead of 18.1 GB on one machine; docs/benchmarks.md); elsewhere 'unfused'.
 
     Shapes: x (B, D, H, W), proj (B, K, R + 2N, H*W), dt_weight (K, D, R), A (K*D, N), D and dt_bias
     (K*D,) -> (B, D, H, W) float32.

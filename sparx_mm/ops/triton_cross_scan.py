@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
-from .triton_scan import _chunk_adjoint, _chunk_states, _first_column, _last_column
+from .triton_scan import _chunk_adjoint_of_route, _chunk_states, _chunk_states_reversed, _last_column
 
 #: Tilings (BLOCK_L positions a chunk, BLOCK_D channels a program, warps), measured on an H100 (fp16, batch 128,
 #: SparX-T stage sizes; tools/gpu_checks/bench_cross_scan.py). Training: the backward kernel restarts from the
@@ -145,7 +145,7 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
         # The state entering the chunk (from before it going forwards, from after it going backwards).
         tl.store(states_ptr + state_rows + c, h, mask=mask_d)
         if BACKWARD:
-            hs, h = _chunk_adjoint(a, bx, h, cols)  # h_t = a_t h_{t+1} + bx_t: the same reverse recurrence
+            hs, h = _chunk_states_reversed(a, bx, h, cols)
         else:
             hs = _chunk_states(a, bx, h)
             h = _last_column(hs, cols, BLOCK_L)
@@ -172,29 +172,6 @@ def _cross_scan_fwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_pt
             _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows,
                         pair + ROUTES // 2, b, d, mask_d, bias_ptr, D_ptr, Dm, L, num_chunks, n, False, True,
                         ROUTES, R, N, BLOCK_D, BLOCK_L)
-
-
-@triton.jit
-def _combine_adjoint(v1, q1, a1, v2, q2, a2):
-    # Segments S1 then S2 in scan order, each (v: the adjoint at its last element from inside the segment,
-    # q: the product of a over all but its last element, a of its last element); S1's last element feeds S2's
-    # first through its own decay a1.
-    return v2 + q2 * a1 * v1, q1 * a1 * q2, a2
-
-
-@triton.jit
-def _chunk_adjoint_of_route(a, g, carry, cols, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr):
-    """The adjoint recurrence v_s = g_s + a_{s-1} v_{s-1} in scan order s (REVERSE: from the chunk's last
-    position to its first, the adjoint of a forward route), where a_{s-1} is the decay of the step scanned
-    before (the step the state flows to). ``carry`` (BLOCK_D): a v at the step scanned just before the chunk.
-    Returns v (BLOCK_D, BLOCK_L) and a v at the chunk's last step in scan order, the next chunk's carry."""
-    v, q, _ = tl.associative_scan((g, tl.full(g.shape, 1.0, tl.float32), a), 1, _combine_adjoint, reverse=REVERSE)
-    v += q * carry[:, None]
-    if REVERSE:
-        new_carry = _first_column(a * v, cols)
-    else:
-        new_carry = _last_column(a * v, cols, BLOCK_L)
-    return v, new_carry
 
 
 @triton.jit
@@ -225,7 +202,7 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
         dy = tl.load(dy_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
         h_in = tl.load(states_ptr + state_rows + c, mask=mask_d, other=0.0)
         if BACKWARD:
-            hs, _ = _chunk_adjoint(a, bx, h_in, cols)
+            hs, _ = _chunk_states_reversed(a, bx, h_in, cols)
         else:
             hs = _chunk_states(a, bx, h_in)
         # dh_t = g_t + a_{t+shift} dh_{t+shift}: the decay of the step the state flows to, folded into the scan

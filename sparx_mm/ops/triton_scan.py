@@ -46,12 +46,36 @@ def _chunk_states(a, bx, h0):
 
 
 @triton.jit
-def _chunk_adjoint(a_next, g, dh_after, cols):
-    """Adjoint recurrence dh_t = g_t + a_{t+1} dh_{t+1} over a chunk, from dh_after (BLOCK_D), the value just
-    after it; returns dh (BLOCK_D, BLOCK_L) and its first column, which the chunk before continues from."""
-    rev_a, rev_b = tl.associative_scan((a_next, g), 1, _combine, reverse=True)
-    dh = rev_b + rev_a * dh_after[:, None]
-    return dh, _first_column(dh, cols)
+def _chunk_states_reversed(a, bx, h_after, cols):
+    """States h_t = a_t h_{t+1} + bx_t of a chunk scanned from its last position to its first (a backward
+    route), from h_after (BLOCK_D), the state just after it; returns the states (BLOCK_D, BLOCK_L) and their
+    first column, which the chunk before continues from."""
+    rev_a, rev_b = tl.associative_scan((a, bx), 1, _combine, reverse=True)
+    hs = rev_b + rev_a * h_after[:, None]
+    return hs, _first_column(hs, cols)
+
+
+@triton.jit
+def _combine_adjoint(v1, q1, a1, v2, q2, a2):
+    # Segments S1 then S2 in scan order, each (v: the adjoint at its last element from inside the segment,
+    # q: the product of a over all but its last element, a of its last element); S1's last element feeds S2's
+    # first through its own decay a1.
+    return v2 + q2 * a1 * v1, q1 * a1 * q2, a2
+
+
+@triton.jit
+def _chunk_adjoint_of_route(a, g, carry, cols, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The adjoint recurrence v_s = g_s + a_{s-1} v_{s-1} in scan order s (REVERSE: from the chunk's last
+    position to its first, the adjoint of a forward route), where a_{s-1} is the decay of the step scanned
+    before (the step the state flows to). ``carry`` (BLOCK_D): a v at the step scanned just before the chunk.
+    Returns v (BLOCK_D, BLOCK_L) and a v at the chunk's last step in scan order, the next chunk's carry."""
+    v, q, _ = tl.associative_scan((g, tl.full(g.shape, 1.0, tl.float32), a), 1, _combine_adjoint, reverse=REVERSE)
+    v += q * carry[:, None]
+    if REVERSE:
+        new_carry = _first_column(a * v, cols)
+    else:
+        new_carry = _last_column(a * v, cols, BLOCK_L)
+    return v, new_carry
 
 
 @triton.jit
@@ -137,7 +161,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
     for n in tl.static_range(N):
         A_n = tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0).to(tl.float32)
         bc_row = ((b * K + route) * N + n) * L
-        dh_next = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dh_next = tl.zeros([BLOCK_D], dtype=tl.float32)  # a dh at the step after the chunk
         dA_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         for step in range(num_chunks):
             c = num_chunks - 1 - step
@@ -151,13 +175,9 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
             # Recompute the chunk's states from the one saved at its start.
             h0 = tl.load(states_ptr + ((b * KD + d) * N + n) * num_chunks + c, mask=mask_d, other=0.0)
             hs = _chunk_states(a, bx, h0)
-            # a_{t+1}: the decay that carries dh back from t+1 to t (0 past the end of the sequence).
-            t_next = t + 1
-            mask_next = mask_d[:, None] & (t_next < L)[None, :]
-            _, dt_next = _delta(delta_ptr, bias, rows, t_next, mask_next, L, HAS_BIAS, SOFTPLUS)
-            a_next = tl.where(mask_next, tl.exp(dt_next * A_n[:, None]), 0.0)
-            dh, dh_next = _chunk_adjoint(a_next, tl.where(mask, Ct[None, :] * dy, 0.0), dh_next, cols)
-
+            # dh_t = C_t dy_t + a_{t+1} dh_{t+1}, a_{t+1} folded into the scan (no delta at shifted positions).
+            dh, dh_next = _chunk_adjoint_of_route(a, tl.where(mask, Ct[None, :] * dy, 0.0), dh_next, cols, True,
+                                                  BLOCK_L)
             h_prev_a = hs - bx  # = a_t * h_{t-1}
             ddt = dh * (Bt[None, :] * u + A_n[:, None] * h_prev_a)
             dA_acc += tl.sum(tl.where(mask, dh * dt * h_prev_a, 0.0), axis=1)

@@ -18,7 +18,6 @@ autocast (float32 parameters) and for float32; plus the Triton forward's effecti
 written once). --cuda-graphs times CUDA-graph replays of each step instead. The tiling options override the
 kernels' module constants.
 """
-import argparse
 import os
 import sys
 
@@ -27,7 +26,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import depthwise_conv2d_act, depthwise_conv2d_act_reference  # noqa: E402
-from gpu_common import rel_err, timed  # noqa: E402
+from gpu_common import check_and_bench_parser, override_constants, rel_err, require_cuda, timed  # noqa: E402
 
 # Outputs and gradients come back in the tensors' dtype: the errors are that dtype's rounding (float16 2**-11,
 # bfloat16 2**-8); weight / bias gradients are sums over the batch and the map, in float32.
@@ -186,9 +185,7 @@ def bench(device, batch, cuda_graphs):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--only', nargs='+', choices=('check', 'bench'), default=('check', 'bench'))
-    parser.add_argument('--batch', type=int, default=128, help='batch of the benchmark (default 128)')
+    parser = check_and_bench_parser(__doc__)
     parser.add_argument('--cuda-graphs', action='store_true',
                         help='time CUDA-graph replays of each step instead of eager steps')
     parser.add_argument('--large', action='store_true',
@@ -201,14 +198,10 @@ def main():
                         help='gradient-kernel programs to aim for (BWD_PROGRAMS)')
     parser.add_argument('--max-block-w', type=int, default=None, help='widest column block (MAX_BLOCK_W)')
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit('check_depthwise_conv.py needs a CUDA GPU')
+    require_cuda('check_depthwise_conv.py')
     from sparx_mm.ops import triton_depthwise_conv as tdc
-    for option, name in (('fwd_tiling', 'FWD_TILING'), ('bwd_tiling', 'BWD_TILING'),
-                         ('bwd_programs', 'BWD_PROGRAMS'), ('max_block_w', 'MAX_BLOCK_W')):
-        value = getattr(args, option)
-        if value is not None:
-            setattr(tdc, name, tuple(value) if isinstance(value, list) else value)
+    override_constants(tdc, args, dict(fwd_tiling='FWD_TILING', bwd_tiling='BWD_TILING',
+                                       bwd_programs='BWD_PROGRAMS', max_block_w='MAX_BLOCK_W'))
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True

@@ -17,7 +17,6 @@ column is the Triton forward pass's bytes (x read twice, y written once) over it
 taken with the calls queued back to back behind a sleep kernel, so host-side overhead (Python, launches,
 custom-op dispatch) stays out of them; the last line gives that host time per call.
 """
-import argparse
 import os
 import sys
 
@@ -26,7 +25,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import group_norm_one_group, group_norm_one_group_reference  # noqa: E402
-from gpu_common import rel_err, timed  # noqa: E402
+from gpu_common import check_and_bench_parser, override_constants, rel_err, require_cuda, timed  # noqa: E402
 
 # Largest relative error of a tensor (to its largest magnitude), by the dtype it comes in: both sides round the
 # same float32 values, so float16 / bfloat16 differ by at most one rounding (2^-10, 2^-7 of the largest).
@@ -137,9 +136,7 @@ def bench(batch, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--only', nargs='+', choices=('check', 'bench'), default=('check', 'bench'))
-    parser.add_argument('--batch', type=int, default=128, help='batch of the benchmark (default 128)')
+    parser = check_and_bench_parser(__doc__)
     parser.add_argument('--reduce-tiling', type=int, nargs=2, metavar=('TILE', 'WARPS'), default=None,
                         help='elements per tile and warps of the two reduction kernels instead of the defaults')
     parser.add_argument('--elementwise-tiling', type=int, nargs=2, metavar=('TILE', 'WARPS'), default=None,
@@ -147,15 +144,10 @@ def main():
     parser.add_argument('--min-reduce-programs', type=int, default=None,
                         help='programs the reduction kernels split rows for, instead of the default')
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit('check_group_norm.py needs a CUDA GPU')
+    require_cuda('check_group_norm.py')
     from sparx_mm.ops import triton_group_norm as tgn
-    if args.reduce_tiling:
-        tgn.REDUCE_TILING = tuple(args.reduce_tiling)
-    if args.elementwise_tiling:
-        tgn.ELEMENTWISE_TILING = tuple(args.elementwise_tiling)
-    if args.min_reduce_programs:
-        tgn.MIN_REDUCE_PROGRAMS = args.min_reduce_programs
+    override_constants(tgn, args, dict(reduce_tiling='REDUCE_TILING', elementwise_tiling='ELEMENTWISE_TILING',
+                                       min_reduce_programs='MIN_REDUCE_PROGRAMS'))
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True

@@ -2,6 +2,8 @@
 
 Imported by the scripts of this folder (their own folder is on sys.path when they run).
 """
+import argparse
+import sys
 import time
 
 import torch
@@ -44,3 +46,25 @@ def timed(fn, iters: int = 20, warmup: int = 3):
     torch.cuda.synchronize()
     times = sorted(start.elapsed_time(end) for start, end in events)
     return times[len(times) // 2], host_ms
+
+
+def check_and_bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of the layer-kernel scripts (check_group_norm.py, check_depthwise_conv.py) they share:
+    --only check / bench, --batch; each adds its kernel's tiling options."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--only', nargs='+', choices=('check', 'bench'), default=('check', 'bench'))
+    parser.add_argument('--batch', type=int, default=128, help='batch of the benchmark (default 128)')
+    return parser
+
+
+def require_cuda(script: str):
+    if not torch.cuda.is_available():
+        sys.exit(f'{script} needs a CUDA GPU')
+
+
+def override_constants(module, args, names: dict):
+    """Set ``module.NAME`` from each given option (``names``: option -> NAME); list values become tuples."""
+    for option, name in names.items():
+        value = getattr(args, option)
+        if value is not None:
+            setattr(module, name, tuple(value) if isinstance(value, list) else value)
