@@ -1,12 +1,12 @@
 """Small layers shared by the SparX backbones."""
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import depthwise_conv2d_act
+from ..ops import add_skip_path, depthwise_conv2d_act, pointwise_conv2d
 
 #: Activation modules that the fused depthwise-conv kernel applies itself, by the kernel's name for them.
 FUSED_ACTIVATIONS = {nn.GELU: 'gelu', nn.SiLU: 'silu'}
@@ -34,6 +34,46 @@ class LayerScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
+
+
+class SkipPath(NamedTuple):
+    """A residual block's skip path ``x * scale + shift`` (``scale`` / ``shift``: LayerScale's (C,) parameters, or
+    None for a plain ``x``), handed to the branch whose last 1x1 convolution adds it (:class:`PointwiseConv`)."""
+    x: torch.Tensor
+    scale: Optional[torch.Tensor] = None
+    shift: Optional[torch.Tensor] = None
+
+    @classmethod
+    def of(cls, x: torch.Tensor, layer_scale: nn.Module) -> 'SkipPath':
+        """The skip path ``layer_scale(x)``, for a :class:`LayerScale` or an ``nn.Identity``."""
+        if isinstance(layer_scale, LayerScale):
+            return cls(x, layer_scale.weight.view(-1), layer_scale.bias)
+        if isinstance(layer_scale, nn.Identity):
+            return cls(x)
+        raise TypeError(f'SkipPath.of: expected a LayerScale or nn.Identity, got {type(layer_scale).__name__}')
+
+    def add_to(self, y: torch.Tensor) -> torch.Tensor:
+        """``x * scale + shift + y`` with plain torch ops (for branches that cannot fold it into a conv)."""
+        return add_skip_path(y, self.x, self.scale, self.shift)
+
+
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 convolution that can add a block's skip path to its output in the same pass
+    (:func:`sparx_mm.ops.pointwise_conv2d`: one Triton kernel on GPUs, bias and skip path in its epilogue).
+
+    An ``nn.Conv2d(in_channels, out_channels, 1)`` with the same parameters, so official checkpoints load
+    unchanged; without ``skip`` its output is the convolution's.
+
+    Shapes: x (B, Cin, H, W), skip.x (B, Cout, H, W) -> (B, Cout, H, W).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor, skip: Optional[SkipPath] = None) -> torch.Tensor:
+        if skip is None:
+            return pointwise_conv2d(x, self.weight, self.bias)
+        return pointwise_conv2d(x, self.weight, self.bias, skip.x, skip.scale, skip.shift)
 
 
 class DepthwiseConvAct(nn.Conv2d):
@@ -64,7 +104,8 @@ class ConvFFN(nn.Module):
     """1x1 conv -> (+ depthwise 3x3 of itself) -> act -> 1x1 conv; (B, C, H, W) -> (B, C, H, W).
 
     With GELU or SiLU the middle three steps are one fused operator (:class:`DepthwiseConvAct`); other
-    activations run as their own module after it.
+    activations run as their own module after it. ``forward(x, skip)`` adds a block's skip path (a
+    :class:`SkipPath`) to the output inside the second 1x1 conv's kernel (:class:`PointwiseConv`).
 
     ``recompute_hidden``: while training, keep only the first conv's output h for the backward pass and
     recompute the activated hidden map act(h + dwconv(h)) from it there (one more depthwise conv and second
@@ -72,28 +113,32 @@ class ConvFFN(nn.Module):
     SparX block keeps: SparX-T fp16 at batch 128 trains in 12.16 instead of 13.48 GB, at 425 instead of 497
     img/s (H100).
     """
+    #: forward takes a skip path (SparXBlock folds its residual into the last conv).
+    takes_skip = True
 
     def __init__(self, dim: int, hidden_dim: int, act_layer=nn.GELU, drop: float = 0.0,
                  recompute_hidden: bool = False):
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.fc1 = PointwiseConv(dim, hidden_dim)
         fused_act = FUSED_ACTIVATIONS.get(act_layer)
         self.dwconv = DepthwiseConvAct(hidden_dim, 3, residual=True, activation=fused_act)
         self.act = nn.Identity() if fused_act else act_layer()
-        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+        self.fc2 = PointwiseConv(hidden_dim, dim)
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
         self.recompute_hidden = recompute_hidden
 
-    def _from_hidden(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(self.act(self.dwconv(h))))
+    def _from_hidden(self, h: torch.Tensor, skip: Optional[SkipPath]) -> torch.Tensor:
+        hidden = self.drop(self.act(self.dwconv(h)))
+        if skip is None or (self.training and not isinstance(self.drop, nn.Identity)):
+            out = self.drop(self.fc2(hidden))  # dropout acts on the branch only: the skip path is added after it
+            return out if skip is None else skip.add_to(out)
+        return self.fc2(hidden, skip)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: Optional[SkipPath] = None) -> torch.Tensor:
         h = self.fc1(x)
         if self.recompute_hidden and self.training and h.requires_grad:
-            out = checkpoint(self._from_hidden, h, use_reentrant=False)
-        else:
-            out = self._from_hidden(h)
-        return self.drop(out)
+            return checkpoint(self._from_hidden, h, skip, use_reentrant=False)
+        return self._from_hidden(h, skip)
 
     def extra_repr(self) -> str:
         return f'recompute_hidden={self.recompute_hidden}'

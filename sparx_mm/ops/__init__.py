@@ -1,4 +1,5 @@
-"""Scan operators of the SparX-Mamba blocks, and the one-group GroupNorm of SparX's blocks.
+"""Scan operators of the SparX-Mamba blocks, and the fused layer operators of SparX's blocks (one-group
+GroupNorm, depthwise conv + activation, 1x1 conv + bias + skip path).
 
 Only torch is imported here, so the package works on CPU-only machines;
 accelerated backends (Triton, mamba-ssm) register themselves with
@@ -8,6 +9,7 @@ from .cross_scan import cross_merge, cross_scan
 from .cross_selective_scan import (ROUTE_COUNTS, cross_selective_scan, cross_selective_scan_reference,
                                    route_sequence, route_to_positions)
 from .depthwise_conv import depthwise_conv2d_act, depthwise_conv2d_act_reference
+from .pointwise_conv import add_skip_path, pointwise_conv2d, pointwise_conv2d_reference
 from .group_norm import OneGroupNorm, group_norm_one_group, group_norm_one_group_reference
 from .selective_scan import (available_scan_backends, check_scan_inputs,
                              register_scan_backend, selective_scan,
@@ -17,6 +19,7 @@ from . import gpu_backends  # noqa: F401,E402  (registers 'triton' and 'mamba_ss
 
 __all__ = [
     'OneGroupNorm',
+    'add_skip_path',
     'ROUTE_COUNTS',
     'cross_selective_scan',
     'cross_selective_scan_reference',
@@ -30,6 +33,8 @@ __all__ = [
     'depthwise_conv2d_act_reference',
     'group_norm_one_group',
     'group_norm_one_group_reference',
+    'pointwise_conv2d',
+    'pointwise_conv2d_reference',
     'register_scan_backend',
     'selective_scan',
     'selective_scan_reference',

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
+from .triton_op import TritonOp
 from .triton_scan import _chunk_adjoint_of_route, _chunk_states, _chunk_states_reversed, _last_column
 
 #: Tilings (BLOCK_L positions a chunk, BLOCK_D channels a program, warps), measured on an H100 (fp16, batch 128,
@@ -295,10 +296,8 @@ def _transposed_copy(x: torch.Tensor, routes: int) -> torch.Tensor:
     return x.transpose(-1, -2).contiguous() if routes == 4 else x
 
 
-# The kernels are wrapped as torch.library custom ops (with shape-only "fake" versions and a registered
-# autograd formula) so that torch.compile captures whole SparX blocks around them instead of breaking the
-# graph at an opaque autograd.Function.
-@torch.library.custom_op('sparx_mm::cross_scan_fwd', mutates_args=())
+# The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
+# an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _cross_scan_fwd(x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor,
                     D: torch.Tensor, dt_bias: torch.Tensor, routes: int, block_l: int, block_d: int,
                     warps: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -314,14 +313,12 @@ def _cross_scan_fwd(x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor
     return _merge_pairs(ys, routes, h, w), states
 
 
-@_cross_scan_fwd.register_fake
-def _(x, proj, dt_weight, A, D, dt_bias, routes, block_l, block_d, warps):
+def _cross_scan_fwd_fake(x, proj, dt_weight, A, D, dt_bias, routes, block_l, block_d, warps):
     b, d, h, w = x.shape
     return (x.new_empty(b, d, h, w, dtype=torch.float32),
             x.new_empty(b, A.shape[0], A.shape[1], triton.cdiv(h * w, block_l), dtype=torch.float32))
 
 
-@torch.library.custom_op('sparx_mm::cross_scan_bwd', mutates_args=())
 def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor,
                     A: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor, states: torch.Tensor,
                     routes: int, block_l: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
@@ -361,11 +358,13 @@ def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, rou
     return dxs, ddt, dbc, dA, dD, dbias
 
 
-@_cross_scan_bwd.register_fake
-def _(dy, x, proj, dt_weight, A, D, dt_bias, states, routes, block_l):
+def _cross_scan_bwd_fake(dy, x, proj, dt_weight, A, D, dt_bias, states, routes, block_l):
     f32 = dict(dtype=torch.float32)
     return (torch.empty_like(x), torch.empty_like(proj), torch.empty_like(dt_weight, **f32),
             torch.empty_like(A, **f32), torch.empty_like(D, **f32), torch.empty_like(dt_bias, **f32))
+
+
+_cross_scan_bwd = TritonOp('sparx_mm::cross_scan_bwd', _cross_scan_bwd, _cross_scan_bwd_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -380,7 +379,7 @@ def _backward(ctx, dy, _dstates):
     return (*grads, None, None, None, None)
 
 
-_cross_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+_cross_scan_fwd = TritonOp('sparx_mm::cross_scan_fwd', _cross_scan_fwd, _cross_scan_fwd_fake, _setup_context, _backward)
 
 
 def cross_selective_scan_triton(x, proj, dt_weight, A, D=None, dt_bias=None, routes=4, needs_grad=True):

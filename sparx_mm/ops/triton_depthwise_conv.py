@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
+from .triton_op import TritonOp
 
 #: (elements per tile, warps) of the forward kernel, which also computes dx. On an H100 at SparX-T's sizes (batch
 #: 128) 1024 elements and 4 warps were the fastest of 512 / 1024 / 2048 / 4096 elements (the others 0-30 %
@@ -209,9 +210,8 @@ def _launch_fwd(x, weight, bias, y, residual, act_code):
                                  RESIDUAL=residual, BLOCK_R=block_r, BLOCK_W=block_w, num_warps=warps)
 
 
-# The kernels are wrapped as torch.library custom ops (with shape-only "fake" versions and a registered
-# autograd formula) so that torch.compile captures the blocks around them without a graph break.
-@torch.library.custom_op('sparx_mm::depthwise_conv_act_fwd', mutates_args=())
+# The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
+# an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], residual: bool,
                 activation: str, out_dtype: torch.dtype) -> torch.Tensor:
     """x (B, C, H, W), weight (C, 1, k, k), bias (C,) or None -> act(conv + bias (+ x)) (B, C, H, W) in
@@ -221,12 +221,10 @@ def _dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     return y
 
 
-@_dwconv_fwd.register_fake
-def _(x, weight, bias, residual, activation, out_dtype):
+def _dwconv_fwd_fake(x, weight, bias, residual, activation, out_dtype):
     return x.new_empty(x.shape, dtype=out_dtype)
 
 
-@torch.library.custom_op('sparx_mm::depthwise_conv_act_grad', mutates_args=())
 def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                  residual: bool, activation: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> gz = dy * act'(z) (B, C, H, W) float32 (with ``activation`` 'none' gz is dy, not copied: an empty
@@ -249,10 +247,12 @@ def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
     return gz, dweight, dbias
 
 
-@_dwconv_grad.register_fake
-def _(dy, x, weight, bias, residual, activation):
+def _dwconv_grad_fake(dy, x, weight, bias, residual, activation):
     return (x.new_empty(x.shape if activation != 'none' else (0, ), dtype=torch.float32), torch.empty_like(weight),
             weight.new_empty(x.shape[1], dtype=weight.dtype if bias is None else bias.dtype))
+
+
+_dwconv_grad = TritonOp('sparx_mm::depthwise_conv_act_grad', _dwconv_grad, _dwconv_grad_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -275,7 +275,7 @@ def _backward(ctx, dy):
     return dx, dweight, None if bias is None else dbias, None, None, None
 
 
-_dwconv_fwd.register_autograd(_backward, setup_context=_setup_context)
+_dwconv_fwd = TritonOp('sparx_mm::depthwise_conv_act_fwd', _dwconv_fwd, _dwconv_fwd_fake, _setup_context, _backward)
 
 
 def depthwise_conv2d_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

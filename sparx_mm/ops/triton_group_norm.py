@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
+from .triton_op import TritonOp
 
 #: (elements per program tile, warps) of the two reduction kernels (row moments, gradient row sums) and of the
 #: two elementwise kernels (normalise, dx). A tile is BLOCK_S = min(next_power_of_2(S), tile) columns by
@@ -280,9 +281,8 @@ def _sizes(x: torch.Tensor) -> Tuple[int, int, int]:
     return x.shape[0], x.shape[1], math.prod(x.shape[2:])
 
 
-# The kernels are wrapped as torch.library custom ops (with shape-only "fake" versions and a registered
-# autograd formula) so that torch.compile captures the models around them without graph breaks.
-@torch.library.custom_op('sparx_mm::group_norm_one_group_fwd', mutates_args=())
+# The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
+# an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _group_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
                     out_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
     """x (B, C, *spatial) contiguous -> y (x's shape, out_dtype), stats (2, B) float32: each sample's mean and
@@ -303,12 +303,10 @@ def _group_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optio
     return y, stats
 
 
-@_group_norm_fwd.register_fake
-def _(x, weight, bias, eps, out_dtype):
+def _group_norm_fwd_fake(x, weight, bias, eps, out_dtype):
     return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(2, x.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op('sparx_mm::group_norm_one_group_bwd', mutates_args=())
 def _group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
                     stats: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """dy, x (B, C, *spatial) contiguous, stats (2, B) -> dx (x's dtype), (2, C) float32 d weight and d bias."""
@@ -333,9 +331,11 @@ def _group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Te
     return dx, dparams
 
 
-@_group_norm_bwd.register_fake
-def _(dy, x, weight, stats):
+def _group_norm_bwd_fake(dy, x, weight, stats):
     return torch.empty_like(x), x.new_empty(2, x.shape[1], dtype=torch.float32)
+
+
+_group_norm_bwd = TritonOp('sparx_mm::group_norm_one_group_bwd', _group_norm_bwd, _group_norm_bwd_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -351,7 +351,8 @@ def _backward(ctx, dy, _dstats):
             None if ctx.bias_dtype is None else dparams[1].to(ctx.bias_dtype), None, None)
 
 
-_group_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+_group_norm_fwd = TritonOp('sparx_mm::group_norm_one_group_fwd', _group_norm_fwd, _group_norm_fwd_fake,
+                           _setup_context, _backward)
 
 
 def group_norm_one_group_triton(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],

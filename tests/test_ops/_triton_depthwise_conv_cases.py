@@ -109,11 +109,11 @@ def check_registration():
     g = torch.Generator().manual_seed(3)
     x, weight, bias = torch.randn(2, 3, 4, 5, generator=g), torch.randn(3, 1, 3, 3, generator=g), \
         torch.randn(3, generator=g)
-    reports = [torch.library.opcheck(tdc._dwconv_fwd, [t.clone().requires_grad_() for t in (x, weight, bias)] +
+    reports = [torch.library.opcheck(tdc._dwconv_fwd.op, [t.clone().requires_grad_() for t in (x, weight, bias)] +
                                      [True, 'gelu', torch.float32])]
     for activation in ('none', 'silu'):
-        reports.append(torch.library.opcheck(tdc._dwconv_grad, (torch.randn(2, 3, 4, 5, generator=g), x, weight,
-                                                                None, False, activation)))
+        reports.append(torch.library.opcheck(tdc._dwconv_grad.op, (torch.randn(2, 3, 4, 5, generator=g), x, weight,
+                                                                   None, False, activation)))
     ok = all(set(report.values()) == {'SUCCESS'} for report in reports)
     print('OPCHECK', 'ok' if ok else reports)
 

@@ -101,8 +101,8 @@ if __name__ == '__main__':
     err = large_mean_error()
     ok &= err <= 1e-4
     print(f'mean 1000, y vs float64: {err:.1e}')
-    report = torch.library.opcheck(tgn._group_norm_fwd, (torch.randn(2, 3, 4, 5).requires_grad_(),
-                                                        torch.randn(3).requires_grad_(), None, 1e-5, torch.float32))
+    report = torch.library.opcheck(tgn._group_norm_fwd.op, (torch.randn(2, 3, 4, 5).requires_grad_(),
+                                                           torch.randn(3).requires_grad_(), None, 1e-5, torch.float32))
     opcheck_ok = set(report.values()) == {'SUCCESS'}
     ok &= opcheck_ok
     print('OPCHECK', 'ok' if opcheck_ok else report)

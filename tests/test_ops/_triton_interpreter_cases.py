@@ -80,7 +80,7 @@ if __name__ == '__main__':
     args = [torch.randn(1, 8, 3, 5, generator=g), torch.randn(1, 4, 4, 15, generator=g),
             torch.randn(4, 8, 2, generator=g), -torch.rand(32, 1, generator=g), torch.randn(32, generator=g),
             torch.randn(32, generator=g)]
-    report = torch.library.opcheck(triton_cross_scan._cross_scan_fwd,
+    report = torch.library.opcheck(triton_cross_scan._cross_scan_fwd.op,
                                    [t.requires_grad_() for t in args] + [4, triton_cross_scan.TRAIN_BLOCK_L, 16, 4])
     print('OPCHECK', 'ok' if set(report.values()) == {'SUCCESS'} else report)
     print(f'WORST {worst:.3e}')

@@ -48,11 +48,13 @@ def timed(fn, iters: int = 20, warmup: int = 3):
     return times[len(times) // 2], host_ms
 
 
-def check_and_bench_parser(doc: str) -> argparse.ArgumentParser:
-    """The options of the layer-kernel scripts (check_group_norm.py, check_depthwise_conv.py) they share:
-    --only check / bench, --batch; each adds its kernel's tiling options."""
+def check_and_bench_parser(doc: str, extra_parts=()) -> argparse.ArgumentParser:
+    """The options of the layer-kernel scripts (check_group_norm.py, check_depthwise_conv.py,
+    check_pointwise_conv.py) they share: --only check / bench (and ``extra_parts``, run only when named), --batch;
+    each adds its kernel's tiling options."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--only', nargs='+', choices=('check', 'bench'), default=('check', 'bench'))
+    parser.add_argument('--only', nargs='+', choices=('check', 'bench') + tuple(extra_parts),
+                        default=('check', 'bench'))
     parser.add_argument('--batch', type=int, default=128, help='batch of the benchmark (default 128)')
     return parser
 

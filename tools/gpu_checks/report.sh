@@ -24,7 +24,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 step kernels 150 python3 "$here/check_kernels.py" --model &&
   grep -E "^  (float|bfloat)|vs float64|PASSED|FAILED" "$out/kernels.log"
-step layer_kernels 240 bash -c "python3 $here/check_group_norm.py && python3 $here/check_depthwise_conv.py" &&
+step layer_kernels 330 bash -c "python3 $here/check_group_norm.py && python3 $here/check_depthwise_conv.py && python3 $here/check_pointwise_conv.py" &&
   grep -E "^ +(float|bfloat)|PASSED|FAILED|^ +[0-9]+ ?x" "$out/layer_kernels.log"
 step table 170 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer &&
   rows < "$out/table.log"

@@ -1,11 +1,12 @@
 """SS2D: the four-route 2D selective-scan token mixer of VMamba, as configured by SparX."""
 import math
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ...ops import ROUTE_COUNTS, OneGroupNorm, cross_selective_scan
-from ..layers import DepthwiseConvAct
+from ..layers import DepthwiseConvAct, PointwiseConv, SkipPath
 
 SCAN_ROUTES = 4
 
@@ -31,6 +32,8 @@ class SS2D(nn.Module):
 
     Shapes: (B, C, H, W) -> (B, C, H, W); with project_input=False the input is (B, D, H, W).
     """
+    #: forward takes a skip path (SparXBlock folds its residual into out_proj).
+    takes_skip = True
 
     def __init__(self, dim: int, d_inner: int, d_state: int = 1, dt_rank='auto', d_conv: int = 5,
                  project_input: bool = True, dt_min: float = 1e-3, dt_max: float = 0.1,
@@ -45,7 +48,7 @@ class SS2D(nn.Module):
         self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
         k, r, n = routes, self.dt_rank, d_state
 
-        self.in_proj = nn.Conv2d(dim, d_inner, 1) if project_input else nn.Identity()
+        self.in_proj = PointwiseConv(dim, d_inner) if project_input else nn.Identity()
         self.conv2d = DepthwiseConvAct(d_inner, d_conv, activation='silu')  # SiLU(dwconv(x)) in one kernel
         # Per-route projections stored stacked, as grouped 1x1 conv weights (the official layout).
         self.x_proj_weight = nn.Parameter(torch.empty(k * (r + 2 * n), d_inner, 1))
@@ -54,7 +57,7 @@ class SS2D(nn.Module):
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, n))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
         self.out_norm = OneGroupNorm(d_inner)
-        self.out_proj = nn.Conv2d(d_inner, dim, 1)
+        self.out_proj = PointwiseConv(d_inner, dim)
         self._dt_range = (dt_min, dt_max, dt_init_floor)
         self.reset_ssm_parameters()
 
@@ -87,9 +90,10 @@ class SS2D(nn.Module):
             D=self.Ds.float(), dt_bias=self.dt_projs_bias.reshape(-1).float(), routes=k)
         return self.out_norm(y)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: Optional[SkipPath] = None) -> torch.Tensor:
+        """``skip``: a block's skip path, added inside out_proj's kernel (see :class:`SkipPath`)."""
         x = self.conv2d(self.in_proj(x))
-        return self.out_proj(self.forward_core(x))
+        return self.out_proj(self.forward_core(x), skip)
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, '

@@ -4,8 +4,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...ops import OneGroupNorm
-from ..layers import ConvFFN, DepthwiseConvAct, DropPath, LayerScale
+from ...ops import OneGroupNorm, gpu_backends
+from ..layers import ConvFFN, DepthwiseConvAct, DropPath, LayerScale, SkipPath
 
 
 class SparXBlock(nn.Module):
@@ -14,6 +14,10 @@ class SparXBlock(nn.Module):
     ``A`` is the ganglion layer's aggregator (the DMCA, or None in a normal layer) that fuses GN(x) with the
     concatenated shortcut into the channels the mixer expects. LayerScale, where enabled, scales the skip
     path, as the official models do. The mixer is stored as ``op`` (the official checkpoints' name).
+
+    Where the layer kernels run Triton (GPUs) and no stochastic depth is active, each residual ``LS(x) +
+    branch(...)`` is added inside the branch's last 1x1 convolution (:class:`~sparx_mm.models.layers.SkipPath`;
+    mixers and FFNs that take one say so with ``takes_skip``): the same sum, without a pass of its own.
 
     Args:
         dim: channels C.
@@ -47,5 +51,17 @@ class SparXBlock(nn.Module):
         mixer_in = self.norm(x)
         if self.dmca is not None:
             mixer_in = self.dmca(mixer_in, shortcut)
-        x = self.layerscale_1(x) + self.drop_path(self.op(mixer_in))
-        return self.layerscale_2(x) + self.drop_path(self.mlp(self.norm2(x)))
+        x = self._residual(x, self.layerscale_1, self.op, mixer_in)
+        return self._residual(x, self.layerscale_2, self.mlp, self.norm2(x))
+
+    def _residual(self, x: torch.Tensor, layer_scale: nn.Module, branch: nn.Module,
+                  branch_in: torch.Tensor) -> torch.Tensor:
+        """``layer_scale(x) + drop_path(branch(branch_in))``, folded into the branch where it can be (class doc).
+
+        On the reference path (CPU) the sum is written out: it is the official composition, operator for
+        operator (and what the FLOP counter and the parity tests trace)."""
+        drop_path_active = self.training and isinstance(self.drop_path, DropPath)
+        if getattr(branch, 'takes_skip', False) and not drop_path_active and \
+                gpu_backends.layer_kernel_impl(x, op='SparXBlock') == 'triton':
+            return branch(branch_in, SkipPath.of(x, layer_scale))
+        return layer_scale(x) + self.drop_path(branch(branch_in))

@@ -1,0 +1,204 @@
+"""Triton kernel of :func:`sparx_mm.ops.pointwise_conv2d` (forward; the backward pass is cuDNN's and torch's).
+
+Each program computes a (BLOCK_CO output channels) x (BLOCK_P positions) tile of one sample's output as the
+GEMM ``weight (Cout, Cin) @ x[b] (Cin, H*W)``: x[b] is already a row-major (Cin, H*W) matrix in NCHW order, so
+no layout conversion is needed, and the weight is small enough to stay in L2. The output channel blocks of a
+position block are neighbouring programs, so they share the x tiles through L2. The accumulator is float32;
+the epilogue adds the bias and the skip path (``skip * skip_scale + skip_shift``) to it and stores once in the
+output dtype.
+
+The operands are cast to the convolution dtype in registers before the product (float32 x under float16
+autocast is rounded as autocast would round it); float32 products use TF32 when cuDNN may (``TF32``).
+
+Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1`` (Triton's
+CPU interpreter, which the CPU tests use).
+"""
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .gpu_backends import check_triton_launchable
+from .triton_op import TritonOp
+
+#: Products of the kernel, by the convolution dtype (float32: TF32 or exact float32 by ``allow_tf32``).
+_DOT_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+#: Set to (BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) to override :func:`tiling` (tuning and tests).
+TILING_OVERRIDE: Optional[Tuple[int, int, int, int, int]] = None
+#: Largest number of position blocks of a launch (a CUDA grid's y extent).
+_MAX_GRID_Y = 65535
+#: float16 / bfloat16 products: weight rows are padded (a copy in the convolution dtype) to a multiple of this
+#: many elements when Cin is not, as unaligned rows cannot be read with vector loads (SparX-S's 328 and SparX-B's
+#: 120 / 396 / 636 channels). H100, batch 128, float16: SparX-B 396 -> 792 at 14 x 14 0.284 -> 0.170 ms, 636 ->
+#: 1272 at 7 x 7 0.181 -> 0.127 ms, SparX-S 328 -> 656 0.191 -> 0.133 ms; float32 rows gained nothing.
+WEIGHT_ROW_ALIGN = 16
+
+
+@triton.jit
+def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN, COUT, P, W_STRIDE,
+                HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                DOT: tl.constexpr, TF32: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """y[b, co, p] = sum_ci w[co, ci] x[b, ci, p] + bias[co] + skip[b, co, p] * scale[co] + shift[co]."""
+    offs_co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    sample = tl.program_id(2).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    co_ok = offs_co < COUT
+    p_ok = offs_p < P
+    x_sample = x_ptr + sample * CIN * P
+    acc = tl.zeros((BLOCK_CO, BLOCK_P), tl.float32)
+    for k0 in range(0, CIN, BLOCK_K):
+        ks = k0 + offs_k
+        k_ok = ks < CIN
+        xt = tl.load(x_sample + ks[:, None] * P + offs_p[None, :], mask=k_ok[:, None] & p_ok[None, :], other=0.0)
+        wt = tl.load(w_ptr + offs_co[:, None] * W_STRIDE + ks[None, :], mask=co_ok[:, None] & k_ok[None, :],
+                     other=0.0)
+        if DOT == 0:
+            acc = tl.dot(wt.to(tl.float16), xt.to(tl.float16), acc)
+        elif DOT == 1:
+            acc = tl.dot(wt.to(tl.bfloat16), xt.to(tl.bfloat16), acc)
+        elif TF32:
+            acc = tl.dot(wt.to(tl.float32), xt.to(tl.float32), acc, input_precision='tf32')
+        else:
+            acc = tl.dot(wt.to(tl.float32), xt.to(tl.float32), acc, input_precision='ieee')
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
+    offs = sample * COUT * P + offs_co[:, None] * P + offs_p[None, :]
+    mask = co_ok[:, None] & p_ok[None, :]
+    if HAS_SKIP:
+        skip = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            skip *= tl.load(scale_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
+        if HAS_SHIFT:
+            skip += tl.load(shift_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
+        acc += skip
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
+    """(BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) for a (Cout, Cin) x (Cin, positions) product.
+
+    From a sweep on an H100 (batch 128, SparX-T's sixteen 1x1 convolutions, float16 and float32; the fastest
+    of 24 tilings each, ``.device-kit``-style script in tools/gpu_checks/check_pointwise_conv.py --sweep).
+    """
+    if TILING_OVERRIDE is not None:
+        return TILING_OVERRIDE
+    if conv_dtype == torch.float32:  # TF32 tiles take twice the registers and shared memory of float16 ones
+        if positions >= 512:
+            return 128, 64, 32, 4, 3
+        return (128, 128, 32, 8, 3) if positions >= 128 else (128, 64, 32, 8, 3)
+    if positions >= 512:
+        return (64, 128, 32, 4, 4) if cin <= 192 else (128, 128, 64, 4, 3)
+    return (128, 128, 64, 4, 3) if positions >= 128 else (128, 64, 64, 8, 3)
+
+
+def triton_is_faster(positions: int, conv_dtype: torch.dtype, has_skip: bool) -> bool:
+    """Whether the kernel beats cuDNN's convolution with its separate bias and skip adds at this map size: the
+    automatic choice of :func:`sparx_mm.ops.pointwise_conv2d` (forcing 'triton' runs the kernel everywhere).
+
+    Measured on an H100 (batch 128, the 1x1 convs of SparX-T, S and B at 224 x 224, forward,
+    ``tools/gpu_checks/check_pointwise_conv.py --only bench --arch t|s|b``): float16 1.45-3.7x at 3136 and 784
+    positions; at 196 1.2-1.6x without a skip path but 0.46-0.6x with one; 0.6-1.2x at 49. float32 (TF32):
+    0.9-1.4x at 3136, 0.64-1.06x at 784, 0.95-1.6x at 196, 0.13-1.14x at 49.
+    """
+    if positions < 128:
+        return False
+    if conv_dtype == torch.float32:
+        return positions < 512 or positions >= 2048
+    return positions >= 512 or not has_skip
+
+
+def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
+    b, cin, h, w = x.shape
+    cout = weight.shape[0]
+    positions = h * w
+    block_co, block_p, block_k, warps, stages = tiling(cin, cout, positions, conv_dtype)
+    grid = (triton.cdiv(cout, block_co), triton.cdiv(positions, block_p), b)
+    if grid[1] > _MAX_GRID_Y or b > _MAX_GRID_Y:
+        raise ValueError(f'pointwise_conv2d_triton: a {h} x {w} map in batches of {b} needs a grid of {grid}, '
+                         f'beyond CUDA\'s {_MAX_GRID_Y}; split the batch or use the reference implementation')
+    weight = weight.view(cout, cin)
+    if WEIGHT_ROW_ALIGN and conv_dtype != torch.float32 and cin % WEIGHT_ROW_ALIGN:
+        weight = torch.nn.functional.pad(weight.to(conv_dtype), (0, -cin % WEIGHT_ROW_ALIGN))
+    dummy = weight
+    _fwd_kernel[grid](x, weight, dummy if bias is None else bias, dummy if skip is None else skip,
+                      dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift, y,
+                      cin, cout, positions, weight.stride(0), HAS_BIAS=bias is not None, HAS_SKIP=skip is not None,
+                      HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
+                      DOT=_DOT_CODES[conv_dtype], TF32=tf32, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k,
+                      num_warps=warps, num_stages=stages)
+
+
+# The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
+# an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
+def _pointwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], skip: Optional[torch.Tensor],
+                   skip_scale: Optional[torch.Tensor], skip_shift: Optional[torch.Tensor], conv_dtype: torch.dtype,
+                   out_dtype: torch.dtype, tf32: bool) -> torch.Tensor:
+    """x (B, Cin, H, W), weight (Cout, Cin, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
+    (B, Cout, H, W) or None, all contiguous -> (B, Cout, H, W) in ``out_dtype``."""
+    y = torch.empty((x.shape[0], weight.shape[0]) + tuple(x.shape[2:]), dtype=out_dtype, device=x.device)
+    _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32)
+    return y
+
+
+def _pointwise_fwd_fake(x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, out_dtype, tf32):
+    return x.new_empty((x.shape[0], weight.shape[0]) + tuple(x.shape[2:]), dtype=out_dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, _, _ = inputs
+    # skip is needed only for skip_scale's gradient; it is the block's residual stream, kept anyway.
+    ctx.save_for_backward(x, weight, skip if skip_scale is not None else None, skip_scale)
+    ctx.conv_dtype = conv_dtype
+    ctx.has_bias, ctx.has_skip, ctx.has_shift = bias is not None, skip is not None, skip_shift is not None
+    ctx.dtypes = tuple(None if t is None else t.dtype for t in (bias, skip, skip_shift))
+
+
+def _backward(ctx, dy):
+    x, weight, skip, skip_scale = ctx.saved_tensors
+    bias_dtype, skip_dtype, shift_dtype = ctx.dtypes
+    needs = ctx.needs_input_grad
+    dx = dweight = dbias = dskip = dscale = dshift = None
+    if needs[0] or needs[1] or needs[2]:
+        # What autograd runs for the composition: cuDNN's convolution backward in the convolution dtype.
+        conv_dtype = ctx.conv_dtype
+        dx, dweight, dbias = torch.ops.aten.convolution_backward(
+            dy.to(conv_dtype), x.to(conv_dtype), weight.to(conv_dtype), [weight.shape[0]] if ctx.has_bias else None,
+            [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [needs[0], needs[1], ctx.has_bias and needs[2]])
+        dx = None if dx is None else dx.to(x.dtype)
+        dweight = None if dweight is None else dweight.to(weight.dtype)
+        dbias = None if dbias is None else dbias.to(bias_dtype)
+    if ctx.has_skip and needs[3]:
+        dskip = (dy if skip_scale is None else dy * skip_scale.view(1, -1, 1, 1)).to(skip_dtype)
+    if skip_scale is not None and needs[4]:
+        dscale = (dy * skip).sum((0, 2, 3)).to(skip_scale.dtype)
+    if ctx.has_shift and needs[5]:
+        dshift = dy.sum((0, 2, 3)).to(shift_dtype)
+    return dx, dweight, dbias, dskip, dscale, dshift, None, None, None
+
+
+_pointwise_fwd = TritonOp('sparx_mm::pointwise_conv_fwd', _pointwise_fwd, _pointwise_fwd_fake,
+                          _setup_context, _backward)
+
+
+def pointwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                            skip: Optional[torch.Tensor], skip_scale: Optional[torch.Tensor],
+                            skip_shift: Optional[torch.Tensor], conv_dtype: torch.dtype,
+                            out_dtype: torch.dtype) -> torch.Tensor:
+    """Fused Triton implementation of :func:`sparx_mm.ops.pointwise_conv2d` (inputs already checked).
+
+    Shapes: x (B, Cin, H, W), weight (Cout, Cin, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
+    (B, Cout, H, W) or None -> (B, Cout, H, W) in ``out_dtype``; the product in ``conv_dtype``. Inputs that are
+    not contiguous in NCHW order (channels_last) are copied first. Needs CUDA tensors (or ``TRITON_INTERPRET=1``,
+    Triton's CPU interpreter, for tests).
+    """
+    check_triton_launchable(x, 'pointwise_conv2d_triton')
+
+    def contiguous(t):
+        return None if t is None else t.contiguous()
+
+    return _pointwise_fwd(x.contiguous(), weight.contiguous(), contiguous(bias), contiguous(skip),
+                          contiguous(skip_scale), contiguous(skip_shift), conv_dtype, out_dtype,
+                          torch.backends.cudnn.allow_tf32)

@@ -1,0 +1,157 @@
+"""Run by test_pointwise_conv.py in a subprocess with TRITON_INTERPRET=1 (Triton's CPU interpreter must be
+switched on before the kernels are defined): the fused 1x1-conv Triton kernel against the reference, the output
+and the gradients of x, weight, bias, skip, skip_scale and skip_shift; then the custom op's registration and a
+torch.compile capture; then a small SparX-Mamba whose blocks fold their residuals into the kernel, against the
+same model on the reference path. Prints one line per case with its largest relative errors, then
+'WORST <error>' and exits non-zero when a check fails.
+
+The interpreter has no bfloat16 matrix product (numpy has no bfloat16), so bfloat16 is checked on GPUs only
+(tools/gpu_checks/check_pointwise_conv.py)."""
+import os
+import sys
+
+assert os.environ.get('TRITON_INTERPRET') == '1', 'run with TRITON_INTERPRET=1'
+
+import torch  # noqa: E402
+
+from sparx_mm.ops import pointwise_conv2d, pointwise_conv2d_reference  # noqa: E402
+from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
+
+NAMES = ('y', 'dx', 'dweight', 'dbias', 'dskip', 'dscale', 'dshift')
+# Relative to the largest reference value; float16 tensors against a float32 reference on the same rounded
+# inputs (float16 rounding, 2**-11); 'autocast': float32 tensors, float16 convolution.
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, 'autocast': 2e-3}
+# (batch, Cin, Cout, H, W, bias, skip form, dtype): channel counts and map sizes that are multiples of no block,
+# H != W, a 1 x 1 map, one input channel, every form of the skip path.
+CASES = [(2, 40, 24, 5, 7, True, None, torch.float32),
+         (2, 24, 40, 7, 5, True, 'plain', torch.float32),
+         (1, 33, 17, 6, 6, False, 'both', torch.float32),
+         (3, 1, 5, 1, 1, True, 'scale', torch.float32),
+         (2, 20, 36, 3, 9, True, 'shift', torch.float32),
+         (2, 40, 24, 5, 7, True, 'both', torch.float16),
+         (1, 24, 40, 7, 5, False, None, torch.float16),
+         (2, 40, 24, 5, 7, True, 'both', 'autocast'),
+         (1, 17, 30, 4, 3, True, None, 'autocast')]
+# Blocks smaller than every dimension of the cases (several K, channel and position blocks, masked edges), as
+# the default tilings are at SparX's sizes.
+SMALL_TILING = (16, 16, 16, 1, 1)
+
+
+def relative_errors(case):
+    b, cin, cout, h, w, has_bias, skip, dtype = case
+    autocast = dtype == 'autocast'
+    dtype = torch.float32 if autocast else dtype
+    g = torch.Generator().manual_seed(cin * 10 + h)
+    inputs = [torch.randn(b, cin, h, w, generator=g), torch.randn(cout, cin, 1, 1, generator=g) * cin ** -0.5,
+              torch.randn(cout, generator=g) if has_bias else None,
+              torch.randn(b, cout, h, w, generator=g) if skip else None,
+              torch.randn(cout, generator=g) if skip in ('scale', 'both') else None,
+              torch.randn(cout, generator=g) if skip in ('shift', 'both') else None]
+    inputs = [None if t is None else t.to(dtype) for t in inputs]
+    leaves = [None if t is None else t.clone().requires_grad_() for t in inputs]
+    ref_leaves = [None if t is None else t.float().requires_grad_() for t in inputs]
+    with torch.autocast('cpu', dtype=torch.float16, enabled=autocast):
+        y = pointwise_conv2d(*leaves, impl='triton')
+        expected_dtype = pointwise_conv2d_reference(*inputs).dtype  # the composition's, same autocast state
+    y_ref = pointwise_conv2d_reference(*ref_leaves)
+    dy = torch.randn(y.shape, generator=g).to(y.dtype)
+    present = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(y, present, dy)
+    ref_grads = torch.autograd.grad(y_ref, [t for t in ref_leaves if t is not None], dy.float())
+    assert y.dtype == expected_dtype, (y.dtype, expected_dtype)
+    assert all(gr.dtype == leaf.dtype for gr, leaf in zip(grads, present))
+    names = [name for name, t in zip(NAMES[1:], leaves) if t is not None]
+    errors = [float((a.float() - e).abs().max() / e.abs().max().clamp_min(1e-12))
+              for a, e in zip([y.detach()] + list(grads), [y_ref.detach()] + list(ref_grads))]
+    return dict(zip(['y'] + names, errors))
+
+
+def run_case(case, label=''):
+    errors = relative_errors(case)
+    tol = TOL[case[-1]]
+    failed = [name for name, e in errors.items() if e > tol]
+    dtype = case[-1] if case[-1] == 'autocast' else str(case[-1])[6:]
+    print(f'{label}{case[:-1]} {dtype}', ' '.join(f'{name} {e:.1e}' for name, e in errors.items()),
+          'FAIL ' + ','.join(failed) if failed else '', flush=True)
+    return max(e / tol for e in errors.values()), not failed
+
+
+def check_registration():
+    """torch.library.opcheck of the custom op (schema, fake tensors, autograd registration) and a torch.compile
+    capture of forward + backward in one graph that matches eager."""
+    g = torch.Generator().manual_seed(3)
+    x, weight, bias = torch.randn(2, 20, 3, 4, generator=g), torch.randn(6, 20, 1, 1, generator=g), \
+        torch.randn(6, generator=g)
+    skip, scale, shift = torch.randn(2, 6, 3, 4, generator=g), torch.randn(6, generator=g), torch.randn(6, generator=g)
+    leaves = [t.requires_grad_() for t in (x, weight, bias, skip, scale, shift)]
+    report = torch.library.opcheck(tpc._pointwise_fwd.op, leaves + [torch.float32, torch.float32, False])
+    ok = set(report.values()) == {'SUCCESS'}
+    print('OPCHECK', 'ok' if ok else report)
+
+    def loss(*tensors):
+        return pointwise_conv2d(*tensors, impl='triton').square().sum()
+
+    explanation = torch._dynamo.explain(loss)(*leaves)
+    compiled = torch.compile(loss, fullgraph=True, backend='aot_eager')
+    grads = torch.autograd.grad(compiled(*leaves), leaves)
+    eager = torch.autograd.grad(loss(*leaves), leaves)
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(grads, eager))
+    print(f'COMPILE graphs {explanation.graph_count} breaks {explanation.graph_break_count} '
+          f'{"matches" if same else "DIFFERS from"} eager')
+    return ok and same and explanation.graph_count == 1 and explanation.graph_break_count == 0
+
+
+def check_model():
+    """A small SparX-Mamba (a stage without and two with LayerScale, ganglion layers with DMCAs): the layer kernels
+    (the blocks' residuals folded into their last 1x1 convs) and the float32 reference path, each against the
+    model in float64, outputs and the input gradient, in eval mode and in training mode with and without
+    stochastic depth (with it the blocks add their residuals themselves). The layer kernels pass within 4x the
+    float32 reference's own error (or 1e-5): in training mode the input gradient at initialisation is
+    ill-conditioned enough that float32 rounding alone moves it by ~5e-2."""
+    from sparx_mm.models import SparXMamba
+    arch = dict(depths=[1, 2, 2], dims=[8, 16, 24], ganglion_starts=[None, 0, 0], sr_ratios=[4, 2, 1])
+    x = torch.randn(2, 3, 40, 48, generator=torch.Generator().manual_seed(1))
+    worst, ok = 0.0, True
+    for mode, drop_path in (('eval', 0.0), ('train', 0.0), ('train', 0.2)):
+        torch.manual_seed(0)
+        model = SparXMamba(arch, drop_path_rate=drop_path).train(mode == 'train')
+        model64 = SparXMamba(arch, drop_path_rate=drop_path).double().train(mode == 'train')
+        model64.load_state_dict(model.state_dict())
+        results = {}
+        for name, net, impl in (('triton', model, 'triton'), ('float32', model, 'reference'),
+                                ('float64', model64, 'reference')):
+            os.environ['SPARX_LAYER_KERNELS'] = impl
+            torch.manual_seed(2)  # the same stochastic-depth masks
+            leaf = x.clone().to(next(net.parameters()).dtype).requires_grad_()
+            feats = net(leaf)
+            sum(f.square().mean() for f in feats).backward()
+            results[name] = [f.detach().double() for f in feats] + [leaf.grad.double()]
+        os.environ.pop('SPARX_LAYER_KERNELS')
+        errors = {name: [float((a - e).abs().max() / e.abs().max()) for a, e in zip(results[name], results['float64'])]
+                  for name in ('triton', 'float32')}
+        out_err, grad_err = max(errors['triton'][:-1]), errors['triton'][-1]
+        ref_out, ref_grad = max(errors['float32'][:-1]), errors['float32'][-1]
+        scaled = max(out_err / max(4 * ref_out, 1e-5), grad_err / max(4 * ref_grad, 1e-5))
+        worst, ok = max(worst, scaled), ok and scaled <= 1
+        print(f'MODEL {mode} drop_path {drop_path}: vs float64, layer kernels outputs {out_err:.1e} input gradient '
+              f'{grad_err:.1e}; float32 reference {ref_out:.1e} / {ref_grad:.1e}{"" if scaled <= 1 else " FAIL"}',
+              flush=True)
+    return worst, ok
+
+
+if __name__ == '__main__':
+    worst, ok = 0.0, True
+    for case in CASES:
+        scaled, passed = run_case(case)
+        worst, ok = max(worst, scaled), ok and passed
+    tpc.TILING_OVERRIDE = SMALL_TILING
+    for case in CASES[:3] + CASES[5:6]:
+        scaled, passed = run_case(case, label='small tiles ')
+        worst, ok = max(worst, scaled), ok and passed
+    tpc.TILING_OVERRIDE = None
+    ok = check_registration() and ok
+    scaled, passed = check_model()
+    worst, ok = max(worst, scaled), ok and passed
+    # The worst error as a fraction of its tolerance.
+    print(f'WORST {worst:.3f} of tolerance')
+    sys.exit(0 if ok else 1)

@@ -1,0 +1,184 @@
+"""pointwise_conv2d: the reference against nn.Conv2d + LayerScale + add modules, the output-dtype rule under
+autocast, input errors, the dispatch, and the Triton kernel under Triton's CPU interpreter (with a small
+SparX-Mamba whose blocks fold their residuals into it)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from sparx_mm.models.layers import LayerScale, PointwiseConv, SkipPath
+from sparx_mm.ops import add_skip_path, gpu_backends, pointwise_conv2d, pointwise_conv2d_reference
+from sparx_mm.ops.pointwise_conv import _dtypes
+
+HERE = os.path.dirname(__file__)
+
+
+def _inputs(b=2, cin=4, cout=3, h=5, w=6, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(x=torch.randn(b, cin, h, w, generator=g, dtype=dtype),
+                weight=torch.randn(cout, cin, 1, 1, generator=g, dtype=dtype),
+                bias=torch.randn(cout, generator=g, dtype=dtype),
+                skip=torch.randn(b, cout, h, w, generator=g, dtype=dtype),
+                skip_scale=torch.randn(cout, generator=g, dtype=dtype),
+                skip_shift=torch.randn(cout, generator=g, dtype=dtype))
+
+
+@pytest.mark.parametrize('layer_scale', [False, True])
+def test_reference_is_the_blocks_composition_bit_for_bit(layer_scale):
+    """``LS(x) + conv(y)`` as the blocks wrote it before the fusion: the same float32 bits."""
+    t = _inputs()
+    conv = nn.Conv2d(4, 3, 1)
+    ls = LayerScale(3, 0.5) if layer_scale else nn.Identity()
+    with torch.no_grad():
+        conv.weight.copy_(t['weight'])
+        conv.bias.copy_(t['bias'])
+        if layer_scale:
+            ls.weight.copy_(t['skip_scale'].view(3, 1, 1, 1))
+            ls.bias.copy_(t['skip_shift'])
+    expected = ls(t['skip']) + conv(t['x'])
+    skip = SkipPath.of(t['skip'], ls)
+    assert torch.equal(pointwise_conv2d_reference(t['x'], conv.weight, conv.bias, *skip), expected)
+    assert torch.equal(pointwise_conv2d(t['x'], conv.weight, conv.bias, *skip), expected)
+    assert torch.equal(skip.add_to(conv(t['x'])), expected)
+    module = PointwiseConv(4, 3)
+    module.load_state_dict(conv.state_dict())  # the same parameters and keys as nn.Conv2d
+    assert torch.equal(module(t['x'], skip), expected)
+    assert torch.equal(module(t['x']), conv(t['x']))
+
+
+@pytest.mark.parametrize('scale,shift', [(False, False), (True, False), (False, True), (True, True)])
+def test_skip_path_forms(scale, shift):
+    t = _inputs(dtype=torch.float64)
+    s = t['skip_scale'] if scale else None
+    b = t['skip_shift'] if shift else None
+    expected = t['skip'] * (1 if s is None else s.view(1, -1, 1, 1)) + (0 if b is None else b.view(1, -1, 1, 1)) + \
+        torch.nn.functional.conv2d(t['x'], t['weight'], t['bias'])
+    y = pointwise_conv2d(t['x'], t['weight'], t['bias'], t['skip'], s, b)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(add_skip_path(y, t['skip'], s, b), expected + t['skip'] * (1 if s is None else s.view(
+        1, -1, 1, 1)) + (0 if b is None else b.view(1, -1, 1, 1)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('x_dtype,skip_dtype,with_scale,expected', [
+    (torch.float32, None, False, torch.bfloat16),  # no skip: the convolution's (autocast) dtype
+    (torch.bfloat16, torch.bfloat16, False, torch.bfloat16),
+    (torch.bfloat16, torch.bfloat16, True, torch.float32),  # float32 LayerScale parameters promote the skip path
+    (torch.bfloat16, torch.float32, False, torch.float32),
+    (torch.float64, torch.float64, True, torch.float64)])
+def test_output_dtype_rule_under_autocast(x_dtype, skip_dtype, with_scale, expected):
+    t = _inputs(dtype=x_dtype)
+    weight, bias = (t['weight'], t['bias']) if x_dtype == torch.float64 else (t['weight'].float(), t['bias'].float())
+    skip = None if skip_dtype is None else t['skip'].to(skip_dtype)
+    scale, shift = (t['skip_scale'].float(), t['skip_shift'].float()) if with_scale else (None, None)
+    if x_dtype == torch.float64 and with_scale:
+        scale, shift = scale.double(), shift.double()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = pointwise_conv2d(t['x'], weight, bias, skip, scale, shift)
+        assert y.dtype == expected == _dtypes(t['x'], skip, scale, shift)[1]
+        assert torch.equal(y, pointwise_conv2d_reference(t['x'], weight, bias, skip, scale, shift))
+
+
+@pytest.mark.parametrize('change,error,match', [
+    (dict(x=torch.zeros(3, 5, 6)), ValueError, r'x must be a 4-D tensor \(B, Cin, H, W\), got \(3, 5, 6\)'),
+    (dict(x=torch.zeros(2, 4, 5, 6, dtype=torch.int64)), TypeError, 'x must be a floating-point tensor'),
+    (dict(weight=torch.zeros(3, 4, 3, 3)), ValueError, r'weight must be a 1x1 kernel \(Cout, Cin, 1, 1\), got '
+                                                       r'\(3, 4, 3, 3\)'),
+    (dict(weight=torch.zeros(3, 4)), ValueError, r'weight must be a 1x1 kernel'),
+    (dict(weight=torch.zeros(3, 5, 1, 1)), ValueError, r'weight takes 5 input channels .* but x has 4'),
+    (dict(bias=torch.zeros(4)), ValueError, r'bias must be None or a \(Cout,\) = \(3,\) tensor, got \(4,\)'),
+    (dict(skip=torch.zeros(2, 4, 5, 6)), ValueError, r"skip must be the output's shape \(B, Cout, H, W\) = "
+                                                     r"\(2, 3, 5, 6\), got \(2, 4, 5, 6\)"),
+    (dict(skip=torch.zeros(2, 3, 5, 6, dtype=torch.int32)), TypeError, 'skip must be a floating-point tensor'),
+    (dict(skip=None), ValueError, 'skip_scale / skip_shift scale and shift the skip path; pass skip too'),
+    (dict(skip_scale=torch.zeros(3, 1, 1, 1)), ValueError, r'skip_scale must be None or a \(Cout,\) = \(3,\) '
+                                                           r'tensor, got \(3, 1, 1, 1\)'),
+    (dict(skip_shift=torch.zeros(2)), ValueError, r'skip_shift must be None or a \(Cout,\)'),
+    (dict(weight=torch.zeros(3, 4, 1, 1, dtype=torch.float16)), TypeError,
+     'weight is torch.float16 but x is torch.float32; without autocast they must match'),
+    (dict(skip=torch.zeros(2, 3, 5, 6, device='meta')), ValueError, 'skip is on meta but x is on cpu'),
+])
+@pytest.mark.parametrize('fn', [pointwise_conv2d, pointwise_conv2d_reference])
+def test_bad_inputs(fn, change, error, match):
+    kwargs = _inputs()
+    kwargs.update(change)
+    with pytest.raises(error, match=match):
+        fn(**kwargs)
+
+
+def test_forcing_triton_on_cpu_tensors_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    t = _inputs()
+    with pytest.raises(RuntimeError, match="pointwise_conv2d: 'triton' .*needs CUDA tensors.* got a cpu tensor"):
+        pointwise_conv2d(**t, impl='triton')
+    from sparx_mm.ops.triton_pointwise_conv import pointwise_conv2d_triton  # triton comes with torch
+    with pytest.raises(RuntimeError, match='pointwise_conv2d_triton needs CUDA tensors'):
+        pointwise_conv2d_triton(*t.values(), torch.float32, torch.float32)
+
+
+def test_forcing_triton_for_float64_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv('TRITON_INTERPRET', '1')  # lets CPU tensors past the device check
+    with pytest.raises(TypeError, match=r"'triton' \(from the impl argument\) .* got torch.float64; use 'reference'"):
+        pointwise_conv2d(**_inputs(dtype=torch.float64), impl='triton')
+
+
+class _TritonCalled(Exception):
+    pass
+
+
+@pytest.mark.parametrize('dtype,impl,autocast,size,expected', [
+    (torch.float32, None, False, 16, ('triton', torch.float32, torch.float32)),
+    (torch.float16, None, False, 32, ('triton', torch.float16, torch.float16)),
+    (torch.float32, None, True, 32, ('triton', torch.bfloat16, torch.float32)),  # float32 skip path
+    (torch.float32, None, False, 7, 'reference'),  # small maps: cuDNN measured faster
+    (torch.float16, None, False, 14, 'reference'),  # 196 positions with a skip path in 16 bits: the same
+    (torch.float16, 'triton', False, 7, ('triton', torch.float16, torch.float16)),  # forced: everywhere
+    (torch.float64, None, False, 32, 'reference'), (torch.float32, 'reference', False, 32, 'reference')])
+def test_dispatch_where_triton_runs(dtype, impl, autocast, size, expected, monkeypatch):
+    """With triton usable (as for CUDA tensors): the Triton kernel with the conv and output dtypes of the rule
+    where it measured faster than cuDNN (or when forced), unless the inputs are float64 or the reference is asked
+    for."""
+    from sparx_mm.ops import triton_pointwise_conv
+    monkeypatch.delenv(gpu_backends.LAYER_KERNELS_ENV, raising=False)
+    monkeypatch.setattr(gpu_backends, 'triton_usable', lambda x: True)
+    calls = []
+
+    def triton_op(*args):
+        calls.append(args)
+        raise _TritonCalled
+
+    monkeypatch.setattr(triton_pointwise_conv, 'pointwise_conv2d_triton', triton_op)
+    t = _inputs(dtype=dtype, h=size, w=size)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        if expected == 'reference':
+            assert torch.equal(pointwise_conv2d(**t, impl=impl), pointwise_conv2d_reference(**t))
+            return
+        with pytest.raises(_TritonCalled):
+            pointwise_conv2d(**t, impl=impl)
+    assert ('triton', ) + calls[0][-2:] == expected
+
+
+@pytest.mark.parametrize('positions,dtype,skip,expected', [
+    (3136, torch.float16, True, True), (196, torch.float16, False, True), (196, torch.bfloat16, True, False),
+    (49, torch.float16, False, False), (3136, torch.float32, True, True), (784, torch.float32, False, False),
+    (196, torch.float32, True, True), (49, torch.float32, True, False)])
+def test_size_policy_follows_the_measurements(positions, dtype, skip, expected):
+    from sparx_mm.ops.triton_pointwise_conv import triton_is_faster
+    assert triton_is_faster(positions, dtype, skip) is expected
+
+
+def test_triton_kernel_matches_the_reference_in_the_interpreter():
+    import triton  # noqa: F401  (a dependency of torch's Linux wheels: its absence fails this test)
+    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
+    env.pop(gpu_backends.LAYER_KERNELS_ENV, None)
+    out = subprocess.run([sys.executable, os.path.join(HERE, '_triton_pointwise_conv_cases.py')], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert float(re.search(r'WORST (\S+) of tolerance', out.stdout).group(1)) <= 1, out.stdout
+    assert 'OPCHECK ok' in out.stdout and 'COMPILE graphs 1 breaks 0 matches eager' in out.stdout, out.stdout
+    assert out.stdout.count('small tiles') == 4, out.stdout
+    assert out.stdout.count('MODEL ') == 3, out.stdout
+    assert out.stdout.count('\n') == 19, out.stdout  # 9 cases, 4 small-tile cases, opcheck, compile, 3 models, summary

@@ -1,0 +1,208 @@
+"""GPU check, micro-benchmark and tiling sweep of the fused 1x1 conv + bias + skip path (run on a CUDA GPU).
+
+    python tools/gpu_checks/check_pointwise_conv.py [--only check bench sweep] [--batch 128] [--arch t]
+        [--tiling BLOCK_CO BLOCK_P BLOCK_K WARPS STAGES]
+
+check: ``pointwise_conv2d(impl='triton')`` against the reference in float64 on the same (rounded) inputs, the
+output and the gradients of x, weight, bias, skip, skip_scale and skip_shift, on awkward shapes (channel counts
+and map sizes that are multiples of no block, H != W, a 1 x 1 map, one input channel) with every form of the
+skip path, for float32 tensors (TF32 off and on), float16 / bfloat16 tensors, and float32 tensors under float16
+/ bfloat16 autocast. Prints the largest relative errors (max |error| / max |reference|) and PASSED / FAILED
+(exit code 1 on failure).
+
+bench: median GPU milliseconds (gpu_common.timed) of the Triton op against the torch composition
+(``nn.Conv2d`` + the skip add) at SparX-T's sixteen 1x1 convolutions (batch 128): forward, and forward +
+backward; float16 under autocast (float32 parameters) and float32 (TF32, cuDNN's default); --arch t / s / b
+picks the model. in_proj / fc1 run
+without a skip path, out_proj / fc2 with one, as the blocks use them.
+
+sweep: the forward's time for each of a set of tilings at the same sizes, with the skip path where the
+blocks use one; prints the fastest per size (what ``triton_pointwise_conv.tiling`` encodes).
+"""
+import itertools
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from sparx_mm.ops import pointwise_conv2d, pointwise_conv2d_reference  # noqa: E402
+from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
+from gpu_common import check_and_bench_parser, rel_err, require_cuda, timed  # noqa: E402
+
+NAMES = ('y', 'dx', 'dweight', 'dbias', 'dskip', 'dscale', 'dshift')
+# The output and input gradients come back in the tensors' dtype (float16 2**-11, bfloat16 2**-8 rounding);
+# TF32 products carry 10-bit mantissas (the output and dx; the weight gradient is cuDNN's, TF32 too).
+TOL = {'float32': 2e-5, 'float32 tf32': 3e-3, 'float16': 2e-3, 'bfloat16': 1.6e-2, 'autocast float16': 2e-3,
+       'autocast bfloat16': 1.6e-2}
+DTYPE_MODES = {'float32': (torch.float32, None, False), 'float32 tf32': (torch.float32, None, True),
+               'float16': (torch.float16, None, False), 'bfloat16': (torch.bfloat16, None, False),
+               'autocast float16': (torch.float32, torch.float16, False),
+               'autocast bfloat16': (torch.float32, torch.bfloat16, False)}
+# (batch, Cin, Cout, H, W, bias, skip: None / 'plain' / 'scale' / 'shift' / 'both')
+CHECK_SHAPES = [(2, 96, 192, 56, 56, True, None), (2, 192, 96, 56, 56, True, 'plain'),
+                (3, 320, 1280, 14, 14, True, None), (2, 1280, 320, 14, 14, True, 'both'),
+                (4, 512, 2048, 7, 7, True, 'scale'), (3, 2048, 512, 7, 7, True, 'both'),
+                (2, 37, 70, 9, 13, False, 'shift'), (5, 1, 3, 1, 1, True, 'both'), (2, 200, 33, 150, 3, True, 'plain')]
+#: Stage widths of SparX-T / S / B.
+ARCH_DIMS = dict(t=(96, 192, 320, 512), s=(96, 192, 328, 544), b=(120, 240, 396, 636))
+
+
+def bench_sizes(arch):
+    """(Cin, Cout, map size, skip): the model's 1x1 convs at 224 x 224 (in_proj, out_proj, fc1, fc2 of each
+    stage)."""
+    return [(c_in, c_out, size, skip) for c, size in zip(ARCH_DIMS[arch], (56, 28, 14, 7))
+            for c_in, c_out, skip in ((c, 2 * c, False), (2 * c, c, True), (c, 4 * c, False), (4 * c, c, True))]
+
+
+SWEEP_TILINGS = [(co, p, k, w, s) for co, p, k, (w, s) in
+                 itertools.product((64, 128), (64, 128), (32, 64), ((4, 3), (8, 3), (4, 4)))]
+
+
+def _inputs(shape, dtype, device, g):
+    b, cin, cout, h, w, has_bias, skip = shape
+    x = torch.randn(b, cin, h, w, generator=g).to(device, dtype)
+    weight = (torch.randn(cout, cin, 1, 1, generator=g) * cin ** -0.5).to(device, dtype)
+    bias = torch.randn(cout, generator=g).to(device, dtype) if has_bias else None
+    s = torch.randn(b, cout, h, w, generator=g).to(device, dtype) if skip else None
+    scale = torch.randn(cout, generator=g).to(device, dtype) if skip in ('scale', 'both') else None
+    shift = torch.randn(cout, generator=g).to(device, dtype) if skip in ('shift', 'both') else None
+    return [x, weight, bias, s, scale, shift]
+
+
+def check_case(shape, mode, device):
+    dtype, autocast, tf32 = DTYPE_MODES[mode]
+    g = torch.Generator().manual_seed(shape[1] * 7 + shape[3])
+    inputs = _inputs(shape, dtype, device, g)
+    leaves = [None if t is None else t.requires_grad_() for t in inputs]
+    ref_leaves = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=autocast is not None):
+            y = pointwise_conv2d(*leaves, impl='triton')
+            with torch.no_grad():
+                expected_dtype = pointwise_conv2d_reference(*[None if t is None else t.detach() for t in leaves]).dtype
+        dy = torch.randn(y.shape, generator=g).to(device, y.dtype)
+        y.backward(dy)
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    y_ref = pointwise_conv2d_reference(*ref_leaves)
+    y_ref.backward(dy.double())
+    dtypes_ok = y.dtype == expected_dtype and all(t.grad.dtype == t.dtype for t in leaves if t is not None)
+    errors = {'y': rel_err(y.detach(), y_ref.detach())}
+    for name, leaf, ref in zip(NAMES[1:], leaves, ref_leaves):
+        if leaf is not None:
+            errors[name] = rel_err(leaf.grad, ref.grad)
+    return errors, dtypes_ok
+
+
+def run_checks(device):
+    ok, worst = True, {}
+    for mode in TOL:
+        for shape in CHECK_SHAPES:
+            errors, dtypes_ok = check_case(shape, mode, device)
+            if not dtypes_ok:
+                ok = False
+                print(f'FAIL {mode} {shape}: output or gradient dtype')
+            for name, err in errors.items():
+                worst[mode, name] = max(worst.get((mode, name), 0.0), err)
+                if not err <= TOL[mode]:
+                    ok = False
+                    print(f'FAIL {mode} {shape} {name}: rel err {err:.2e} (tolerance {TOL[mode]:.0e})')
+    print('largest relative errors against the float64 reference:')
+    for mode in TOL:
+        print(f'  {mode:>17}: ' + ', '.join(f'{name} {err:.1e}' for (m, name), err in worst.items() if m == mode))
+    return ok
+
+
+def _bench_tensors(batch, c_in, c_out, size, skip, dtype, device):
+    x = torch.randn(batch, c_in, size, size, device=device, dtype=dtype)
+    conv = torch.nn.Conv2d(c_in, c_out, 1).to(device)
+    s = torch.randn(batch, c_out, size, size, device=device, dtype=dtype) if skip else None
+    return x, conv, s
+
+
+def bench(device, batch, arch):
+    print(f'# {torch.cuda.get_device_name()}, batch {batch}; ms (GPU time of eager steps)')
+    print(f'{"Cin":>5} {"Cout":>5} {"HxW":>5} {"skip":>4} {"dtype":>5} {"triton fwd":>10} {"torch fwd":>9} '
+          f'{"speedup":>7} {"triton f+b":>10} {"torch f+b":>9} {"speedup":>7}')
+    for c_in, c_out, size, skip in bench_sizes(arch):
+        for mode, dtype, autocast in (('fp16', torch.float16, True), ('fp32', torch.float32, False)):
+            x, conv, s = _bench_tensors(batch, c_in, c_out, size, skip, dtype, device)
+            x.requires_grad_()
+            dy = torch.randn(batch, c_out, size, size, device=device, dtype=dtype)
+            row = []
+            for grad in (False, True):
+                for fused in (True, False):
+                    def step():
+                        with torch.autocast('cuda', dtype=torch.float16, enabled=autocast), \
+                                torch.set_grad_enabled(grad):
+                            if fused:
+                                y = pointwise_conv2d(x, conv.weight, conv.bias, s, impl='triton')
+                            else:
+                                y = conv(x) if s is None else s + conv(x)
+                        if grad:
+                            y.backward(dy)
+                    row.append(timed(step)[0])
+            print(f'{c_in:>5} {c_out:>5} {size:>2}x{size:<2} {"yes" if skip else "no":>4} {mode:>5} {row[0]:>10.3f} '
+                  f'{row[1]:>9.3f} {row[1] / row[0]:>6.2f}x {row[2]:>10.3f} {row[3]:>9.3f} {row[3] / row[2]:>6.2f}x',
+                  flush=True)
+
+
+def sweep(device, batch, arch):
+    print(f'# {torch.cuda.get_device_name()}, batch {batch}; forward ms, fastest of {len(SWEEP_TILINGS)} tilings '
+          '(BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages), and the default tiling')
+    with torch.no_grad():
+        for dtype in (torch.float16, torch.float32):
+            for c_in, c_out, size, skip in bench_sizes(arch):
+                x, conv, s = _bench_tensors(batch, c_in, c_out, size, skip, dtype, device)
+                weight, bias = conv.weight.to(dtype), conv.bias.to(dtype)
+                expected = F.conv2d(x, weight, bias) + (0 if s is None else s)
+                results = []
+                for tiling in SWEEP_TILINGS + [None]:
+                    tpc.TILING_OVERRIDE = tiling
+                    try:
+                        y = pointwise_conv2d(x, weight, bias, s, impl='triton')
+                        if rel_err(y, expected) > 1e-2:
+                            print(f'WRONG {tiling}: rel err {rel_err(y, expected):.1e}')
+                            continue
+                        results.append((timed(lambda: pointwise_conv2d(x, weight, bias, s, impl='triton'))[0],
+                                        tiling))
+                    except Exception as exc:  # out of shared memory / registers for this size
+                        print(f'skip {tiling}: {type(exc).__name__}')
+                    finally:
+                        tpc.TILING_OVERRIDE = None
+                best = min(r for r in results if r[1] is not None)
+                default = [r[0] for r in results if r[1] is None]
+                cudnn = timed(lambda: F.conv2d(x, weight, bias) + (0 if s is None else s))[0]
+                skip_text = 'yes' if skip else 'no'
+                print(f'{str(dtype)[6:]:>7} {c_in:>5}->{c_out:<5} {size:>2}x{size:<2} skip {skip_text:>3}: '
+                      f'best {best[0]:.3f} {best[1]}, default {default[0] if default else float("nan"):.3f}, '
+                      f'cuDNN + adds {cudnn:.3f}', flush=True)
+
+
+def main():
+    parser = check_and_bench_parser(__doc__, extra_parts=('sweep', ))
+    parser.add_argument('--tiling', type=int, nargs=5, default=None,
+                        metavar=('BLOCK_CO', 'BLOCK_P', 'BLOCK_K', 'WARPS', 'STAGES'),
+                        help='one tiling for every size instead of triton_pointwise_conv.tiling')
+    parser.add_argument('--arch', default='t', choices=sorted(ARCH_DIMS), help='whose 1x1 convs to time (default t)')
+    args = parser.parse_args()
+    require_cuda('check_pointwise_conv.py')
+    device = torch.device('cuda')
+    if args.tiling:
+        tpc.TILING_OVERRIDE = tuple(args.tiling)
+    ok = True
+    if 'check' in args.only:
+        ok = run_checks(device)
+        print('PASSED' if ok else 'FAILED')
+    if 'bench' in args.only:
+        bench(device, args.batch, args.arch)
+    if 'sweep' in args.only:
+        sweep(device, args.batch, args.arch)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == '__main__':
+    main()
