@@ -80,8 +80,9 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN, CO
 def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
     """(BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) for a (Cout, Cin) x (Cin, positions) product.
 
-    From a sweep on an H100 (batch 128, SparX-T's sixteen 1x1 convolutions, float16 and float32; the fastest
-    of 24 tilings each, ``.device-kit``-style script in tools/gpu_checks/check_pointwise_conv.py --sweep).
+    From a sweep on an H100 (batch 128, SparX-T's sixteen 1x1 convolutions without their skip paths, float16
+    and float32; the fastest of 24 tilings each; ``tools/gpu_checks/check_pointwise_conv.py --only sweep`` repeats
+    it with the skip paths, for any of T / S / B).
     """
     if TILING_OVERRIDE is not None:
         return TILING_OVERRIDE

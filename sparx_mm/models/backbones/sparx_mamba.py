@@ -78,10 +78,10 @@ class SparXMamba(BaseModule):
 
     Args:
         arch: 't', 's', 'b' or a dict with 'depths' and 'dims' (one entry per stage) and optionally any
-            of these keys (defaults: the official values): 'stem' ('v1' two convs / 'v2' three), 'ganglion_strides' (S per
-            stage), 'ganglion_starts' (lowest ganglion-layer index, None = none), 'ganglion_windows' (M,
-            None = unlimited), 'ganglion_rules' ('sparx', or 'dense' for the paper's DGC ablation),
-            'cross_stage', 'sr_ratios' (DMCA spatial reduction), 'layer_scale_init' (None = no
+            of these keys (defaults: the official values): 'stem' ('v1' two convs / 'v2' three),
+            'ganglion_strides' (S per stage), 'ganglion_starts' (lowest ganglion-layer index, None = none),
+            'ganglion_windows' (M, None = unlimited), 'ganglion_rules' ('sparx', or 'dense' for the paper's
+            DGC ablation), 'cross_stage', 'sr_ratios' (DMCA spatial reduction), 'layer_scale_init' (None = no
             LayerScale), 'd_state', 'ssm_ratio', 'd_conv', 'mlp_ratio', and the ablation switches
             'token_mixer' ('ss2d', 'bissm' or 'ssm'), 'dpe' (bool) and 'aggregator' ('dmca', 'concat',
             'no_cgca' or 'no_skip'). docs/variants.md lists the paper's variants as configs.
