@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import gpu_backends
+from .conv_inputs import check_conv_tensors, conv_dtype, shape_text
 
 __all__ = ['depthwise_conv2d_act', 'depthwise_conv2d_act_reference']
 
@@ -40,54 +41,39 @@ MAX_KERNEL_SIZE = 9
 _ACTIVATION_FNS = {None: lambda t: t, 'gelu': F.gelu, 'silu': F.silu}
 
 
-def _shape(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
 def _check_inputs(x, weight, bias, residual, activation):
     name = 'depthwise_conv2d_act'
     if not isinstance(x, Tensor) or x.dim() != 4:
-        raise ValueError(f'{name}: x must be a 4-D tensor (B, C, H, W), got {_shape(x)}')
+        raise ValueError(f'{name}: x must be a 4-D tensor (B, C, H, W), got {shape_text(x)}')
     if not x.is_floating_point():
         raise TypeError(f'{name}: x must be a floating-point tensor, got {x.dtype}')
     channels = x.shape[1]
     if not isinstance(weight, Tensor) or weight.dim() != 4 or weight.shape[1] != 1 or \
             weight.shape[2] != weight.shape[3]:
         raise ValueError(f'{name}: weight must be a depthwise kernel (C, 1, k, k) = ({channels}, 1, k, k), '
-                         f'got {_shape(weight)}')
+                         f'got {shape_text(weight)}')
     if weight.shape[0] != channels:
-        raise ValueError(f'{name}: weight has {weight.shape[0]} channels (shape {_shape(weight)}) but x has '
-                         f'{channels} (shape {_shape(x)}); a depthwise kernel is (C, 1, k, k)')
+        raise ValueError(f'{name}: weight has {weight.shape[0]} channels (shape {shape_text(weight)}) but x has '
+                         f'{channels} (shape {shape_text(x)}); a depthwise kernel is (C, 1, k, k)')
     k = weight.shape[-1]
     if k % 2 == 0 or k > MAX_KERNEL_SIZE:
         raise ValueError(f'{name}: kernel size k must be odd (padding k // 2 keeps the map size) and at most '
-                         f'{MAX_KERNEL_SIZE}, got k={k} (weight {_shape(weight)})')
+                         f'{MAX_KERNEL_SIZE}, got k={k} (weight {shape_text(weight)})')
     if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (channels, )):
-        raise ValueError(f'{name}: bias must be None or a ({channels},) tensor, got {_shape(bias)}')
+        raise ValueError(f'{name}: bias must be None or a ({channels},) tensor, got {shape_text(bias)}')
     if not isinstance(residual, bool):
         raise TypeError(f'{name}: residual must be a bool (whether x itself is added before the activation), '
                         f'got {type(residual).__name__}')
     if activation not in ACTIVATIONS:
         raise ValueError(f'{name}: unknown activation {activation!r}; choose one of {ACTIVATIONS}')
-    for pname, p in (('weight', weight), ('bias', bias)):
-        if p is None:
-            continue
-        if p.device != x.device:
-            raise ValueError(f'{name}: {pname} is on {p.device} but x is on {x.device}')
-        # F.conv2d's rule, which the reference follows: without autocast the parameters must have x's dtype.
-        if p.dtype != x.dtype and not _autocast_on(x):
-            raise TypeError(f'{name}: {pname} is {p.dtype} but x is {x.dtype}; without autocast they must '
-                            'match (as for F.conv2d)')
-
-
-def _autocast_on(x: Tensor) -> bool:
-    return torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64
+    params = (('weight', weight), ('bias', bias))
+    check_conv_tensors(name, x, params, params)
 
 
 def _output_dtype(x: Tensor, residual: bool) -> torch.dtype:
     """The output dtype rule of the module doc."""
-    conv_dtype = torch.get_autocast_dtype(x.device.type) if _autocast_on(x) else x.dtype
-    return torch.promote_types(x.dtype, conv_dtype) if residual else conv_dtype
+    dtype = conv_dtype(x)
+    return torch.promote_types(x.dtype, dtype) if residual else dtype
 
 
 def _reference(x, weight, bias, residual, activation):

@@ -56,16 +56,18 @@ LAYER_KERNELS_ENV = 'SPARX_LAYER_KERNELS'
 LAYER_KERNEL_IMPLS = ('triton', 'reference')
 
 
-def layer_kernel_impl(x, impl=None, op: str = 'layer kernels') -> str:
+def layer_kernel_impl(x, impl=None, op: str = 'layer kernels', triton_preferred: bool = True) -> str:
     """'triton' or 'reference' for the layer kernel ``op`` on ``x``: ``impl`` if given, else
-    ``SPARX_LAYER_KERNELS``, else automatic (see LAYER_KERNELS_ENV).
+    ``SPARX_LAYER_KERNELS``, else automatic (see LAYER_KERNELS_ENV; ``triton_preferred=False``: the operator's
+    kernel measured slower than the torch composition for these inputs, and the automatic choice is the
+    reference).
 
     Forcing 'triton' where it cannot run (CPU tensors, no triton, a dtype outside TRITON_DTYPES) is an error
     that says so and where the choice came from.
     """
     impl, source = requested_choice(impl, LAYER_KERNELS_ENV, 'impl')
     if impl is None:
-        return 'triton' if triton_usable(x) and x.dtype in TRITON_DTYPES else 'reference'
+        return 'triton' if triton_preferred and triton_usable(x) and x.dtype in TRITON_DTYPES else 'reference'
     if impl not in LAYER_KERNEL_IMPLS:
         raise ValueError(f'{op}: unknown layer-kernel implementation {impl!r} (from the {source}); '
                          f'choose one of {LAYER_KERNEL_IMPLS}')

@@ -13,7 +13,7 @@ layout conversions of the NCHW maps, then adds the bias in a separate pass that 
 in a third: at SparX-T's stage-1 sizes the bias add alone takes three times the GEMM. The Triton kernel reads
 the NCHW map directly as the GEMM's operand, one sample a program column, and adds the bias and the skip path
 to the float32 accumulator before the one store. Where cuDNN measured faster (small maps; 16-bit convolutions with a
-skip path on 14 x 14 maps) the automatic choice keeps it (``triton_pointwise_conv.triton_is_faster``).
+skip path on 14 x 14 maps) the automatic choice keeps it (:func:`triton_is_faster`).
 
 Output dtype (both implementations): the convolution runs in ``conv_dtype`` = the autocast dtype when autocast
 is enabled for x's device type and x is not float64, else x's dtype; without a skip the output has
@@ -33,35 +33,27 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import gpu_backends
-from .selective_scan import requested_choice
+from .conv_inputs import check_conv_tensors, conv_dtype, shape_text
 
 __all__ = ['add_skip_path', 'pointwise_conv2d', 'pointwise_conv2d_reference']
 
 _NAME = 'pointwise_conv2d'
 
 
-def _shape(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
-def _autocast_on(x: Tensor) -> bool:
-    return torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64
-
-
 def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift):
     if not isinstance(x, Tensor) or x.dim() != 4:
-        raise ValueError(f'{_NAME}: x must be a 4-D tensor (B, Cin, H, W), got {_shape(x)}')
+        raise ValueError(f'{_NAME}: x must be a 4-D tensor (B, Cin, H, W), got {shape_text(x)}')
     if not x.is_floating_point():
         raise TypeError(f'{_NAME}: x must be a floating-point tensor, got {x.dtype}')
     if not isinstance(weight, Tensor) or weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1):
-        raise ValueError(f'{_NAME}: weight must be a 1x1 kernel (Cout, Cin, 1, 1), got {_shape(weight)}')
+        raise ValueError(f'{_NAME}: weight must be a 1x1 kernel (Cout, Cin, 1, 1), got {shape_text(weight)}')
     if weight.shape[1] != x.shape[1]:
-        raise ValueError(f'{_NAME}: weight takes {weight.shape[1]} input channels (shape {_shape(weight)}) but x '
-                         f'has {x.shape[1]} (shape {_shape(x)})')
+        raise ValueError(f'{_NAME}: weight takes {weight.shape[1]} input channels (shape {shape_text(weight)}) but x '
+                         f'has {x.shape[1]} (shape {shape_text(x)})')
     cout = weight.shape[0]
     for name, t in (('bias', bias), ('skip_scale', skip_scale), ('skip_shift', skip_shift)):
         if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != (cout, )):
-            raise ValueError(f'{_NAME}: {name} must be None or a (Cout,) = ({cout},) tensor, got {_shape(t)}')
+            raise ValueError(f'{_NAME}: {name} must be None or a (Cout,) = ({cout},) tensor, got {shape_text(t)}')
     if skip is None:
         if skip_scale is not None or skip_shift is not None:
             raise ValueError(f'{_NAME}: skip_scale / skip_shift scale and shift the skip path; pass skip too')
@@ -69,29 +61,12 @@ def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift):
         expected = (x.shape[0], cout) + tuple(x.shape[2:])
         if not isinstance(skip, Tensor) or tuple(skip.shape) != expected:
             raise ValueError(f'{_NAME}: skip must be the output\'s shape (B, Cout, H, W) = {expected}, got '
-                             f'{_shape(skip)}')
+                             f'{shape_text(skip)}')
         if not skip.is_floating_point():
             raise TypeError(f'{_NAME}: skip must be a floating-point tensor, got {skip.dtype}')
-    for name, t in (('weight', weight), ('bias', bias), ('skip', skip), ('skip_scale', skip_scale),
-                    ('skip_shift', skip_shift)):
-        if t is not None and t.device != x.device:
-            raise ValueError(f'{_NAME}: {name} is on {t.device} but x is on {x.device}')
-    # F.conv2d's rule, which the reference follows: without autocast the parameters must have x's dtype.
-    for name, t in (('weight', weight), ('bias', bias)):
-        if t is not None and t.dtype != x.dtype and not _autocast_on(x):
-            raise TypeError(f'{_NAME}: {name} is {t.dtype} but x is {x.dtype}; without autocast they must match '
-                            '(as for F.conv2d)')
-
-
-def _skip_path(skip, skip_scale, skip_shift):
-    """``skip * scale + shift`` as LayerScale computes it (one addcmul), or the parts that are given."""
-    if skip_scale is not None and skip_shift is not None:
-        return torch.addcmul(skip_shift.view(1, -1, 1, 1), skip, skip_scale.view(1, -1, 1, 1))
-    if skip_scale is not None:
-        return skip * skip_scale.view(1, -1, 1, 1)
-    if skip_shift is not None:
-        return skip + skip_shift.view(1, -1, 1, 1)
-    return skip
+    params = (('weight', weight), ('bias', bias))
+    check_conv_tensors(_NAME, x, params + (('skip', skip), ('skip_scale', skip_scale), ('skip_shift', skip_shift)),
+                       params)
 
 
 def add_skip_path(y: Tensor, skip: Tensor, skip_scale: Optional[Tensor] = None,
@@ -100,7 +75,13 @@ def add_skip_path(y: Tensor, skip: Tensor, skip_scale: Optional[Tensor] = None,
 
     Shapes: y and skip (B, C, H, W), skip_scale / skip_shift (C,) or None -> (B, C, H, W).
     """
-    return _skip_path(skip, skip_scale, skip_shift) + y
+    if skip_scale is not None and skip_shift is not None:  # as LayerScale computes it: one addcmul
+        skip = torch.addcmul(skip_shift.view(1, -1, 1, 1), skip, skip_scale.view(1, -1, 1, 1))
+    elif skip_scale is not None:
+        skip = skip * skip_scale.view(1, -1, 1, 1)
+    elif skip_shift is not None:
+        skip = skip + skip_shift.view(1, -1, 1, 1)
+    return skip + y
 
 
 def _reference(x, weight, bias, skip, skip_scale, skip_shift):
@@ -122,14 +103,30 @@ def pointwise_conv2d_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor]
 
 def _dtypes(x, skip, skip_scale, skip_shift):
     """(conv dtype, output dtype) of the module doc's rule."""
-    conv_dtype = torch.get_autocast_dtype(x.device.type) if _autocast_on(x) else x.dtype
+    dtype = conv_dtype(x)
     if skip is None:
-        return conv_dtype, conv_dtype
+        return dtype, dtype
     skip_dtype = skip.dtype
     for t in (skip_scale, skip_shift):
         if t is not None:
             skip_dtype = torch.promote_types(skip_dtype, t.dtype)
-    return conv_dtype, torch.promote_types(skip_dtype, conv_dtype)
+    return dtype, torch.promote_types(skip_dtype, dtype)
+
+
+def triton_is_faster(positions: int, conv_dtype: torch.dtype, has_skip: bool) -> bool:
+    """Whether the Triton kernel beats cuDNN's convolution with its separate bias and skip adds at this map size:
+    the automatic choice of :func:`pointwise_conv2d` (forcing 'triton' runs the kernel everywhere).
+
+    Measured on an H100 (batch 128, the 1x1 convs of SparX-T, S and B at 224 x 224, forward,
+    ``tools/gpu_checks/check_pointwise_conv.py --only bench --arch t|s|b``): float16 1.45-3.7x at 3136 and 784
+    positions; at 196 1.2-1.6x without a skip path but 0.46-0.6x with one; 0.6-1.2x at 49. float32 (TF32):
+    0.9-1.4x at 3136, 0.64-1.06x at 784, 0.95-1.6x at 196, 0.13-1.14x at 49.
+    """
+    if positions < 128:
+        return False
+    if conv_dtype == torch.float32:
+        return positions < 512 or positions >= 2048
+    return positions >= 512 or not has_skip
 
 
 def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: Optional[Tensor] = None,
@@ -140,7 +137,7 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     ``impl`` (else the ``SPARX_LAYER_KERNELS`` variable, else automatic): 'triton' runs the fused Triton kernel
     (CUDA tensors; float32 / float16 / bfloat16 inputs), 'reference' the torch composition. Automatic: Triton for
     CUDA tensors when triton is installed and the map is of a size where the kernel measured faster than cuDNN
-    (:func:`~sparx_mm.ops.triton_pointwise_conv.triton_is_faster`), else the reference; float64 inputs take the
+    (:func:`triton_is_faster`), else the reference; float64 inputs take the
     reference. The backward pass is cuDNN's (the convolution's input and weight gradients) plus the skip path's
     sums.
 
@@ -149,11 +146,9 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     the inputs' dtypes.
     """
     _check_inputs(x, weight, bias, skip, skip_scale, skip_shift)
-    if gpu_backends.layer_kernel_impl(x, impl, _NAME) == 'reference' or x.numel() == 0:
+    dtype, out_dtype = _dtypes(x, skip, skip_scale, skip_shift)
+    faster = triton_is_faster(x.shape[2] * x.shape[3], dtype, skip is not None)
+    if gpu_backends.layer_kernel_impl(x, impl, _NAME, faster) == 'reference' or x.numel() == 0:
         return _reference(x, weight, bias, skip, skip_scale, skip_shift)
-    from .triton_pointwise_conv import pointwise_conv2d_triton, triton_is_faster
-    conv_dtype, out_dtype = _dtypes(x, skip, skip_scale, skip_shift)
-    forced = requested_choice(impl, gpu_backends.LAYER_KERNELS_ENV, 'impl')[0] is not None
-    if not forced and not triton_is_faster(x.shape[2] * x.shape[3], conv_dtype, skip is not None):
-        return _reference(x, weight, bias, skip, skip_scale, skip_shift)
-    return pointwise_conv2d_triton(x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, out_dtype)
+    from .triton_pointwise_conv import pointwise_conv2d_triton
+    return pointwise_conv2d_triton(x, weight, bias, skip, skip_scale, skip_shift, dtype, out_dtype)

@@ -95,22 +95,6 @@ def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype) -> Tupl
     return (128, 128, 64, 4, 3) if positions >= 128 else (128, 64, 64, 8, 3)
 
 
-def triton_is_faster(positions: int, conv_dtype: torch.dtype, has_skip: bool) -> bool:
-    """Whether the kernel beats cuDNN's convolution with its separate bias and skip adds at this map size: the
-    automatic choice of :func:`sparx_mm.ops.pointwise_conv2d` (forcing 'triton' runs the kernel everywhere).
-
-    Measured on an H100 (batch 128, the 1x1 convs of SparX-T, S and B at 224 x 224, forward,
-    ``tools/gpu_checks/check_pointwise_conv.py --only bench --arch t|s|b``): float16 1.45-3.7x at 3136 and 784
-    positions; at 196 1.2-1.6x without a skip path but 0.46-0.6x with one; 0.6-1.2x at 49. float32 (TF32):
-    0.9-1.4x at 3136, 0.64-1.06x at 784, 0.95-1.6x at 196, 0.13-1.14x at 49.
-    """
-    if positions < 128:
-        return False
-    if conv_dtype == torch.float32:
-        return positions < 512 or positions >= 2048
-    return positions >= 512 or not has_skip
-
-
 def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
     b, cin, h, w = x.shape
     cout = weight.shape[0]
@@ -153,7 +137,7 @@ def _setup_context(ctx, inputs, output):
     # skip is needed only for skip_scale's gradient; it is the block's residual stream, kept anyway.
     ctx.save_for_backward(x, weight, skip if skip_scale is not None else None, skip_scale)
     ctx.conv_dtype = conv_dtype
-    ctx.has_bias, ctx.has_skip, ctx.has_shift = bias is not None, skip is not None, skip_shift is not None
+    # needs_input_grad is False for absent (None) inputs: only the dtypes of the present ones are kept.
     ctx.dtypes = tuple(None if t is None else t.dtype for t in (bias, skip, skip_shift))
 
 
@@ -166,16 +150,16 @@ def _backward(ctx, dy):
         # What autograd runs for the composition: cuDNN's convolution backward in the convolution dtype.
         conv_dtype = ctx.conv_dtype
         dx, dweight, dbias = torch.ops.aten.convolution_backward(
-            dy.to(conv_dtype), x.to(conv_dtype), weight.to(conv_dtype), [weight.shape[0]] if ctx.has_bias else None,
-            [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [needs[0], needs[1], ctx.has_bias and needs[2]])
+            dy.to(conv_dtype), x.to(conv_dtype), weight.to(conv_dtype), [weight.shape[0]] if needs[2] else None,
+            [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [needs[0], needs[1], needs[2]])
         dx = None if dx is None else dx.to(x.dtype)
         dweight = None if dweight is None else dweight.to(weight.dtype)
         dbias = None if dbias is None else dbias.to(bias_dtype)
-    if ctx.has_skip and needs[3]:
+    if needs[3]:
         dskip = (dy if skip_scale is None else dy * skip_scale.view(1, -1, 1, 1)).to(skip_dtype)
-    if skip_scale is not None and needs[4]:
+    if needs[4]:
         dscale = (dy * skip).sum((0, 2, 3)).to(skip_scale.dtype)
-    if ctx.has_shift and needs[5]:
+    if needs[5]:
         dshift = dy.sum((0, 2, 3)).to(shift_dtype)
     return dx, dweight, dbias, dskip, dscale, dshift, None, None, None
 

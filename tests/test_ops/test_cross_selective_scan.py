@@ -1,9 +1,6 @@
 """cross_selective_scan: the reference against VMamba's explicit composition, the route helpers, the CPU
 dispatch and errors, and the fused Triton kernels under Triton's CPU interpreter."""
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,7 +8,7 @@ import torch
 from sparx_mm.ops import (cross_merge, cross_scan, cross_selective_scan, cross_selective_scan_reference,
                           route_sequence, route_to_positions, selective_scan_reference)
 
-HERE = os.path.dirname(__file__)
+from .helpers import run_in_triton_interpreter
 
 
 def _inputs(b=2, d=6, h=3, w=5, routes=4, n=1, r=2, dtype=torch.float64, seed=0):
@@ -120,18 +117,14 @@ def test_bad_inputs(change, match):
 
 
 def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
-    import triton  # noqa: F401  (a dependency of torch's Linux wheels: its absence fails this test)
-    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
-    out = subprocess.run([sys.executable, os.path.join(HERE, '_triton_interpreter_cases.py')], env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout + out.stderr
-    worst = float(re.search(r'WORST (\S+)', out.stdout).group(1))
-    assert worst < 1e-5, out.stdout
-    assert 'OPCHECK ok' in out.stdout, out.stdout
-    assert 'selective_scan_triton' in out.stdout, out.stdout
-    assert out.stdout.count('inference') == 2, out.stdout
+    stdout = run_in_triton_interpreter('_triton_interpreter_cases.py', 900)
+    worst = float(re.search(r'WORST (\S+)', stdout).group(1))
+    assert worst < 1e-5, stdout
+    assert 'OPCHECK ok' in stdout, stdout
+    assert 'selective_scan_triton' in stdout, stdout
+    assert stdout.count('inference') == 2, stdout
     # five training cases, two inference ones, the plain scan, the custom-op check, the summary
-    assert out.stdout.count('\n') == 10, out.stdout
+    assert stdout.count('\n') == 10, stdout
 
 
 class _FusedCalled(Exception):

@@ -1,9 +1,6 @@
 """depthwise_conv2d_act: the reference against nn.Conv2d + add + activation modules, the output-dtype rule
 under autocast, input errors, the dispatch, and the Triton kernels under Triton's CPU interpreter."""
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +9,7 @@ from torch import nn
 from sparx_mm.ops import depthwise_conv2d_act, depthwise_conv2d_act_reference, gpu_backends
 from sparx_mm.ops.depthwise_conv import _output_dtype
 
-HERE = os.path.dirname(__file__)
+from .helpers import TritonCalled, intercept_triton, run_in_triton_interpreter
 
 
 def _inputs(b=2, c=3, h=5, w=6, k=3, dtype=torch.float32, seed=0):
@@ -107,10 +104,6 @@ def test_forcing_triton_for_float64_is_a_clear_error(monkeypatch):
         depthwise_conv2d_act(x, weight, bias, impl='triton')
 
 
-class _TritonCalled(Exception):
-    pass
-
-
 @pytest.mark.parametrize('dtype,impl,expected', [
     (torch.float32, None, 'triton'), (torch.float16, None, 'triton'), (torch.bfloat16, None, 'triton'),
     (torch.float64, None, 'reference'), (torch.float32, 'reference', 'reference')])
@@ -118,18 +111,10 @@ def test_dispatch_where_triton_runs(dtype, impl, expected, monkeypatch):
     """With triton usable (as for CUDA tensors): the Triton kernels, with the output dtype of the rule, unless
     the inputs are float64 or the reference is asked for."""
     from sparx_mm.ops import triton_depthwise_conv
-    monkeypatch.delenv(gpu_backends.LAYER_KERNELS_ENV, raising=False)
-    monkeypatch.setattr(gpu_backends, 'triton_usable', lambda x: True)
-    calls = []
-
-    def triton_op(*args):
-        calls.append(args)
-        raise _TritonCalled
-
-    monkeypatch.setattr(triton_depthwise_conv, 'depthwise_conv2d_act_triton', triton_op)
+    calls = intercept_triton(monkeypatch, triton_depthwise_conv, 'depthwise_conv2d_act_triton')
     x, weight, bias = _inputs(dtype=dtype)
     if expected == 'triton':
-        with pytest.raises(_TritonCalled):
+        with pytest.raises(TritonCalled):
             depthwise_conv2d_act(x, weight, bias, True, 'gelu', impl=impl)
         assert calls[0][3:] == (True, 'gelu', dtype)
     else:
@@ -138,13 +123,8 @@ def test_dispatch_where_triton_runs(dtype, impl, expected, monkeypatch):
 
 
 def test_triton_kernels_match_the_reference_in_the_interpreter():
-    import triton  # noqa: F401  (a dependency of torch's Linux wheels: its absence fails this test)
-    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
-    env.pop(gpu_backends.LAYER_KERNELS_ENV, None)
-    out = subprocess.run([sys.executable, os.path.join(HERE, '_triton_depthwise_conv_cases.py')], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert float(re.search(r'WORST (\S+) of tolerance', out.stdout).group(1)) <= 1, out.stdout
-    assert 'OPCHECK ok' in out.stdout and 'COMPILE graphs 1 breaks 0 matches eager' in out.stdout, out.stdout
-    assert out.stdout.count('small tiles') == 2, out.stdout
-    assert out.stdout.count('\n') == 18, out.stdout  # 13 cases, 2 small-tile cases, opcheck, compile, summary
+    stdout = run_in_triton_interpreter('_triton_depthwise_conv_cases.py', 600)
+    assert float(re.search(r'WORST (\S+) of tolerance', stdout).group(1)) <= 1, stdout
+    assert 'OPCHECK ok' in stdout and 'COMPILE graphs 1 breaks 0 matches eager' in stdout, stdout
+    assert stdout.count('small tiles') == 2, stdout
+    assert stdout.count('\n') == 18, stdout  # 13 cases, 2 small-tile cases, opcheck, compile, summary

@@ -1,10 +1,7 @@
 """group_norm_one_group / OneGroupNorm: the reference against nn.GroupNorm(1, C), the output-dtype rule under
 autocast, checkpoint compatibility, dispatch and errors, and the Triton kernels under Triton's CPU
 interpreter."""
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +9,8 @@ from torch import nn
 
 from sparx_mm.ops import OneGroupNorm, gpu_backends, group_norm_one_group, group_norm_one_group_reference
 
-HERE = os.path.dirname(__file__)
+from .helpers import TritonCalled, intercept_triton, run_in_triton_interpreter
+
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 SHAPES = [(2, 5, 7, 9), (1, 3, 1, 1), (3, 8, 33), (2, 16)]
@@ -128,10 +126,6 @@ def test_forcing_triton_on_cpu_tensors_is_a_clear_error(monkeypatch):
         group_norm_one_group_triton(x, None, None, 1e-5, torch.float32)
 
 
-class _TritonCalled(Exception):
-    pass
-
-
 @pytest.mark.parametrize('dtype,shape,impl,expected', [
     (torch.float32, (2, 3, 4), None, 'triton'), (torch.bfloat16, (2, 3), None, 'triton'),
     (torch.float64, (2, 3, 4), None, 'reference'), (torch.float32, (0, 3, 4), None, 'reference'),
@@ -140,16 +134,10 @@ def test_dispatch_where_triton_runs(dtype, shape, impl, expected, monkeypatch):
     """With triton usable (as on CUDA): the kernels unless x is float64 (reference when the choice is automatic,
     an error when 'triton' is forced) or empty (nothing to launch)."""
     from sparx_mm.ops import triton_group_norm
-    monkeypatch.delenv(gpu_backends.LAYER_KERNELS_ENV, raising=False)
-    monkeypatch.setattr(gpu_backends, 'triton_usable', lambda x: True)
-
-    def triton_op(*args):
-        raise _TritonCalled
-
-    monkeypatch.setattr(triton_group_norm, 'group_norm_one_group_triton', triton_op)
+    intercept_triton(monkeypatch, triton_group_norm, 'group_norm_one_group_triton')
     x = torch.randn(shape, dtype=dtype)
     if expected == 'triton':
-        with pytest.raises(_TritonCalled):
+        with pytest.raises(TritonCalled):
             group_norm_one_group(x, impl=impl)
     elif expected is TypeError:
         with pytest.raises(TypeError, match=r"'triton' \(from the impl argument\) .* got torch.float64"):
@@ -160,11 +148,7 @@ def test_dispatch_where_triton_runs(dtype, shape, impl, expected, monkeypatch):
 
 
 def test_triton_kernels_match_the_reference_in_the_interpreter():
-    import triton  # noqa: F401  (a dependency of torch's Linux wheels: its absence fails this test)
-    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
-    out = subprocess.run([sys.executable, os.path.join(HERE, '_triton_group_norm_cases.py')], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert float(re.search(r'WORST (\S+)', out.stdout).group(1)) < 2e-5, out.stdout
-    assert 'OPCHECK ok' in out.stdout and 'autocast bfloat16 output' in out.stdout, out.stdout
-    assert out.stdout.count('\n') == 15, out.stdout  # eleven cases, autocast, large mean, custom op, summary
+    stdout = run_in_triton_interpreter('_triton_group_norm_cases.py', 600)
+    assert float(re.search(r'WORST (\S+)', stdout).group(1)) < 2e-5, stdout
+    assert 'OPCHECK ok' in stdout and 'autocast bfloat16 output' in stdout, stdout
+    assert stdout.count('\n') == 15, stdout  # eleven cases, autocast, large mean, custom op, summary

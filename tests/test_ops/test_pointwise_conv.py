@@ -1,20 +1,17 @@
 """pointwise_conv2d: the reference against nn.Conv2d + LayerScale + add modules, the output-dtype rule under
 autocast, input errors, the dispatch, and the Triton kernel under Triton's CPU interpreter (with a small
 SparX-Mamba whose blocks fold their residuals into it)."""
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
 from sparx_mm.models.layers import LayerScale, PointwiseConv, SkipPath
-from sparx_mm.ops import add_skip_path, gpu_backends, pointwise_conv2d, pointwise_conv2d_reference
+from sparx_mm.ops import add_skip_path, pointwise_conv2d, pointwise_conv2d_reference
 from sparx_mm.ops.pointwise_conv import _dtypes
 
-HERE = os.path.dirname(__file__)
+from .helpers import TritonCalled, intercept_triton, run_in_triton_interpreter
 
 
 def _inputs(b=2, cin=4, cout=3, h=5, w=6, dtype=torch.float32, seed=0):
@@ -125,10 +122,6 @@ def test_forcing_triton_for_float64_is_a_clear_error(monkeypatch):
         pointwise_conv2d(**_inputs(dtype=torch.float64), impl='triton')
 
 
-class _TritonCalled(Exception):
-    pass
-
-
 @pytest.mark.parametrize('dtype,impl,autocast,size,expected', [
     (torch.float32, None, False, 16, ('triton', torch.float32, torch.float32)),
     (torch.float16, None, False, 32, ('triton', torch.float16, torch.float16)),
@@ -142,21 +135,13 @@ def test_dispatch_where_triton_runs(dtype, impl, autocast, size, expected, monke
     where it measured faster than cuDNN (or when forced), unless the inputs are float64 or the reference is asked
     for."""
     from sparx_mm.ops import triton_pointwise_conv
-    monkeypatch.delenv(gpu_backends.LAYER_KERNELS_ENV, raising=False)
-    monkeypatch.setattr(gpu_backends, 'triton_usable', lambda x: True)
-    calls = []
-
-    def triton_op(*args):
-        calls.append(args)
-        raise _TritonCalled
-
-    monkeypatch.setattr(triton_pointwise_conv, 'pointwise_conv2d_triton', triton_op)
+    calls = intercept_triton(monkeypatch, triton_pointwise_conv, 'pointwise_conv2d_triton')
     t = _inputs(dtype=dtype, h=size, w=size)
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
         if expected == 'reference':
             assert torch.equal(pointwise_conv2d(**t, impl=impl), pointwise_conv2d_reference(**t))
             return
-        with pytest.raises(_TritonCalled):
+        with pytest.raises(TritonCalled):
             pointwise_conv2d(**t, impl=impl)
     assert ('triton', ) + calls[0][-2:] == expected
 
@@ -166,19 +151,14 @@ def test_dispatch_where_triton_runs(dtype, impl, autocast, size, expected, monke
     (49, torch.float16, False, False), (3136, torch.float32, True, True), (784, torch.float32, False, False),
     (196, torch.float32, True, True), (49, torch.float32, True, False)])
 def test_size_policy_follows_the_measurements(positions, dtype, skip, expected):
-    from sparx_mm.ops.triton_pointwise_conv import triton_is_faster
+    from sparx_mm.ops.pointwise_conv import triton_is_faster
     assert triton_is_faster(positions, dtype, skip) is expected
 
 
 def test_triton_kernel_matches_the_reference_in_the_interpreter():
-    import triton  # noqa: F401  (a dependency of torch's Linux wheels: its absence fails this test)
-    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
-    env.pop(gpu_backends.LAYER_KERNELS_ENV, None)
-    out = subprocess.run([sys.executable, os.path.join(HERE, '_triton_pointwise_conv_cases.py')], env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert float(re.search(r'WORST (\S+) of tolerance', out.stdout).group(1)) <= 1, out.stdout
-    assert 'OPCHECK ok' in out.stdout and 'COMPILE graphs 1 breaks 0 matches eager' in out.stdout, out.stdout
-    assert out.stdout.count('small tiles') == 4, out.stdout
-    assert out.stdout.count('MODEL ') == 3, out.stdout
-    assert out.stdout.count('\n') == 19, out.stdout  # 9 cases, 4 small-tile cases, opcheck, compile, 3 models, summary
+    stdout = run_in_triton_interpreter('_triton_pointwise_conv_cases.py', 900)
+    assert float(re.search(r'WORST (\S+) of tolerance', stdout).group(1)) <= 1, stdout
+    assert 'OPCHECK ok' in stdout and 'COMPILE graphs 1 breaks 0 matches eager' in stdout, stdout
+    assert stdout.count('small tiles') == 4, stdout
+    assert stdout.count('MODEL ') == 3, stdout
+    assert stdout.count('\n') == 19, stdout  # 9 cases, 4 small-tile cases, opcheck, compile, 3 models, summary

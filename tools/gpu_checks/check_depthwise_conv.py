@@ -26,7 +26,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import depthwise_conv2d_act, depthwise_conv2d_act_reference  # noqa: E402
-from gpu_common import check_and_bench_parser, override_constants, rel_err, require_cuda, timed  # noqa: E402
+from gpu_common import (check_and_bench_parser, override_constants, rel_err, require_cuda,  # noqa: E402
+                        run_check_grid, timed)
 
 # Outputs and gradients come back in the tensors' dtype: the errors are that dtype's rounding (float16 2**-11,
 # bfloat16 2**-8); weight / bias gradients are sums over the batch and the map, in float32.
@@ -103,22 +104,7 @@ def check_large(device):
 
 
 def run_checks(device, large):
-    ok, worst = True, {}
-    for mode in TOL:
-        for shape in CHECK_SHAPES:
-            errors, dtypes_ok = check_case(shape, mode, device)
-            if not dtypes_ok:
-                ok = False
-                print(f'FAIL {mode} {shape}: output or gradient dtype')
-            for name, err in errors.items():
-                worst[mode, name] = max(worst.get((mode, name), 0.0), err)
-                if not err <= TOL[mode]:
-                    ok = False
-                    print(f'FAIL {mode} {shape} {name}: rel err {err:.2e} (tolerance {TOL[mode]:.0e})')
-            torch.cuda.empty_cache()
-    print('largest relative errors against the float64 reference:')
-    for mode in TOL:
-        print(f'  {mode:>17}: ' + ', '.join(f'{name} {err:.1e}' for (m, name), err in worst.items() if m == mode))
+    ok = run_check_grid(check_case, TOL, CHECK_SHAPES, device)
     if large:
         ok = check_large(device) and ok
     return ok

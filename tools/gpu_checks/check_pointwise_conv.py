@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import pointwise_conv2d, pointwise_conv2d_reference  # noqa: E402
 from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
-from gpu_common import check_and_bench_parser, rel_err, require_cuda, timed  # noqa: E402
+from gpu_common import check_and_bench_parser, rel_err, require_cuda, run_check_grid, timed  # noqa: E402
 
 NAMES = ('y', 'dx', 'dweight', 'dbias', 'dskip', 'dscale', 'dshift')
 # The output and input gradients come back in the tensors' dtype (float16 2**-11, bfloat16 2**-8 rounding);
@@ -95,25 +95,6 @@ def check_case(shape, mode, device):
         if leaf is not None:
             errors[name] = rel_err(leaf.grad, ref.grad)
     return errors, dtypes_ok
-
-
-def run_checks(device):
-    ok, worst = True, {}
-    for mode in TOL:
-        for shape in CHECK_SHAPES:
-            errors, dtypes_ok = check_case(shape, mode, device)
-            if not dtypes_ok:
-                ok = False
-                print(f'FAIL {mode} {shape}: output or gradient dtype')
-            for name, err in errors.items():
-                worst[mode, name] = max(worst.get((mode, name), 0.0), err)
-                if not err <= TOL[mode]:
-                    ok = False
-                    print(f'FAIL {mode} {shape} {name}: rel err {err:.2e} (tolerance {TOL[mode]:.0e})')
-    print('largest relative errors against the float64 reference:')
-    for mode in TOL:
-        print(f'  {mode:>17}: ' + ', '.join(f'{name} {err:.1e}' for (m, name), err in worst.items() if m == mode))
-    return ok
 
 
 def _bench_tensors(batch, c_in, c_out, size, skip, dtype, device):
@@ -195,7 +176,7 @@ def main():
         tpc.TILING_OVERRIDE = tuple(args.tiling)
     ok = True
     if 'check' in args.only:
-        ok = run_checks(device)
+        ok = run_check_grid(check_case, TOL, CHECK_SHAPES, device)
         print('PASSED' if ok else 'FAILED')
     if 'bench' in args.only:
         bench(device, args.batch, args.arch)

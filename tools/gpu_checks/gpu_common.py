@@ -15,6 +15,29 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return err if err == err else float('inf')
 
 
+def run_check_grid(check_case, tolerances: dict, shapes, device) -> bool:
+    """Run ``check_case(shape, mode, device) -> ({name: relative error}, dtypes_ok)`` for every mode of
+    ``tolerances`` (mode -> tolerance) and every shape; print each failure, then the largest errors per mode.
+    Returns whether everything passed."""
+    ok, worst = True, {}
+    for mode, tol in tolerances.items():
+        for shape in shapes:
+            errors, dtypes_ok = check_case(shape, mode, device)
+            if not dtypes_ok:
+                ok = False
+                print(f'FAIL {mode} {shape}: output or gradient dtype')
+            for name, err in errors.items():
+                worst[mode, name] = max(worst.get((mode, name), 0.0), err)
+                if not err <= tol:
+                    ok = False
+                    print(f'FAIL {mode} {shape} {name}: rel err {err:.2e} (tolerance {tol:.0e})')
+            torch.cuda.empty_cache()
+    print('largest relative errors against the float64 reference:')
+    for mode in tolerances:
+        print(f'  {mode:>17}: ' + ', '.join(f'{name} {err:.1e}' for (m, name), err in worst.items() if m == mode))
+    return ok
+
+
 def _sleep_cycles_per_ms() -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()

@@ -1,0 +1,42 @@
+"""What the op tests share: running a cases script under Triton's CPU interpreter, and catching the call of a
+Triton entry point where the dispatch would run it."""
+import os
+import subprocess
+import sys
+
+from sparx_mm.ops import gpu_backends
+
+HERE = os.path.dirname(__file__)
+
+
+def run_in_triton_interpreter(script: str, timeout: int = 900) -> str:
+    """Run ``tests/test_ops/<script>`` in a subprocess with TRITON_INTERPRET=1 (Triton's CPU interpreter must be on
+    before the kernels are defined), single-threaded and with the layer kernels' automatic choice; assert that
+    it exited 0 and return its stdout."""
+    import triton  # noqa: F401  (a dependency of torch's Linux wheels: its absence fails the calling test)
+    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
+    env.pop(gpu_backends.LAYER_KERNELS_ENV, None)
+    out = subprocess.run([sys.executable, os.path.join(HERE, script)], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+class TritonCalled(Exception):
+    """Raised by :func:`intercept_triton`'s stand-in instead of launching a kernel."""
+
+
+def intercept_triton(monkeypatch, module, name: str) -> list:
+    """Make triton usable (as for CUDA tensors), leave the layer-kernel choice automatic, and replace
+    ``module.<name>`` (a Triton entry point) by a stand-in that records its arguments and raises
+    :class:`TritonCalled`. Returns the list of recorded argument tuples."""
+    monkeypatch.delenv(gpu_backends.LAYER_KERNELS_ENV, raising=False)
+    monkeypatch.setattr(gpu_backends, 'triton_usable', lambda x: True)
+    calls = []
+
+    def stand_in(*args):
+        calls.append(args)
+        raise TritonCalled
+
+    monkeypatch.setattr(module, name, stand_in)
+    return calls
