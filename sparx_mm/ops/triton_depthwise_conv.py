@@ -1,21 +1,25 @@
 """Triton kernels of :func:`sparx_mm.ops.depthwise_conv2d_act`, forward and backward.
 
-Tiles. A channel's rows over the whole batch, ``q = b * H + h`` (B*H rows of W values), are cut into tiles of
-``BLOCK_R`` rows x ``BLOCK_W`` columns (BLOCK_W = W rounded up to a power of two, up to ``MAX_BLOCK_W``; wider
-maps get several column blocks). A tile may hold rows of several samples, so small maps (7 x 7) fill a tile
-instead of wasting most of a per-map tile, and every program works on one channel: its k*k weights and bias
-are scalars. Each tap of the kernel is one masked load of x shifted by (i - k//2, j - k//2) rows and columns
-(the tile's neighbourhood is in L1 / L2 after the first tap); the mask gives the zero padding and keeps a
-shifted row inside its own map. Sums are float32; the residual is the centre weight plus one.
+Rows streamed through registers. A program takes ``BLOCK_P`` planes (n = b * C + c: consecutive channels of a
+sample, or the last channels of one sample and the first of the next) x ``BLOCK_W`` columns (W rounded up to a
+power of two, up to ``MAX_BLOCK_W``; wider maps get several column blocks) and walks down a run of the map's
+rows. Each input row is loaded once a program, at the k column shifts dj = -k//2 .. k//2 (masked loads: the
+mask gives the zero padding), and feeds the k output rows it touches, so a position costs k loads instead of the
+k*k of a tile that loads every tap separately. The k*k weights and the bias of each plane's channel stay in
+registers. Sums are float32; the residual is the centre weight plus one. Runs of rows (``_tiling``) give small
+batches enough programs; each run reloads k - 1 rows around it.
 
-Forward: z = sum_taps w * x_shifted + bias (+ x); y = act(z) in the output dtype.
+Forward (``_fwd_kernel``): z = sum_taps w * x_shifted + bias (+ x); y = act(z) in the output dtype. Input row q
+adds its horizontal convolution with kernel row i to output row q - i + k//2: k - 1 partial output rows are
+carried from one input row to the next, and output row q - k//2 is complete after row q.
 
-Backward, from x, weight and bias only (neither z nor y is saved): ``_grad_kernel`` recomputes z, writes
-gz = dy * act'(z) (float32; without an activation gz is dy and nothing is written) and sums the weight and
-bias gradients dw[i, j] = sum gz * x_shifted(i, j), db = sum gz: each program takes a contiguous run of one
-channel's tiles, keeps the running products in registers and writes one row of partial sums, which torch
-adds up (no atomics). Then dx = conv(gz, weight flipped in both axes) + (gz if residual): the forward kernel
-without bias or activation.
+Backward, from x, weight and bias only (neither z nor y is saved): ``_grad_kernel`` carries the k x k window of
+shifted input rows around output row r (k - 1 rows carried, one loaded a step), recomputes z from it, writes
+gz = dy * act'(z) (in dy's dtype, as autograd's activation gradient; without an activation gz is dy and nothing
+is written) and adds the float32 gz * x_shifted to k*k running products a position (and gz to one for the
+bias); each program reduces them across its columns once, at the end, into one row of partial sums a plane,
+which torch adds up over the batch and the runs (no atomics: deterministic). Then dx = conv(gz, weight flipped
+in both axes) + (gz if residual): the forward kernel without bias or activation.
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
@@ -29,20 +33,21 @@ import triton.language as tl
 from .gpu_backends import check_triton_launchable
 from .triton_op import TritonOp
 
-#: (elements per tile, warps) of the forward kernel, which also computes dx. On an H100 at SparX-T's sizes (batch
-#: 128) 1024 elements and 4 warps were the fastest of 512 / 1024 / 2048 / 4096 elements (the others 0-30 %
-#: slower): the kernel is bound by instruction issue (a shifted tap is a scalar load, being unaligned), not by
-#: memory.
-FWD_TILING = (1024, 4)
-#: (shifted values a thread holds, warps) of the gradient kernel: a thread holds next_power_of_2(k*k) shifted x
-#: values and as many running products a position, so its tile has max(1, values // taps) positions a thread
-#: (k = 3: 2; k = 5, 7, 9: 1). H100, sm_90: 48 registers for k = 3 and 5, 80 for k = 7, 168 for k = 9, no
-#: spills. Not tuned beyond that yet (tools/gpu_checks/check_depthwise_conv.py --bwd-tiling).
-BWD_TILING = (32, 4)
-#: The gradient kernel spreads each channel's tiles over about this many programs in all (at least one a
-#: channel, at most one a tile): enough to hide memory latency, few enough that each program loops over
-#: several tiles before its one reduction across threads (--bwd-programs to tune).
-BWD_PROGRAMS = 4096
+#: (values a thread holds, warps) of the forward kernel, which also computes dx. A thread keeps the k*k weights
+#: of each plane it holds in registers, so its tile has max(1, values // k*k) positions a thread, rounded down
+#: to a power of two. H100, SparX-T's six kinds of depthwise conv at batch 128, forward kernel in all, fp16:
+#: 1.38 ms; (36, 4) 1.39, (36, 2) 1.41; before the rows were loaded a step ahead (9, 4), (36, 8), (72, 4)
+#: 1.47-1.74 (``tools/gpu_checks/check_depthwise_conv.py --only sweep``). fp32: 1.66 ms, (36, 4) 1.72.
+FWD_TILING = (18, 4)
+#: (values a thread holds, warps) of the gradient kernel: a thread keeps 2 k*k float32 values a position it
+#: holds (the window of shifted inputs and the running products), so its tile has max(1, values // (2 k*k))
+#: positions a thread, rounded down to a power of two. Same sizes, fp16: 2.40 ms; (72, 2) 2.68, (72, 4) 2.74.
+#: ptxas (sm_90) at these tilings: k = 3 and 5 at most 56 registers forward, 119 gradient; spills only in the
+#: gradient kernel for k = 9 with an activation.
+BWD_TILING = (36, 4)
+#: Programs each kernel aims for (forward, gradient): when the planes' tiles are fewer, the rows are cut into
+#: runs until there are about this many programs.
+MIN_PROGRAMS = (1024, 1024)
 #: Widest column block; wider maps are split into several.
 MAX_BLOCK_W = 128
 #: Activation codes of the kernels.
@@ -50,42 +55,60 @@ _ACT_CODES = {'none': 0, 'gelu': 1, 'silu': 2}
 
 
 @triton.jit
-def _tile(c, tile, C, H, W, n_rows, n_col_blocks, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Tile ``tile`` of channel ``c``: the rows' map row h and validity (BLOCK_R), the columns (BLOCK_W), the
-    element offsets in (B, C, H, W) (int64: plane offsets pass 2**31 in large batches) and the tile's mask."""
-    q = (tile // n_col_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = (tile % n_col_blocks) * BLOCK_W + tl.arange(0, BLOCK_W)
-    h = q % H
-    row_ok = q < n_rows
-    row_offs = (((q // H).to(tl.int64) * C + c) * H + h) * W
-    offs = row_offs[:, None] + cols[None, :]
-    mask = row_ok[:, None] & (cols < W)[None, :]
-    return h, row_ok, cols, offs, mask
+def _plane_tile(C, HW, W, n_planes, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's planes n = b * C + c (axis 0 of the grid) and columns (axis 1): each plane's channel
+    (BLOCK_P), validity (BLOCK_P) and element offset (int64: plane offsets pass 2**31 in large batches), the
+    columns (BLOCK_W) and the tile's mask (BLOCK_P, BLOCK_W)."""
+    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    plane_ok = n < n_planes
+    return n % C, plane_ok, n.to(tl.int64) * HW, cols, plane_ok[:, None] & (cols < W)[None, :]
 
 
 @triton.jit
-def _shifted(x_ptr, offs, h, row_ok, cols, H, W, di: tl.constexpr, dj: tl.constexpr):
-    """x at (h + di, w + dj) for the tile's positions, 0 outside the map, float32 (BLOCK_R, BLOCK_W)."""
-    hs = h + di
-    ws = cols + dj
-    mask = (row_ok & (hs >= 0) & (hs < H))[:, None] & ((ws >= 0) & (ws < W))[None, :]
-    return tl.load(x_ptr + offs + (di * W + dj), mask=mask, other=0.0).to(tl.float32)
+def _shifted_row(x_ptr, plane_offs, plane_ok, q, H, W, cols, K: tl.constexpr):
+    """Row ``q`` of the planes at the K column shifts -K//2 .. K//2: a tuple of K float32 (BLOCK_P, BLOCK_W)
+    tiles, 0 outside the map (rows q < 0 or q >= H too)."""
+    ptrs = x_ptr + (plane_offs + q * W)[:, None] + cols[None, :]
+    ok = (plane_ok & (q >= 0) & (q < H))[:, None]
+    row = ()
+    for j in tl.static_range(K):
+        shifted_cols = cols + (j - K // 2)
+        mask = ok & ((shifted_cols >= 0) & (shifted_cols < W))[None, :]
+        row = row + (tl.load(ptrs + (j - K // 2), mask=mask, other=0.0).to(tl.float32), )
+    return row
 
 
 @triton.jit
-def _preactivation(x_ptr, w_ptr, b_ptr, c, offs, h, row_ok, cols, H, W, K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   RESIDUAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
-    """z = conv(x, w[c]) (+ b[c]) (+ x) on the tile, float32."""
-    z = tl.zeros([BLOCK_R, BLOCK_W], dtype=tl.float32)
-    for i in tl.static_range(K):
-        for j in tl.static_range(K):
-            w = tl.load(w_ptr + c * (K * K) + (i * K + j)).to(tl.float32)
-            if RESIDUAL and i == K // 2 and j == K // 2:
-                w += 1.0
-            z += w * _shifted(x_ptr, offs, h, row_ok, cols, H, W, i - K // 2, j - K // 2)
+def _channel_taps(w_ptr, ch, plane_ok, K: tl.constexpr, RESIDUAL: tl.constexpr):
+    """The K*K weights of each plane's channel, tap i*K + j a float32 (BLOCK_P, 1) column of a tuple; with the
+    residual the centre tap plus one."""
+    taps = ()
+    for t in tl.static_range(K * K):
+        w = tl.load(w_ptr + ch * (K * K) + t, mask=plane_ok, other=0.0).to(tl.float32)
+        if RESIDUAL and t == (K * K) // 2:
+            w += 1.0
+        taps = taps + (w[:, None], )
+    return taps
+
+
+@triton.jit
+def _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS: tl.constexpr):
+    """Each plane's bias, (BLOCK_P, 1) float32; 0 without one."""
     if HAS_BIAS:
-        z += tl.load(b_ptr + c).to(tl.float32)
-    return z
+        bias = tl.load(b_ptr + ch, mask=plane_ok, other=0.0).to(tl.float32)[:, None]
+    else:
+        bias = tl.zeros_like(ch.to(tl.float32))[:, None]
+    return bias
+
+
+@triton.jit
+def _row_conv(row, taps, i: tl.constexpr, K: tl.constexpr):
+    """The horizontal convolution of a shifted row (``_shifted_row``) with kernel row ``i``."""
+    total = taps[i * K] * row[0]
+    for j in tl.static_range(1, K):
+        total += taps[i * K + j] * row[j]
+    return total
 
 
 @triton.jit
@@ -116,98 +139,123 @@ def _activation_grad(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, n_rows, n_col_blocks, n_tiles, K: tl.constexpr,
-                ACT: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_R: tl.constexpr,
-                BLOCK_W: tl.constexpr):
-    c = tl.program_id(0) // n_tiles
-    h, row_ok, cols, offs, mask = _tile(c, tl.program_id(0) % n_tiles, C, H, W, n_rows, n_col_blocks, BLOCK_R,
-                                        BLOCK_W)
-    z = _preactivation(x_ptr, w_ptr, b_ptr, c, offs, h, row_ok, cols, H, W, K, HAS_BIAS, RESIDUAL, BLOCK_R,
-                       BLOCK_W)
-    tl.store(y_ptr + offs, _activation(z, ACT).to(y_ptr.dtype.element_ty), mask=mask)
+def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, n_planes, run_rows, K: tl.constexpr, ACT: tl.constexpr,
+                HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """y = act(conv(x, w) + b (+ x)) for output rows [first, first + run_rows) of the tile (grid axis 2: the
+    run)."""
+    ch, plane_ok, plane_offs, cols, tile_ok = _plane_tile(C, H * W, W, n_planes, BLOCK_P, BLOCK_W)
+    taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)
+    bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
+    first = tl.program_id(2) * run_rows
+    last = tl.minimum(first + run_rows, H)
+    # partial[m]: output row q - K//2 + m before input row q, rows < q summed (m = 0 .. K-2).
+    partial = ()
+    for m in tl.static_range(K - 1):
+        partial = partial + (tl.zeros([BLOCK_P, BLOCK_W], dtype=tl.float32), )
+    # Each row's loads are issued one step ahead, before the arithmetic of the row before.
+    next_row = _shifted_row(x_ptr, plane_offs, plane_ok, first - K // 2, H, W, cols, K)
+    for q in range(first - K // 2, last + K // 2):
+        row = next_row
+        next_row = _shifted_row(x_ptr, plane_offs, plane_ok, q + 1, H, W, cols, K)
+        z = _row_conv(row, taps, K - 1, K) + bias
+        if K > 1:
+            z += partial[0]
+        out_row = q - K // 2
+        tl.store(y_ptr + (plane_offs + out_row * W)[:, None] + cols[None, :],
+                 _activation(z, ACT).to(y_ptr.dtype.element_ty), mask=tile_ok & (out_row >= first))
+        advanced = ()
+        for m in tl.static_range(K - 2):
+            advanced = advanced + (partial[m + 1] + _row_conv(row, taps, K - 2 - m, K), )
+        if K > 1:
+            advanced = advanced + (_row_conv(row, taps, 0, K), )
+        partial = advanced
 
 
 @triton.jit
-def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W, n_rows, n_col_blocks, n_tiles,
-                 n_splits, tiles_per_program, K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 RESIDUAL: tl.constexpr, TAPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
-    """gz = dy * act'(z) for tiles [split * tiles_per_program, ...) of one channel (written with an activation
-    only), and that run's partial sums of the weight gradient (entries 0 .. K*K-1, tap i*K + j) and of the bias
-    gradient (entry TAPS).
-
-    All taps come from one (BLOCK_R, TAPS, BLOCK_W) load. Triton lays threads out along the contiguous axis
-    (columns), then along the others in axis order, so with the taps on axis 1 and at least one position a
-    thread, every thread holds the whole tap axis (on axis 0 Triton spread the taps over warps, and every sum
-    over taps crossed warps: several times slower on an H100). The tap of each register is then a compile-time
-    constant, the padding taps fold away, z is a sum inside the thread, and the products gz * x_shifted
-    accumulate in registers over the program's tiles, reduced across threads once at the end."""
-    c = tl.program_id(0) // n_splits
-    split = tl.program_id(0) % n_splits
-    taps = tl.arange(0, TAPS)
-    tap_ok = taps < K * K
-    di = (taps // K - K // 2)[None, :, None]
-    dj = (taps % K - K // 2)[None, :, None]
+def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W, n_planes, run_rows, n_parts,
+                 K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """gz = dy * act'(z) for output rows [first, first + run_rows) of the tile (written with an activation only),
+    and each plane's partial sums over them of the weight gradient (entries 0 .. K*K-1, tap i*K + j) and of the
+    bias gradient (entry K*K), in row ``part`` = run * column blocks + column block of ``partial_ptr``
+    (n_planes, n_parts, K*K + 1)."""
+    ch, plane_ok, plane_offs, cols, tile_ok = _plane_tile(C, H * W, W, n_planes, BLOCK_P, BLOCK_W)
     if ACT != 0:
-        w = tl.load(w_ptr + c * (K * K) + taps, mask=tap_ok, other=0.0).to(tl.float32)
-        if RESIDUAL:
-            w += tl.where(taps == (K * K) // 2, 1.0, 0.0)
-        w = w[None, :, None]
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + c).to(tl.float32)
-    acc = tl.zeros([BLOCK_R, TAPS, BLOCK_W], dtype=tl.float32)
-    acc_bias = tl.zeros([BLOCK_R, BLOCK_W], dtype=tl.float32)
-    first = split * tiles_per_program
-    for tile in range(first, tl.minimum(first + tiles_per_program, n_tiles)):
-        h, row_ok, cols, offs, mask = _tile(c, tile, C, H, W, n_rows, n_col_blocks, BLOCK_R, BLOCK_W)
-        hs = h[:, None, None] + di
-        ws = cols[None, None, :] + dj
-        shifted_mask = (row_ok[:, None, None] & tap_ok[None, :, None] & (hs >= 0) & (hs < H)) & \
-            ((ws >= 0) & (ws < W))
-        xs = tl.load(x_ptr + offs[:, None, :] + (di * W + dj), mask=shifted_mask, other=0.0).to(tl.float32)
-        # Out-of-tile positions load dy = 0, so their gz is 0 and they add nothing to the sums.
-        gz = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)
+        bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
+    first = tl.program_id(2) * run_rows
+    last = tl.minimum(first + run_rows, H)
+    # window: input rows r - K//2 .. r + K//2 - 1 at K shifts each (tap i*K + j: row r - K//2 + i, shift j).
+    window = ()
+    for i in tl.static_range(K - 1):
+        window = window + _shifted_row(x_ptr, plane_offs, plane_ok, first - K // 2 + i, H, W, cols, K)
+    sums = ()
+    for t in tl.static_range(K * K):
+        sums = sums + (tl.zeros([BLOCK_P, BLOCK_W], dtype=tl.float32), )
+    bias_sum = tl.zeros([BLOCK_P, BLOCK_W], dtype=tl.float32)
+    # As in the forward kernel, the loads of row r + 1 are issued before the arithmetic of row r. Out-of-tile
+    # positions load dy = 0, so their gz is 0 and they add nothing to the sums.
+    next_row = _shifted_row(x_ptr, plane_offs, plane_ok, first + K // 2, H, W, cols, K)
+    next_dy = tl.load(dy_ptr + (plane_offs + first * W)[:, None] + cols[None, :], mask=tile_ok, other=0.0)
+    for r in range(first, last):
+        offs = (plane_offs + r * W)[:, None] + cols[None, :]
+        full = window + next_row
+        gz = next_dy.to(tl.float32)
+        next_row = _shifted_row(x_ptr, plane_offs, plane_ok, r + 1 + K // 2, H, W, cols, K)
+        next_dy = tl.load(dy_ptr + offs + W, mask=tile_ok & (r + 1 < last), other=0.0)
         if ACT != 0:
-            z = tl.sum(w * xs, axis=1)
-            if HAS_BIAS:
-                z += bias
+            z = bias
+            for t in tl.static_range(K * K):
+                z = z + taps[t] * full[t]
             gz *= _activation_grad(z, ACT)
-            tl.store(gz_ptr + offs, gz, mask=mask)
-        acc += gz[:, None, :] * xs
-        acc_bias += gz
-    row = partial_ptr + tl.program_id(0) * (TAPS + 1)
-    tl.store(row + taps, tl.sum(tl.sum(acc, axis=2), axis=0))
-    tl.store(row + TAPS, tl.sum(acc_bias))
+            tl.store(gz_ptr + offs, gz.to(gz_ptr.dtype.element_ty), mask=tile_ok)
+        summed = ()
+        for t in tl.static_range(K * K):
+            summed = summed + (sums[t] + gz * full[t], )
+        sums = summed
+        bias_sum += gz
+        window = ()
+        for t in tl.static_range(K, K * K):
+            window = window + (full[t], )
+    part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    out = partial_ptr + (n.to(tl.int64) * n_parts + part) * (K * K + 1)
+    for t in tl.static_range(K * K):
+        tl.store(out + t, tl.sum(sums[t], axis=1), mask=plane_ok)
+    tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
 
 
-def _tiling(x: torch.Tensor, elements: int):
-    """(BLOCK_R, BLOCK_W, number of column blocks, tiles per channel) for ``elements`` per tile."""
-    b, _, h, w = x.shape
+def _tiling(x: torch.Tensor, values_warps: Tuple[int, int], values_a_position: int, min_programs: int):
+    """(warps, BLOCK_P, BLOCK_W, rows a run, grid) for a (values a thread holds, warps) tiling whose kernel
+    holds ``values_a_position`` values a position, aiming at about ``min_programs`` programs (the rows cut
+    into runs when the tiles are fewer). Grid: (plane blocks, column blocks, runs)."""
+    b, c, h, w = x.shape
+    values, warps = values_warps
+    per_thread = max(1, values // values_a_position)
+    elements = 32 * warps << (per_thread.bit_length() - 1)
     block_w = min(triton.next_power_of_2(w), MAX_BLOCK_W)
-    block_r = min(max(elements // block_w, 1), triton.next_power_of_2(b * h))
-    n_col_blocks = triton.cdiv(w, block_w)
-    return block_r, block_w, n_col_blocks, triton.cdiv(b * h, block_r) * n_col_blocks
+    block_p = min(max(elements // block_w, 1), triton.next_power_of_2(b * c))
+    tiles = (triton.cdiv(b * c, block_p), triton.cdiv(w, block_w))
+    run_rows = triton.cdiv(h, min(h, max(1, triton.cdiv(min_programs, tiles[0] * tiles[1]))))
+    return warps, block_p, block_w, run_rows, tiles + (triton.cdiv(h, run_rows), )
+
+
+def _fwd_tiling(x: torch.Tensor, k: int):
+    """_tiling's tuple for the forward kernel (FWD_TILING's doc)."""
+    return _tiling(x, FWD_TILING, k * k, MIN_PROGRAMS[0])
 
 
 def _grad_tiling(x: torch.Tensor, k: int):
-    """(taps, warps, and _tiling's tuple) of the gradient kernel for kernel size ``k`` (BWD_TILING's doc)."""
-    taps = triton.next_power_of_2(k * k)
-    values, warps = BWD_TILING
-    return taps, warps, _tiling(x, 32 * warps * max(1, values // taps))
-
-
-def _splits(n_tiles: int, channels: int):
-    """(programs a channel, tiles a program) of the gradient kernel: about BWD_PROGRAMS programs in all."""
-    tiles_per_program = triton.cdiv(n_tiles, min(n_tiles, max(1, triton.cdiv(BWD_PROGRAMS, channels))))
-    return triton.cdiv(n_tiles, tiles_per_program), tiles_per_program
+    """_tiling's tuple for the gradient kernel (BWD_TILING's doc)."""
+    return _tiling(x, BWD_TILING, 2 * k * k, MIN_PROGRAMS[1])
 
 
 def _launch_fwd(x, weight, bias, y, residual, act_code):
     b, c, h, w = x.shape
-    elements, warps = FWD_TILING
-    block_r, block_w, n_col_blocks, n_tiles = _tiling(x, elements)
-    _fwd_kernel[(c * n_tiles, )](x, weight, weight if bias is None else bias, y, c, h, w, b * h, n_col_blocks,
-                                 n_tiles, K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None,
-                                 RESIDUAL=residual, BLOCK_R=block_r, BLOCK_W=block_w, num_warps=warps)
+    warps, block_p, block_w, run_rows, grid = _fwd_tiling(x, weight.shape[-1])
+    _fwd_kernel[grid](x, weight, weight if bias is None else bias, y, c, h, w, b * c, run_rows,
+                      K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual,
+                      BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
@@ -227,28 +275,27 @@ def _dwconv_fwd_fake(x, weight, bias, residual, activation, out_dtype):
 
 def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                  residual: bool, activation: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> gz = dy * act'(z) (B, C, H, W) float32 (with ``activation`` 'none' gz is dy, not copied: an empty
+    """-> gz = dy * act'(z) (B, C, H, W) in dy's dtype (with ``activation`` 'none' gz is dy, not copied: an empty
     (0,) tensor instead), the weight gradient (C, 1, k, k) in weight's dtype, the bias gradient (C,) in bias's
     dtype (weight's without a bias)."""
     b, c, h, w = x.shape
     k = weight.shape[-1]
-    taps, warps, (block_r, block_w, n_col_blocks, n_tiles) = _grad_tiling(x, k)
-    n_splits, tiles_per_program = _splits(n_tiles, c)
-    gz = torch.empty(x.shape if activation != 'none' else (0, ), dtype=torch.float32, device=x.device)
-    partial = torch.empty(c * n_splits, taps + 1, dtype=torch.float32, device=x.device)
-    _grad_kernel[(c * n_splits, )](x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w, b * h,
-                                   n_col_blocks, n_tiles, n_splits, tiles_per_program, K=k,
-                                   ACT=_ACT_CODES[activation], HAS_BIAS=bias is not None, RESIDUAL=residual,
-                                   TAPS=taps, BLOCK_R=block_r, BLOCK_W=block_w, num_warps=warps)
-    sums = partial.view(c, n_splits, taps + 1).sum(1)
+    warps, block_p, block_w, run_rows, grid = _grad_tiling(x, k)
+    gz = torch.empty(x.shape if activation != 'none' else (0, ), dtype=dy.dtype, device=x.device)
+    n_parts = grid[1] * grid[2]
+    partial = torch.empty(b * c, n_parts, k * k + 1, dtype=torch.float32, device=x.device)
+    _grad_kernel[grid](x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w, b * c, run_rows,
+                       n_parts, K=k, ACT=_ACT_CODES[activation], HAS_BIAS=bias is not None, RESIDUAL=residual,
+                       BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
+    sums = partial.view(b, c, n_parts, k * k + 1).sum((0, 2))
     # Copies: a custom op's outputs may not be views of one another.
     dweight = sums[:, :k * k].reshape(weight.shape).to(weight.dtype, copy=True)
-    dbias = sums[:, taps].to(weight.dtype if bias is None else bias.dtype, copy=True)
+    dbias = sums[:, k * k].to(weight.dtype if bias is None else bias.dtype, copy=True)
     return gz, dweight, dbias
 
 
 def _dwconv_grad_fake(dy, x, weight, bias, residual, activation):
-    return (x.new_empty(x.shape if activation != 'none' else (0, ), dtype=torch.float32), torch.empty_like(weight),
+    return (dy.new_empty(x.shape if activation != 'none' else (0, )), torch.empty_like(weight),
             weight.new_empty(x.shape[1], dtype=weight.dtype if bias is None else bias.dtype))
 
 

@@ -33,12 +33,12 @@ CASES = [(2, 3, 9, 7, 3, True, None, False, torch.float32),
          (1, 2, 3, 2, 7, True, None, False, torch.float16),
          (2, 3, 5, 6, 3, True, 'gelu', True, 'autocast'),
          (2, 3, 5, 6, 5, False, 'silu', True, 'autocast')]
-# Tiles small enough that each channel has several row and column blocks, tiles that hold rows of two samples,
-# and several gradient-kernel programs a channel, each looping over several tiles (checked below): what the
-# defaults do at SparX's sizes, scaled down.
-SMALL_TILING = dict(FWD_TILING=(8, 1), BWD_TILING=(8, 1), MAX_BLOCK_W=4, BWD_PROGRAMS=6)
-LOOP_CASES = [(3, 2, 7, 6, 3, True, 'gelu', True, torch.float32),
-              (2, 2, 5, 9, 5, False, 'silu', True, torch.float32)]
+# Tiles small enough that every map has several column blocks and every tile several planes, across two
+# samples, and rows cut into runs (checked below): what the defaults do at SparX's sizes, scaled down. One
+# position a thread of one warp: 32-element tiles.
+SMALL_TILING = dict(FWD_TILING=(1, 1), BWD_TILING=(1, 1), MAX_BLOCK_W=4, MIN_PROGRAMS=(16, 16))
+LOOP_CASES = [(3, 5, 7, 6, 3, True, 'gelu', True, torch.float32),
+              (4, 3, 5, 9, 5, False, 'silu', True, torch.float32)]
 
 
 def relative_errors(case):
@@ -79,22 +79,19 @@ def run_case(case, label=''):
 
 
 def check_small_tiles():
-    """The loop cases with SMALL_TILING: several row and column blocks, tiles across two samples, gradient
-    programs over several tiles."""
+    """The loop cases with SMALL_TILING: several column blocks and runs of rows, tiles across two samples."""
     defaults = {name: getattr(tdc, name) for name in SMALL_TILING}
     ok, worst = True, 0.0
     try:
         for name, value in SMALL_TILING.items():
             setattr(tdc, name, value)
         for case in LOOP_CASES:
-            b, c, h, w = case[:4]
+            b, c, h, w, k = case[:5]
             x = torch.empty(b, c, h, w)
-            for block_r, _, n_col_blocks, n_tiles in (tdc._tiling(x, tdc.FWD_TILING[0]),
-                                                      tdc._grad_tiling(x, case[4])[2]):
-                assert n_col_blocks > 1 and n_tiles > n_col_blocks, 'the tiling must split rows and columns'
-                assert 1 < block_r and h % block_r, 'some tiles must hold rows of two samples'
-            n_splits, tiles_per_program = tdc._splits(n_tiles, c)
-            assert n_splits > 1 and tiles_per_program > 1, 'several gradient programs a channel, several tiles each'
+            for _, block_p, _, run_rows, grid in (tdc._fwd_tiling(x, k), tdc._grad_tiling(x, k)):
+                assert grid[0] > 1 and grid[1] > 1 and grid[2] > 1 and run_rows > 1, \
+                    'the tiling must split planes, columns and rows'
+                assert c % block_p, 'some tiles must hold planes of two samples'
             scaled, passed = run_case(case, label='small tiles ')
             worst, ok = max(worst, scaled), ok and passed
     finally:

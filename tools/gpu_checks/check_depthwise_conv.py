@@ -1,8 +1,9 @@
-"""GPU check and micro-benchmark of the fused depthwise conv + bias + residual + activation (run on a CUDA GPU).
+"""GPU check, micro-benchmark and tiling sweep of the fused depthwise conv + bias + residual + activation (run on
+a CUDA GPU).
 
-    python tools/gpu_checks/check_depthwise_conv.py [--only check bench] [--batch 128]
-        [--cuda-graphs] [--fwd-tiling ELEMENTS WARPS] [--bwd-tiling VALUES WARPS] [--bwd-programs N]
-        [--max-block-w N]
+    python tools/gpu_checks/check_depthwise_conv.py [--only check bench sweep] [--batch 128]
+        [--cuda-graphs] [--modes MODE ...] [--fwd-tiling VALUES WARPS] [--bwd-tiling VALUES WARPS]
+        [--min-programs FWD GRAD] [--max-block-w N]
 
 check: ``depthwise_conv2d_act(impl='triton')`` against the reference in float64 on the same (rounded) inputs,
 forward and the gradients of x, weight and bias, on awkward shapes (H != W, widths that are not powers of two
@@ -17,6 +18,10 @@ overhead stay out) of the forward pass and of forward + backward, the Triton op 
 autocast (float32 parameters) and for float32; plus the Triton forward's effective bandwidth (x read once, y
 written once). --cuda-graphs times CUDA-graph replays of each step instead. The tiling options override the
 kernels' module constants.
+
+sweep: the forward kernel's and the gradient kernel's GPU milliseconds alone (no dx), at the same sizes, for
+float16 and float32 tensors, for each of a set of (values, warps) tilings and the default: what FWD_TILING and
+BWD_TILING were chosen by.
 """
 import os
 import sys
@@ -42,8 +47,11 @@ CHECK_SHAPES = [(2, 96, 56, 56, 3, True, None, False), (2, 64, 28, 28, 3, True, 
 # --large: 2.4e9 float16 elements (4.5 GiB a tensor, ~35 GiB in all), so that element offsets pass 2**31.
 LARGE_SHAPE = (3, 12288, 256, 256)
 # (channels, map size, k, residual, activation, bias): SparX-T's depthwise convolutions at 224 x 224.
-BENCH_CONFIGS = [(96, 56, 3, True, None, False), (384, 56, 3, True, 'gelu', False), (192, 56, 5, False, 'silu', True),
+BENCH_CONFIGS = [(96, 56, 3, True, None, False), (384, 56, 3, True, 'gelu', False),
+                 (192, 56, 5, False, 'silu', True), (576, 28, 3, False, 'gelu', True),
                  (1280, 14, 3, True, 'gelu', False), (2048, 7, 3, True, 'gelu', False)]
+# (values a thread holds, warps) tried by --only sweep, for either kernel.
+SWEEP_TILINGS = [(9, 4), (18, 2), (18, 4), (36, 2), (36, 4), (36, 8), (72, 4)]
 DTYPE_MODES = {'float32': (torch.float32, None), 'float16': (torch.float16, None), 'bfloat16': (torch.bfloat16, None),
                'autocast float16': (torch.float32, torch.float16), 'autocast bfloat16': (torch.float32, torch.bfloat16)}
 
@@ -103,8 +111,8 @@ def check_large(device):
     return ok
 
 
-def run_checks(device, large):
-    ok = run_check_grid(check_case, TOL, CHECK_SHAPES, device)
+def run_checks(device, large, modes):
+    ok = run_check_grid(check_case, {mode: TOL[mode] for mode in modes}, CHECK_SHAPES, device)
     if large:
         ok = check_large(device) and ok
     return ok
@@ -151,8 +159,8 @@ def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs):
 
 def bench(device, batch, cuda_graphs):
     from sparx_mm.ops import triton_depthwise_conv as tdc
-    print(f'# {torch.cuda.get_device_name()}, batch {batch}; forward (elements, warps) {tdc.FWD_TILING}, gradient '
-          f'(values, warps) {tdc.BWD_TILING}, BWD_PROGRAMS {tdc.BWD_PROGRAMS}, MAX_BLOCK_W {tdc.MAX_BLOCK_W}; ms'
+    print(f'# {torch.cuda.get_device_name()}, batch {batch}; forward (values, warps) {tdc.FWD_TILING}, gradient '
+          f'(values, warps) {tdc.BWD_TILING}, MIN_PROGRAMS {tdc.MIN_PROGRAMS}, MAX_BLOCK_W {tdc.MAX_BLOCK_W}; ms'
           f'{" of CUDA-graph replays" if cuda_graphs else " (eager steps, GPU time)"}')
     print(f'{"C":>5} {"HxW":>5} {"k":>1} {"op":>12} {"dtype":>5} {"triton fwd":>10} {"torch fwd":>9} {"speedup":>7} '
           f'{"GB/s":>5} {"triton f+b":>10} {"torch f+b":>9} {"speedup":>7}')
@@ -170,32 +178,65 @@ def bench(device, batch, cuda_graphs):
                   flush=True)
 
 
+def sweep(device, batch):
+    from sparx_mm.ops import triton_depthwise_conv as tdc
+    sizes = ', '.join(f'{c}x{size}x{size} k{k} {act or "none"}' for c, size, k, _, act, _ in BENCH_CONFIGS)
+    print(f'# {torch.cuda.get_device_name()}, batch {batch}; kernel ms at SparX-T\'s sizes ({sizes}) and their sum')
+    defaults = dict(forward=tdc.FWD_TILING, gradient=tdc.BWD_TILING)
+    for dtype in (torch.float16, torch.float32):
+        data = []
+        for channels, size, k, residual, activation, has_bias in BENCH_CONFIGS:
+            x = torch.randn(batch, channels, size, size, device=device, dtype=dtype)
+            weight = torch.randn(channels, 1, k, k, device=device) / k
+            bias = torch.randn(channels, device=device) if has_bias else None
+            data.append((x, weight, bias, torch.randn_like(x), residual, activation or 'none'))
+        for kernel, name in (('forward', 'FWD_TILING'), ('gradient', 'BWD_TILING')):
+            for tiling in SWEEP_TILINGS + [defaults[kernel]]:
+                setattr(tdc, name, tiling)
+                times = []
+                for x, weight, bias, dy, residual, activation in data:
+                    if kernel == 'forward':
+                        step = lambda: tdc._dwconv_fwd(x, weight, bias, residual, activation, x.dtype)  # noqa: E731
+                    else:
+                        step = lambda: tdc._dwconv_grad(dy, x, weight, bias, residual, activation)  # noqa: E731
+                    times.append(timed(step)[0])
+                label = 'default ' if tiling == defaults[kernel] else ''
+                print(f'{str(dtype)[6:]:>7} {kernel:>8} {label}{tiling}: ' + ' '.join(f'{t:.3f}' for t in times)
+                      + f' sum {sum(times):.3f}', flush=True)
+            setattr(tdc, name, defaults[kernel])
+
+
 def main():
-    parser = check_and_bench_parser(__doc__)
+    parser = check_and_bench_parser(__doc__, extra_parts=('sweep', ))
     parser.add_argument('--cuda-graphs', action='store_true',
                         help='time CUDA-graph replays of each step instead of eager steps')
     parser.add_argument('--large', action='store_true',
                         help='also check a float16 input of more than 2**31 elements (~35 GiB of GPU memory)')
-    parser.add_argument('--fwd-tiling', type=int, nargs=2, metavar=('ELEMENTS', 'WARPS'), default=None,
-                        help='elements per tile and warps of the forward / dx kernel instead of FWD_TILING')
+    parser.add_argument('--modes', nargs='+', choices=tuple(TOL), default=tuple(TOL), metavar='MODE',
+                        help=f'dtype modes to check (default all: {", ".join(TOL)}); the kernels compile for each, '
+                             'so several processes with a few modes each finish sooner')
+    parser.add_argument('--fwd-tiling', type=int, nargs=2, metavar=('VALUES', 'WARPS'), default=None,
+                        help='values a thread holds and warps of the forward / dx kernel instead of FWD_TILING')
     parser.add_argument('--bwd-tiling', type=int, nargs=2, metavar=('VALUES', 'WARPS'), default=None,
-                        help='shifted values a thread holds and warps of the gradient kernel (BWD_TILING)')
-    parser.add_argument('--bwd-programs', type=int, default=None,
-                        help='gradient-kernel programs to aim for (BWD_PROGRAMS)')
+                        help='values a thread holds and warps of the gradient kernel (BWD_TILING)')
+    parser.add_argument('--min-programs', type=int, nargs=2, metavar=('FWD', 'GRAD'), default=None,
+                        help='programs each kernel aims for, rows cut into runs below it (MIN_PROGRAMS)')
     parser.add_argument('--max-block-w', type=int, default=None, help='widest column block (MAX_BLOCK_W)')
     args = parser.parse_args()
     require_cuda('check_depthwise_conv.py')
     from sparx_mm.ops import triton_depthwise_conv as tdc
     override_constants(tdc, args, dict(fwd_tiling='FWD_TILING', bwd_tiling='BWD_TILING',
-                                       bwd_programs='BWD_PROGRAMS', max_block_w='MAX_BLOCK_W'))
+                                       min_programs='MIN_PROGRAMS', max_block_w='MAX_BLOCK_W'))
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
     if 'check' in args.only:
-        ok = run_checks(device, args.large)
+        ok = run_checks(device, args.large, args.modes)
         print('DEPTHWISE CONV CHECK PASSED' if ok else 'DEPTHWISE CONV CHECK FAILED', flush=True)
     if 'bench' in args.only:
         bench(device, args.batch, args.cuda_graphs)
+    if 'sweep' in args.only:
+        sweep(device, args.batch)
     sys.exit(0 if ok else 1)
 
 
