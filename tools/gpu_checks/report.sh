@@ -24,8 +24,26 @@ step() {  # step NAME SECONDS COMMAND...
 }
 step kernels 150 python3 "$here/check_kernels.py" --model &&
   grep -E "^  (float|bfloat)|vs float64|PASSED|FAILED" "$out/kernels.log"
-step layer_kernels 330 bash -c "python3 $here/check_group_norm.py && python3 $here/check_depthwise_conv.py && python3 $here/check_pointwise_conv.py" &&
-  grep -E "^ +(float|bfloat)|PASSED|FAILED|^ +[0-9]+ ?x" "$out/layer_kernels.log"
+# The layer kernels' checks run side by side (each compiles its kernels for every dtype mode, the depthwise one
+# split by mode: one process took over 200 s), then their benchmarks one after another.
+layer_kernels() {
+  local rc=0 job mode
+  for mode in float32 float16 bfloat16 'autocast float16' 'autocast bfloat16'; do
+    python3 "$here/check_depthwise_conv.py" --only check --modes "$mode" > "$out/depthwise_${mode// /_}.log" 2>&1 &
+  done
+  python3 "$here/check_group_norm.py" --only check > "$out/group_norm_check.log" 2>&1 &
+  python3 "$here/check_pointwise_conv.py" --only check > "$out/pointwise_check.log" 2>&1 &
+  for job in $(jobs -p); do wait "$job" || rc=1; done
+  cat "$out"/group_norm_check.log "$out"/depthwise_*.log "$out"/pointwise_check.log
+  for script in check_group_norm.py check_depthwise_conv.py check_pointwise_conv.py; do
+    python3 "$here/$script" --only bench || rc=1
+  done
+  return $rc
+}
+export -f layer_kernels
+export here out
+step layer_kernels 420 bash -c layer_kernels &&
+  grep -E "^ +(float|bfloat|autocast)|PASSED|FAILED|^ +[0-9]+ ?x" "$out/layer_kernels.log"
 step table 170 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer &&
   rows < "$out/table.log"
 step train 300 $bench --arch t s b --batch 128 --dtype fp16 --mode train &&
