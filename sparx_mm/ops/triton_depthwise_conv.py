@@ -152,7 +152,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, n_planes, run_rows, K: tl.c
     partial = ()
     for m in tl.static_range(K - 1):
         partial = partial + (tl.zeros([BLOCK_P, BLOCK_W], dtype=tl.float32), )
-    # Each row's loads are issued one step ahead, before the arithmetic of the row before.
+    # The loads of row q + 1 are issued before the arithmetic of row q.
     next_row = _shifted_row(x_ptr, plane_offs, plane_ok, first - K // 2, H, W, cols, K)
     for q in range(first - K // 2, last + K // 2):
         row = next_row
