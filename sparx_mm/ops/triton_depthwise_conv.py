@@ -55,14 +55,25 @@ _ACT_CODES = {'none': 0, 'gelu': 1, 'silu': 2}
 
 
 @triton.jit
-def _plane_tile(C, HW, W, n_planes, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
-    """This program's planes n = b * C + c (axis 0 of the grid) and columns (axis 1): each plane's channel
-    (BLOCK_P), validity (BLOCK_P) and element offset (int64: plane offsets pass 2**31 in large batches), the
-    columns (BLOCK_W) and the tile's mask (BLOCK_P, BLOCK_W)."""
+def _program_tile(C, H, W, n_planes, run_rows, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's planes n = b * C + c (grid axis 0), columns (axis 1) and run of rows (axis 2): n and each
+    plane's channel, validity (BLOCK_P) and element offset (int64: plane offsets pass 2**31 in large batches),
+    the columns (BLOCK_W), the tile's mask (BLOCK_P, BLOCK_W), and the run's output rows [first, last)."""
     n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     plane_ok = n < n_planes
-    return n % C, plane_ok, n.to(tl.int64) * HW, cols, plane_ok[:, None] & (cols < W)[None, :]
+    first = tl.program_id(2) * run_rows
+    return (n, n % C, plane_ok, n.to(tl.int64) * (H * W), cols, plane_ok[:, None] & (cols < W)[None, :], first,
+            tl.minimum(first + run_rows, H))
+
+
+@triton.jit
+def _zero_tiles(COUNT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """A tuple of COUNT float32 (BLOCK_P, BLOCK_W) zero tiles (running sums)."""
+    tiles = ()
+    for _ in tl.static_range(COUNT):
+        tiles = tiles + (tl.zeros([BLOCK_P, BLOCK_W], dtype=tl.float32), )
+    return tiles
 
 
 @triton.jit
@@ -143,15 +154,12 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, n_planes, run_rows, K: tl.c
                 HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     """y = act(conv(x, w) + b (+ x)) for output rows [first, first + run_rows) of the tile (grid axis 2: the
     run)."""
-    ch, plane_ok, plane_offs, cols, tile_ok = _plane_tile(C, H * W, W, n_planes, BLOCK_P, BLOCK_W)
+    _, ch, plane_ok, plane_offs, cols, tile_ok, first, last = _program_tile(C, H, W, n_planes, run_rows, BLOCK_P,
+                                                                            BLOCK_W)
     taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)
     bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
-    first = tl.program_id(2) * run_rows
-    last = tl.minimum(first + run_rows, H)
     # partial[m]: output row q - K//2 + m before input row q, rows < q summed (m = 0 .. K-2).
-    partial = ()
-    for m in tl.static_range(K - 1):
-        partial = partial + (tl.zeros([BLOCK_P, BLOCK_W], dtype=tl.float32), )
+    partial = _zero_tiles(K - 1, BLOCK_P, BLOCK_W)
     # The loads of row q + 1 are issued before the arithmetic of row q.
     next_row = _shifted_row(x_ptr, plane_offs, plane_ok, first - K // 2, H, W, cols, K)
     for q in range(first - K // 2, last + K // 2):
@@ -179,19 +187,16 @@ def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W, n_pl
     and each plane's partial sums over them of the weight gradient (entries 0 .. K*K-1, tap i*K + j) and of the
     bias gradient (entry K*K), in row ``part`` = run * column blocks + column block of ``partial_ptr``
     (n_planes, n_parts, K*K + 1)."""
-    ch, plane_ok, plane_offs, cols, tile_ok = _plane_tile(C, H * W, W, n_planes, BLOCK_P, BLOCK_W)
+    n, ch, plane_ok, plane_offs, cols, tile_ok, first, last = _program_tile(C, H, W, n_planes, run_rows, BLOCK_P,
+                                                                            BLOCK_W)
     if ACT != 0:
         taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)
         bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
-    first = tl.program_id(2) * run_rows
-    last = tl.minimum(first + run_rows, H)
     # window: input rows r - K//2 .. r + K//2 - 1 at K shifts each (tap i*K + j: row r - K//2 + i, shift j).
     window = ()
     for i in tl.static_range(K - 1):
         window = window + _shifted_row(x_ptr, plane_offs, plane_ok, first - K // 2 + i, H, W, cols, K)
-    sums = ()
-    for t in tl.static_range(K * K):
-        sums = sums + (tl.zeros([BLOCK_P, BLOCK_W], dtype=tl.float32), )
+    sums = _zero_tiles(K * K, BLOCK_P, BLOCK_W)
     bias_sum = tl.zeros([BLOCK_P, BLOCK_W], dtype=tl.float32)
     # As in the forward kernel, the loads of row r + 1 are issued before the arithmetic of row r. Out-of-tile
     # positions load dy = 0, so their gz is 0 and they add nothing to the sums.
@@ -218,7 +223,6 @@ def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W, n_pl
         for t in tl.static_range(K, K * K):
             window = window + (full[t], )
     part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
-    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     out = partial_ptr + (n.to(tl.int64) * n_parts + part) * (K * K + 1)
     for t in tl.static_range(K * K):
         tl.store(out + t, tl.sum(sums[t], axis=1), mask=plane_ok)

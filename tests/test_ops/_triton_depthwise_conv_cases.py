@@ -12,6 +12,7 @@ import torch  # noqa: E402
 
 from sparx_mm.ops import depthwise_conv2d_act, depthwise_conv2d_act_reference  # noqa: E402
 from sparx_mm.ops import triton_depthwise_conv as tdc  # noqa: E402
+from helpers import compile_matches_eager  # noqa: E402  (this folder: the script's sys.path[0])
 
 NAMES = ('y', 'dx', 'dweight', 'dbias')
 # Relative to the largest reference value. float16 inputs, parameters, outputs and gradients are compared with
@@ -118,14 +119,7 @@ def check_registration():
         return depthwise_conv2d_act(x, weight, bias, True, 'silu', impl='triton').square().sum()
 
     leaves = [t.requires_grad_() for t in (x, weight, bias)]
-    explanation = torch._dynamo.explain(loss)(*leaves)
-    compiled = torch.compile(loss, fullgraph=True, backend='aot_eager')
-    grads = torch.autograd.grad(compiled(*leaves), leaves)
-    eager = torch.autograd.grad(loss(*leaves), leaves)
-    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(grads, eager))
-    print(f'COMPILE graphs {explanation.graph_count} breaks {explanation.graph_break_count} '
-          f'{"matches" if same else "DIFFERS from"} eager')
-    return ok and same and explanation.graph_count == 1 and explanation.graph_break_count == 0
+    return compile_matches_eager(loss, leaves, atol=1e-6) and ok
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ import torch  # noqa: E402
 
 from sparx_mm.ops import pointwise_conv2d, pointwise_conv2d_reference  # noqa: E402
 from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
+from helpers import compile_matches_eager  # noqa: E402  (this folder: the script's sys.path[0])
 
 NAMES = ('y', 'dx', 'dweight', 'dbias', 'dskip', 'dscale', 'dshift')
 # Relative to the largest reference value; float16 tensors against a float32 reference on the same rounded
@@ -91,14 +92,7 @@ def check_registration():
     def loss(*tensors):
         return pointwise_conv2d(*tensors, impl='triton').square().sum()
 
-    explanation = torch._dynamo.explain(loss)(*leaves)
-    compiled = torch.compile(loss, fullgraph=True, backend='aot_eager')
-    grads = torch.autograd.grad(compiled(*leaves), leaves)
-    eager = torch.autograd.grad(loss(*leaves), leaves)
-    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(grads, eager))
-    print(f'COMPILE graphs {explanation.graph_count} breaks {explanation.graph_break_count} '
-          f'{"matches" if same else "DIFFERS from"} eager')
-    return ok and same and explanation.graph_count == 1 and explanation.graph_break_count == 0
+    return compile_matches_eager(loss, leaves, atol=1e-5) and ok
 
 
 def check_model():

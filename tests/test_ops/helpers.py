@@ -1,5 +1,6 @@
-"""What the op tests share: running a cases script under Triton's CPU interpreter, and catching the call of a
-Triton entry point where the dispatch would run it."""
+"""What the op tests share: running a cases script under Triton's CPU interpreter, comparing a torch.compile
+capture with eager mode (in those scripts), and catching the call of a Triton entry point where the dispatch
+would run it."""
 import os
 import subprocess
 import sys
@@ -20,6 +21,21 @@ def run_in_triton_interpreter(script: str, timeout: int = 900) -> str:
                          timeout=timeout)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
+
+
+def compile_matches_eager(loss, leaves, atol: float) -> bool:
+    """Whether ``loss(*leaves)`` (a scalar) traces as one graph with no breaks and its gradients under
+    ``torch.compile(fullgraph=True, backend='aot_eager')`` match eager mode (rtol 1e-5, ``atol``); prints a
+    COMPILE line."""
+    import torch
+    explanation = torch._dynamo.explain(loss)(*leaves)
+    compiled = torch.compile(loss, fullgraph=True, backend='aot_eager')
+    grads = torch.autograd.grad(compiled(*leaves), leaves)
+    eager = torch.autograd.grad(loss(*leaves), leaves)
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=atol) for a, b in zip(grads, eager))
+    print(f'COMPILE graphs {explanation.graph_count} breaks {explanation.graph_break_count} '
+          f'{"matches" if same else "DIFFERS from"} eager')
+    return same and explanation.graph_count == 1 and explanation.graph_break_count == 0
 
 
 class TritonCalled(Exception):
