@@ -4,9 +4,9 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..ops import add_skip_path, depthwise_conv2d_act, pointwise_conv2d
+from .recompute import recompute_saved
 
 #: Activation modules that the fused depthwise-conv kernel applies itself, by the kernel's name for them.
 FUSED_ACTIVATIONS = {nn.GELU: 'gelu', nn.SiLU: 'silu'}
@@ -107,11 +107,11 @@ class ConvFFN(nn.Module):
     activations run as their own module after it. ``forward(x, skip)`` adds a block's skip path (a
     :class:`SkipPath`) to the output inside the second 1x1 conv's kernel (:class:`PointwiseConv`).
 
-    ``recompute_hidden``: while training, keep only the first conv's output h for the backward pass and
-    recompute the activated hidden map act(h + dwconv(h)) from it there (one more depthwise conv and second
-    1x1 conv forward; outputs and gradients unchanged). The hidden map has 4C channels, the largest tensor a
-    SparX block keeps: SparX-T fp16 at batch 128 trains in 12.16 instead of 13.48 GB, at 425 instead of 497
-    img/s (H100).
+    ``recompute_hidden``: while training, the second conv does not keep the activated hidden map (4C channels,
+    the largest map a SparX block would keep) for its weight gradient: the backward pass recomputes it from the
+    first conv's output h, which the depthwise operator keeps anyway (one depthwise pass;
+    :func:`~sparx_mm.models.recompute.recompute_saved`; outputs and gradients unchanged). Not with active
+    dropout (its mask is not replayed): the map is kept then.
     """
     #: forward takes a skip path (SparXBlock folds its residual into the last conv).
     takes_skip = True
@@ -127,18 +127,19 @@ class ConvFFN(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
         self.recompute_hidden = recompute_hidden
 
-    def _from_hidden(self, h: torch.Tensor, skip: Optional[SkipPath]) -> torch.Tensor:
-        hidden = self.drop(self.act(self.dwconv(h)))
-        if skip is None or (self.training and not isinstance(self.drop, nn.Identity)):
-            out = self.drop(self.fc2(hidden))  # dropout acts on the branch only: the skip path is added after it
-            return out if skip is None else skip.add_to(out)
-        return self.fc2(hidden, skip)
-
     def forward(self, x: torch.Tensor, skip: Optional[SkipPath] = None) -> torch.Tensor:
         h = self.fc1(x)
-        if self.recompute_hidden and self.training and h.requires_grad:
-            return checkpoint(self._from_hidden, h, skip, use_reentrant=False)
-        return self._from_hidden(h, skip)
+        hidden = self.drop(self.act(self.dwconv(h)))
+        dropout_active = self.training and not isinstance(self.drop, nn.Identity)
+        with recompute_saved(hidden, self._hidden, h, enabled=self.recompute_hidden and not dropout_active):
+            if skip is not None and not dropout_active:
+                return self.fc2(hidden, skip)
+            out = self.drop(self.fc2(hidden))  # dropout acts on the branch only: the skip path is added after it
+        return out if skip is None else skip.add_to(out)
+
+    def _hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """act(h + dwconv(h)) without dropout: the hidden map's recipe (recompute_hidden)."""
+        return self.act(self.dwconv(h))
 
     def extra_repr(self) -> str:
         return f'recompute_hidden={self.recompute_hidden}'

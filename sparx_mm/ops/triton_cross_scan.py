@@ -20,7 +20,7 @@ the dt projection's two gradients are GEMMs over the raw-dt gradient after the k
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -183,8 +183,8 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
     """Gradients of one route of the pair for state index n: the adjoint runs against the route's direction
     (from the last chunk for a forward route, from the first for a backward one). Every program writes its
     own entries, no atomics: dx into the pair's buffer (FIRST: the first term written); the gradient of the
-    raw dt (before softplus) into ``ddt`` (B, K*D, L) at the route's positions, summed over n (the dt
-    projection's gradients are GEMMs over it, after the kernel); this channel block's sums of the B and C
+    raw dt (before softplus) into ``ddt`` (K*D, B, L) at the route's positions, summed over n (the dt
+    projection's gradients are GEMMs over it, after the kernel, contracting samples and positions at once); this channel block's sums of the B and C
     gradients into ``dbc`` (B, K, blocks, 2N, L); this sample's dA, dD and d dt_bias sums."""
     kd, bias, skip, A_n, proj_base, state_rows = _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L,
                                                                num_chunks, n, ROUTES, R, N)
@@ -215,7 +215,7 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
         # softplus' derivative is sigmoid(raw) (the identity branch above 20 has sigmoid ~ 1).
         draw = tl.where(mask, dh * (Bt[None, :] * u + A_n[:, None] * h_prev_a) * tl.sigmoid(raw), 0.0)
         dbias_acc += tl.sum(draw, axis=1)
-        ddt_ptrs = ddt_ptr + sample_kd[:, None] * L + t[None, :]
+        ddt_ptrs = ddt_ptr + (kd[:, None] * tl.num_programs(1) + b) * L + t[None, :]
         if n > 0:
             draw += tl.load(ddt_ptrs, mask=mask, other=0.0)
         tl.store(ddt_ptrs, draw, mask=mask)
@@ -283,17 +283,51 @@ def _to_route_order(t: torch.Tensor, routes: int, height: int, width: int) -> to
     return out
 
 
-def _merge_pairs(ys: torch.Tensor, routes: int, height: int, width: int) -> torch.Tensor:
-    """(pairs, B, C, L) per-pair sums -> (B, C, H, W) at row-major positions."""
+@triton.jit
+def _plane_transpose_kernel(src_ptr, add_ptr, out_ptr, H, W, HAS_ADD: tl.constexpr, BLOCK_H: tl.constexpr,
+                            BLOCK_W: tl.constexpr):
+    """out[n, w, h] = src[n, h, w] (+ add[n, w, h]) for planes n of (N, H, W) maps: a BLOCK_H x BLOCK_W tile read
+    along rows of ``src`` and written along rows of ``out``, transposed in between (both sides coalesced; torch's
+    copy of a transposed view reads or writes one element a sector), in float32 when adding, stored in out's
+    dtype."""
+    n = tl.program_id(0).to(tl.int64)  # planes on the first grid axis: B*C passes the others' 65535
+    hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ws = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+    plane = n * H * W
+    tile = tl.load(src_ptr + plane + hs[:, None] * W + ws[None, :], mask=(hs[:, None] < H) & (ws[None, :] < W))
+    tile = tl.trans(tile)
+    offsets = plane + ws[:, None] * H + hs[None, :]
+    mask = (ws[:, None] < W) & (hs[None, :] < H)
+    if HAS_ADD:
+        tile = tile.to(tl.float32) + tl.load(add_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(out_ptr + offsets, tile.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _plane_transpose(src: torch.Tensor, add: Optional[torch.Tensor] = None,
+                     dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """(..., H, W) contiguous -> (..., W, H): ``src`` transposed (+ ``add``, (..., W, H)), in ``dtype`` (default
+    src's)."""
+    h, w = src.shape[-2:]
+    out = torch.empty(*src.shape[:-2], w, h, device=src.device, dtype=dtype or src.dtype)
+    block_h, block_w = min(32, triton.next_power_of_2(h)), min(32, triton.next_power_of_2(w))
+    grid = (src.numel() // max(h * w, 1), triton.cdiv(h, block_h), triton.cdiv(w, block_w))
+    if out.numel():
+        _plane_transpose_kernel[grid](src, out if add is None else add, out, h, w, HAS_ADD=add is not None,
+                                      BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4)
+    return out
+
+
+def _merge_pairs(ys: torch.Tensor, routes: int, height: int, width: int,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(pairs, B, C, L) per-pair sums -> (B, C, H, W) at row-major positions, in ``dtype``."""
     b, c = ys.shape[1:3]
-    y = ys[0].view(b, c, height, width)
-    if routes == 4:
-        y = y + ys[1].view(b, c, width, height).transpose(-1, -2)
-    return y
+    if routes == 4:  # the column-major pair's sums, (B, C, W, H), transposed onto the row-major pair's
+        return _plane_transpose(ys[1].view(b, c, width, height), ys[0].view(b, c, height, width), dtype)
+    return ys[0].view(b, c, height, width).to(dtype)
 
 
 def _transposed_copy(x: torch.Tensor, routes: int) -> torch.Tensor:
-    return x.transpose(-1, -2).contiguous() if routes == 4 else x
+    return _plane_transpose(x) if routes == 4 else x
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
@@ -327,29 +361,35 @@ def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_we
     forward pass with chunks of ``block_l``."""
     b, d, h, w = x.shape
     rank = dt_weight.shape[2]
-    proj_routes = _to_route_order(proj.float(), routes, h, w)
+    proj_routes = _to_route_order(proj, routes, h, w)
     dxs, ddt, dbc, dA, dD, dbias = _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, routes,
                                                       block_l)
-    # dt_k = dt_weight[k] @ proj_dt: both gradients are GEMMs over the raw-dt gradient (B, K, D, L), batched
-    # over (sample, route).
-    ddt = ddt.view(b, routes, d, h * w)
-    d_dt_weight = torch.matmul(ddt, proj_routes[:, :, :rank].transpose(-1, -2)).sum(0)
-    dproj = torch.cat([torch.matmul(dt_weight.transpose(1, 2), ddt), dbc.sum(2)], dim=2)
-    dx = _merge_pairs(dxs, routes, h, w).to(x.dtype)
-    return (dx, _to_route_order(dproj, routes, w, h).to(proj.dtype), d_dt_weight, dA.sum(0), dD.sum(0),
-            dbias.sum(0))
+    # dt_k = dt_weight[k] @ proj_dt: both gradients are GEMMs over the raw-dt gradient (K, D, B, L) and the dt
+    # rows of the projections, in ddt's dtype (the inputs' under autocast, as autocast's own dt projection would
+    # run). The weight gradient is a (D, R) output contracted over B*L positions: one GEMM would run on a few
+    # tiles, so it is batched over the samples (strided views, no copies) and the samples summed in float32.
+    proj_dt = proj_routes[:, :, :rank].to(ddt.dtype)
+    ddt = ddt.view(routes, d, b, h * w)
+    d_dt_weight = torch.stack([torch.bmm(ddt[k].transpose(0, 1), proj_dt[:, k].transpose(1, 2))
+                               .sum(0, dtype=torch.float32) for k in range(routes)])
+    dproj_dt = torch.matmul(dt_weight.transpose(1, 2).to(ddt.dtype), ddt.view(routes, d, -1))
+    dproj_dt = dproj_dt.view(routes, rank, b, h * w)
+    dproj = torch.cat([dproj_dt.permute(2, 0, 1, 3).to(proj.dtype), dbc.sum(2).to(proj.dtype)], dim=2)
+    dx = _merge_pairs(dxs, routes, h, w, x.dtype)
+    return (dx, _to_route_order(dproj, routes, w, h), d_dt_weight, dA.sum(0), dD.sum(0), dbias.sum(0))
 
 
 def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, routes, block_l):
-    """The backward kernel on its buffers: -> per-pair dx (pairs, B, D, L), the raw-dt gradient (B, K*D, L),
+    """The backward kernel on its buffers: -> per-pair dx (pairs, B, D, L), the raw-dt gradient (K*D, B, L),
     per-channel-block B / C gradients (B, K, blocks, 2N, L), per-sample dA (B, K*D, N), dD and d dt_bias
-    (B, K*D); all float32, route order."""
+    (B, K*D); route order. The raw-dt gradient is written once per position with d_state 1, in x's dtype (the
+    largest tensor the kernel writes; with d_state > 1 it sums the state indices in float32); the rest float32."""
     meta, grid = _launch_config(x, dt_weight, A, routes, block_l, *BWD_TILING)
     b, d, h, w = x.shape
     length, n = h * w, meta['N']
     f32 = dict(device=x.device, dtype=torch.float32)
     dxs = torch.empty(_num_pairs(routes), b, d, length, **f32)
-    ddt = torch.empty(b, routes * d, length, **f32)
+    ddt = torch.empty(routes * d, b, length, device=x.device, dtype=x.dtype if n == 1 else torch.float32)
     dbc = torch.empty(b, routes, meta['num_d_blocks'], 2 * n, length, **f32)
     dA, dD, dbias = (torch.empty(b, *t.shape, **f32) for t in (A, D, dt_bias))
     dy = dy.contiguous()  # float32 (the gradient of the float32 output); x is read in its own dtype

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparx_mm.models.layers import ConvFFN, DepthwiseConvAct
+from sparx_mm.models.layers import ConvFFN, DepthwiseConvAct, SkipPath
 
 
 def _seeded(module, seed=0):
@@ -52,16 +52,17 @@ def _saved_bytes(fn):
     return out, total[0]
 
 
-@pytest.mark.parametrize('drop', [0.0, 0.3])
-def test_conv_ffn_recomputing_its_hidden_map_changes_nothing_but_the_saved_memory(drop):
+@pytest.mark.parametrize('drop,with_skip', [(0.0, False), (0.0, True), (0.3, True)])
+def test_conv_ffn_recomputing_its_hidden_map_changes_nothing_but_the_saved_memory(drop, with_skip):
     plain = _seeded(ConvFFN(4, 16, drop=drop)).train()
     recomputing = _seeded(ConvFFN(4, 16, drop=drop, recompute_hidden=True)).train()
     x = torch.randn(2, 4, 6, 5, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
-    torch.manual_seed(3)  # the same dropout masks: the recomputation replays the RNG state
-    y, plain_bytes = _saved_bytes(lambda: plain(x))
+    skip = SkipPath(torch.randn(2, 4, 6, 5), torch.rand(4), torch.randn(4)) if with_skip else None
+    torch.manual_seed(3)  # the same dropout masks
+    y, plain_bytes = _saved_bytes(lambda: plain(x, skip))
     torch.manual_seed(3)
-    y2, recomputing_bytes = _saved_bytes(lambda: recomputing(x2))
+    y2, recomputing_bytes = _saved_bytes(lambda: recomputing(x2, skip))
     assert torch.equal(y, y2)
     upstream = torch.randn_like(y)
     y.backward(upstream)
@@ -69,8 +70,10 @@ def test_conv_ffn_recomputing_its_hidden_map_changes_nothing_but_the_saved_memor
     assert torch.equal(x.grad, x2.grad)
     for p, p2 in zip(plain.parameters(), recomputing.parameters()):
         assert torch.equal(p.grad, p2.grad)
-    # What is no longer kept: the activated hidden map (2 x 16 x 6 x 5 float32), which fc2 saved.
-    assert plain_bytes - recomputing_bytes >= 2 * 16 * 6 * 5 * 4
+    if drop:  # a dropout mask is not replayed: the map is kept
+        assert recomputing_bytes == plain_bytes
+    else:  # no longer kept: the activated hidden map (2 x 16 x 6 x 5 float32), which fc2 saved
+        assert plain_bytes - recomputing_bytes == 2 * 16 * 6 * 5 * 4
     # Inference and eval keep the plain path.
     recomputing.eval()
     assert torch.equal(recomputing(x2), plain.eval()(x))

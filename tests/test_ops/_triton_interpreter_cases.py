@@ -44,6 +44,25 @@ if __name__ == '__main__':
         errors = relative_errors(case)
         worst = max(worst, *errors)
         print(case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)), flush=True)
+    # float16 inputs (the raw-dt gradient and the dt projection's gradient GEMMs then run in float16, as
+    # autocast's own dt projection would) against the float32 reference on the same rounded values.
+    case = (2, 24, 7, 9, 4, 1, 4)
+    b, d, h, w, routes, n, r = case
+    g = torch.Generator().manual_seed(4)
+    half = [torch.randn(b, d, h, w, generator=g).half(), torch.randn(b, routes, r + 2 * n, h * w, generator=g).half()]
+    params = [torch.randn(routes, d, r, generator=g) * 0.3, -torch.rand(routes * d, n, generator=g) - 0.1,
+              torch.randn(routes * d, generator=g), torch.randn(routes * d, generator=g) - 2]
+    upstream = torch.randn(b, d, h, w, generator=g)
+    results = []
+    for inputs in (half, [t.float() for t in half]):
+        leaves = [t.clone().requires_grad_() for t in inputs + params]
+        y = cross_selective_scan(*leaves, routes=routes, impl='fused' if inputs is half else 'unfused',
+                                 scan_backend='reference')
+        results.append([y.detach()] + list(torch.autograd.grad(y, leaves, upstream)))
+    errors = [float((t.float() - e).abs().max() / e.abs().max()) for t, e in zip(*results)]
+    dtypes_ok = all(t.dtype == e.dtype for t, e in zip(results[0][1:3], half))
+    print('float16', case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)),
+          f'float16 largest {max(errors):.3e}', 'dtypes', 'ok' if dtypes_ok else 'wrong', flush=True)
     # Inference (no gradient): the forward kernel's size-dependent tilings, 16 channels x 32 positions (a short
     # sequence) and 32 x 64 (2160 positions, rank 4), channels not a multiple of either block.
     for case in [(2, 40, 13, 11, 4, 1, 3), (1, 40, 48, 45, 4, 1, 4)]:
@@ -74,6 +93,27 @@ if __name__ == '__main__':
     errors = [float((t - e).abs().max() / e.abs().max()) for t, e in zip(results[1], results[0])]
     worst = max(worst, *errors)
     print('selective_scan_triton', ' '.join(f'{e:.1e}' for e in errors), flush=True)
+    # The plane transpose (the column-major pair's copies and the merge of the pairs' sums): exact, tiles past
+    # both edges (37 x 70 with 32 x 32 tiles), a 1 x 1 map, adding in float32 and storing in another dtype.
+    from sparx_mm.ops.triton_cross_scan import _plane_transpose
+    g = torch.Generator().manual_seed(5)
+    exact = []
+    for shape in [(2, 3, 37, 70), (1, 2, 1, 1), (1, 1, 5, 3)]:
+        src = torch.randn(shape, generator=g).half()
+        add = torch.randn(shape[:-2] + shape[-2:][::-1], generator=g)
+        exact.append(torch.equal(_plane_transpose(src), src.transpose(-1, -2)))
+        exact.append(torch.equal(_plane_transpose(src, add, torch.float16),
+                                 (src.transpose(-1, -2).float() + add).half()))
+    # The helpers around the kernels agree with the route definitions: x^T is the column-major route's sequence,
+    # and merging a map read in both orders gives twice the map.
+    from sparx_mm.ops import route_sequence, triton_cross_scan as tcs
+    x = torch.randn(2, 3, 4, 5, generator=g)
+    for routes in (1, 2, 4):
+        exact.append(torch.equal(tcs._transposed_copy(x, routes).flatten(2),
+                                 route_sequence(x, 1 if routes == 4 else 0, routes)))
+        pairs = torch.stack([x.flatten(2), x.transpose(-1, -2).flatten(2)])[:tcs._num_pairs(routes)]
+        exact.append(torch.equal(tcs._merge_pairs(pairs, routes, 4, 5), x * (2 if routes == 4 else 1)))
+    print('TRANSPOSE', 'ok' if all(exact) else exact, flush=True)
     # The custom-op registration (schema, fake tensors for torch.compile, autograd) on a tiny case.
     from sparx_mm.ops import triton_cross_scan
     g = torch.Generator().manual_seed(1)

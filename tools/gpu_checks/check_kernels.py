@@ -1,6 +1,6 @@
 """GPU check of the Triton kernels against the PyTorch reference (run on a CUDA machine).
 
-    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model]
+    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute]
 
 Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
 projection, scan, merge), forward and every gradient, on random inputs of awkward sizes (H != W, lengths
@@ -8,7 +8,9 @@ that are not multiples of the block, channels that are not multiples of the chan
 / four routes, L = 1) in fp32 / bf16 / fp16, then (with --model) whole SparX-Mamba outputs and input
 gradients (train and eval mode; outputs alone without autograd, where the scan kernel takes its inference
 tilings) with the Triton kernels (plain scan, fused scan core, fused scan core + the layer kernels) against the
-reference. Prints the largest relative errors and exits non-zero when one exceeds its tolerance. The layer
+reference, and a training step with the backward pass recomputing normalised / hidden maps against one keeping
+them (bit-identical gradients). Prints the largest relative errors and exits non-zero when one exceeds its
+tolerance. The layer
 kernels' own checks: check_group_norm.py, check_depthwise_conv.py.
 """
 import argparse
@@ -155,22 +157,55 @@ def check_model(device):
     return ok
 
 
-PARTS = ('scan', 'cross', 'model')
+def check_recompute(device):
+    """SparX-T trained one step under fp16 autocast with the backward pass recomputing SS2D's normalised maps
+    and the FFN hidden maps (the defaults) and with both kept: the same outputs and bit-identical gradients (the
+    recomputation reruns the same deterministic kernels on the same inputs), and the bytes autograd keeps."""
+    from sparx_mm.models import SparXMamba
+    results = {}
+    for recompute in (True, False):
+        torch.manual_seed(0)
+        model = SparXMamba('t', ffn_recompute=recompute, norm_recompute=recompute).to(device).train()
+        torch.manual_seed(1)
+        x = torch.randn(8, 3, 224, 224, device=device, requires_grad=True)
+        kept = [0]
+
+        def count(t):
+            kept[0] += t.numel() * t.element_size()
+            return t
+
+        # Counting hooks around ours: the recomputation hands every other tensor on to them.
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t), \
+                torch.autocast('cuda', dtype=torch.float16):
+            feats = model(x)
+        sum(f.float().square().mean() for f in feats).backward()
+        results[recompute] = ([f.detach() for f in feats], x.grad, [p.grad for p in model.parameters()], kept[0])
+    (outs, gx, gps, kept), (outs0, gx0, gps0, kept0) = results[True], results[False]
+    same = (all(torch.equal(a, b) for a, b in zip(outs, outs0)) and torch.equal(gx, gx0)
+            and all(torch.equal(a, b) for a, b in zip(gps, gps0)))
+    print(f'SparX-T fp16 training step, batch 8, recomputed vs kept maps: outputs and gradients '
+          f'{"bit-identical" if same else "DIFFER  FAIL"}; autograd keeps {kept / 2**20:.0f} MiB instead of '
+          f'{kept0 / 2**20:.0f} MiB', flush=True)
+    return same and kept < kept0
+
+
+PARTS = ('scan', 'cross', 'model', 'recompute')
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', action='store_true', help='also compare whole-model outputs')
     parser.add_argument('--only', nargs='+', choices=PARTS, default=None,
-                        help='run only these parts (default: scan and cross, plus model with --model)')
+                        help='run only these parts (default: scan and cross, plus model and recompute with --model)')
     args = parser.parse_args()
-    parts = set(args.only or ['scan', 'cross'] + (['model'] if args.model else []))
+    parts = set(args.only or ['scan', 'cross'] + (['model', 'recompute'] if args.model else []))
     if not torch.cuda.is_available():
         sys.exit('check_kernels.py needs a CUDA GPU')
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
-    for part, check in (('scan', check_scan), ('cross', check_cross_scan), ('model', check_model)):
+    for part, check in (('scan', check_scan), ('cross', check_cross_scan), ('model', check_model),
+                        ('recompute', check_recompute)):
         if part in parts:
             ok &= check(device)
     print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')

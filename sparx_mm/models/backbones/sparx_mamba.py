@@ -98,10 +98,14 @@ class SparXMamba(BaseModule):
             their downsampling and output norms).
         norm_eval: keep BatchNorm layers in eval mode while training (frozen statistics).
         with_cp: gradient checkpointing of every block (saves memory, costs a second forward).
-        ffn_recompute: while training, recompute each ConvFFN's 4C-channel hidden map in the backward pass
-            instead of keeping it (:class:`ConvFFN`'s ``recompute_hidden``; same outputs and gradients). On an
-            H100, SparX-T fp16 at batch 128: 12.16 instead of 13.48 GB, 425 instead of 497 img/s (same machine);
-            a lighter trade than ``with_cp``. No effect with ``with_cp`` (the whole block is recomputed then).
+        ffn_recompute: while training, each ConvFFN's second conv does not keep the 4C-channel hidden map for the
+            backward pass, which recomputes it with one depthwise pass (:class:`ConvFFN`'s ``recompute_hidden``).
+        norm_recompute: while training, SS2D's output projection does not keep the normalised scan output (2C
+            channels); the backward pass renormalises (:class:`SS2D`'s ``norm_recompute``). Both recomputations
+            change no output or gradient (:mod:`sparx_mm.models.recompute`: nothing but the recomputed map is
+            rerun) and are on by default: SparX-T fp16 at batch 128 trains in ~2 GB less (docs/benchmarks.md).
+            No effect with ``with_cp`` (the whole block is recomputed then), nor under torch.compile (which plans
+            its own).
         norm_cfg: config of the BatchNorm layers (stem, downsampling, DMCA), e.g. dict(type='SyncBN').
         init_cfg: e.g. dict(type='Pretrained', checkpoint=PATH): an official SparX checkpoint
             (classification, Mask R-CNN or UperNet) or one of this project's; keys are converted on load.
@@ -129,7 +133,8 @@ class SparXMamba(BaseModule):
     def __init__(self, arch='t', in_channels: int = 3, out_indices: Optional[Sequence[int]] = None,
                  out_norm: Optional[str] = 'layernorm', dmca_scale: str = 'fixed',
                  drop_path_rate: float = 0.0, frozen_stages: int = -1, norm_eval: bool = False,
-                 with_cp: bool = False, ffn_recompute: bool = False, norm_cfg: dict = dict(type='BN'),
+                 with_cp: bool = False, ffn_recompute: bool = True, norm_recompute: bool = True,
+                 norm_cfg: dict = dict(type='BN'),
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         name = type(self).__name__
@@ -145,7 +150,8 @@ class SparXMamba(BaseModule):
                              f'(-1 = none, 0 = stem, i = stem and stages 0..i-1), got {frozen_stages!r}')
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f'{name}: drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
-        for flag, value in (('with_cp', with_cp), ('ffn_recompute', ffn_recompute), ('norm_eval', norm_eval)):
+        for flag, value in (('with_cp', with_cp), ('ffn_recompute', ffn_recompute), ('norm_recompute', norm_recompute),
+                            ('norm_eval', norm_eval)):
             if not isinstance(value, bool):
                 raise TypeError(f'{name}: {flag} must be True or False, got {value!r}')
         self.frozen_stages = frozen_stages
@@ -178,6 +184,8 @@ class SparXMamba(BaseModule):
         for module in self.modules():
             if isinstance(module, ConvFFN):
                 module.recompute_hidden = ffn_recompute and not with_cp
+            if isinstance(module, SS2D):
+                module.norm_recompute = norm_recompute and not with_cp
         self.apply(self._official_init)
         self._freeze_stages()
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from ...ops import ROUTE_COUNTS, OneGroupNorm, cross_selective_scan
 from ..layers import DepthwiseConvAct, PointwiseConv, SkipPath
+from ..recompute import recompute_saved
 
 SCAN_ROUTES = 4
 
@@ -29,6 +30,10 @@ class SS2D(nn.Module):
         routes: scan routes K (each with its own projections and SSM parameters): 4 (default) is the
             four-route cross scan; 2 scans the row-major sequence forwards and backwards (the Bi-SSM of
             ViM); 1 scans it forwards only (vanilla Mamba's single causal direction).
+
+    ``norm_recompute``: while training, out_proj does not keep the normalised scan output for its backward pass:
+    it is recomputed from the scan output, which the GroupNorm keeps anyway (:func:`~sparx_mm.models.recompute.
+    recompute_saved`; outputs and gradients unchanged).
 
     Shapes: (B, C, H, W) -> (B, C, H, W); with project_input=False the input is (B, D, H, W).
     """
@@ -59,6 +64,7 @@ class SS2D(nn.Module):
         self.out_norm = OneGroupNorm(d_inner)
         self.out_proj = PointwiseConv(d_inner, dim)
         self._dt_range = (dt_min, dt_max, dt_init_floor)
+        self.norm_recompute = False
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -79,21 +85,22 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) -> (B, D, H, W) float32: scan the K routes and sum them back."""
+        """(B, D, H, W) -> (B, D, H, W) float32: scan the K routes and sum them back (before out_norm)."""
         b, d, h, w = x.shape
         k, r, n = self.routes, self.dt_rank, self.d_state
         # The per-route x_proj (grouped 1x1 convs on the route sequences in the official code) is one GEMM
         # on the map itself: a per-position projection commutes with reordering the positions.
         proj = torch.matmul(self.x_proj_weight.view(k * (r + 2 * n), d), x.flatten(2))
-        y = cross_selective_scan(
+        return cross_selective_scan(
             x, proj.view(b, k, r + 2 * n, h * w), self.dt_projs_weight, -torch.exp(self.A_logs.float()),
             D=self.Ds.float(), dt_bias=self.dt_projs_bias.reshape(-1).float(), routes=k)
-        return self.out_norm(y)
 
     def forward(self, x: torch.Tensor, skip: Optional[SkipPath] = None) -> torch.Tensor:
         """``skip``: a block's skip path, added inside out_proj's kernel (see :class:`SkipPath`)."""
-        x = self.conv2d(self.in_proj(x))
-        return self.out_proj(self.forward_core(x), skip)
+        y = self.forward_core(self.conv2d(self.in_proj(x)))
+        normed = self.out_norm(y)
+        with recompute_saved(normed, self.out_norm, y, enabled=self.norm_recompute):
+            return self.out_proj(normed, skip)
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, '

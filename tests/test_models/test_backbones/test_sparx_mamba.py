@@ -90,23 +90,42 @@ def test_with_cp_gives_same_outputs_and_gradients():
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_ffn_recompute_is_set_on_every_conv_ffn_and_changes_no_gradient():
+def test_recomputation_flags_reach_every_layer_and_change_no_gradient_only_the_saved_memory():
     from sparx_mm.models.layers import ConvFFN
+    from sparx_mm.models.mixers.ss2d import SS2D
     torch.manual_seed(0)
-    recomputing = SparXMamba(TINY, ffn_recompute=True).train()
-    keeping = SparXMamba(TINY).train()
-    with_cp = SparXMamba(TINY, with_cp=True, ffn_recompute=True)
+    recomputing = SparXMamba(TINY).train()  # both on by default
+    keeping = SparXMamba(TINY, ffn_recompute=False, norm_recompute=False).train()
+    with_cp = SparXMamba(TINY, with_cp=True)
     for model, expected in ((recomputing, True), (keeping, False), (with_cp, False)):
-        flags = {m.recompute_hidden for m in model.modules() if isinstance(m, ConvFFN)}
-        assert flags == {expected}
-    with pytest.raises(TypeError, match="ffn_recompute must be True or False, got 'yes'"):
-        SparXMamba(TINY, ffn_recompute='yes')
+        assert {m.recompute_hidden for m in model.modules() if isinstance(m, ConvFFN)} == {expected}
+        assert {m.norm_recompute for m in model.modules() if isinstance(m, SS2D)} == {expected}
+    for flag in ('ffn_recompute', 'norm_recompute'):
+        with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'yes'"):
+            SparXMamba(TINY, **{flag: 'yes'})
     keeping.load_state_dict(recomputing.state_dict())
     x = torch.randn(2, 3, 64, 64, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
-    sum(o.sum() for o in recomputing(x)).backward()
-    sum(o.sum() for o in keeping(x2)).backward()
+    saved = []
+    for model, inputs in ((recomputing, x), (keeping, x2)):
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            outs = model(inputs)
+        sum(o.sum() for o in outs).backward()
+        saved.append(total[0])
     assert torch.equal(x.grad, x2.grad)
+    for (name, p), p2 in zip(recomputing.named_parameters(), keeping.parameters()):
+        assert torch.equal(p.grad, p2.grad), name
+    # No longer kept, per block: the normalised scan output (2C channels) and the FFN's hidden map (4C), float32
+    # here.
+    side = [64 // 2 ** (i + 2) for i in range(4)]
+    expected = sum(depth * 6 * dim * s * s * 2 * 4 for depth, dim, s in zip(TINY['depths'], TINY['dims'], side))
+    assert saved[1] - saved[0] == expected
 
 
 def test_frozen_stages_and_norm_eval():
