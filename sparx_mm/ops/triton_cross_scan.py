@@ -183,8 +183,8 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
     """Gradients of one route of the pair for state index n: the adjoint runs against the route's direction
     (from the last chunk for a forward route, from the first for a backward one). Every program writes its
     own entries, no atomics: dx into the pair's buffer (FIRST: the first term written); the gradient of the
-    raw dt (before softplus) into ``ddt`` (K*D, B, L) at the route's positions, summed over n (the dt
-    projection's gradients are GEMMs over it, after the kernel, contracting samples and positions at once); this channel block's sums of the B and C
+    raw dt (before softplus) into ``ddt`` (B, K*D, L) at the route's positions, summed over n (the dt
+    projection's gradients are GEMMs over it, after the kernel); this channel block's sums of the B and C
     gradients into ``dbc`` (B, K, blocks, 2N, L); this sample's dA, dD and d dt_bias sums."""
     kd, bias, skip, A_n, proj_base, state_rows = _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L,
                                                                num_chunks, n, ROUTES, R, N)
@@ -215,7 +215,7 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
         # softplus' derivative is sigmoid(raw) (the identity branch above 20 has sigmoid ~ 1).
         draw = tl.where(mask, dh * (Bt[None, :] * u + A_n[:, None] * h_prev_a) * tl.sigmoid(raw), 0.0)
         dbias_acc += tl.sum(draw, axis=1)
-        ddt_ptrs = ddt_ptr + (kd[:, None] * tl.num_programs(1) + b) * L + t[None, :]
+        ddt_ptrs = ddt_ptr + sample_kd[:, None] * L + t[None, :]
         if n > 0:
             draw += tl.load(ddt_ptrs, mask=mask, other=0.0)
         tl.store(ddt_ptrs, draw, mask=mask)
@@ -364,23 +364,20 @@ def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_we
     proj_routes = _to_route_order(proj, routes, h, w)
     dxs, ddt, dbc, dA, dD, dbias = _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, routes,
                                                       block_l)
-    # dt_k = dt_weight[k] @ proj_dt: both gradients are GEMMs over the raw-dt gradient (K, D, B, L) and the dt
-    # rows of the projections, in ddt's dtype (the inputs' under autocast, as autocast's own dt projection would
-    # run). The weight gradient is a (D, R) output contracted over B*L positions: one GEMM would run on a few
-    # tiles, so it is batched over the samples (strided views, no copies) and the samples summed in float32.
-    proj_dt = proj_routes[:, :, :rank].to(ddt.dtype)
-    ddt = ddt.view(routes, d, b, h * w)
-    d_dt_weight = torch.stack([torch.bmm(ddt[k].transpose(0, 1), proj_dt[:, k].transpose(1, 2))
-                               .sum(0, dtype=torch.float32) for k in range(routes)])
-    dproj_dt = torch.matmul(dt_weight.transpose(1, 2).to(ddt.dtype), ddt.view(routes, d, -1))
-    dproj_dt = dproj_dt.view(routes, rank, b, h * w)
-    dproj = torch.cat([dproj_dt.permute(2, 0, 1, 3).to(proj.dtype), dbc.sum(2).to(proj.dtype)], dim=2)
+    # dt_k = dt_weight[k] @ proj_dt: both gradients are GEMMs over the raw-dt gradient (B, K, D, L) batched over
+    # (sample, route), in ddt's dtype (the inputs' under autocast, as autocast's own dt projection would run);
+    # the weight gradient's per-sample products are summed in float32.
+    ddt = ddt.view(b * routes, d, h * w)
+    proj_dt = proj_routes[:, :, :rank].to(ddt.dtype).reshape(b * routes, rank, h * w)
+    d_dt_weight = torch.bmm(ddt, proj_dt.transpose(1, 2)).view(b, routes, d, rank).sum(0, dtype=torch.float32)
+    dproj_dt = torch.matmul(dt_weight.transpose(1, 2).to(ddt.dtype), ddt.view(b, routes, d, h * w))
+    dproj = torch.cat([dproj_dt.to(proj.dtype), dbc.sum(2).to(proj.dtype)], dim=2)
     dx = _merge_pairs(dxs, routes, h, w, x.dtype)
     return (dx, _to_route_order(dproj, routes, w, h), d_dt_weight, dA.sum(0), dD.sum(0), dbias.sum(0))
 
 
 def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, routes, block_l):
-    """The backward kernel on its buffers: -> per-pair dx (pairs, B, D, L), the raw-dt gradient (K*D, B, L),
+    """The backward kernel on its buffers: -> per-pair dx (pairs, B, D, L), the raw-dt gradient (B, K*D, L),
     per-channel-block B / C gradients (B, K, blocks, 2N, L), per-sample dA (B, K*D, N), dD and d dt_bias
     (B, K*D); route order. The raw-dt gradient is written once per position with d_state 1, in x's dtype (the
     largest tensor the kernel writes; with d_state > 1 it sums the state indices in float32); the rest float32."""
@@ -389,7 +386,7 @@ def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, rou
     length, n = h * w, meta['N']
     f32 = dict(device=x.device, dtype=torch.float32)
     dxs = torch.empty(_num_pairs(routes), b, d, length, **f32)
-    ddt = torch.empty(routes * d, b, length, device=x.device, dtype=x.dtype if n == 1 else torch.float32)
+    ddt = torch.empty(b, routes * d, length, device=x.device, dtype=x.dtype if n == 1 else torch.float32)
     dbc = torch.empty(b, routes, meta['num_d_blocks'], 2 * n, length, **f32)
     dA, dD, dbias = (torch.empty(b, *t.shape, **f32) for t in (A, D, dt_bias))
     dy = dy.contiguous()  # float32 (the gradient of the float32 output); x is read in its own dtype

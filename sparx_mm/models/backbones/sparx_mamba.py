@@ -103,7 +103,8 @@ class SparXMamba(BaseModule):
         norm_recompute: while training, SS2D's output projection does not keep the normalised scan output (2C
             channels); the backward pass renormalises (:class:`SS2D`'s ``norm_recompute``). Both recomputations
             change no output or gradient (:mod:`sparx_mm.models.recompute`: nothing but the recomputed map is
-            rerun) and are on by default: SparX-T fp16 at batch 128 trains in ~2 GB less (docs/benchmarks.md).
+            rerun) and are on by default: SparX-T fp16 at batch 128 trains in 11.4 instead of 13.5 GB, 1-8 % slower
+            on the lent H100s (docs/benchmarks.md).
             No effect with ``with_cp`` (the whole block is recomputed then), nor under torch.compile (which plans
             its own).
         norm_cfg: config of the BatchNorm layers (stem, downsampling, DMCA), e.g. dict(type='SyncBN').
