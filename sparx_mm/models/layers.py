@@ -129,7 +129,7 @@ class ConvFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: Optional[SkipPath] = None) -> torch.Tensor:
         h = self.fc1(x)
-        hidden = self.drop(self.act(self.dwconv(h)))
+        hidden = self.drop(self._hidden(h))
         dropout_active = self.training and not isinstance(self.drop, nn.Identity)
         with recompute_saved(hidden, self._hidden, h, enabled=self.recompute_hidden and not dropout_active):
             if skip is not None and not dropout_active:

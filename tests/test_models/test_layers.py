@@ -6,6 +6,8 @@ from torch import nn
 
 from sparx_mm.models.layers import ConvFFN, DepthwiseConvAct, SkipPath
 
+from .helpers import saved_bytes
+
 
 def _seeded(module, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -39,19 +41,6 @@ def test_conv_ffn_equals_the_official_composition(act_layer):
                                         'fc2.weight']
 
 
-def _saved_bytes(fn):
-    """Bytes of the tensors autograd saves for the backward pass while ``fn`` runs."""
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, total[0]
-
-
 @pytest.mark.parametrize('drop,with_skip', [(0.0, False), (0.0, True), (0.3, True)])
 def test_conv_ffn_recomputing_its_hidden_map_changes_nothing_but_the_saved_memory(drop, with_skip):
     plain = _seeded(ConvFFN(4, 16, drop=drop)).train()
@@ -60,9 +49,9 @@ def test_conv_ffn_recomputing_its_hidden_map_changes_nothing_but_the_saved_memor
     x2 = x.detach().clone().requires_grad_()
     skip = SkipPath(torch.randn(2, 4, 6, 5), torch.rand(4), torch.randn(4)) if with_skip else None
     torch.manual_seed(3)  # the same dropout masks
-    y, plain_bytes = _saved_bytes(lambda: plain(x, skip))
+    y, plain_bytes = saved_bytes(lambda: plain(x, skip))
     torch.manual_seed(3)
-    y2, recomputing_bytes = _saved_bytes(lambda: recomputing(x2, skip))
+    y2, recomputing_bytes = saved_bytes(lambda: recomputing(x2, skip))
     assert torch.equal(y, y2)
     upstream = torch.randn_like(y)
     y.backward(upstream)

@@ -5,24 +5,7 @@ import torch.nn.functional as F
 
 from sparx_mm.models.recompute import recompute_saved
 
-
-class _Counting:
-    """Saved-tensor hooks that count the bytes they are handed (and mark what they unpack)."""
-
-    def __init__(self):
-        self.packed = 0
-        self.unpacked = 0
-
-    def pack(self, t):
-        self.packed += t.numel() * t.element_size()
-        return t.detach()
-
-    def unpack(self, t):
-        self.unpacked += 1
-        return t
-
-    def hooks(self):
-        return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+from .helpers import saved_bytes
 
 
 def _norm(x):
@@ -48,12 +31,12 @@ def test_the_recipe_replaces_the_saved_tensor_and_the_gradients_stay_exact():
     upstream = torch.randn(2, 4, 5, 7)
     results = {}
     for recompute in (False, True):
-        counting, calls = _Counting(), []
-        with counting.hooks():  # a user's hooks, active before ours: they still see every other tensor
-            y = _run(recompute, x, weight, calls)
+        calls = []
+        # Counting hooks, active before ours (as a user's would be): they still see every other tensor.
+        y, kept = saved_bytes(lambda: _run(recompute, x, weight, calls))
         x.grad = weight.grad = None
         y.backward(upstream)
-        results[recompute] = (y, x.grad, weight.grad, counting.packed, calls)
+        results[recompute] = (y, x.grad, weight.grad, kept, calls)
     (y0, gx0, gw0, bytes0, calls0), (y1, gx1, gw1, bytes1, calls1) = results[False], results[True]
     assert torch.equal(y0, y1) and torch.equal(gx0, gx1) and torch.equal(gw0, gw1)
     assert calls0 == [] and calls1 == [x.shape]  # recomputed once, in the backward pass
@@ -130,7 +113,6 @@ def test_an_error_inside_leaves_no_recipe_behind():
     with pytest.raises(ValueError):
         with recompute_saved(normed, _norm, x):
             raise ValueError('inside')
-    counting = _Counting()
-    with counting.hooks():
-        F.conv2d(normed, weight).sum().backward()
-    assert counting.packed == normed.numel() * 4 + weight.numel() * 4  # kept as usual
+    y, kept = saved_bytes(lambda: F.conv2d(normed, weight))
+    y.sum().backward()
+    assert kept == normed.numel() * 4 + weight.numel() * 4  # kept as usual

@@ -10,8 +10,8 @@ gradients (train and eval mode; outputs alone without autograd, where the scan k
 tilings) with the Triton kernels (plain scan, fused scan core, fused scan core + the layer kernels) against the
 reference, and a training step with the backward pass recomputing normalised / hidden maps against one keeping
 them (bit-identical gradients). Prints the largest relative errors and exits non-zero when one exceeds its
-tolerance. The layer
-kernels' own checks: check_group_norm.py, check_depthwise_conv.py.
+tolerance. The layer kernels' own checks: check_group_norm.py, check_depthwise_conv.py,
+check_pointwise_conv.py.
 """
 import argparse
 import os

@@ -135,8 +135,7 @@ class SparXMamba(BaseModule):
                  out_norm: Optional[str] = 'layernorm', dmca_scale: str = 'fixed',
                  drop_path_rate: float = 0.0, frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, ffn_recompute: bool = True, norm_recompute: bool = True,
-                 norm_cfg: dict = dict(type='BN'),
-                 init_cfg=None):
+                 norm_cfg: dict = dict(type='BN'), init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         name = type(self).__name__
         self.arch_settings = self.resolve_arch(arch)

@@ -7,6 +7,8 @@ from mmengine.registry import MODELS
 import sparx_mm  # noqa: F401 (registers SparXMamba)
 from sparx_mm.models.backbones.sparx_mamba import SparXMamba
 
+from ..helpers import saved_bytes
+
 TINY = dict(depths=[1, 2, 3, 2], dims=[16, 32, 48, 64], stem='v2', ganglion_strides=[1, 1, 2, 1],
             ganglion_starts=[None, 1, 0, 0], ganglion_windows=[None, None, 2, None])
 
@@ -108,16 +110,9 @@ def test_recomputation_flags_reach_every_layer_and_change_no_gradient_only_the_s
     x2 = x.detach().clone().requires_grad_()
     saved = []
     for model, inputs in ((recomputing, x), (keeping, x2)):
-        total = [0]
-
-        def pack(t):
-            total[0] += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            outs = model(inputs)
+        outs, kept = saved_bytes(lambda: model(inputs))
         sum(o.sum() for o in outs).backward()
-        saved.append(total[0])
+        saved.append(kept)
     assert torch.equal(x.grad, x2.grad)
     for (name, p), p2 in zip(recomputing.named_parameters(), keeping.parameters()):
         assert torch.equal(p.grad, p2.grad), name
