@@ -51,3 +51,25 @@ def test_a_setting_out_of_memory_is_reported_and_the_table_goes_on(benchmark, ca
 def test_bad_sizes_are_rejected(benchmark):
     with pytest.raises(SystemExit):
         benchmark.main(['--batch', '0', '--device', 'cpu'])
+
+
+def test_backbone_options_reach_the_backbone_and_bad_ones_are_refused(benchmark, capsys, monkeypatch):
+    seen = []
+    real = benchmark.Classifier
+
+    def classifier(arch, **options):
+        seen.append(options)
+        return real(arch, **options)
+
+    monkeypatch.setattr(benchmark, 'Classifier', classifier)
+    benchmark.main(['--arch', 't', '--batch', '2', '--size', '32', '--device', 'cpu', '--mode', 'train',
+                    '--warmup', '0', '--iters', '1', '--backbone-options', '{"ffn_recompute": false}'])
+    out = capsys.readouterr().out
+    assert seen == [{'ffn_recompute': False}]
+    assert "backbone options {'ffn_recompute': False}" in out.splitlines()[0]
+    for bad, message in (('{"ffn_recompute": ', 'must be a JSON object'), ('[1]', 'must be a JSON object'),
+                         ('{"no_such_option": 1}', "unexpected keyword argument 'no_such_option'"),
+                         ('{"ffn_recompute": "yes"}', "ffn_recompute must be True or False")):
+        with pytest.raises(SystemExit):
+            benchmark.main(['--device', 'cpu', '--backbone-options', bad])
+        assert message in capsys.readouterr().err

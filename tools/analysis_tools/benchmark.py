@@ -7,6 +7,7 @@ Inference is timed under torch.inference_mode(); training times forward + backwa
 labels. fp16 / bf16 run under autocast (the scan keeps a float32 state). Prints one row per setting.
 """
 import argparse
+import json
 import os
 import resource
 import sys
@@ -23,9 +24,9 @@ DTYPES = dict(fp32=None, fp16=torch.float16, bf16=torch.bfloat16)
 class Classifier(torch.nn.Module):
     """SparXMamba + the official head (GroupNorm, mean pool, Linear), without mmpretrain's overhead."""
 
-    def __init__(self, arch, num_classes=1000):
+    def __init__(self, arch, num_classes=1000, **backbone_options):
         super().__init__()
-        self.backbone = SparXMamba(arch, out_indices=(3, ), out_norm=None)
+        self.backbone = SparXMamba(arch, out_indices=(3, ), out_norm=None, **backbone_options)
         width = self.backbone.dims[-1]
         self.norm = torch.nn.GroupNorm(1, width)
         self.fc = torch.nn.Linear(width, num_classes)
@@ -39,8 +40,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model=False, channels_last=False):
-    model = Classifier(arch).to(device)
+def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model=False, channels_last=False,
+            backbone_options=None):
+    model = Classifier(arch, **(backbone_options or {})).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     if compile_model:
@@ -102,15 +104,29 @@ def main(argv=None):
     parser.add_argument('--channels-last', action='store_true',
                         help='run in channels-last memory format (weights and input)')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
+    parser.add_argument('--backbone-options', default='{}', metavar='JSON',
+                        help='SparXMamba keyword arguments as a JSON object, e.g. '
+                             '\'{"ffn_recompute": false, "norm_recompute": false}\'')
     args = parser.parse_args(argv)
     if args.batch < 1 or args.size < 1 or args.iters < 1:
         parser.error('--batch, --size and --iters must be positive')
+    try:
+        backbone_options = json.loads(args.backbone_options)
+    except json.JSONDecodeError as error:
+        parser.error(f'--backbone-options must be a JSON object, got {args.backbone_options!r} ({error})')
+    if not isinstance(backbone_options, dict):
+        parser.error(f'--backbone-options must be a JSON object, got {args.backbone_options!r}')
+    try:
+        SparXMamba(args.arch[0], **backbone_options)
+    except (TypeError, ValueError) as error:
+        parser.error(f'--backbone-options: {error}')
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f'# SparX-Mamba benchmark on {name}, torch {torch.__version__}; median of {args.iters} iterations'
-          + (', torch.compile' if args.compile else '') + (', channels-last' if args.channels_last else ''))
+          + (', torch.compile' if args.compile else '') + (', channels-last' if args.channels_last else '')
+          + (f', backbone options {backbone_options}' if backbone_options else ''))
     print(f"{'arch':>4} {'mode':>5} {'dtype':>5} {'batch':>5} {'size':>5} {'ms/iter':>9} {'img/s':>9} {'peak GB':>8}")
     for arch in args.arch:
         for mode in args.mode:
@@ -118,7 +134,7 @@ def main(argv=None):
                 r = None
                 try:
                     r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters,
-                                args.compile, args.channels_last)
+                                args.compile, args.channels_last, backbone_options)
                 except torch.OutOfMemoryError:
                     pass  # one setting too large for the device must not cost the rest of the table
                 if r is None:

@@ -1,0 +1,42 @@
+"""tools/analysis_tools/saved_memory.py on the CPU: the census, and what the recomputation options change."""
+import importlib.util
+import os
+import re
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
+_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'analysis_tools', 'saved_memory.py')
+
+
+@pytest.fixture(scope='module')
+def saved_memory():
+    spec = importlib.util.spec_from_file_location('sparx_saved_memory', _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _total(text):
+    return float(re.search(r'^total (\S+) GB', text, re.M).group(1))
+
+
+def test_census_and_the_maps_the_recomputation_no_longer_keeps(saved_memory, capsys):
+    common = ['--arch', 't', '--batch', '2', '--size', '64', '--dtype', 'fp32', '--device', 'cpu', '--rows', '50']
+    saved_memory.main(common)
+    recomputing = capsys.readouterr().out
+    saved_memory.main(common + ['--backbone-options', '{"ffn_recompute": false, "norm_recompute": false}'])
+    keeping = capsys.readouterr().out
+    assert 'backbone options' in keeping.splitlines()[0]
+    # Kept only without the recomputation: the FFN hidden map (fc2's input) and the normalised scan output
+    # (out_proj's input).
+    assert 'backbone.layers.*.blocks.*.mlp.fc2' in keeping and 'mlp.fc2' not in recomputing
+    assert 'op.out_proj  torch.float32' in keeping and 'op.out_proj  torch.float32' not in recomputing
+    assert _total(recomputing) < _total(keeping)
+
+
+def test_bad_options_are_refused(saved_memory, capsys):
+    with pytest.raises(SystemExit):
+        saved_memory.main(['--device', 'cpu', '--backbone-options', '[1]'])
+    assert 'must be a JSON object' in capsys.readouterr().err
