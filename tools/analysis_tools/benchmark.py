@@ -90,6 +90,27 @@ def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model
                 img_s=batch / median, peak_gb=peak)
 
 
+def add_backbone_options(parser):
+    parser.add_argument('--backbone-options', default='{}', metavar='JSON',
+                        help='SparXMamba keyword arguments as a JSON object, e.g. '
+                             '\'{"ffn_recompute": false, "norm_recompute": false}\'')
+
+
+def parse_backbone_options(parser, text: str, arch: str) -> dict:
+    """``--backbone-options`` as keyword arguments, checked by building the backbone once; else a usage error."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        parser.error(f'--backbone-options must be a JSON object, got {text!r} ({error})')
+    if not isinstance(options, dict):
+        parser.error(f'--backbone-options must be a JSON object, got {text!r}')
+    try:
+        SparXMamba(arch, **options)
+    except (TypeError, ValueError) as error:
+        parser.error(f'--backbone-options: {error}')
+    return options
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', nargs='+', default=['t'], choices=sorted(SparXMamba.arch_zoo))
@@ -104,22 +125,11 @@ def main(argv=None):
     parser.add_argument('--channels-last', action='store_true',
                         help='run in channels-last memory format (weights and input)')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
-    parser.add_argument('--backbone-options', default='{}', metavar='JSON',
-                        help='SparXMamba keyword arguments as a JSON object, e.g. '
-                             '\'{"ffn_recompute": false, "norm_recompute": false}\'')
+    add_backbone_options(parser)
     args = parser.parse_args(argv)
     if args.batch < 1 or args.size < 1 or args.iters < 1:
         parser.error('--batch, --size and --iters must be positive')
-    try:
-        backbone_options = json.loads(args.backbone_options)
-    except json.JSONDecodeError as error:
-        parser.error(f'--backbone-options must be a JSON object, got {args.backbone_options!r} ({error})')
-    if not isinstance(backbone_options, dict):
-        parser.error(f'--backbone-options must be a JSON object, got {args.backbone_options!r}')
-    try:
-        SparXMamba(args.arch[0], **backbone_options)
-    except (TypeError, ValueError) as error:
-        parser.error(f'--backbone-options: {error}')
+    backbone_options = parse_backbone_options(parser, args.backbone_options, args.arch[0])
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -9,7 +9,6 @@ and what ``ffn_recompute`` / ``norm_recompute`` save (docs/benchmarks.md).
 """
 import argparse
 import collections
-import json
 import os
 import re
 import sys
@@ -17,7 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark import DTYPES, Classifier  # noqa: E402  (also puts the repo root on sys.path)
+from benchmark import DTYPES, Classifier, add_backbone_options, parse_backbone_options  # noqa: E402  (also puts the repo root on sys.path)
 
 
 def saved_by_module(model: torch.nn.Module, x: torch.Tensor, autocast_dtype=None) -> dict:
@@ -65,15 +64,9 @@ def main(argv=None):
     parser.add_argument('--dtype', default='fp16', choices=sorted(DTYPES))
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--rows', type=int, default=20, help='module patterns shown')
-    parser.add_argument('--backbone-options', default='{}', metavar='JSON',
-                        help='SparXMamba keyword arguments as a JSON object')
+    add_backbone_options(parser)
     args = parser.parse_args(argv)
-    try:
-        options = json.loads(args.backbone_options)
-    except json.JSONDecodeError:
-        options = None
-    if not isinstance(options, dict):
-        parser.error(f'--backbone-options must be a JSON object, got {args.backbone_options!r}')
+    options = parse_backbone_options(parser, args.backbone_options, args.arch)
     model = Classifier(args.arch, **options).to(args.device).train()
     x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
     totals = saved_by_module(model, x, DTYPES[args.dtype])
