@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import warnings
@@ -19,6 +20,16 @@ def official_keys(name: str):
     """[key, shape] list of an official checkpoint: name in t, s, b, det_t, ..., seg_b."""
     path = KEYS_DIR / f'official_keys_{name}.json'
     return json.loads(path.read_text())
+
+
+def load_tool(relative_path: str):
+    """A script of the repository (e.g. 'tools/analysis_tools/benchmark.py') imported as a module, for testing its
+    functions in-process."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(f'sparx_tool_{path.stem}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_state_dict(keys, seed=0):

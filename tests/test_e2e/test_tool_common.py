@@ -1,21 +1,16 @@
 """tools/misc/tool_common.py in-process: the checks behind the tools' one-line errors, on cases too slow to
 run through a subprocess each."""
-import importlib.util
-
 import pytest
 import torch
 from mmengine.config import Config
 from torch import nn
 
-from ..conftest import REPO
+from ..conftest import load_tool
 
 
 @pytest.fixture(scope='module')
 def common():
-    spec = importlib.util.spec_from_file_location('tool_common', REPO / 'tools/misc/tool_common.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('tools/misc/tool_common.py')
 
 
 class Tiny(nn.Module):

@@ -1,21 +1,15 @@
 """tools/analysis_tools/benchmark.py on the CPU: its table, its options, and a setting that does not fit."""
-import importlib.util
-import os
-
 import pytest
 import torch
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+from ..conftest import load_tool
 
-_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'analysis_tools', 'benchmark.py')
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
 def benchmark():
-    spec = importlib.util.spec_from_file_location('sparx_benchmark', _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('tools/analysis_tools/benchmark.py')
 
 
 def _rows(text):

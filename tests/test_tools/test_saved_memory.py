@@ -1,21 +1,16 @@
 """tools/analysis_tools/saved_memory.py on the CPU: the census, and what the recomputation options change."""
-import importlib.util
-import os
 import re
 
 import pytest
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+from ..conftest import load_tool
 
-_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'analysis_tools', 'saved_memory.py')
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
 def saved_memory():
-    spec = importlib.util.spec_from_file_location('sparx_saved_memory', _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('tools/analysis_tools/saved_memory.py')
 
 
 def _total(text):
