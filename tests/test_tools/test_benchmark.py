@@ -24,6 +24,8 @@ def test_prints_one_row_per_setting_in_channels_last(benchmark, capsys):
     rows = _rows(out)
     assert [row[:5] for row in rows] == [['t', 'infer', 'fp32', '2', '32'], ['t', 'train', 'fp32', '2', '32']]
     assert all(float(row[6]) > 0 for row in rows)  # img/s
+    for row in rows:  # host ms: the forward (and backward) calls' share of the step (ms/iter)
+        assert 0 < float(row[8]) <= float(row[5])
 
 
 def test_a_setting_out_of_memory_is_reported_and_the_table_goes_on(benchmark, capsys, monkeypatch):

@@ -5,6 +5,11 @@
 
 Inference is timed under torch.inference_mode(); training times forward + backward + AdamW step on random
 labels. fp16 / bf16 run under autocast (the scan keeps a float32 state). Prints one row per setting.
+
+``host ms``: the time until the forward (and, training, the backward) call returned, before anything waited for
+the GPU (GradScaler's step does: it reads whether the gradients overflowed). On CUDA, near ``ms/iter`` it means
+that the host (Python, kernel launches) set the pace, or that the queue of launches was full; well under it,
+the GPU did. On the CPU the two are the same work.
 """
 import argparse
 import json
@@ -56,38 +61,46 @@ def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == 'fp16')
 
         def step():
+            """One training step; returns when the forward and backward calls had returned (host ms)."""
             opt.zero_grad(set_to_none=True)
             with autocast:
                 loss = torch.nn.functional.cross_entropy(model(x), labels)
             scaler.scale(loss).backward()
+            issued = time.perf_counter()
             scaler.step(opt)
             scaler.update()
+            return issued
     else:
         model.eval()
 
         def step():
             with torch.inference_mode(), autocast:
                 model(x)
+            return time.perf_counter()
 
     for _ in range(warmup):
         step()
     _sync(device)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, host_times = [], []
     for _ in range(iters):
         start = time.perf_counter()
-        step()
+        issued = step()
         _sync(device)
         times.append(time.perf_counter() - start)
-    times.sort()
-    median = times[len(times) // 2]
+        host_times.append(issued - start)
+    median = _median(times)
     if device.type == 'cuda':
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS
     return dict(arch=arch, mode=mode, dtype=dtype, batch=batch, size=size, ms=median * 1e3,
-                img_s=batch / median, peak_gb=peak)
+                img_s=batch / median, peak_gb=peak, host_ms=_median(host_times) * 1e3)
+
+
+def _median(values):
+    return sorted(values)[len(values) // 2]
 
 
 def add_backbone_options(parser):
@@ -137,7 +150,8 @@ def main(argv=None):
     print(f'# SparX-Mamba benchmark on {name}, torch {torch.__version__}; median of {args.iters} iterations'
           + (', torch.compile' if args.compile else '') + (', channels-last' if args.channels_last else '')
           + (f', backbone options {backbone_options}' if backbone_options else ''))
-    print(f"{'arch':>4} {'mode':>5} {'dtype':>5} {'batch':>5} {'size':>5} {'ms/iter':>9} {'img/s':>9} {'peak GB':>8}")
+    print(f"{'arch':>4} {'mode':>5} {'dtype':>5} {'batch':>5} {'size':>5} {'ms/iter':>9} {'img/s':>9} {'peak GB':>8} "
+          f"{'host ms':>8}")
     for arch in args.arch:
         for mode in args.mode:
             for dtype in args.dtype:
@@ -152,7 +166,7 @@ def main(argv=None):
                     print(f'{arch:>4} {mode:>5} {dtype:>5} {args.batch:>5} {args.size:>5}   out of memory')
                     continue
                 print(f"{r['arch']:>4} {r['mode']:>5} {r['dtype']:>5} {r['batch']:>5} {r['size']:>5} "
-                      f"{r['ms']:>9.1f} {r['img_s']:>9.1f} {r['peak_gb']:>8.2f}")
+                      f"{r['ms']:>9.1f} {r['img_s']:>9.1f} {r['peak_gb']:>8.2f} {r['host_ms']:>8.1f}")
 
 
 if __name__ == '__main__':
