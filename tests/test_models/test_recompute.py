@@ -43,6 +43,25 @@ def test_the_recipe_replaces_the_saved_tensor_and_the_gradients_stay_exact():
     assert bytes0 - bytes1 == x.numel() * 4  # the normalised map is no longer kept; everything else is
 
 
+def test_second_order_gradients_through_the_recomputed_tensor_stay_exact():
+    """A penalty on a weight gradient (a gradient-norm penalty, MAML's outer loss) differentiates the conv's weight
+    gradient with respect to its saved input: the recomputed tensor must take the saved one's place in the graph
+    (autograd gives the unpack hook's result the saved tensor's grad_fn)."""
+    torch.manual_seed(2)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 8, 1, 1, dtype=torch.float64, requires_grad=True)
+    results = []
+    for recompute in (False, True):
+        calls = []
+        (gw,) = torch.autograd.grad(_run(recompute, x, weight, calls).square().sum(), weight, create_graph=True)
+        (gx,) = torch.autograd.grad(gw.square().sum(), x)
+        results.append((gx, calls))
+    (plain, calls0), (recomputed, calls1) = results
+    # Recomputed by each backward pass that reads it (the second-order one reads it through the same hook).
+    assert calls0 == [] and calls1 and all(shape == x.shape for shape in calls1)
+    assert plain.abs().max() > 0 and torch.equal(recomputed, plain)
+
+
 def test_nothing_changes_without_gradients_or_when_disabled():
     x = torch.randn(2, 8, 3, 3, requires_grad=True)
     weight = torch.randn(4, 8, 1, 1)
