@@ -9,7 +9,7 @@ labels. fp16 / bf16 run under autocast (the scan keeps a float32 state). Prints 
 ``host ms``: the time until the forward (and, training, the backward) call returned, before anything waited for
 the GPU (GradScaler's step does: it reads whether the gradients overflowed). On CUDA, near ``ms/iter`` it means
 that the host (Python, kernel launches) set the pace, or that the queue of launches was full; well under it,
-the GPU did. On the CPU the two are the same work.
+the GPU did. On the CPU nothing runs ahead: the two differ by the optimizer step (training) alone.
 """
 import argparse
 import json
@@ -61,7 +61,7 @@ def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == 'fp16')
 
         def step():
-            """One training step; returns when the forward and backward calls had returned (host ms)."""
+            """One training step; returns the time at which the forward and backward calls had returned."""
             opt.zero_grad(set_to_none=True)
             with autocast:
                 loss = torch.nn.functional.cross_entropy(model(x), labels)
