@@ -123,6 +123,36 @@ def test_recomputation_flags_reach_every_layer_and_change_no_gradient_only_the_s
     assert saved[1] - saved[0] == expected
 
 
+class _Checkpointed(torch.nn.Module):
+    """A block under torch.utils.checkpoint, as a user's wrapper (FSDP's apply_activation_checkpointing, say) puts it."""
+
+    def __init__(self, block, use_reentrant):
+        super().__init__()
+        self.block, self.use_reentrant = block, use_reentrant
+
+    def forward(self, x, shortcut=None):
+        return torch.utils.checkpoint.checkpoint(self.block, x, shortcut, use_reentrant=self.use_reentrant)
+
+
+@pytest.mark.parametrize('use_reentrant', [False, True])
+def test_recomputation_inside_a_users_checkpointed_blocks_keeps_the_gradients(use_reentrant):
+    """Both install saved-tensor hooks (non-reentrant checkpoint) or rerun the forward pass under autograd
+    (reentrant): the recomputed maps must still give the gradients of a model that keeps them."""
+    torch.manual_seed(0)
+    recomputing = SparXMamba(TINY).train().double()
+    keeping = SparXMamba(TINY, ffn_recompute=False, norm_recompute=False).train().double()
+    keeping.load_state_dict(recomputing.state_dict())
+    for stage in recomputing.layers:
+        stage.blocks = torch.nn.ModuleList(_Checkpointed(block, use_reentrant) for block in stage.blocks)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    for model, inputs in ((recomputing, x), (keeping, x2)):
+        sum(o.square().mean() for o in model(inputs)).backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=0)
+    for (name, p), p2 in zip(recomputing.named_parameters(), keeping.parameters()):
+        torch.testing.assert_close(p.grad, p2.grad, rtol=1e-10, atol=1e-14, msg=name)
+
+
 def test_frozen_stages_and_norm_eval():
     model = SparXMamba(TINY, frozen_stages=2, norm_eval=True)
     model.train()
