@@ -124,7 +124,7 @@ def test_recomputation_flags_reach_every_layer_and_change_no_gradient_only_the_s
 
 
 class _Checkpointed(torch.nn.Module):
-    """A block under torch.utils.checkpoint, as a user's wrapper (FSDP's apply_activation_checkpointing, say) puts it."""
+    """A block under torch.utils.checkpoint, as a user's wrapper puts it (FSDP's apply_activation_checkpointing)."""
 
     def __init__(self, block, use_reentrant):
         super().__init__()
@@ -136,8 +136,8 @@ class _Checkpointed(torch.nn.Module):
 
 @pytest.mark.parametrize('use_reentrant', [False, True])
 def test_recomputation_inside_a_users_checkpointed_blocks_keeps_the_gradients(use_reentrant):
-    """Both install saved-tensor hooks (non-reentrant checkpoint) or rerun the forward pass under autograd
-    (reentrant): the recomputed maps must still give the gradients of a model that keeps them."""
+    """Non-reentrant checkpoint installs saved-tensor hooks as the recomputation does; reentrant checkpoint reruns
+    the forward pass under autograd. Either way the gradients must be those of a model that keeps its maps."""
     torch.manual_seed(0)
     recomputing = SparXMamba(TINY).train().double()
     keeping = SparXMamba(TINY, ffn_recompute=False, norm_recompute=False).train().double()
