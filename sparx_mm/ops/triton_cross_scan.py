@@ -7,8 +7,9 @@ one sample: it runs the forward route over the chunks of ``BLOCK_L`` positions i
 then the backward route over the chunks in reverse order, adding to it. Every read and write is contiguous
 (a route that gathered column-order positions from the row-major map missed the cache and ran 4-7x slower on
 an H100), no per-route output buffer is summed afterwards, and ``dt = softplus(dt_weight_k @ proj_dt + b)`` is
-computed in the kernel with R multiply-adds a position (a padded tl.dot cost more). The column-major pair's
-output is added back at row-major positions after the kernel.
+computed in the kernel: with R multiply-adds a position, or for inference with a dt rank above 8 as a
+tensor-core product of float32 accuracy (:func:`inference_tiling`). The column-major pair's output is added back
+at row-major positions after the kernel.
 
 The backward pass rescans each chunk from the chunk states saved by the forward pass and runs the adjoint
 recurrence in the opposite direction (dh_t = g_t + a_{t+1} dh_{t+1} for a forward route, a_{t-1} and
@@ -40,16 +41,40 @@ from .triton_scan import _chunk_adjoint_of_route, _chunk_states, _chunk_states_r
 TRAIN_BLOCK_L = 32
 TRAIN_FWD_TILING = (16, 4)
 BWD_TILING = (8, 2)
+#: Input dtypes whose dt projection the forward kernel can run on tensor cores (:func:`_dt_raw_dot`).
+DT_DOT_DTYPES = (torch.float32, torch.float16)
 
 
-def inference_tiling(length: int, rank: int) -> Tuple[int, int, int]:
-    """(BLOCK_L, BLOCK_D, warps) of the forward kernel when no backward pass follows. Long sequences with a
-    small dt rank (stage 1): 32 channels x 64 positions, 1.33 ms instead of 1.72 at SparX-T's stage 1 (128
-    registers; with rank 20 the same tiling spilled); otherwise 16 x 32, 0.98 instead of 1.19 at stage 3
-    (chunks of 64 left a quarter of a 196-position sequence's last chunk idle)."""
+def inference_tiling(length: int, rank: int, dtype: torch.dtype) -> Tuple[int, int, int, bool]:
+    """(BLOCK_L, BLOCK_D, warps, dt_dot) of the forward kernel when no backward pass follows, for sequences of
+    ``length`` positions, dt rank ``rank`` and ``dtype`` inputs; dt_dot: the dt projection as a tensor-core
+    product (:func:`_dt_raw_dot`) instead of R multiply-adds a position.
+
+    Scan core ms, H200, batch 128, float32 / float16 inputs (``bench_cross_scan.py``-style sweep of 8 variants
+    a size, 2026-12-04): with rank 12 or more the multiply-adds set the pace, and the product saves 20-45 %
+    (SparX-T stage 3, 640 channels x 196 positions, rank 20: 1.14 / 1.09 -> 0.91 / 0.80; SparX-B stage 3, rank
+    25: 2.36 / 2.27 -> 1.42 / 1.26; SparX-T stage 4, 49 positions, rank 32: 1.29 / 1.01 -> 0.56 / 0.50; SparX-B
+    stage 4, rank 40 padded to 64: 0.73 / 0.69 with 32 channels x 64 positions against 1.19 / 1.19 before). At
+    rank 6 (stage 1) it saved nothing: 32 channels x 64 positions for 16-bit inputs (1.85 ms), 16 x 64 for
+    float32 (2.54 ms against 2.70 with 32). Otherwise 16 channels x 32 positions (chunks of 64 left a quarter
+    of a 196-position sequence's last chunk idle)."""
     if length >= 2048 and rank <= 8:
-        return 64, 32, 4
-    return 32, 16, 4
+        return 64, (16 if dtype == torch.float32 else 32), 4, False
+    dt_dot = rank > 8 and dtype in DT_DOT_DTYPES
+    if dt_dot and rank > 32 and length <= 64:
+        return 64, 32, 4, True
+    return 32, 16, 4, dt_dot
+
+
+def _padded_rank(rank: int, block_d: int, block_l: int, dtype: torch.dtype, dt_dot: bool) -> int:
+    """The forward kernel's R_PAD: the rank padded for tl.dot (16 or more, a power of two), 0 for the
+    multiply-adds."""
+    if not dt_dot:
+        return 0
+    if block_d < 16 or block_l < 16 or dtype not in DT_DOT_DTYPES:
+        raise ValueError(f'cross_scan_fwd: dt_dot needs 16 or more channels and positions a program and '
+                         f'{DT_DOT_DTYPES} projections, got {block_d} x {block_l} and {dtype}')
+    return max(16, triton.next_power_of_2(rank))
 
 
 @triton.jit
@@ -105,20 +130,45 @@ def _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R: tl.co
 
 
 @triton.jit
+def _dt_raw_dot(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R: tl.constexpr, R_PAD: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """:func:`_dt_raw` as a tensor-core product over the rank padded to R_PAD: float32 projections as 3xTF32
+    (both operands split in high and low TF32 parts, float32 accuracy), float16 ones against the float32
+    weights split in two float16 parts, each product exact in the float32 accumulator. The product's sums run
+    in another order than the multiply-adds': results differ by float32 rounding (2-4e-7 relative)."""
+    r = tl.arange(0, R_PAD)
+    w = tl.load(w_ptr + kd[:, None] * R + r[None, :], mask=mask_d[:, None] & (r[None, :] < R), other=0.0)
+    p = tl.load(proj_ptr + proj_base + r[:, None] * L + t[None, :], mask=(r[:, None] < R) & mask_t[None, :],
+                other=0.0)
+    raw = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32) + bias[:, None]
+    if proj_ptr.dtype.element_ty == tl.float32:
+        raw = tl.dot(w, p, raw, input_precision='tf32x3')
+    else:
+        w_part = w.to(p.dtype)
+        raw = tl.dot(w_part, p, raw)
+        raw = tl.dot((w - w_part.to(tl.float32)).to(p.dtype), p, raw)
+    return raw
+
+
+@triton.jit
 def _softplus(raw):
     return tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
 
 
 @triton.jit
 def _chunk_terms(seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L,
-                 R: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                 R: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+                 R_PAD: tl.constexpr = 0):
     """Chunk ``c`` (positions c*BLOCK_L ...): inputs in float32 and the recurrence terms a = exp(dt A),
-    bx = dt B u (the identity past the end of the sequence)."""
+    bx = dt B u (the identity past the end of the sequence); R_PAD > 0: dt's projection by :func:`_dt_raw_dot`."""
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_t = t < L
     mask = mask_d[:, None] & mask_t[None, :]
     u = tl.load(seq_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
-    raw = _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, BLOCK_D, BLOCK_L)
+    if R_PAD > 0:
+        raw = _dt_raw_dot(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, R_PAD, BLOCK_D, BLOCK_L)
+    else:
+        raw = _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, BLOCK_D, BLOCK_L)
     dt = _softplus(raw)
     Bt = tl.load(proj_ptr + proj_base + (R + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
     Ct = tl.load(proj_ptr + proj_base + (R + N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
@@ -131,7 +181,7 @@ def _chunk_terms(seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_
 def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows, route, b, d, mask_d,
                 bias_ptr, D_ptr, Dm, L, num_chunks, n, FIRST: tl.constexpr, BACKWARD: tl.constexpr,
                 ROUTES: tl.constexpr, R: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_L: tl.constexpr):
+                BLOCK_L: tl.constexpr, R_PAD: tl.constexpr):
     """Scan one route of the pair (BACKWARD: from the last position to the first) for state index n,
     adding its output to y (FIRST: the first term written to y)."""
     kd, bias, skip, A_n, proj_base, state_rows = _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L,
@@ -142,7 +192,7 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
         c = num_chunks - 1 - step if BACKWARD else step
         t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
             seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D,
-            BLOCK_L)
+            BLOCK_L, R_PAD)
         # The state entering the chunk (from before it going forwards, from after it going backwards).
         tl.store(states_ptr + state_rows + c, h, mask=mask_d)
         if BACKWARD:
@@ -163,16 +213,16 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
 def _cross_scan_fwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, states_ptr,
                            Dm, L, num_d_blocks, num_chunks,
                            ROUTES: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
-                           BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                           BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, R_PAD: tl.constexpr):
     b, pair, d, mask_d, rows, seq_ptr, pair_rows = _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D)
     for n in tl.static_range(N):
         _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows, pair, b, d, mask_d,
                     bias_ptr, D_ptr, Dm, L, num_chunks, n, n == 0, False, ROUTES, R, N, BLOCK_D,
-                    BLOCK_L)
+                    BLOCK_L, R_PAD)
         if ROUTES > 1:
             _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows,
                         pair + ROUTES // 2, b, d, mask_d, bias_ptr, D_ptr, Dm, L, num_chunks, n, False, True,
-                        ROUTES, R, N, BLOCK_D, BLOCK_L)
+                        ROUTES, R, N, BLOCK_D, BLOCK_L, R_PAD)
 
 
 @triton.jit
@@ -334,20 +384,21 @@ def _transposed_copy(x: torch.Tensor, routes: int) -> torch.Tensor:
 # an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _cross_scan_fwd(x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor,
                     D: torch.Tensor, dt_bias: torch.Tensor, routes: int, block_l: int, block_d: int,
-                    warps: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                    warps: int, dt_dot: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """-> y (B, D, H, W) float32, the states entering each chunk of ``block_l`` positions (B, K*D, N, chunks)
-    float32."""
+    float32. ``dt_dot``: the dt projection on tensor cores (:func:`inference_tiling`)."""
     meta, grid = _launch_config(x, dt_weight, A, routes, block_l, block_d, warps)
+    r_pad = _padded_rank(meta['R'], block_d, block_l, proj.dtype, dt_dot)
     b, d, h, w = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
     ys = torch.empty(_num_pairs(routes), b, d, h * w, **f32)
     states = torch.empty(b, A.shape[0], meta['N'], meta['num_chunks'], **f32)
     _cross_scan_fwd_kernel[grid](x, _transposed_copy(x, routes), _to_route_order(proj, routes, h, w), dt_weight,
-                                 A, D, dt_bias, ys, states, **meta)
+                                 A, D, dt_bias, ys, states, R_PAD=r_pad, **meta)
     return _merge_pairs(ys, routes, h, w), states
 
 
-def _cross_scan_fwd_fake(x, proj, dt_weight, A, D, dt_bias, routes, block_l, block_d, warps):
+def _cross_scan_fwd_fake(x, proj, dt_weight, A, D, dt_bias, routes, block_l, block_d, warps, dt_dot):
     b, d, h, w = x.shape
     return (x.new_empty(b, d, h, w, dtype=torch.float32),
             x.new_empty(b, A.shape[0], A.shape[1], triton.cdiv(h * w, block_l), dtype=torch.float32))
@@ -405,7 +456,7 @@ _cross_scan_bwd = TritonOp('sparx_mm::cross_scan_bwd', _cross_scan_bwd, _cross_s
 
 
 def _setup_context(ctx, inputs, output):
-    x, proj, dt_weight, A, D, dt_bias, routes, block_l, _block_d, _warps = inputs
+    x, proj, dt_weight, A, D, dt_bias, routes, block_l, _block_d, _warps, _dt_dot = inputs
     ctx.save_for_backward(x, proj, dt_weight, A, D, dt_bias, output[1])
     ctx.routes, ctx.block_l = routes, block_l
 
@@ -413,7 +464,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, _dstates):
     x, proj, dt_weight, A, D, dt_bias, states = ctx.saved_tensors
     grads = _cross_scan_bwd(dy, x, proj, dt_weight, A, D, dt_bias, states, ctx.routes, ctx.block_l)
-    return (*grads, None, None, None, None)
+    return (*grads, None, None, None, None, None)
 
 
 _cross_scan_fwd = TritonOp('sparx_mm::cross_scan_fwd', _cross_scan_fwd, _cross_scan_fwd_fake, _setup_context, _backward)
@@ -431,8 +482,9 @@ def cross_selective_scan_triton(x, proj, dt_weight, A, D=None, dt_bias=None, rou
     # Absent D / dt_bias are zeros (their gradients are computed and dropped); parameters go in as float32.
     D = D.float() if D is not None else x.new_zeros(kd, dtype=torch.float32)
     dt_bias = dt_bias.float() if dt_bias is not None else x.new_zeros(kd, dtype=torch.float32)
-    tiling = ((TRAIN_BLOCK_L, *TRAIN_FWD_TILING) if needs_grad
-              else inference_tiling(x.shape[2] * x.shape[3], dt_weight.shape[2]))
+    # Training keeps the multiply-adds: the backward kernel recomputes dt with them, from the forward's states.
+    tiling = ((TRAIN_BLOCK_L, *TRAIN_FWD_TILING, False) if needs_grad
+              else inference_tiling(x.shape[2] * x.shape[3], dt_weight.shape[2], proj.dtype))
     y, _ = _cross_scan_fwd(x.contiguous(), proj.contiguous(), dt_weight.float().contiguous(),
                            A.float().contiguous(), D.contiguous(), dt_bias.contiguous(), routes, *tiling)
     return y

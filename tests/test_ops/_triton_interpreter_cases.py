@@ -64,19 +64,29 @@ if __name__ == '__main__':
     print('float16', case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)),
           f'float16 largest {max(errors):.3e}', 'dtypes', 'ok' if dtypes_ok else 'wrong', flush=True)
     # Inference (no gradient): the forward kernel's size-dependent tilings, 16 channels x 32 positions (a short
-    # sequence) and 32 x 64 (2160 positions, rank 4), channels not a multiple of either block.
-    for case in [(2, 40, 13, 11, 4, 1, 3), (1, 40, 48, 45, 4, 1, 4)]:
+    # sequence), 32 x 64 (2160 positions, rank 4, 16-bit inputs) and 16 x 64 (2048, float32), channels not a
+    # multiple of the blocks; the dt projection as a tensor-core product (rank above 8): 16 x 32, 32 x 64 (49
+    # positions, rank 36 padded to 64), two routes, float16 inputs. 16-bit inputs are checked against the
+    # reference on the same rounded values.
+    from sparx_mm.ops.triton_cross_scan import inference_tiling
+    for case, dtype in [((2, 40, 13, 11, 4, 1, 3), torch.float32), ((1, 40, 48, 45, 4, 1, 4), torch.float16),
+                        ((1, 17, 32, 64, 4, 1, 4), torch.float32),
+                        ((2, 40, 13, 11, 4, 1, 12), torch.float32), ((1, 40, 7, 7, 4, 1, 36), torch.float32),
+                        ((1, 24, 5, 9, 2, 1, 10), torch.float32), ((2, 40, 13, 11, 4, 1, 12), torch.float16)]:
         b, d, h, w, routes, n, r = case
         g = torch.Generator().manual_seed(3)
-        args = [torch.randn(b, d, h, w, generator=g), torch.randn(b, routes, r + 2 * n, h * w, generator=g),
+        args = [torch.randn(b, d, h, w, generator=g).to(dtype),
+                torch.randn(b, routes, r + 2 * n, h * w, generator=g).to(dtype),
                 torch.randn(routes, d, r, generator=g) * 0.3, -torch.rand(routes * d, n, generator=g) - 0.1,
                 torch.randn(routes * d, generator=g), torch.randn(routes * d, generator=g) - 2]
         with torch.no_grad():
-            expected = cross_selective_scan_reference(*args, routes=routes)
+            expected = cross_selective_scan_reference(*[a.float() for a in args], routes=routes)
             error = float((cross_selective_scan(*args, routes=routes, impl='fused') - expected).abs().max()
                           / expected.abs().max())
         worst = max(worst, error)
-        print('inference', case, f'y {error:.1e}', flush=True)
+        block_l, block_d, _, dt_dot = inference_tiling(h * w, r, dtype)
+        print('inference', case, str(dtype)[6:], f'{block_d} x {block_l} dt_dot {dt_dot}', f'y {error:.1e}',
+              flush=True)
     # The plain Triton selective scan (the unfused path's kernel), two routes, N = 2, L across chunks.
     from sparx_mm.ops import selective_scan_reference
     from sparx_mm.ops.triton_scan import selective_scan_triton
@@ -121,7 +131,8 @@ if __name__ == '__main__':
             torch.randn(4, 8, 2, generator=g), -torch.rand(32, 1, generator=g), torch.randn(32, generator=g),
             torch.randn(32, generator=g)]
     report = torch.library.opcheck(triton_cross_scan._cross_scan_fwd.op,
-                                   [t.requires_grad_() for t in args] + [4, triton_cross_scan.TRAIN_BLOCK_L, 16, 4])
+                                   [t.requires_grad_() for t in args] + [4, triton_cross_scan.TRAIN_BLOCK_L, 16, 4,
+                                                                          False])
     print('OPCHECK', 'ok' if set(report.values()) == {'SUCCESS'} else report)
     print(f'WORST {worst:.3e}')
     sys.exit(0)

@@ -122,14 +122,18 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     assert worst < 1e-5, stdout
     assert 'OPCHECK ok' in stdout, stdout
     assert 'selective_scan_triton' in stdout, stdout
-    assert stdout.count('inference') == 2, stdout
+    assert stdout.count('inference') == 7, stdout
+    # every inference tiling ran, both ways of projecting dt (the tensor-core product: float32 and float16)
+    for tiling in ('float32 16 x 32 dt_dot False', 'float16 32 x 64 dt_dot False', 'float32 16 x 64 dt_dot False',
+                   'float32 16 x 32 dt_dot True', 'float32 32 x 64 dt_dot True', 'float16 16 x 32 dt_dot True'):
+        assert tiling in stdout, stdout
     # float16 inputs: the gradients in float16 (as the inputs), within its rounding of the float32 reference
     assert float(re.search(r'float16 largest (\S+)', stdout).group(1)) < 3e-3, stdout
     assert 'dtypes ok' in stdout, stdout
     assert 'TRANSPOSE ok' in stdout, stdout
-    # five training cases, the float16 one, two inference ones, the plain scan, the transposes, the custom-op
+    # five training cases, the float16 one, seven inference ones, the plain scan, the transposes, the custom-op
     # check, the summary
-    assert stdout.count('\n') == 12, stdout
+    assert stdout.count('\n') == 17, stdout
 
 
 class _FusedCalled(Exception):
@@ -180,3 +184,33 @@ def test_pair_layout_helpers_of_the_fused_kernels(routes):
         assert torch.equal(ordered[:, k], pair_sequence)
     assert torch.equal(tcs._to_route_order(ordered, routes, w, h), proj)  # its own inverse, sizes swapped
     # (x^T and the merge of the pairs' outputs are Triton kernels: _triton_interpreter_cases.py checks them.)
+
+
+def test_inference_tilings_project_dt_on_tensor_cores_only_where_the_kernel_can():
+    """tl.dot needs 16 or more rows and columns a program, and the product's operand split is written for
+    float32 and float16 projections: the tiling rule only asks for it there, and with ranks above 8 (where it
+    measured faster); the rank is padded to a power of two of 16 or more; a tiling that cannot take it is
+    refused with a clear error instead of miscompiling."""
+    from sparx_mm.ops import triton_cross_scan as tcs
+    chosen = set()
+    for length in (1, 49, 64, 65, 196, 784, 2047, 2048, 3136, 65536):
+        for rank in (1, 4, 6, 8, 9, 12, 20, 25, 32, 33, 40, 64, 100):
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                block_l, block_d, warps, dt_dot = tcs.inference_tiling(length, rank, dtype)
+                chosen.add((block_l, block_d, warps, dt_dot))
+                assert dt_dot == (rank > 8 and dtype != torch.bfloat16 and not (length >= 2048 and rank <= 8))
+                padded = tcs._padded_rank(rank, block_d, block_l, dtype, dt_dot)
+                if dt_dot:
+                    assert padded >= max(16, rank) and padded & (padded - 1) == 0
+                else:
+                    assert padded == 0
+    # SparX's sizes pick these (measured tilings in inference_tiling's docstring).
+    assert tcs.inference_tiling(3136, 6, torch.float16) == (64, 32, 4, False)
+    assert tcs.inference_tiling(3136, 6, torch.float32) == (64, 16, 4, False)
+    assert tcs.inference_tiling(196, 20, torch.float32) == (32, 16, 4, True)
+    assert tcs.inference_tiling(49, 40, torch.float16) == (64, 32, 4, True)
+    assert tcs.inference_tiling(196, 25, torch.bfloat16) == (32, 16, 4, False)
+    assert len(chosen) == 5, chosen  # the five tilings of the interpreter test, none other
+    for block_d, block_l, dtype in ((8, 32, torch.float32), (16, 8, torch.float16), (16, 32, torch.bfloat16)):
+        with pytest.raises(ValueError, match='dt_dot needs 16 or more channels and positions'):
+            tcs._padded_rank(20, block_d, block_l, dtype, True)

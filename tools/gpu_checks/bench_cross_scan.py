@@ -1,6 +1,6 @@
 """Time SS2D's scan core on the GPU: the fused Triton kernel against the unfused composition.
 
-    python tools/gpu_checks/bench_cross_scan.py [--batch 128] [--infer-tiling BLOCK_L BLOCK_D WARPS]
+    python tools/gpu_checks/bench_cross_scan.py [--batch 128] [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT]
         [--train-tiling BLOCK_L BLOCK_D WARPS] [--bwd-tiling BLOCK_D WARPS]
 
 For SparX-T's four stage sizes at 224 x 224 (d_inner 192 / 384 / 640 / 1024 on 56 / 28 / 14 / 7 maps, dt
@@ -30,9 +30,10 @@ def main():
                              'when gradients follow, instead of the defaults')
     parser.add_argument('--bwd-tiling', type=int, nargs=2, metavar=('BLOCK_D', 'WARPS'), default=None,
                         help="the backward kernel's channels per program and warps")
-    parser.add_argument('--infer-tiling', type=int, nargs=3, metavar=('BLOCK_L', 'BLOCK_D', 'WARPS'), default=None,
-                        help='one forward tiling for every size when no gradient follows, instead of '
-                             "inference_tiling's")
+    parser.add_argument('--infer-tiling', type=int, nargs=4, metavar=('BLOCK_L', 'BLOCK_D', 'WARPS', 'DT_DOT'),
+                        default=None, help='one forward tiling for every size when no gradient follows, instead of '
+                        "inference_tiling's; DT_DOT 1 runs the dt projection on tensor cores (16 or more channels "
+                        'and positions, float32 / float16 inputs), 0 as multiply-adds')
     args = parser.parse_args()
     if args.train_tiling:
         triton_cross_scan.TRAIN_BLOCK_L = args.train_tiling[0]
@@ -40,10 +41,11 @@ def main():
     if args.bwd_tiling:
         triton_cross_scan.BWD_TILING = tuple(args.bwd_tiling)
     if args.infer_tiling:
-        triton_cross_scan.inference_tiling = lambda length, rank: tuple(args.infer_tiling)
+        triton_cross_scan.inference_tiling = lambda length, rank, dtype: (*args.infer_tiling[:3],
+                                                                          bool(args.infer_tiling[3]))
     print(f'# {torch.cuda.get_device_name()}, batch {args.batch}; training: BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L}, '
           f'(BLOCK_D, warps) forward {triton_cross_scan.TRAIN_FWD_TILING} backward {triton_cross_scan.BWD_TILING}; '
-          f'inference (BLOCK_L, BLOCK_D, warps) {args.infer_tiling or "by size (inference_tiling)"}; ms')
+          f'inference (BLOCK_L, BLOCK_D, warps, dt_dot) {args.infer_tiling or "by size (inference_tiling)"}; ms')
     print(f'{"d_inner":>7} {"HxW":>6} {"dtype":>5} {"fused fwd":>10} {"unfused fwd":>12} {"fused f+b":>10} '
           f'{"unfused f+b":>12}')
     device = torch.device('cuda')

@@ -3,7 +3,8 @@
     python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute]
 
 Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
-projection, scan, merge), forward and every gradient, on random inputs of awkward sizes (H != W, lengths
+projection, scan, merge), forward and every gradient, and its forward pass without autograd (the inference
+tilings, the dt projection on tensor cores), on random inputs of awkward sizes (H != W, lengths
 that are not multiples of the block, channels that are not multiples of the channel block, N > 1, one / two
 / four routes, L = 1) in fp32 / bf16 / fp16, then (with --model) whole SparX-Mamba outputs and input
 gradients (train and eval mode; outputs alone without autograd, where the scan kernel takes its inference
@@ -33,6 +34,10 @@ SHAPES = [(2, 4, 16, 1, 197), (1, 4, 24, 4, 300), (3, 2, 8, 1, 128), (2, 4, 40, 
 # them (channels 128 at 56 x 56 with rank 4, 640 at 14 x 14 with rank 20).
 CROSS_SHAPES = [(2, 128, 56, 56, 4, 1, 4), (2, 640, 14, 14, 4, 1, 20), (1, 42, 13, 11, 4, 1, 3),
                 (2, 32, 9, 16, 2, 2, 5), (1, 8, 3, 50, 1, 1, 2), (2, 16, 1, 1, 4, 1, 4), (1, 24, 7, 200, 4, 1, 48)]
+# Forward only (the inference tilings; with a dt rank above 8 the dt projection on tensor cores): also SparX-T's
+# stage 2 and 4, SparX-B's stage 3 and 4 (rank 40, padded to 64) and two routes with a rank above 8.
+INFER_SHAPES = CROSS_SHAPES + [(2, 384, 28, 28, 4, 1, 12), (2, 1024, 7, 7, 4, 1, 32), (2, 792, 14, 14, 4, 1, 25),
+                               (2, 1272, 7, 7, 4, 1, 40), (1, 40, 9, 13, 2, 1, 10)]
 
 
 def make_inputs(batch, routes, per_route, n, length, dtype, device):
@@ -98,10 +103,37 @@ def make_cross_inputs(batch, channels, h, w, routes, n, rank, dtype, device):
 
 
 def check_cross_scan(device):
-    return compare_with_reference(
+    ok = compare_with_reference(
         'fused cross_selective_scan vs reference composition', CROSS_SHAPES, make_cross_inputs,
         lambda shape, **t: cross_selective_scan(**t, routes=shape[4], impl='fused'),
         lambda shape, **t: cross_selective_scan_reference(**t, routes=shape[4], scan_backend='reference'), device)
+    return check_cross_scan_inference(device) and ok
+
+
+def check_cross_scan_inference(device):
+    """The fused forward pass without autograd (its inference tilings) against the reference composition on
+    the same rounded inputs: both compute in float32, so every input dtype is held to 1e-5."""
+    from sparx_mm.ops.triton_cross_scan import inference_tiling
+    ok, worst = True, {}
+    for dtype in TOL:
+        for shape in INFER_SHAPES:
+            inputs = make_cross_inputs(*shape, dtype, device)
+            with torch.no_grad():
+                y = cross_selective_scan(**inputs, routes=shape[4], impl='fused')
+                y_ref = cross_selective_scan_reference(**{k: v.float() for k, v in inputs.items()}, routes=shape[4],
+                                                       scan_backend='reference')
+            err = rel_err(y, y_ref)
+            dt_dot = inference_tiling(shape[2] * shape[3], shape[6], dtype)[3]
+            key = (str(dtype)[6:], 'dt on tensor cores' if dt_dot else 'dt by multiply-adds')
+            worst[key] = max(worst.get(key, 0.0), err)
+            if not err <= 1e-5:
+                ok = False
+                print(f'FAIL fused forward without autograd {dtype} {shape}: y rel err {err:.2e} (tolerance 1e-5)')
+    print('largest relative errors, fused forward without autograd (inference tilings) vs reference composition:')
+    for dtype in ('float32', 'bfloat16', 'float16'):
+        print(f'  {dtype}: ' + ', '.join(f'y ({how}) {err:.1e}' for (d, how), err in sorted(worst.items())
+                                        if d == dtype))
+    return ok
 
 
 def check_model(device):
