@@ -51,10 +51,11 @@ def inference_tiling(length: int, rank: int, dtype: torch.dtype) -> Tuple[int, i
     product (:func:`_dt_raw_dot`) instead of R multiply-adds a position.
 
     Scan core ms, H200, batch 128, float32 / float16 inputs (``bench_cross_scan.py``-style sweep of 8 variants
-    a size, 2026-12-04): with rank 12 or more the multiply-adds set the pace, and the product saves 20-45 %
-    (SparX-T stage 3, 640 channels x 196 positions, rank 20: 1.14 / 1.09 -> 0.91 / 0.80; SparX-B stage 3, rank
-    25: 2.36 / 2.27 -> 1.42 / 1.26; SparX-T stage 4, 49 positions, rank 32: 1.29 / 1.01 -> 0.56 / 0.50; SparX-B
-    stage 4, rank 40 padded to 64: 0.73 / 0.69 with 32 channels x 64 positions against 1.19 / 1.19 before). At
+    a size, 2026-12-04): past stage 1 the multiply-adds set the pace, and from rank 20 up the product saves
+    20-57 % (SparX-T stage 3, 640 channels x 196 positions, rank 20: 1.14 / 1.09 -> 0.91 / 0.80; SparX-B stage 3,
+    rank 25: 2.36 / 2.27 -> 1.42 / 1.26; SparX-T stage 4, 49 positions, rank 32: 1.29 / 1.01 -> 0.56 / 0.50;
+    SparX-B stage 4, rank 40 padded to 64: 0.73 / 0.69 with 32 channels x 64 positions against 1.19 / 1.19
+    before); at rank 12 (stage 2) float16 gained 11 % and float32 lost 2 % (1.16 -> 1.18), one rule for both. At
     rank 6 (stage 1) it saved nothing: 32 channels x 64 positions for 16-bit inputs (1.85 ms), 16 x 64 for
     float32 (2.54 ms against 2.70 with 32). Otherwise 16 channels x 32 positions (chunks of 64 left a quarter
     of a 196-position sequence's last chunk idle)."""
