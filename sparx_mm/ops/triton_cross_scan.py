@@ -50,8 +50,8 @@ def inference_tiling(length: int, rank: int, dtype: torch.dtype) -> Tuple[int, i
     ``length`` positions, dt rank ``rank`` and ``dtype`` inputs; dt_dot: the dt projection as a tensor-core
     product (:func:`_dt_raw_dot`) instead of R multiply-adds a position.
 
-    Scan core ms, H200, batch 128, float32 / float16 inputs (``bench_cross_scan.py``-style sweep of 8 variants
-    a size, 2026-12-04): past stage 1 the multiply-adds set the pace, and from rank 20 up the product saves
+    Scan core ms, H200, batch 128, float32 / float16 inputs (``tools/gpu_checks/bench_cross_scan.py
+    --sweep-inference``, 2026-12-04): past stage 1 the multiply-adds set the pace, and from rank 20 up the product saves
     20-57 % (SparX-T stage 3, 640 channels x 196 positions, rank 20: 1.14 / 1.09 -> 0.91 / 0.80; SparX-B stage 3,
     rank 25: 2.36 / 2.27 -> 1.42 / 1.26; SparX-T stage 4, 49 positions, rank 32: 1.29 / 1.01 -> 0.56 / 0.50;
     SparX-B stage 4, rank 40 padded to 64: 0.73 / 0.69 with 32 channels x 64 positions against 1.19 / 1.19

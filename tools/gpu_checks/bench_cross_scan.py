@@ -1,30 +1,85 @@
 """Time SS2D's scan core on the GPU: the fused Triton kernel against the unfused composition.
 
-    python tools/gpu_checks/bench_cross_scan.py [--batch 128] [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT]
-        [--train-tiling BLOCK_L BLOCK_D WARPS] [--bwd-tiling BLOCK_D WARPS]
+    python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--sweep-inference]
+        [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT] [--train-tiling BLOCK_L BLOCK_D WARPS]
+        [--bwd-tiling BLOCK_D WARPS]
 
-For SparX-T's four stage sizes at 224 x 224 (d_inner 192 / 384 / 640 / 1024 on 56 / 28 / 14 / 7 maps, dt
-ranks 6 / 12 / 20 / 32), fp32 and fp16 inputs: milliseconds of the forward pass and of forward + backward,
-for the fused kernel (``impl='fused'``) and for cross-scan copies + the Triton selective scan + merge
-(``impl='unfused', scan_backend='triton'``). The options override the fused kernel's tiling.
+For the four stage sizes of SparX-T (or ``--arch s`` / ``b``) at 224 x 224 (d_inner twice the stage width on
+56 / 28 / 14 / 7 maps, dt rank the width / 16 rounded up; SparX-T: 192 / 384 / 640 / 1024 channels, ranks 6 /
+12 / 20 / 32), fp32 and fp16 inputs: milliseconds of the forward pass and of forward + backward, for the fused
+kernel (``impl='fused'``) and for cross-scan copies + the Triton selective scan + merge (``impl='unfused',
+scan_backend='triton'``). The tiling options override the fused kernel's. ``--sweep-inference`` times instead
+the forward pass without autograd under each candidate inference tiling, the dt projection by multiply-adds
+and on tensor cores, next to the one :func:`~sparx_mm.ops.triton_cross_scan.inference_tiling` picks (the
+sweep behind that function's docstring).
 """
 import argparse
+import math
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from sparx_mm.models.backbones.sparx_mamba import SparXMamba  # noqa: E402
 from sparx_mm.ops import cross_selective_scan  # noqa: E402
 from sparx_mm.ops import triton_cross_scan  # noqa: E402
 from gpu_common import timed  # noqa: E402
 
-STAGES = [(192, 56, 6), (384, 28, 12), (640, 14, 20), (1024, 7, 32)]
+#: (BLOCK_L, BLOCK_D, warps, dt_dot) candidates of --sweep-inference (dt_dot needs 16 or more of both blocks).
+SWEEP_TILINGS = [(64, 32, 4, False), (64, 16, 4, False), (32, 16, 4, False), (32, 16, 4, True), (64, 16, 4, True),
+                 (32, 32, 4, True), (64, 32, 4, True), (32, 16, 8, True)]
+
+
+def stage_sizes(arch):
+    """(d_inner, map size, dt rank) of each stage's SS2D at 224 x 224."""
+    dims = SparXMamba.arch_zoo[arch]['dims']
+    return [(2 * dim, size, math.ceil(dim / 16)) for dim, size in zip(dims, (56, 28, 14, 7))]
+
+
+def scan_inputs(channels, size, rank, dtype, batch, device, requires_grad):
+    """x, proj and the four parameters of a four-route scan core, fixed seed."""
+    g = torch.Generator(device='cpu').manual_seed(0)
+    k = 4
+    x = torch.randn(batch, channels, size, size, generator=g).to(device, dtype)
+    proj = torch.randn(batch, k, rank + 2, size * size, generator=g).to(device, dtype)
+    params = [torch.randn(k, channels, rank, generator=g) * rank ** -0.5,
+              -torch.rand(k * channels, 1, generator=g) - 0.1, torch.randn(k * channels, generator=g),
+              torch.randn(k * channels, generator=g) - 3]
+    return [t.requires_grad_(requires_grad) for t in [x, proj] + [p.to(device) for p in params]]
+
+
+def sweep_inference(arch, batch, device):
+    """Forward ms without autograd for every SWEEP_TILINGS entry (dt_dot ones with float32 / float16 inputs),
+    and the automatic choice."""
+    chosen_rule = triton_cross_scan.inference_tiling
+    print('inference tilings (BLOCK_L, BLOCK_D, warps): ms with dt by multiply-adds (fma) / on tensor cores (dot)')
+    try:
+        for channels, size, rank in stage_sizes(arch):
+            for dtype in (torch.float32, torch.float16):
+                inputs = scan_inputs(channels, size, rank, dtype, batch, device, False)
+
+                def run():
+                    with torch.no_grad():
+                        cross_selective_scan(*inputs, impl='fused')
+                triton_cross_scan.inference_tiling = chosen_rule
+                cells = [f'chosen {chosen_rule(size * size, rank, dtype)} {timed(run)[0]:.3f}']
+                for tiling in SWEEP_TILINGS:
+                    triton_cross_scan.inference_tiling = lambda length, r, d, tiling=tiling: tiling
+                    cells.append(f'{"dot" if tiling[3] else "fma"} {tiling[:3]} {timed(run)[0]:.3f}')
+                print(f'{channels:>5} {size:>2}x{size:<2} rank {rank:>2} {str(dtype)[6:]:>7} | ' + ' | '.join(cells),
+                      flush=True)
+    finally:
+        triton_cross_scan.inference_tiling = chosen_rule
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--arch', default='t', choices=sorted(SparXMamba.arch_zoo),
+                        help='whose stage sizes (default t)')
     parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--sweep-inference', action='store_true',
+                        help='time the candidate inference tilings instead (see the module doc)')
     parser.add_argument('--train-tiling', type=int, nargs=3, metavar=('BLOCK_L', 'BLOCK_D', 'WARPS'), default=None,
                         help="the fused kernels' chunk length and the forward kernel's channels per program and warps "
                              'when gradients follow, instead of the defaults')
@@ -35,6 +90,8 @@ def main():
                         "inference_tiling's; DT_DOT 1 runs the dt projection on tensor cores (16 or more channels "
                         'and positions, float32 / float16 inputs), 0 as multiply-adds')
     args = parser.parse_args()
+    if args.sweep_inference and args.infer_tiling:
+        parser.error('--sweep-inference times its own inference tilings: leave out --infer-tiling')
     if args.train_tiling:
         triton_cross_scan.TRAIN_BLOCK_L = args.train_tiling[0]
         triton_cross_scan.TRAIN_FWD_TILING = tuple(args.train_tiling[1:])
@@ -43,32 +100,29 @@ def main():
     if args.infer_tiling:
         triton_cross_scan.inference_tiling = lambda length, rank, dtype: (*args.infer_tiling[:3],
                                                                           bool(args.infer_tiling[3]))
-    print(f'# {torch.cuda.get_device_name()}, batch {args.batch}; training: BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L}, '
-          f'(BLOCK_D, warps) forward {triton_cross_scan.TRAIN_FWD_TILING} backward {triton_cross_scan.BWD_TILING}; '
+    print(f'# {torch.cuda.get_device_name()}, SparX-{args.arch.upper()} stage sizes, batch {args.batch}; training: '
+          f'BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L}, (BLOCK_D, warps) forward {triton_cross_scan.TRAIN_FWD_TILING} '
+          f'backward {triton_cross_scan.BWD_TILING}; '
           f'inference (BLOCK_L, BLOCK_D, warps, dt_dot) {args.infer_tiling or "by size (inference_tiling)"}; ms')
+    device = torch.device('cuda')
+    if args.sweep_inference:
+        sweep_inference(args.arch, args.batch, device)
+        return
     print(f'{"d_inner":>7} {"HxW":>6} {"dtype":>5} {"fused fwd":>10} {"unfused fwd":>12} {"fused f+b":>10} '
           f'{"unfused f+b":>12}')
-    device = torch.device('cuda')
-    for channels, size, rank in STAGES:
+    for channels, size, rank in stage_sizes(args.arch):
         for dtype in (torch.float32, torch.float16):
-            g = torch.Generator(device='cpu').manual_seed(0)
-            b, k = args.batch, 4
-            x = torch.randn(b, channels, size, size, generator=g).to(device, dtype).requires_grad_()
-            proj = torch.randn(b, k, rank + 2, size * size, generator=g).to(device, dtype).requires_grad_()
-            params = [torch.randn(k, channels, rank, generator=g) * rank ** -0.5,
-                      -torch.rand(k * channels, 1, generator=g) - 0.1, torch.randn(k * channels, generator=g),
-                      torch.randn(k * channels, generator=g) - 3]
-            params = [p.to(device).requires_grad_() for p in params]
-            upstream = torch.randn(b, channels, size, size, device=device)
+            inputs = scan_inputs(channels, size, rank, dtype, args.batch, device, True)
+            upstream = torch.randn(args.batch, channels, size, size, device=device)
             row = []
             for mode in ('fwd', 'fwd+bwd'):
                 for fused in (True, False):
                     def run():
                         with torch.set_grad_enabled(mode != 'fwd'):
                             if fused:
-                                y = cross_selective_scan(x, proj, *params, impl='fused')
+                                y = cross_selective_scan(*inputs, impl='fused')
                             else:
-                                y = cross_selective_scan(x, proj, *params, impl='unfused', scan_backend='triton')
+                                y = cross_selective_scan(*inputs, impl='unfused', scan_backend='triton')
                             if mode != 'fwd':
                                 y.backward(upstream)
                     row.append(timed(run)[0])

@@ -1,0 +1,37 @@
+"""tools/gpu_checks/bench_cross_scan.py on the CPU: its sizes and options (the timings need CUDA)."""
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import REPO, load_tool
+
+
+@pytest.fixture(scope='module')
+def bench():
+    sys.path.insert(0, str(REPO / 'tools' / 'gpu_checks'))  # the script's own folder, as when it runs
+    try:
+        yield load_tool('tools/gpu_checks/bench_cross_scan.py')
+    finally:
+        sys.path.remove(str(REPO / 'tools' / 'gpu_checks'))
+
+
+def test_stage_sizes_follow_the_arch_zoo(bench):
+    """(d_inner, map size, dt rank) of each stage at 224 x 224: twice the width, width / 16 rounded up."""
+    assert bench.stage_sizes('t') == [(192, 56, 6), (384, 28, 12), (640, 14, 20), (1024, 7, 32)]
+    assert bench.stage_sizes('b') == [(240, 56, 8), (480, 28, 15), (792, 14, 25), (1272, 7, 40)]
+
+
+def test_sweep_candidates_can_run(bench):
+    """Tensor-core dt needs 16 or more channels and positions a program; the sweep offers both ways."""
+    from sparx_mm.ops.triton_cross_scan import _padded_rank
+    import torch
+    for block_l, block_d, _warps, dt_dot in bench.SWEEP_TILINGS:
+        assert _padded_rank(20, block_d, block_l, torch.float16, dt_dot) == (32 if dt_dot else 0)
+    assert {t[3] for t in bench.SWEEP_TILINGS} == {False, True}
+
+
+def test_sweep_and_a_fixed_inference_tiling_are_refused_together():
+    result = subprocess.run([sys.executable, str(REPO / 'tools/gpu_checks/bench_cross_scan.py'), '--sweep-inference',
+                             '--infer-tiling', '32', '16', '4', '1'], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and 'leave out --infer-tiling' in result.stderr, result.stderr
