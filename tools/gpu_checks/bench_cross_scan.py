@@ -28,7 +28,7 @@ from gpu_common import timed  # noqa: E402
 
 #: (BLOCK_L, BLOCK_D, warps, dt_dot) candidates of --sweep-inference (dt_dot needs 16 or more of both blocks).
 SWEEP_TILINGS = [(64, 32, 4, False), (64, 16, 4, False), (32, 16, 4, False), (32, 16, 4, True), (64, 16, 4, True),
-                 (32, 32, 4, True), (64, 32, 4, True), (32, 16, 8, True)]
+                 (32, 32, 4, True), (64, 32, 4, True), (16, 32, 4, True)]
 
 
 def stage_sizes(arch):
