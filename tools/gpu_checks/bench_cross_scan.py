@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from sparx_mm.models.backbones.sparx_mamba import SparXMamba  # noqa: E402
 from sparx_mm.ops import cross_selective_scan  # noqa: E402
 from sparx_mm.ops import triton_cross_scan  # noqa: E402
+from check_kernels import make_cross_inputs  # noqa: E402
 from gpu_common import timed  # noqa: E402
 
 #: (BLOCK_L, BLOCK_D, warps, dt_dot) candidates of --sweep-inference (dt_dot needs 16 or more of both blocks).
@@ -38,15 +39,9 @@ def stage_sizes(arch):
 
 
 def scan_inputs(channels, size, rank, dtype, batch, device, requires_grad):
-    """x, proj and the four parameters of a four-route scan core, fixed seed."""
-    g = torch.Generator(device='cpu').manual_seed(0)
-    k = 4
-    x = torch.randn(batch, channels, size, size, generator=g).to(device, dtype)
-    proj = torch.randn(batch, k, rank + 2, size * size, generator=g).to(device, dtype)
-    params = [torch.randn(k, channels, rank, generator=g) * rank ** -0.5,
-              -torch.rand(k * channels, 1, generator=g) - 0.1, torch.randn(k * channels, generator=g),
-              torch.randn(k * channels, generator=g) - 3]
-    return [t.requires_grad_(requires_grad) for t in [x, proj] + [p.to(device) for p in params]]
+    """The keyword inputs of a four-route scan core (check_kernels.py's, fixed seed)."""
+    inputs = make_cross_inputs(batch, channels, size, size, 4, 1, rank, dtype, device)
+    return {name: t.requires_grad_(requires_grad) for name, t in inputs.items()}
 
 
 def sweep_inference(arch, batch, device):
@@ -61,7 +56,7 @@ def sweep_inference(arch, batch, device):
 
                 def run():
                     with torch.no_grad():
-                        cross_selective_scan(*inputs, impl='fused')
+                        cross_selective_scan(**inputs, impl='fused')
                 triton_cross_scan.inference_tiling = chosen_rule
                 cells = [f'chosen {chosen_rule(size * size, rank, dtype)} {timed(run)[0]:.3f}']
                 for tiling in SWEEP_TILINGS:
@@ -120,9 +115,9 @@ def main():
                     def run():
                         with torch.set_grad_enabled(mode != 'fwd'):
                             if fused:
-                                y = cross_selective_scan(*inputs, impl='fused')
+                                y = cross_selective_scan(**inputs, impl='fused')
                             else:
-                                y = cross_selective_scan(*inputs, impl='unfused', scan_backend='triton')
+                                y = cross_selective_scan(**inputs, impl='unfused', scan_backend='triton')
                             if mode != 'fwd':
                                 y.backward(upstream)
                     row.append(timed(run)[0])
