@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
+from .triton_launch import cdiv, launch, next_power_of_2
 from .triton_op import TritonOp
 from .triton_scan import _chunk_adjoint_of_route, _chunk_states, _chunk_states_reversed, _last_column
 
@@ -75,7 +76,7 @@ def _padded_rank(rank: int, block_d: int, block_l: int, dtype: torch.dtype, dt_d
     if block_d < 16 or block_l < 16 or dtype not in DT_DOT_DTYPES:
         raise ValueError(f'cross_scan_fwd: dt_dot needs 16 or more channels and positions a program and '
                          f'{DT_DOT_DTYPES} projections, got {block_d} x {block_l} and {dtype}')
-    return max(16, triton.next_power_of_2(rank))
+    return max(16, next_power_of_2(rank))
 
 
 @triton.jit
@@ -315,9 +316,9 @@ def _num_pairs(routes: int) -> int:
 
 def _launch_config(x, dt_weight, A, routes, block_l, block_d, warps):
     batch, channels, height, width = x.shape
-    num_d_blocks = triton.cdiv(channels, block_d)
+    num_d_blocks = cdiv(channels, block_d)
     length = height * width
-    meta = dict(Dm=channels, L=length, num_d_blocks=num_d_blocks, num_chunks=triton.cdiv(length, block_l),
+    meta = dict(Dm=channels, L=length, num_d_blocks=num_d_blocks, num_chunks=cdiv(length, block_l),
                 ROUTES=routes, R=dt_weight.shape[2], N=A.shape[1], BLOCK_D=block_d, BLOCK_L=block_l,
                 num_warps=warps)
     return meta, (_num_pairs(routes) * num_d_blocks, batch)
@@ -360,11 +361,11 @@ def _plane_transpose(src: torch.Tensor, add: Optional[torch.Tensor] = None,
     src's)."""
     h, w = src.shape[-2:]
     out = torch.empty(*src.shape[:-2], w, h, device=src.device, dtype=dtype or src.dtype)
-    block_h, block_w = min(32, triton.next_power_of_2(h)), min(32, triton.next_power_of_2(w))
-    grid = (src.numel() // max(h * w, 1), triton.cdiv(h, block_h), triton.cdiv(w, block_w))
+    block_h, block_w = min(32, next_power_of_2(h)), min(32, next_power_of_2(w))
+    grid = (src.numel() // max(h * w, 1), cdiv(h, block_h), cdiv(w, block_w))
     if out.numel():
-        _plane_transpose_kernel[grid](src, out if add is None else add, out, h, w, HAS_ADD=add is not None,
-                                      BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4)
+        launch(_plane_transpose_kernel, grid, src, out if add is None else add, out, h, w,
+               HAS_ADD=add is not None, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4)
     return out
 
 
@@ -394,15 +395,15 @@ def _cross_scan_fwd(x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor
     f32 = dict(device=x.device, dtype=torch.float32)
     ys = torch.empty(_num_pairs(routes), b, d, h * w, **f32)
     states = torch.empty(b, A.shape[0], meta['N'], meta['num_chunks'], **f32)
-    _cross_scan_fwd_kernel[grid](x, _transposed_copy(x, routes), _to_route_order(proj, routes, h, w), dt_weight,
-                                 A, D, dt_bias, ys, states, R_PAD=r_pad, **meta)
+    launch(_cross_scan_fwd_kernel, grid, x, _transposed_copy(x, routes), _to_route_order(proj, routes, h, w),
+           dt_weight, A, D, dt_bias, ys, states, R_PAD=r_pad, **meta)
     return _merge_pairs(ys, routes, h, w), states
 
 
 def _cross_scan_fwd_fake(x, proj, dt_weight, A, D, dt_bias, routes, block_l, block_d, warps, dt_dot):
     b, d, h, w = x.shape
     return (x.new_empty(b, d, h, w, dtype=torch.float32),
-            x.new_empty(b, A.shape[0], A.shape[1], triton.cdiv(h * w, block_l), dtype=torch.float32))
+            x.new_empty(b, A.shape[0], A.shape[1], cdiv(h * w, block_l), dtype=torch.float32))
 
 
 def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor,
@@ -442,8 +443,8 @@ def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, rou
     dbc = torch.empty(b, routes, meta['num_d_blocks'], 2 * n, length, **f32)
     dA, dD, dbias = (torch.empty(b, *t.shape, **f32) for t in (A, D, dt_bias))
     dy = dy.contiguous()  # float32 (the gradient of the float32 output); x is read in its own dtype
-    _cross_scan_bwd_kernel[grid](x, _transposed_copy(x, routes), proj_routes, dt_weight, A, D, dt_bias, dy,
-                                 _transposed_copy(dy, routes), states, dxs, ddt, dbc, dA, dD, dbias, **meta)
+    launch(_cross_scan_bwd_kernel, grid, x, _transposed_copy(x, routes), proj_routes, dt_weight, A, D, dt_bias,
+           dy, _transposed_copy(dy, routes), states, dxs, ddt, dbc, dA, dD, dbias, **meta)
     return dxs, ddt, dbc, dA, dD, dbias
 
 

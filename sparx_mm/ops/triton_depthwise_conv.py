@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
+from .triton_launch import cdiv, launch, next_power_of_2
 from .triton_op import TritonOp
 
 #: (values a thread holds, warps) of the forward kernel, which also computes dx. A thread keeps the k*k weights
@@ -237,11 +238,11 @@ def _tiling(x: torch.Tensor, values_warps: Tuple[int, int], values_a_position: i
     values, warps = values_warps
     per_thread = max(1, values // values_a_position)
     elements = 32 * warps << (per_thread.bit_length() - 1)
-    block_w = min(triton.next_power_of_2(w), MAX_BLOCK_W)
-    block_p = min(max(elements // block_w, 1), triton.next_power_of_2(b * c))
-    tiles = (triton.cdiv(b * c, block_p), triton.cdiv(w, block_w))
-    run_rows = triton.cdiv(h, min(h, max(1, triton.cdiv(min_programs, tiles[0] * tiles[1]))))
-    return warps, block_p, block_w, run_rows, tiles + (triton.cdiv(h, run_rows), )
+    block_w = min(next_power_of_2(w), MAX_BLOCK_W)
+    block_p = min(max(elements // block_w, 1), next_power_of_2(b * c))
+    tiles = (cdiv(b * c, block_p), cdiv(w, block_w))
+    run_rows = cdiv(h, min(h, max(1, cdiv(min_programs, tiles[0] * tiles[1]))))
+    return warps, block_p, block_w, run_rows, tiles + (cdiv(h, run_rows), )
 
 
 def _fwd_tiling(x: torch.Tensor, k: int):
@@ -257,9 +258,9 @@ def _grad_tiling(x: torch.Tensor, k: int):
 def _launch_fwd(x, weight, bias, y, residual, act_code):
     b, c, h, w = x.shape
     warps, block_p, block_w, run_rows, grid = _fwd_tiling(x, weight.shape[-1])
-    _fwd_kernel[grid](x, weight, weight if bias is None else bias, y, c, h, w, b * c, run_rows,
-                      K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual,
-                      BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
+    launch(_fwd_kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w, b * c, run_rows,
+           K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual,
+           BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
@@ -288,9 +289,9 @@ def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
     gz = torch.empty(x.shape if activation != 'none' else (0, ), dtype=dy.dtype, device=x.device)
     n_parts = grid[1] * grid[2]
     partial = torch.empty(b * c, n_parts, k * k + 1, dtype=torch.float32, device=x.device)
-    _grad_kernel[grid](x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w, b * c, run_rows,
-                       n_parts, K=k, ACT=_ACT_CODES[activation], HAS_BIAS=bias is not None, RESIDUAL=residual,
-                       BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
+    launch(_grad_kernel, grid, x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w, b * c,
+           run_rows, n_parts, K=k, ACT=_ACT_CODES[activation], HAS_BIAS=bias is not None, RESIDUAL=residual,
+           BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
     sums = partial.view(b, c, n_parts, k * k + 1).sum((0, 2))
     # Copies: a custom op's outputs may not be views of one another.
     dweight = sums[:, :k * k].reshape(weight.shape).to(weight.dtype, copy=True)

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
+from .triton_launch import cdiv, launch, next_power_of_2
 from .triton_op import TritonOp
 
 #: (elements per program tile, warps) of the two reduction kernels (row moments, gradient row sums) and of the
@@ -255,24 +256,24 @@ def _grad_input_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, stats_ptr, terms_ptr, rows,
 
 def _tile_shape(rows: int, cols: int, tile: int) -> Tuple[int, int]:
     """(BLOCK_R, BLOCK_S) of a tile of about ``tile`` elements over a (rows, cols) matrix."""
-    block_s = min(triton.next_power_of_2(cols), tile)
-    return min(tile // block_s, triton.next_power_of_2(rows)), block_s
+    block_s = min(next_power_of_2(cols), tile)
+    return min(tile // block_s, next_power_of_2(rows)), block_s
 
 
 def _reduce_layout(rows: int, cols: int):
     """Launch layout of the reduction kernels: (BLOCK_R, BLOCK_S, row blocks, splits, chunks per split)."""
     block_r, block_s = _tile_shape(rows, cols, REDUCE_TILING[0])
-    row_blocks = triton.cdiv(rows, block_r)
-    chunks = triton.cdiv(cols, block_s)
-    per_split = triton.cdiv(chunks, min(chunks, triton.cdiv(MIN_REDUCE_PROGRAMS, row_blocks)))
-    return block_r, block_s, row_blocks, triton.cdiv(chunks, per_split), per_split
+    row_blocks = cdiv(rows, block_r)
+    chunks = cdiv(cols, block_s)
+    per_split = cdiv(chunks, min(chunks, cdiv(MIN_REDUCE_PROGRAMS, row_blocks)))
+    return block_r, block_s, row_blocks, cdiv(chunks, per_split), per_split
 
 
 def _elementwise_launch(rows: int, cols: int):
     """(grid, meta) of the elementwise kernels: one program per tile, row blocks times column blocks."""
     block_r, block_s = _tile_shape(rows, cols, ELEMENTWISE_TILING[0])
-    col_blocks = triton.cdiv(cols, block_s)
-    grid = (triton.cdiv(rows, block_r) * col_blocks,)
+    col_blocks = cdiv(cols, block_s)
+    grid = (cdiv(rows, block_r) * col_blocks,)
     return grid, dict(col_blocks=col_blocks, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=ELEMENTWISE_TILING[1])
 
 
@@ -291,15 +292,15 @@ def _group_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optio
     rows = batch * channels
     block_r, block_s, row_blocks, splits, per_split = _reduce_layout(rows, cols)
     moments = torch.empty(2, rows * splits, device=x.device, dtype=torch.float32)  # partial means and M2
-    _row_moments_kernel[(row_blocks, splits)](x, moments, rows, channels, cols, per_split,
-                                              BLOCK_R=block_r, BLOCK_S=block_s, num_warps=REDUCE_TILING[1])
+    launch(_row_moments_kernel, (row_blocks, splits), x, moments, rows, channels, cols, per_split,
+           BLOCK_R=block_r, BLOCK_S=block_s, num_warps=REDUCE_TILING[1])
     stats = torch.empty(2, batch, device=x.device, dtype=torch.float32)
-    _sample_stats_kernel[(batch,)](moments, stats, channels, cols, splits, per_split * block_s,
-                                   1.0 / (channels * cols), eps, BLOCK=SAMPLE_TILING[0], num_warps=SAMPLE_TILING[1])
+    launch(_sample_stats_kernel, (batch,), moments, stats, channels, cols, splits, per_split * block_s,
+           1.0 / (channels * cols), eps, BLOCK=SAMPLE_TILING[0], num_warps=SAMPLE_TILING[1])
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
     grid, meta = _elementwise_launch(rows, cols)
-    _normalize_kernel[grid](x, y, weight, bias, stats, rows, channels, cols,
-                            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **meta)
+    launch(_normalize_kernel, grid, x, y, weight, bias, stats, rows, channels, cols,
+           HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **meta)
     return y, stats
 
 
@@ -315,19 +316,19 @@ def _group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Te
     f32 = dict(device=x.device, dtype=torch.float32)
     block_r, block_s, row_blocks, splits, per_split = _reduce_layout(rows, cols)
     sums = torch.empty(2, rows * splits, **f32)  # partial sums of dy and dy * xhat
-    _grad_row_sums_kernel[(row_blocks, splits)](x, dy, stats, sums, rows, channels, cols, per_split,
-                                                BLOCK_R=block_r, BLOCK_S=block_s, num_warps=REDUCE_TILING[1])
+    launch(_grad_row_sums_kernel, (row_blocks, splits), x, dy, stats, sums, rows, channels, cols, per_split,
+           BLOCK_R=block_r, BLOCK_S=block_s, num_warps=REDUCE_TILING[1])
     terms = torch.empty(2, batch, **f32)
     dparams = torch.empty(2, channels, **f32)
     block, warps = SAMPLE_TILING
-    block_c = min(triton.next_power_of_2(channels), 32, block)
-    _grad_reduce_kernel[(batch + triton.cdiv(channels, block_c),)](
-        sums, weight, terms, dparams, batch, channels, splits, 1.0 / (channels * cols),
-        HAS_WEIGHT=weight is not None, BLOCK=block, BLOCK_K=block // block_c, BLOCK_C=block_c, num_warps=warps)
+    block_c = min(next_power_of_2(channels), 32, block)
+    launch(_grad_reduce_kernel, (batch + cdiv(channels, block_c),),
+           sums, weight, terms, dparams, batch, channels, splits, 1.0 / (channels * cols),
+           HAS_WEIGHT=weight is not None, BLOCK=block, BLOCK_K=block // block_c, BLOCK_C=block_c, num_warps=warps)
     dx = torch.empty_like(x)
     grid, meta = _elementwise_launch(rows, cols)
-    _grad_input_kernel[grid](x, dy, dx, weight, stats, terms, rows, channels, cols,
-                             HAS_WEIGHT=weight is not None, **meta)
+    launch(_grad_input_kernel, grid, x, dy, dx, weight, stats, terms, rows, channels, cols,
+           HAS_WEIGHT=weight is not None, **meta)
     return dx, dparams
 
 

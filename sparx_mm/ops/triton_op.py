@@ -34,23 +34,25 @@ def _traced(args) -> bool:
 def _autograd_function(name: str, fn: Callable, setup_context: Callable, backward: Callable):
     """A torch.autograd.Function running ``fn`` with the custom op's autograd formula. Of a tuple of outputs
     the first is differentiable and the rest (saved statistics, scan states) are not: their gradients reach
-    ``backward`` as None, not as materialised zeros."""
+    ``backward`` as None, not as materialised zeros.
 
-    def forward(*args):
-        return fn(*args)
+    ``forward`` takes ``ctx`` and calls ``setup_context`` itself: a Function with a separate ``setup_context``
+    binds its arguments to ``inspect.signature(forward)`` on every call (torch 2.11; 35 us a call under cProfile),
+    host time in a training step whose pace the host sets (docs/benchmarks.md, "Host time")."""
 
-    def setup(ctx, inputs, output):
+    def forward(ctx, *args):
+        output = fn(*args)
         if isinstance(output, tuple):
             ctx.mark_non_differentiable(*output[1:])
             ctx.set_materialize_grads(False)
-        setup_context(ctx, inputs, output)
+        setup_context(ctx, args, output)
+        return output
 
     def run_backward(ctx, *grads):
         return backward(ctx, *grads)
 
     return type(name.replace('::', '_'), (torch.autograd.Function, ),
-                dict(forward=staticmethod(forward), setup_context=staticmethod(setup),
-                     backward=staticmethod(run_backward)))
+                dict(forward=staticmethod(forward), backward=staticmethod(run_backward)))
 
 
 class TritonOp:

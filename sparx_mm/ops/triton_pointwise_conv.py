@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
+from .triton_launch import cdiv, launch
 from .triton_op import TritonOp
 
 #: Products of the kernel, by the convolution dtype (float32: TF32 or exact float32 by ``allow_tf32``).
@@ -100,7 +101,7 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
     cout = weight.shape[0]
     positions = h * w
     block_co, block_p, block_k, warps, stages = tiling(cin, cout, positions, conv_dtype)
-    grid = (triton.cdiv(cout, block_co), triton.cdiv(positions, block_p), b)
+    grid = (cdiv(cout, block_co), cdiv(positions, block_p), b)
     if grid[1] > _MAX_GRID_Y or b > _MAX_GRID_Y:
         raise ValueError(f'pointwise_conv2d_triton: a {h} x {w} map in batches of {b} needs a grid of {grid}, '
                          f'beyond CUDA\'s {_MAX_GRID_Y}; split the batch or use the reference implementation')
@@ -108,12 +109,12 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
     if WEIGHT_ROW_ALIGN and conv_dtype != torch.float32 and cin % WEIGHT_ROW_ALIGN:
         weight = torch.nn.functional.pad(weight.to(conv_dtype), (0, -cin % WEIGHT_ROW_ALIGN))
     dummy = weight
-    _fwd_kernel[grid](x, weight, dummy if bias is None else bias, dummy if skip is None else skip,
-                      dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift, y,
-                      cin, cout, positions, weight.stride(0), HAS_BIAS=bias is not None, HAS_SKIP=skip is not None,
-                      HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
-                      DOT=_DOT_CODES[conv_dtype], TF32=tf32, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k,
-                      num_warps=warps, num_stages=stages)
+    launch(_fwd_kernel, grid, x, weight, dummy if bias is None else bias, dummy if skip is None else skip,
+           dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift, y,
+           cin, cout, positions, weight.stride(0), HAS_BIAS=bias is not None, HAS_SKIP=skip is not None,
+           HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
+           DOT=_DOT_CODES[conv_dtype], TF32=tf32, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k,
+           num_warps=warps, num_stages=stages)
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
 from .selective_scan import check_scan_inputs
+from .triton_launch import cdiv, launch
 
 BLOCK_L = 128
 
@@ -217,8 +218,8 @@ def _launch_config(u, A, B):
     routes, n = B.shape[1], A.shape[1]
     per_route = kd // routes
     block_d = _block_d(per_route)
-    num_chunks = triton.cdiv(length, BLOCK_L)
-    grid = (triton.cdiv(kd, block_d), batch)
+    num_chunks = cdiv(length, BLOCK_L)
+    grid = (cdiv(kd, block_d), batch)
     return dict(KD=kd, L=length, K=routes, channels_per_route=per_route, num_chunks=num_chunks, N=n,
                 BLOCK_D=block_d, BLOCK_L=BLOCK_L), grid
 
@@ -236,8 +237,8 @@ class _TritonSelectiveScan(torch.autograd.Function):
         y = torch.empty(u.shape, device=u.device, dtype=torch.float32)
         states = torch.empty(u.shape[0], u.shape[1], meta['N'], meta['num_chunks'], device=u.device,
                              dtype=torch.float32)
-        _scan_fwd_kernel[grid](u, delta, A, B, C, D_, bias_, y, states, HAS_D=has_d, HAS_BIAS=has_bias,
-                               SOFTPLUS=bool(delta_softplus), num_warps=4, **meta)
+        launch(_scan_fwd_kernel, grid, u, delta, A, B, C, D_, bias_, y, states, HAS_D=has_d, HAS_BIAS=has_bias,
+               SOFTPLUS=bool(delta_softplus), num_warps=4, **meta)
         ctx.save_for_backward(u, delta, A, B, C, D_, bias_, states)
         ctx.flags = (has_d, has_bias, bool(delta_softplus))
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (D, delta_bias))
@@ -254,9 +255,8 @@ class _TritonSelectiveScan(torch.autograd.Function):
         dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
         dD = torch.zeros(D_.shape, **f32) if has_d else dA
         dbias = torch.zeros(bias_.shape, **f32) if has_bias else dA
-        _scan_bwd_kernel[grid](u, delta, A, B, C, D_, bias_, dy.contiguous(), states, du, ddelta, dA, dB, dC,
-                               dD, dbias, HAS_D=has_d, HAS_BIAS=has_bias, SOFTPLUS=softplus, num_warps=4,
-                               **meta)
+        launch(_scan_bwd_kernel, grid, u, delta, A, B, C, D_, bias_, dy.contiguous(), states, du, ddelta, dA, dB,
+               dC, dD, dbias, HAS_D=has_d, HAS_BIAS=has_bias, SOFTPLUS=softplus, num_warps=4, **meta)
         d_dtype, bias_dtype = ctx.dtypes
         return (du.to(u.dtype), ddelta.to(delta.dtype), dA, dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(d_dtype) if has_d else None, dbias.to(bias_dtype) if has_bias else None, None)
