@@ -7,8 +7,8 @@ one sample: it runs the forward route over the chunks of ``BLOCK_L`` positions i
 then the backward route over the chunks in reverse order, adding to it. Every read and write is contiguous
 (a route that gathered column-order positions from the row-major map missed the cache and ran 4-7x slower on
 an H100), no per-route output buffer is summed afterwards, and ``dt = softplus(dt_weight_k @ proj_dt + b)`` is
-computed in the kernel: with R multiply-adds a position, or for inference with a dt rank above 8 as a
-tensor-core product of float32 accuracy (:func:`inference_tiling`). The column-major pair's output is added back
+computed in the kernel: with R multiply-adds a position, or with a dt rank above 8 as a tensor-core product of
+float32 accuracy (:func:`inference_tiling`, :func:`training_tiling`). The column-major pair's output is added back
 at row-major positions after the kernel.
 
 The backward pass rescans each chunk from the chunk states saved by the forward pass and runs the adjoint
@@ -44,6 +44,19 @@ TRAIN_FWD_TILING = (16, 4)
 BWD_TILING = (8, 2)
 #: Input dtypes whose dt projection the forward kernel can run on tensor cores (:func:`_dt_raw_dot`).
 DT_DOT_DTYPES = (torch.float32, torch.float16)
+#: Whether the training forward pass may project dt on tensor cores (:func:`training_tiling`).
+TRAIN_DT_DOT = True
+
+
+def training_tiling(rank: int, dtype: torch.dtype) -> Tuple[int, int, int, bool]:
+    """(BLOCK_L, BLOCK_D, warps, dt_dot) of the forward kernel when a backward pass follows: TRAIN_BLOCK_L and
+    TRAIN_FWD_TILING, with the dt projection on tensor cores where :func:`inference_tiling` puts it (rank above 8,
+    float32 / float16 inputs, 16 or more channels a program). The backward kernel recomputes dt with
+    multiply-adds (its 8-channel programs are below tl.dot's 16 rows): the two differ by float32 rounding
+    (2-7e-7 relative), far below what the gradients' own rounding moves."""
+    block_d, warps = TRAIN_FWD_TILING
+    dt_dot = TRAIN_DT_DOT and rank > 8 and dtype in DT_DOT_DTYPES and block_d >= 16 and TRAIN_BLOCK_L >= 16
+    return TRAIN_BLOCK_L, block_d, warps, dt_dot
 
 
 def inference_tiling(length: int, rank: int, dtype: torch.dtype) -> Tuple[int, int, int, bool]:
@@ -476,7 +489,7 @@ def cross_selective_scan_triton(x, proj, dt_weight, A, D=None, dt_bias=None, rou
     """Fused Triton implementation of :func:`sparx_mm.ops.cross_selective_scan` (inputs already checked).
 
     ``needs_grad``: whether a backward pass follows (the dispatcher knows): the forward kernel then takes the
-    training tiling, whose chunk the backward kernel shares, else :func:`inference_tiling`'s. Needs CUDA
+    :func:`training_tiling`, whose chunk the backward kernel shares, else :func:`inference_tiling`'s. Needs CUDA
     tensors (or ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests).
     """
     check_triton_launchable(x, 'cross_selective_scan_triton')
@@ -484,8 +497,7 @@ def cross_selective_scan_triton(x, proj, dt_weight, A, D=None, dt_bias=None, rou
     # Absent D / dt_bias are zeros (their gradients are computed and dropped); parameters go in as float32.
     D = D.float() if D is not None else x.new_zeros(kd, dtype=torch.float32)
     dt_bias = dt_bias.float() if dt_bias is not None else x.new_zeros(kd, dtype=torch.float32)
-    # Training keeps the multiply-adds: the backward kernel recomputes dt with them, from the forward's states.
-    tiling = ((TRAIN_BLOCK_L, *TRAIN_FWD_TILING, False) if needs_grad
+    tiling = (training_tiling(dt_weight.shape[2], proj.dtype) if needs_grad
               else inference_tiling(x.shape[2] * x.shape[3], dt_weight.shape[2], proj.dtype))
     y, _ = _cross_scan_fwd(x.contiguous(), proj.contiguous(), dt_weight.float().contiguous(),
                            A.float().contiguous(), D.contiguous(), dt_bias.contiguous(), routes, *tiling)

@@ -39,14 +39,17 @@ def relative_errors(case):
 
 
 if __name__ == '__main__':
+    from sparx_mm.ops.triton_cross_scan import training_tiling
     worst = 0.0
     for case in CASES:
         errors = relative_errors(case)
         worst = max(worst, *errors)
-        print(case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)), flush=True)
+        print(case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)),
+              f'dt_dot {training_tiling(case[-1], torch.float32)[3]}', flush=True)
     # float16 inputs (the raw-dt gradient and the dt projection's gradient GEMMs then run in float16, as
-    # autocast's own dt projection would) against the float32 reference on the same rounded values.
-    case = (2, 24, 7, 9, 4, 1, 4)
+    # autocast's own dt projection would; rank 12: the forward's dt projection on tensor cores) against the
+    # float32 reference on the same rounded values.
+    case = (2, 24, 7, 9, 4, 1, 12)
     b, d, h, w, routes, n, r = case
     g = torch.Generator().manual_seed(4)
     half = [torch.randn(b, d, h, w, generator=g).half(), torch.randn(b, routes, r + 2 * n, h * w, generator=g).half()]
@@ -62,7 +65,8 @@ if __name__ == '__main__':
     errors = [float((t.float() - e).abs().max() / e.abs().max()) for t, e in zip(*results)]
     dtypes_ok = all(t.dtype == e.dtype for t, e in zip(results[0][1:3], half))
     print('float16', case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)),
-          f'float16 largest {max(errors):.3e}', 'dtypes', 'ok' if dtypes_ok else 'wrong', flush=True)
+          f'float16 largest {max(errors):.3e}', 'dtypes', 'ok' if dtypes_ok else 'wrong',
+          f'dt_dot {training_tiling(r, torch.float16)[3]}', flush=True)
     # Inference (no gradient): the forward kernel's size-dependent tilings, 16 channels x 32 positions (a short
     # sequence), 32 x 64 (2160 positions, rank 4, 16-bit inputs) and 16 x 64 (2048, float32), channels not a
     # multiple of the blocks; the dt projection as a tensor-core product (rank above 8): 16 x 32, 32 x 64 (49

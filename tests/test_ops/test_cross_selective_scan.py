@@ -130,6 +130,10 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     # float16 inputs: the gradients in float16 (as the inputs), within its rounding of the float32 reference
     assert float(re.search(r'float16 largest (\S+)', stdout).group(1)) < 3e-3, stdout
     assert 'dtypes ok' in stdout, stdout
+    # the training forward projected dt on tensor cores for rank 20 (float32) and 12 (float16), not below rank 9
+    assert re.search(r'^\(1, 24, 6, 5, 4, 1, 20\) .* dt_dot True$', stdout, re.M), stdout
+    assert re.search(r'^float16 .* dt_dot True$', stdout, re.M), stdout
+    assert stdout.count('dt_dot False\n') >= 4, stdout
     assert 'TRANSPOSE ok' in stdout, stdout
     # five training cases, the float16 one, seven inference ones, the plain scan, the transposes, the custom-op
     # check, the summary
@@ -214,3 +218,22 @@ def test_inference_tilings_project_dt_on_tensor_cores_only_where_the_kernel_can(
     for block_d, block_l, dtype in ((8, 32, torch.float32), (16, 8, torch.float16), (16, 32, torch.bfloat16)):
         with pytest.raises(ValueError, match='dt_dot needs 16 or more channels and positions'):
             tcs._padded_rank(20, block_d, block_l, dtype, True)
+
+
+def test_the_training_forward_projects_dt_on_tensor_cores_where_inference_does(monkeypatch):
+    """The training tiling (the backward kernel's chunk) takes the tensor-core dt projection for ranks above 8
+    and float32 / float16 projections, and only with programs of 16 or more channels; TRAIN_DT_DOT turns it
+    off."""
+    from sparx_mm.ops import triton_cross_scan as tcs
+    for rank in (2, 6, 8, 9, 12, 20, 32, 40):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            block_l, block_d, warps, dt_dot = tcs.training_tiling(rank, dtype)
+            assert (block_l, (block_d, warps)) == (tcs.TRAIN_BLOCK_L, tcs.TRAIN_FWD_TILING)
+            assert dt_dot == (rank > 8 and dtype != torch.bfloat16)
+            assert tcs._padded_rank(rank, block_d, block_l, dtype, dt_dot) == (
+                max(16, 1 << (rank - 1).bit_length()) if dt_dot else 0)
+    monkeypatch.setattr(tcs, 'TRAIN_DT_DOT', False)
+    assert not tcs.training_tiling(20, torch.float16)[3]
+    monkeypatch.setattr(tcs, 'TRAIN_DT_DOT', True)
+    monkeypatch.setattr(tcs, 'TRAIN_FWD_TILING', (8, 2))  # a program narrower than tl.dot's 16 rows
+    assert tcs.training_tiling(20, torch.float16) == (tcs.TRAIN_BLOCK_L, 8, 2, False)

@@ -35,3 +35,15 @@ def test_sweep_and_a_fixed_inference_tiling_are_refused_together():
     result = subprocess.run([sys.executable, str(REPO / 'tools/gpu_checks/bench_cross_scan.py'), '--sweep-inference',
                              '--infer-tiling', '32', '16', '4', '1'], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and 'leave out --infer-tiling' in result.stderr, result.stderr
+
+
+def test_train_fma_projects_dt_by_multiply_adds_in_training(bench, monkeypatch):
+    import argparse
+    import torch
+    from sparx_mm.ops import triton_cross_scan
+    for name in ('TRAIN_DT_DOT', 'TRAIN_BLOCK_L', 'TRAIN_FWD_TILING', 'BWD_TILING', 'inference_tiling'):
+        monkeypatch.setattr(triton_cross_scan, name, getattr(triton_cross_scan, name))  # restored afterwards
+    assert triton_cross_scan.training_tiling(20, torch.float16)[3]
+    bench.apply_tiling_options(argparse.Namespace(train_tiling=None, train_fma=True, bwd_tiling=None,
+                                                  infer_tiling=None))
+    assert not triton_cross_scan.training_tiling(20, torch.float16)[3]

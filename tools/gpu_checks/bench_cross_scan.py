@@ -1,7 +1,7 @@
 """Time SS2D's scan core on the GPU: the fused Triton kernel against the unfused composition.
 
     python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--sweep-inference]
-        [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT] [--train-tiling BLOCK_L BLOCK_D WARPS]
+        [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT] [--train-tiling BLOCK_L BLOCK_D WARPS] [--train-fma]
         [--bwd-tiling BLOCK_D WARPS]
 
 For the four stage sizes of SparX-T (or ``--arch s`` / ``b``) at 224 x 224 (d_inner twice the stage width on
@@ -68,6 +68,20 @@ def sweep_inference(arch, batch, device):
         triton_cross_scan.inference_tiling = chosen_rule
 
 
+def apply_tiling_options(args):
+    """Set triton_cross_scan's tilings as the options ask (for this process)."""
+    if args.train_tiling:
+        triton_cross_scan.TRAIN_BLOCK_L = args.train_tiling[0]
+        triton_cross_scan.TRAIN_FWD_TILING = tuple(args.train_tiling[1:])
+    if args.train_fma:
+        triton_cross_scan.TRAIN_DT_DOT = False
+    if args.bwd_tiling:
+        triton_cross_scan.BWD_TILING = tuple(args.bwd_tiling)
+    if args.infer_tiling:
+        triton_cross_scan.inference_tiling = lambda length, rank, dtype: (*args.infer_tiling[:3],
+                                                                          bool(args.infer_tiling[3]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--arch', default='t', choices=sorted(SparXMamba.arch_zoo),
@@ -78,6 +92,9 @@ def main():
     parser.add_argument('--train-tiling', type=int, nargs=3, metavar=('BLOCK_L', 'BLOCK_D', 'WARPS'), default=None,
                         help="the fused kernels' chunk length and the forward kernel's channels per program and warps "
                              'when gradients follow, instead of the defaults')
+    parser.add_argument('--train-fma', action='store_true',
+                        help='the forward kernel projects dt by multiply-adds when gradients follow, instead of on '
+                             'tensor cores where training_tiling puts it')
     parser.add_argument('--bwd-tiling', type=int, nargs=2, metavar=('BLOCK_D', 'WARPS'), default=None,
                         help="the backward kernel's channels per program and warps")
     parser.add_argument('--infer-tiling', type=int, nargs=4, metavar=('BLOCK_L', 'BLOCK_D', 'WARPS', 'DT_DOT'),
@@ -87,16 +104,10 @@ def main():
     args = parser.parse_args()
     if args.sweep_inference and args.infer_tiling:
         parser.error('--sweep-inference times its own inference tilings: leave out --infer-tiling')
-    if args.train_tiling:
-        triton_cross_scan.TRAIN_BLOCK_L = args.train_tiling[0]
-        triton_cross_scan.TRAIN_FWD_TILING = tuple(args.train_tiling[1:])
-    if args.bwd_tiling:
-        triton_cross_scan.BWD_TILING = tuple(args.bwd_tiling)
-    if args.infer_tiling:
-        triton_cross_scan.inference_tiling = lambda length, rank, dtype: (*args.infer_tiling[:3],
-                                                                          bool(args.infer_tiling[3]))
+    apply_tiling_options(args)
     print(f'# {torch.cuda.get_device_name()}, SparX-{args.arch.upper()} stage sizes, batch {args.batch}; training: '
           f'BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L}, (BLOCK_D, warps) forward {triton_cross_scan.TRAIN_FWD_TILING} '
+          f'(dt {"on tensor cores above rank 8" if triton_cross_scan.TRAIN_DT_DOT else "by multiply-adds"}) '
           f'backward {triton_cross_scan.BWD_TILING}; '
           f'inference (BLOCK_L, BLOCK_D, warps, dt_dot) {args.infer_tiling or "by size (inference_tiling)"}; ms')
     device = torch.device('cuda')
