@@ -21,9 +21,20 @@ from triton.runtime.jit import JITFunction
 
 __all__ = ['cdiv', 'next_power_of_2', 'launch']
 
+FAST_LAUNCH_ENV = 'SPARX_FAST_LAUNCH'
+
+
+def _enabled_by_environment() -> bool:
+    value = os.environ.get(FAST_LAUNCH_ENV, '').strip()
+    if value not in ('', '0', '1'):
+        raise ValueError(f'environment variable {FAST_LAUNCH_ENV}={value!r}: accepted are 1 (launch Triton kernels '
+                         f'from the cache of compiled kernels, the default) and 0 (Triton\'s own launch)')
+    return value != '0'
+
+
 #: False: every :func:`launch` is Triton's own (``SPARX_FAST_LAUNCH=0`` at import, or set at run time), to
 #: compare or debug.
-ENABLED = os.environ.get('SPARX_FAST_LAUNCH', '1') != '0'
+ENABLED = _enabled_by_environment()
 
 _INT32 = (-2**31, 2**31 - 1)
 

@@ -135,3 +135,14 @@ def test_the_cached_launch_can_be_switched_off(kernel, monkeypatch):
     for _ in range(2):
         launch(kernel, (1, ), torch.zeros(4), torch.zeros(4), 3, 1.0, BLOCK=4)
     assert len(kernel.triton_launches) == 2 and not kernel.cached_launches
+
+
+@pytest.mark.parametrize('value,enabled', [('', True), ('1', True), (' 0 ', False), ('off', None), ('yes', None)])
+def test_the_environment_switch_accepts_0_and_1_only(monkeypatch, value, enabled):
+    from sparx_mm.ops import triton_launch
+    monkeypatch.setenv('SPARX_FAST_LAUNCH', value)
+    if enabled is None:
+        with pytest.raises(ValueError, match=r"SPARX_FAST_LAUNCH='.*': accepted are 1 .* and 0"):
+            triton_launch._enabled_by_environment()
+    else:
+        assert triton_launch._enabled_by_environment() is enabled
