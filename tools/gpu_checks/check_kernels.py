@@ -1,6 +1,6 @@
 """GPU check of the Triton kernels against the PyTorch reference (run on a CUDA machine).
 
-    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute]
+    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute launch]
 
 Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
 projection, scan, merge), forward and every gradient, and its forward pass without autograd (the inference
@@ -9,8 +9,9 @@ that are not multiples of the block, channels that are not multiples of the chan
 / four routes, L = 1) in fp32 / bf16 / fp16, then (with --model) whole SparX-Mamba outputs and input
 gradients (train and eval mode; outputs alone without autograd, where the scan kernel takes its inference
 tilings) with the Triton kernels (plain scan, fused scan core, fused scan core + the layer kernels) against the
-reference, and a training step with the backward pass recomputing normalised / hidden maps against one keeping
-them (bit-identical gradients). Prints the largest relative errors and exits non-zero when one exceeds its
+reference, a training step with the backward pass recomputing normalised / hidden maps against one keeping
+them (bit-identical gradients), and the model with the kernels launched from the cache of compiled kernels
+against Triton's own launch (bit-identical outputs and gradients). Prints the largest relative errors and exits non-zero when one exceeds its
 tolerance. The layer kernels' own checks: check_group_norm.py, check_depthwise_conv.py,
 check_pointwise_conv.py.
 """
@@ -221,23 +222,69 @@ def check_recompute(device):
     return same and kept < kept0
 
 
-PARTS = ('scan', 'cross', 'model', 'recompute')
+def check_launch(device, batch=8):
+    """SparX-T with the Triton kernels launched from the cache of compiled kernels (sparx_mm/ops/triton_launch.py)
+    and by Triton's own launch: bit-identical outputs and parameter gradients (the same compiled kernels on the
+    same inputs), in eval mode and for a training step, float32 and float16 autocast. cuDNN is deterministic
+    here, and each setting also runs twice with the cached launch, so that a difference would be the launch's."""
+    from sparx_mm.models import SparXMamba
+    from sparx_mm.ops import triton_launch
+    torch.backends.cudnn.deterministic = True
+    torch.manual_seed(0)
+    model = SparXMamba('t').to(device)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+
+    def run(train, dtype):
+        model.train(train)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast('cuda', dtype=torch.float16, enabled=dtype == torch.float16), \
+                torch.set_grad_enabled(train):
+            feats = model(x)
+        tensors = [f.detach().float() for f in feats]
+        if train:
+            sum(f.float().square().mean() for f in feats).backward()
+            tensors += [p.grad for p in model.parameters() if p.grad is not None]
+        return tensors
+
+    ok = True
+    try:
+        for train in (False, True):
+            for dtype in (torch.float32, torch.float16):
+                triton_launch.ENABLED = True
+                cached, again = run(train, dtype), run(train, dtype)
+                triton_launch.ENABLED = False
+                own = run(train, dtype)
+                repeatable = all(torch.equal(a, b) for a, b in zip(cached, again))
+                same = repeatable and all(torch.equal(a, b) for a, b in zip(cached, own))
+                print(f'SparX-T batch {batch} {"training step" if train else "eval"} {str(dtype)[6:]}: {len(cached)} '
+                      f'tensors, cached launch vs Triton\'s own '
+                      f'{"bit-identical" if same else "DIFFER  FAIL" if repeatable else "not repeatable  FAIL"}',
+                      flush=True)
+                ok &= same
+    finally:
+        triton_launch.ENABLED = True
+        torch.backends.cudnn.deterministic = False
+    return ok
+
+
+PARTS = ('scan', 'cross', 'model', 'recompute', 'launch')
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', action='store_true', help='also compare whole-model outputs')
     parser.add_argument('--only', nargs='+', choices=PARTS, default=None,
-                        help='run only these parts (default: scan and cross, plus model and recompute with --model)')
+                        help='run only these parts (default: scan and cross, plus model, recompute and launch with '
+                             '--model)')
     args = parser.parse_args()
-    parts = set(args.only or ['scan', 'cross'] + (['model', 'recompute'] if args.model else []))
+    parts = set(args.only or ['scan', 'cross'] + (['model', 'recompute', 'launch'] if args.model else []))
     if not torch.cuda.is_available():
         sys.exit('check_kernels.py needs a CUDA GPU')
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
     for part, check in (('scan', check_scan), ('cross', check_cross_scan), ('model', check_model),
-                        ('recompute', check_recompute)):
+                        ('recompute', check_recompute), ('launch', check_launch)):
         if part in parts:
             ok &= check(device)
     print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')

@@ -22,7 +22,7 @@ step() {  # step NAME SECONDS COMMAND...
   [ $rc -eq 124 ] && echo "($name: stopped after $limit s)"
   return 0
 }
-step kernels 150 python3 "$here/check_kernels.py" --model &&
+step kernels 240 python3 "$here/check_kernels.py" --model &&
   grep -E "^  (float|bfloat)|vs float64|PASSED|FAILED" "$out/kernels.log"
 # The layer kernels' checks run side by side (each compiles its kernels for every dtype mode, the depthwise one
 # split by mode: one process took over 200 s), then their benchmarks one after another.
