@@ -63,8 +63,8 @@ def test_a_repeated_call_takes_the_compiled_launcher_with_the_arguments_in_signa
 
 
 @pytest.mark.parametrize('change', ['misaligned tensor', 'dtype', 'count of 1', 'count multiple of 16',
-                                    'count beyond int32', 'constexpr', 'default constexpr', 'num_warps'])
-def test_whatever_triton_specialises_on_goes_back_to_tritons_launch(kernel, change):
+                                    'count beyond int32', 'constexpr', 'default constexpr', 'num_warps', 'device'])
+def test_whatever_triton_specialises_on_goes_back_to_tritons_launch(kernel, change, monkeypatch):
     x, y = torch.zeros(64), torch.zeros(64)
     args, options = [x, y, 37, 0.5], dict(BLOCK=32, num_warps=4)
     launch(kernel, (1, ), *args, **options)
@@ -82,8 +82,10 @@ def test_whatever_triton_specialises_on_goes_back_to_tritons_launch(kernel, chan
         options['BLOCK'] = 64
     elif change == 'default constexpr':
         options['FLAG'] = True
-    else:
+    elif change == 'num_warps':
         options['num_warps'] = 8
+    else:  # another current GPU: Triton compiles and loads per device
+        monkeypatch.setattr(torch.cuda, 'current_device', lambda: 1)
     launch(kernel, (1, ), *args, **options)
     assert len(kernel.triton_launches) == 2 and not kernel.cached_launches
 
