@@ -48,6 +48,17 @@ DT_DOT_DTYPES = (torch.float32, torch.float16)
 TRAIN_DT_DOT = True
 
 
+def _dt_dot_pays(rank: int, dtype: torch.dtype) -> bool:
+    """Where the tensor-core dt projection measured faster than the multiply-adds (:func:`inference_tiling`)."""
+    return rank > 8 and dtype in DT_DOT_DTYPES
+
+
+def _dt_dot_fits(block_d: int, block_l: int, dtype: torch.dtype) -> bool:
+    """Whether a program of ``block_d`` channels x ``block_l`` positions can take it (tl.dot's 16 rows and
+    columns; the operand split written for float32 and float16)."""
+    return block_d >= 16 and block_l >= 16 and dtype in DT_DOT_DTYPES
+
+
 def training_tiling(rank: int, dtype: torch.dtype) -> Tuple[int, int, int, bool]:
     """(BLOCK_L, BLOCK_D, warps, dt_dot) of the forward kernel when a backward pass follows: TRAIN_BLOCK_L and
     TRAIN_FWD_TILING, with the dt projection on tensor cores where :func:`inference_tiling` puts it (rank above 8,
@@ -55,7 +66,7 @@ def training_tiling(rank: int, dtype: torch.dtype) -> Tuple[int, int, int, bool]
     multiply-adds (its 8-channel programs are below tl.dot's 16 rows): the two differ by float32 rounding
     (2-7e-7 relative), far below what the gradients' own rounding moves."""
     block_d, warps = TRAIN_FWD_TILING
-    dt_dot = TRAIN_DT_DOT and rank > 8 and dtype in DT_DOT_DTYPES and block_d >= 16 and TRAIN_BLOCK_L >= 16
+    dt_dot = TRAIN_DT_DOT and _dt_dot_pays(rank, dtype) and _dt_dot_fits(block_d, TRAIN_BLOCK_L, dtype)
     return TRAIN_BLOCK_L, block_d, warps, dt_dot
 
 
@@ -75,7 +86,7 @@ def inference_tiling(length: int, rank: int, dtype: torch.dtype) -> Tuple[int, i
     of a 196-position sequence's last chunk idle)."""
     if length >= 2048 and rank <= 8:
         return 64, (16 if dtype == torch.float32 else 32), 4, False
-    dt_dot = rank > 8 and dtype in DT_DOT_DTYPES
+    dt_dot = _dt_dot_pays(rank, dtype)
     if dt_dot and rank > 32 and length <= 64:
         return 64, 32, 4, True
     return 32, 16, 4, dt_dot
@@ -86,7 +97,7 @@ def _padded_rank(rank: int, block_d: int, block_l: int, dtype: torch.dtype, dt_d
     multiply-adds."""
     if not dt_dot:
         return 0
-    if block_d < 16 or block_l < 16 or dtype not in DT_DOT_DTYPES:
+    if not _dt_dot_fits(block_d, block_l, dtype):
         raise ValueError(f'cross_scan_fwd: dt_dot needs 16 or more channels and positions a program and '
                          f'{DT_DOT_DTYPES} projections, got {block_d} x {block_l} and {dtype}')
     return max(16, next_power_of_2(rank))
@@ -401,7 +412,7 @@ def _cross_scan_fwd(x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor
                     D: torch.Tensor, dt_bias: torch.Tensor, routes: int, block_l: int, block_d: int,
                     warps: int, dt_dot: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """-> y (B, D, H, W) float32, the states entering each chunk of ``block_l`` positions (B, K*D, N, chunks)
-    float32. ``dt_dot``: the dt projection on tensor cores (:func:`inference_tiling`)."""
+    float32. ``dt_dot``: the dt projection on tensor cores (:func:`inference_tiling`, :func:`training_tiling`)."""
     meta, grid = _launch_config(x, dt_weight, A, routes, block_l, block_d, warps)
     r_pad = _padded_rank(meta['R'], block_d, block_l, proj.dtype, dt_dot)
     b, d, h, w = x.shape

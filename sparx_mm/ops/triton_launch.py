@@ -56,7 +56,8 @@ class _Plan:
         params = list(inspect.signature(kernel.fn).parameters.values())
         self.names = [p.name for p in params]
         self.name_set = frozenset(self.names)
-        self.constexpr = [i in set(kernel.constexprs) for i in range(len(params))]
+        constexpr = set(kernel.constexprs)
+        self.constexpr = [i in constexpr for i in range(len(params))]
         self.defaults = [p.default for p in params]
         self.compiled = {}
         #: The compiled kernel did not expose the launcher called here (another Triton version): keep Triton's.
@@ -107,10 +108,10 @@ def launch(kernel, grid: Sequence[int], *args, **kwargs) -> None:
     and returns it for the cache), under Triton's CPU interpreter, while launch hooks are set (profilers),
     with Triton before 3.4 (no ``triton.knobs``), and when :data:`ENABLED` is False.
     """
-    if not (ENABLED and isinstance(kernel, JITFunction)) or _hooks_set() or _plan(kernel).unsupported:
+    plan = _plan(kernel) if ENABLED and isinstance(kernel, JITFunction) else None
+    if plan is None or plan.unsupported or _hooks_set():
         kernel[grid](*args, **kwargs)
         return
-    plan = kernel._sparx_launch_plan
     values = list(args)
     for i in range(len(args), len(plan.names)):
         values.append(kwargs.get(plan.names[i], plan.defaults[i]))

@@ -11,8 +11,8 @@ gradients (train and eval mode; outputs alone without autograd, where the scan k
 tilings) with the Triton kernels (plain scan, fused scan core, fused scan core + the layer kernels) against the
 reference, a training step with the backward pass recomputing normalised / hidden maps against one keeping
 them (bit-identical gradients), and the model with the kernels launched from the cache of compiled kernels
-against Triton's own launch (bit-identical outputs and gradients). Prints the largest relative errors and exits non-zero when one exceeds its
-tolerance. The layer kernels' own checks: check_group_norm.py, check_depthwise_conv.py,
+against Triton's own launch (bit-identical outputs and gradients). Prints the largest relative errors and exits
+non-zero when one exceeds its tolerance. The layer kernels' own checks: check_group_norm.py, check_depthwise_conv.py,
 check_pointwise_conv.py.
 """
 import argparse
@@ -190,6 +190,10 @@ def check_model(device):
     return ok
 
 
+def _identical(tensors, others) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(tensors, others))
+
+
 def check_recompute(device):
     """SparX-T trained one step under fp16 autocast with the backward pass recomputing SS2D's normalised maps
     and the FFN hidden maps (the defaults) and with both kept: the same outputs and bit-identical gradients (the
@@ -214,8 +218,7 @@ def check_recompute(device):
         sum(f.float().square().mean() for f in feats).backward()
         results[recompute] = ([f.detach() for f in feats], x.grad, [p.grad for p in model.parameters()], kept[0])
     (outs, gx, gps, kept), (outs0, gx0, gps0, kept0) = results[True], results[False]
-    same = (all(torch.equal(a, b) for a, b in zip(outs, outs0)) and torch.equal(gx, gx0)
-            and all(torch.equal(a, b) for a, b in zip(gps, gps0)))
+    same = _identical(outs, outs0) and torch.equal(gx, gx0) and _identical(gps, gps0)
     print(f'SparX-T fp16 training step, batch 8, recomputed vs kept maps: outputs and gradients '
           f'{"bit-identical" if same else "DIFFER  FAIL"}; autograd keeps {kept / 2**20:.0f} MiB instead of '
           f'{kept0 / 2**20:.0f} MiB', flush=True)
@@ -229,6 +232,7 @@ def check_launch(device, batch=8):
     here, and each setting also runs twice with the cached launch, so that a difference would be the launch's."""
     from sparx_mm.models import SparXMamba
     from sparx_mm.ops import triton_launch
+    deterministic = torch.backends.cudnn.deterministic
     torch.backends.cudnn.deterministic = True
     torch.manual_seed(0)
     model = SparXMamba('t').to(device)
@@ -254,8 +258,8 @@ def check_launch(device, batch=8):
                 cached, again = run(train, dtype), run(train, dtype)
                 triton_launch.ENABLED = False
                 own = run(train, dtype)
-                repeatable = all(torch.equal(a, b) for a, b in zip(cached, again))
-                same = repeatable and all(torch.equal(a, b) for a, b in zip(cached, own))
+                repeatable = _identical(cached, again)
+                same = repeatable and _identical(cached, own)
                 print(f'SparX-T batch {batch} {"training step" if train else "eval"} {str(dtype)[6:]}: {len(cached)} '
                       f'tensors, cached launch vs Triton\'s own '
                       f'{"bit-identical" if same else "DIFFER  FAIL" if repeatable else "not repeatable  FAIL"}',
@@ -263,7 +267,7 @@ def check_launch(device, batch=8):
                 ok &= same
     finally:
         triton_launch.ENABLED = True
-        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.deterministic = deterministic
     return ok
 
 

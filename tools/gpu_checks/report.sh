@@ -23,7 +23,7 @@ step() {  # step NAME SECONDS COMMAND...
   return 0
 }
 step kernels 240 python3 "$here/check_kernels.py" --model &&
-  grep -E "^  (float|bfloat)|vs float64|PASSED|FAILED" "$out/kernels.log"
+  grep -E "^  (float|bfloat)|vs float64|bit-identical|FAIL|PASSED" "$out/kernels.log"
 # The layer kernels' checks run side by side (each compiles its kernels for every dtype mode, the depthwise one
 # split by mode: one process took over 200 s), then their benchmarks one after another.
 layer_kernels() {
