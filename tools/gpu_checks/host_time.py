@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'analysis_tools'))
 from benchmark import Classifier  # noqa: E402  (also puts the repo root on sys.path)
+from sparx_mm.models import SparXMamba  # noqa: E402
 from sparx_mm.ops import triton_launch  # noqa: E402
 
 SETTINGS = (('infer', None), ('infer', torch.float16), ('train', torch.float16))
@@ -88,7 +89,7 @@ def launch_micro(device, launches=3000):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--arch', default='t')
+    parser.add_argument('--arch', default='t', choices=sorted(SparXMamba.arch_zoo))
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--iters', type=int, default=50)
