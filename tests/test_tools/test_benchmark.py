@@ -69,3 +69,38 @@ def test_backbone_options_reach_the_backbone_and_bad_ones_are_refused(benchmark,
         with pytest.raises(SystemExit):
             benchmark.main(['--device', 'cpu', '--backbone-options', bad])
         assert message in capsys.readouterr().err
+
+
+def test_cuda_graph_needs_cuda_and_excludes_compile(benchmark, capsys):
+    for argv, message in (
+            (['--device', 'cpu', '--cuda-graph'], '--cuda-graph needs a CUDA device, got --device cpu'),
+            (['--device', 'cuda', '--cuda-graph', '--compile'], '--cuda-graph and --compile are exclusive')):
+        with pytest.raises(SystemExit):
+            benchmark.main(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_cuda_graph_steps_replay_the_captured_model(benchmark, monkeypatch):
+    """With cuda_graph, every timed step runs through what graph_inference / graph_training return (CUDA graphs
+    themselves need a GPU: check_kernels.py --only graph compares them with eager mode there)."""
+    calls = []
+
+    def graph_inference(model, x, dtype):
+        assert not model.training and dtype == 'fp32'
+        calls.append('capture infer')
+        return lambda: calls.append('replay') or model(x), None
+
+    def graph_training(model, x, dtype):
+        assert model.training and dtype == 'fp32'
+        calls.append('capture train')
+        real_forward = model.forward
+        model.forward = lambda inputs: calls.append('replay') or real_forward(inputs)
+        return model
+
+    monkeypatch.setattr(benchmark, 'graph_inference', graph_inference)
+    monkeypatch.setattr(benchmark, 'graph_training', graph_training)
+    for mode in ('infer', 'train'):
+        calls.clear()
+        result = benchmark.measure('t', 2, 32, torch.device('cpu'), 'fp32', mode, 1, 2, cuda_graph=True)
+        assert calls == [f'capture {mode}'] + ['replay'] * 3  # one warm-up step and two timed ones
+        assert result['img_s'] > 0

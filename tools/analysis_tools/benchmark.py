@@ -2,9 +2,19 @@
 
     python tools/analysis_tools/benchmark.py --arch t --batch 1 --size 224 --device cpu
     python tools/analysis_tools/benchmark.py --arch t s b --batch 128 --dtype fp32 fp16 --mode infer train
+    python tools/analysis_tools/benchmark.py --arch t s b --batch 128 --dtype fp32 fp16 --mode infer train --cuda-graph
 
 Inference is timed under torch.inference_mode(); training times forward + backward + AdamW step on random
 labels. fp16 / bf16 run under autocast (the scan keeps a float32 state). Prints one row per setting.
+
+``--cuda-graph`` (CUDA only) replays the model's kernels from a CUDA graph instead of launching them from Python:
+inference replays one captured forward pass; training replays the model's forward and backward passes
+(``torch.cuda.make_graphed_callables``), the loss, the gradient scaler and the AdamW step staying eager. The same
+kernels on the same inputs (``check_kernels.py --only graph``: bit-identical outputs and gradients), so the figure
+is the GPU's pace with the host's share taken out: what a fixed-shape deployment or training loop that graphs
+its model gets, and a figure that the lent machines' differing hosts do not move. ``peak GB`` is then the whole
+run's peak, the capture included (a graph keeps its tensors in a pool of its own); without graphs, the timed
+steps' peak.
 
 ``host ms``: the time until the forward (and, training, the backward) call returned, before anything waited for
 the GPU (GradScaler's step does: it reads whether the gradients overflowed). On CUDA, near ``ms/iter`` it means
@@ -45,17 +55,70 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _autocast(device, dtype, cache=True):
+    """Autocast to ``dtype`` (a key of DTYPES; fp32: disabled). ``cache=False`` for CUDA graph capture, which does
+    not support autocast's cache of cast weights (torch.cuda.make_graphed_callables' rule)."""
+    return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None, cache_enabled=cache)
+
+
+def graph_inference(model, x, dtype):
+    """Capture one inference pass of ``model`` on ``x`` in a CUDA graph; returns (replay, output) where
+    ``replay()`` reruns the captured kernels on whatever ``x`` holds, writing into ``output``."""
+    def forward():
+        with torch.inference_mode(), _autocast(x.device, dtype, cache=False):
+            return model(x)
+
+    side = torch.cuda.Stream(x.device)  # warm up (compile the Triton kernels, pick cuDNN's) off the capture
+    side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            forward()
+    torch.cuda.current_stream(x.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = forward()
+    return graph.replay, output
+
+
+class _AutocastForward(torch.nn.Module):
+    """``module`` with autocast to ``dtype`` (weight-cast cache off) inside its forward: captured by
+    torch.cuda.make_graphed_callables outside autocast, the graph of its backward pass runs the backward kernels
+    eager mode runs, since eager training calls backward() outside autocast (PyTorch's rule)."""
+
+    def __init__(self, module, dtype):
+        super().__init__()
+        self.module = module
+        self.dtype = dtype
+        self.train(module.training)
+
+    def forward(self, x):
+        with _autocast(x.device, self.dtype, cache=False):
+            return self.module(x)
+
+
+def graph_training(model, x, dtype):
+    """``model`` (in training mode) with its forward and backward passes replayed from CUDA graphs
+    (``torch.cuda.make_graphed_callables``; the forward pass under the autocast of ``dtype``, the backward pass
+    outside it, as in eager mode); returns a module with ``model``'s parameters whose forward takes tensors
+    shaped like ``x``."""
+    return torch.cuda.make_graphed_callables(_AutocastForward(model, dtype), (x, ), num_warmup_iters=3)
+
+
 def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model=False, channels_last=False,
-            backbone_options=None):
+            backbone_options=None, cuda_graph=False):
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
     model = Classifier(arch, **(backbone_options or {})).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     if compile_model:
         model = torch.compile(model)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
-    autocast = torch.autocast(device.type, dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None)
+    autocast = _autocast(device, dtype, cache=not cuda_graph)
     if mode == 'train':
         model.train()
+        if cuda_graph:
+            model = graph_training(model, x, dtype)
         labels = torch.randint(0, 1000, (batch, ), device=device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == 'fp16')
@@ -70,6 +133,12 @@ def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model
             scaler.step(opt)
             scaler.update()
             return issued
+    elif cuda_graph:
+        replay, _ = graph_inference(model.eval(), x, dtype)
+
+        def step():
+            replay()
+            return time.perf_counter()
     else:
         model.eval()
 
@@ -81,7 +150,9 @@ def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model
     for _ in range(warmup):
         step()
     _sync(device)
-    if device.type == 'cuda':
+    if device.type == 'cuda' and not cuda_graph:
+        # The steady state's peak. A graph's tensors live in its private pool from the capture on, where they
+        # were allocated, so with CUDA graphs the peak is the whole run's (capture included).
         torch.cuda.reset_peak_memory_stats(device)
     times, host_times = [], []
     for _ in range(iters):
@@ -135,6 +206,8 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--iters', type=int, default=5)
     parser.add_argument('--compile', action='store_true', help='torch.compile the model first')
+    parser.add_argument('--cuda-graph', action='store_true',
+                        help='replay the model from CUDA graphs (CUDA only; see above)')
     parser.add_argument('--channels-last', action='store_true',
                         help='run in channels-last memory format (weights and input)')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
@@ -142,13 +215,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch < 1 or args.size < 1 or args.iters < 1:
         parser.error('--batch, --size and --iters must be positive')
+    if args.cuda_graph and not args.device.startswith('cuda'):
+        parser.error(f'--cuda-graph needs a CUDA device, got --device {args.device}')
+    if args.cuda_graph and args.compile:
+        parser.error('--cuda-graph and --compile are exclusive (torch.compile graphs the model itself with '
+                     "mode='reduce-overhead')")
     backbone_options = parse_backbone_options(parser, args.backbone_options, args.arch[0])
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f'# SparX-Mamba benchmark on {name}, torch {torch.__version__}; median of {args.iters} iterations'
-          + (', torch.compile' if args.compile else '') + (', channels-last' if args.channels_last else '')
+          + (', torch.compile' if args.compile else '') + (', CUDA graphs' if args.cuda_graph else '')
+          + (', channels-last' if args.channels_last else '')
           + (f', backbone options {backbone_options}' if backbone_options else ''))
     print(f"{'arch':>4} {'mode':>5} {'dtype':>5} {'batch':>5} {'size':>5} {'ms/iter':>9} {'img/s':>9} {'peak GB':>8} "
           f"{'host ms':>8}")
@@ -158,7 +237,7 @@ def main(argv=None):
                 r = None
                 try:
                     r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters,
-                                args.compile, args.channels_last, backbone_options)
+                                args.compile, args.channels_last, backbone_options, args.cuda_graph)
                 except torch.OutOfMemoryError:
                     pass  # one setting too large for the device must not cost the rest of the table
                 if r is None:
@@ -166,7 +245,7 @@ def main(argv=None):
                     print(f'{arch:>4} {mode:>5} {dtype:>5} {args.batch:>5} {args.size:>5}   out of memory')
                     continue
                 print(f"{r['arch']:>4} {r['mode']:>5} {r['dtype']:>5} {r['batch']:>5} {r['size']:>5} "
-                      f"{r['ms']:>9.1f} {r['img_s']:>9.1f} {r['peak_gb']:>8.2f} {r['host_ms']:>8.1f}")
+                      f"{r['ms']:>9.1f} {r['img_s']:>9.1f} {r['peak_gb']:>8.2f} {r['host_ms']:>8.1f}", flush=True)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """GPU check of the Triton kernels against the PyTorch reference (run on a CUDA machine).
 
-    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute launch]
+    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute launch graph]
 
 Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
 projection, scan, merge), forward and every gradient, and its forward pass without autograd (the inference
@@ -10,10 +10,11 @@ that are not multiples of the block, channels that are not multiples of the chan
 gradients (train and eval mode; outputs alone without autograd, where the scan kernel takes its inference
 tilings) with the Triton kernels (plain scan, fused scan core, fused scan core + the layer kernels) against the
 reference, a training step with the backward pass recomputing normalised / hidden maps against one keeping
-them (bit-identical gradients), and the model with the kernels launched from the cache of compiled kernels
-against Triton's own launch (bit-identical outputs and gradients). Prints the largest relative errors and exits
-non-zero when one exceeds its tolerance. The layer kernels' own checks: check_group_norm.py, check_depthwise_conv.py,
-check_pointwise_conv.py.
+them (bit-identical gradients), the model with the kernels launched from the cache of compiled kernels
+against Triton's own launch (bit-identical outputs and gradients), and the classifier that benchmark.py times
+replayed from CUDA graphs (``--cuda-graph``) against eager mode (bit-identical outputs and gradients). Prints
+the largest relative errors and exits non-zero when one exceeds its tolerance. The layer kernels' own checks:
+check_group_norm.py, check_depthwise_conv.py, check_pointwise_conv.py.
 """
 import argparse
 import os
@@ -271,24 +272,72 @@ def check_launch(device, batch=8):
     return ok
 
 
-PARTS = ('scan', 'cross', 'model', 'recompute', 'launch')
+def check_graph(device, batch=8):
+    """The classifier of benchmark.py (SparX-T) replayed from CUDA graphs as ``benchmark.py --cuda-graph`` does
+    (one captured inference pass; the forward and backward passes of a training step graphed by
+    torch.cuda.make_graphed_callables) against eager mode: bit-identical outputs, and in training bit-identical
+    parameter gradients, float32 and float16 autocast. Eager mode runs twice first, so that a difference would
+    be the graph's."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'analysis_tools'))
+    from benchmark import Classifier, _autocast, graph_inference, graph_training
+    deterministic = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    ok = True
+    try:
+        for train in (False, True):
+            for dtype in ('fp32', 'fp16'):
+                torch.manual_seed(0)
+                model = Classifier('t').to(device).train(train)
+                x = torch.randn(batch, 3, 224, 224, device=device)
+
+                def run(module):
+                    module.zero_grad(set_to_none=True)
+                    if not train:
+                        with torch.inference_mode(), _autocast(device, dtype, cache=False):
+                            return [module(x).float().clone()]
+                    with _autocast(device, dtype, cache=False):
+                        out = module(x)
+                    out.float().square().mean().backward()
+                    return [out.detach().float().clone()] + [p.grad.clone() for p in model.parameters()]
+
+                eager, again = run(model), run(model)
+                if train:
+                    graphed = run(graph_training(model, x, dtype))
+                else:
+                    replay, output = graph_inference(model, x, dtype)
+                    replay()
+                    graphed = [output.float().clone()]
+                repeatable = _identical(eager, again)
+                differ = sum(not torch.equal(a, b) for a, b in zip(eager, graphed))
+                same = repeatable and not differ
+                verdict = 'bit-identical' if same else 'not repeatable  FAIL' if not repeatable else \
+                    f'{differ} DIFFER (largest rel err {max(rel_err(b, a) for a, b in zip(eager, graphed)):.1e})  FAIL'
+                print(f'SparX-T classifier batch {batch} {"training step" if train else "eval"} {dtype}: '
+                      f'{len(eager)} tensors, CUDA graph replay vs eager {verdict}', flush=True)
+                ok &= same
+    finally:
+        torch.backends.cudnn.deterministic = deterministic
+    return ok
+
+
+PARTS = ('scan', 'cross', 'model', 'recompute', 'launch', 'graph')
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', action='store_true', help='also compare whole-model outputs')
     parser.add_argument('--only', nargs='+', choices=PARTS, default=None,
-                        help='run only these parts (default: scan and cross, plus model, recompute and launch with '
-                             '--model)')
+                        help='run only these parts (default: scan and cross, plus model, recompute, launch and '
+                             'graph with --model)')
     args = parser.parse_args()
-    parts = set(args.only or ['scan', 'cross'] + (['model', 'recompute', 'launch'] if args.model else []))
+    parts = set(args.only or ['scan', 'cross'] + (['model', 'recompute', 'launch', 'graph'] if args.model else []))
     if not torch.cuda.is_available():
         sys.exit('check_kernels.py needs a CUDA GPU')
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
     for part, check in (('scan', check_scan), ('cross', check_cross_scan), ('model', check_model),
-                        ('recompute', check_recompute), ('launch', check_launch)):
+                        ('recompute', check_recompute), ('launch', check_launch), ('graph', check_graph)):
         if part in parts:
             ok &= check(device)
     print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks and the benchmark tables of docs/benchmarks.md:
 #   bash tools/gpu_checks/report.sh [OUT_DIR [STEP ...]]
-# Steps: kernels layer_kernels table train unfused_train large compiled compile_check (default: all, ~17 minutes
-# on one H100; name a few to fit a shorter session, e.g. `report.sh out kernels table`). Each step has its own
+# Steps: kernels layer_kernels table train graphed graphed_train unfused_train large compiled compile_check
+# (default: all, ~25 minutes on one H100 / H200; name a few to fit a shorter session, e.g. `report.sh out kernels table`). Each step has its own
 # time limit so that one slow step (a first Triton / inductor compilation) cannot cost the rest; full logs go
 # to OUT_DIR (default gpu_report/), a summary to stdout.
 set -u
 out=${1:-gpu_report}
 shift $(( $# > 0 ? 1 : 0 ))
-wanted=" ${*:-kernels layer_kernels table train unfused_train large compiled compile_check} "
+wanted=" ${*:-kernels layer_kernels table train graphed graphed_train unfused_train large compiled compile_check} "
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bench="python3 $here/../analysis_tools/benchmark.py"
@@ -22,7 +22,7 @@ step() {  # step NAME SECONDS COMMAND...
   [ $rc -eq 124 ] && echo "($name: stopped after $limit s)"
   return 0
 }
-step kernels 240 python3 "$here/check_kernels.py" --model &&
+step kernels 360 python3 "$here/check_kernels.py" --model &&
   grep -E "^  (float|bfloat)|vs float64|bit-identical|FAIL|PASSED" "$out/kernels.log"
 # The layer kernels' checks run side by side (each compiles its kernels for every dtype mode, the depthwise one
 # split by mode: one process took over 200 s), then their benchmarks one after another.
@@ -48,6 +48,11 @@ step table 170 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer &&
   rows < "$out/table.log"
 step train 300 $bench --arch t s b --batch 128 --dtype fp16 --mode train &&
   rows < "$out/train.log"
+# The same tables replayed from CUDA graphs: the GPU's pace without the host's share.
+step graphed 200 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer --cuda-graph &&
+  rows < "$out/graphed.log"
+step graphed_train 300 $bench --arch t s b --batch 128 --dtype fp16 --mode train --cuda-graph &&
+  rows < "$out/graphed_train.log"
 SPARX_CROSS_SCAN=unfused step unfused_train 200 $bench --arch t s b --batch 128 --dtype fp16 --mode train &&
   rows < "$out/unfused_train.log"
 step large 120 bash -c "$bench --arch t --batch 32 --size 1024 --dtype fp32 fp16 && $bench --arch t --batch 64 --size 768 --dtype fp32 fp16" &&
