@@ -1,47 +1,196 @@
-"""Top CUDA kernels of one SparX-Mamba forward (or training step) under torch.profiler.
+"""Top CUDA kernels of one SparX-Mamba forward (or training step) under torch.profiler, or the forward pass's GPU
+time by module.
 
     python tools/gpu_checks/profile_model.py --arch t --batch 128 --dtype fp32 [--train]
+    python tools/gpu_checks/profile_model.py --arch t --batch 128 --dtype fp32 --by-module
+
+``--by-module``: the GPU time of the kernels launched inside each part of the model during one forward pass
+(inference, or a training forward with ``--train``), summed over the stage's blocks: per stage, each block part
+(the positional conv, the norms, the DMCA and its parts, SS2D's in_proj / depthwise conv / scan core / out_norm /
+out_proj, the FFN's convs), the stem, the downsampling layers and the head. Kernel time, not wall time, so the
+host's pace does not enter it. ``scan core`` is SS2D's own work outside its submodules (the x_proj GEMM, the
+fused scan kernel, the plane transposes).
 """
 import argparse
+import collections
 import os
+import re
 import sys
 
 import torch
+from torch.autograd import DeviceType
+from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
 _TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(_TOOLS, 'analysis_tools'))
 from benchmark import DTYPES, Classifier  # noqa: E402  (also puts the repo root on sys.path)
 
+# Parts timed by --by-module: module names below a block (or the model) that get a profiler range of their own.
+BLOCK_PARTS = ('pos_embed', 'norm', 'dmca', 'dmca.shortcut_norm', 'dmca.shortcut_proj', 'dmca.q', 'dmca.k', 'dmca.v',
+               'dmca.fuse', 'op', 'op.in_proj', 'op.conv2d', 'op.out_norm', 'op.out_proj', 'norm2', 'mlp', 'mlp.fc1',
+               'mlp.dwconv', 'mlp.fc2')
+_BLOCK = re.compile(r'^backbone\.layers\.(\d+)\.blocks\.\d+\.(.+)$')
+_DOWNSAMPLE = re.compile(r'^backbone\.layers\.(\d+)\.downsample$')
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+
+def part_name(module_name: str):
+    """The --by-module row a module's kernels count to ('stage 2 op.in_proj', 'stem', ...), or None."""
+    block = _BLOCK.match(module_name)
+    if block:
+        return f'stage {int(block.group(1)) + 1} {block.group(2)}' if block.group(2) in BLOCK_PARTS else None
+    downsample = _DOWNSAMPLE.match(module_name)
+    if downsample:
+        return f'downsample {int(downsample.group(1)) + 1} -> {int(downsample.group(1)) + 2}'
+    return {'backbone.patch_embed': 'stem', 'norm': 'head', 'fc': 'head'}.get(module_name)
+
+
+def annotate(model):
+    """Give each module that part_name names a profiler range around its forward (forward hooks)."""
+    open_ranges = []
+
+    def enter(name):
+        def hook(module, args):
+            open_ranges.append(record_function(name).__enter__())
+        return hook
+
+    def leave(module, args, output):
+        open_ranges.pop().__exit__(None, None, None)
+
+    names = []
+    for module_name, module in model.named_modules():
+        name = part_name(module_name)
+        if name is not None and not isinstance(module, torch.nn.Identity):
+            module.register_forward_pre_hook(enter(name))
+            module.register_forward_hook(leave)
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
+FORWARD = 'whole forward'
+
+
+def _model_order(name: str):
+    """Sort key of part_name's names: the stem, then each stage's block parts (BLOCK_PARTS' order) and its
+    downsampling, then the head."""
+    if name == 'stem':
+        return (0, )
+    if name == 'head':
+        return (99, )
+    kind, stage, rest = name.split(' ', 2)
+    return (int(stage), 1) if kind == 'downsample' else (int(stage), 0, BLOCK_PARTS.index(rest))
+
+
+def gpu_time_by_range(events, wanted):
+    """({range name: us of GPU work launched directly inside it}, us of all GPU work) from a CUDA profile's events.
+
+    Each GPU activity (kernel, copy) counts to the innermost range whose GPU-side span holds its start. A range's
+    GPU-side span (the profiler's device event under the range's name) covers the GPU work launched while the
+    range was open, found through the profiler's external correlation ids, which also tag kernels launched
+    through the driver API as Triton's launcher does; the host-side event's ``device_time_total`` would miss
+    those (only runtime-API launches link to host ops). Summing durations, not span lengths, leaves the GPU's
+    idle gaps out. Spans of nested ranges nest, so the innermost holding span is the last one opened."""
+    device = [e for e in events if e.device_type == DeviceType.CUDA]
+    spans = sorted((e.time_range.start, -e.time_range.end, e.name) for e in device if e.name in wanted)
+    activity = sorted((e.time_range.start, e.time_range.elapsed_us()) for e in device if e.name not in wanted)
+    own, total, open_spans, next_span = collections.Counter(), 0.0, [], 0
+    for start, duration in activity:
+        while next_span < len(spans) and spans[next_span][0] <= start:
+            span_start, neg_end, name = spans[next_span]
+            while open_spans and open_spans[-1][0] <= span_start:  # ended before this one opened
+                open_spans.pop()
+            open_spans.append((-neg_end, name))
+            next_span += 1
+        while open_spans and open_spans[-1][0] <= start:
+            open_spans.pop()
+        if open_spans:
+            own[open_spans[-1][1]] += duration
+        total += duration
+    return own, total
+
+
+def by_module_table(prof, names, on_gpu=True):
+    """Rows (name, calls, ms) in model order, the first the whole forward pass; a part's children also count to
+    the part ('stage 1 op' includes 'stage 1 op.in_proj'), plus a 'scan core' row per stage: SS2D's own work
+    outside its submodules. GPU time (:func:`gpu_time_by_range`), or with ``on_gpu=False`` the ranges' CPU time.
+    ``calls``: the host-side ranges, one a module call."""
+    wanted = set(names) | {FORWARD}
+    events = prof.events()
+    calls = collections.Counter(e.name for e in events if e.name in wanted and e.device_type == DeviceType.CPU)
+    if on_gpu:
+        own, total = gpu_time_by_range(events, wanted)
+        ms = {name: sum(us for other, us in own.items() if other == name or other.startswith(name + '.')) / 1e3
+              for name in calls}
+        ms[FORWARD] = total / 1e3
+    else:
+        ms = collections.Counter()
+        for e in events:
+            if e.name in wanted and e.device_type == DeviceType.CPU:
+                ms[e.name] += e.cpu_time_total / 1e3
+    rows = [(FORWARD, calls[FORWARD], ms[FORWARD])]
+    for name in sorted(names, key=_model_order):
+        if name not in calls:
+            continue
+        rows.append((name, calls[name], ms[name]))
+        if name.endswith(' op'):
+            children = sum(v for k, v in ms.items() if k.startswith(name + '.'))
+            rows.append((name[:-2] + 'scan core', calls[name], ms[name] - children))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', default='t')
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--dtype', default='fp32', choices=sorted(DTYPES))
     parser.add_argument('--train', action='store_true')
+    parser.add_argument('--by-module', action='store_true', help='GPU time of the forward pass by module')
+    parser.add_argument('--device', default='cuda', help='cuda, or cpu (--by-module only: CPU time)')
     parser.add_argument('--rows', type=int, default=25)
     parser.add_argument('--name-width', type=int, default=70, help='characters of each kernel name shown')
-    args = parser.parse_args()
-    model = Classifier(args.arch).cuda().train(args.train)
-    x = torch.randn(args.batch, 3, args.size, args.size, device='cuda')
-    autocast = torch.autocast('cuda', dtype=DTYPES[args.dtype], enabled=DTYPES[args.dtype] is not None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type != 'cuda' and not args.by_module:
+        parser.error(f'the kernel table needs a CUDA device, got --device {args.device} (--by-module runs on the CPU)')
+    model = Classifier(args.arch).to(device).train(args.train)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    autocast = torch.autocast(device.type, dtype=DTYPES[args.dtype], enabled=DTYPES[args.dtype] is not None)
 
-    def step():
+    def step(backward=args.train):
         with autocast, torch.set_grad_enabled(args.train):
             out = model(x)
-        if args.train:
+        if backward:
             out.float().sum().backward()
+
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
 
     for _ in range(2):
         step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=args.rows,
-                                    max_name_column_width=args.name_width))
+    sync()
+    if not args.by_module:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            sync()
+        print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=args.rows,
+                                        max_name_column_width=args.name_width))
+        return
+    names = annotate(model)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        with record_function(FORWARD):
+            step(backward=False)
+        sync()
+    rows = by_module_table(prof, names, on_gpu=device.type == 'cuda')
+    total = rows[0][2]
+    print(f'# SparX-{args.arch.upper()} {"training" if args.train else "inference"} forward, batch {args.batch}, '
+          f'{args.size} x {args.size}, {args.dtype}, {device.type}: ms of '
+          + ('GPU kernels' if device.type == 'cuda' else 'CPU time') + ' inside each part')
+    print(f'{"part":<32} {"calls":>5} {"ms":>8} {"share":>6}')
+    for name, count, ms in rows:
+        print(f'{name:<32} {count:>5} {ms:>8.2f} {ms / total:>6.1%}')
 
 
 if __name__ == '__main__':
