@@ -7,7 +7,7 @@ from mmcv.cnn import build_norm_layer
 from torch import nn
 
 from ...ops import OneGroupNorm
-from ..layers import DepthwiseConvAct
+from ..layers import DepthwiseConvAct, PointwiseConv
 
 #: The learnable attention scale of the official Mask R-CNN checkpoints starts at (800*1333/16/64) ** -0.5,
 #: i.e. 1/sqrt(h'w') for a 800x1333 image at stride 16 reduced 64-fold (the sizes the scale was tuned for).
@@ -117,19 +117,21 @@ class DMCA(nn.Module):
         self.scale_mode = scale_mode
 
         self.shortcut_norm = OneGroupNorm(shortcut_channels)
+        # The stride-1 depthwise and the ungrouped 1x1 convolutions run the layer kernels (Triton on GPUs, in NCHW
+        # order: no slow generic depthwise kernel, no layout conversions around cuDNN); they are nn.Conv2d's with
+        # the same parameters, so the official checkpoints load unchanged.
         self.shortcut_proj = nn.Sequential(
-            nn.Conv2d(shortcut_channels, shortcut_channels, 3, padding=1, groups=shortcut_channels,
-                      bias=False),
+            DepthwiseConvAct(shortcut_channels, 3, bias=False),
             _bn(norm_cfg, shortcut_channels),
             nn.GELU(),
-            nn.Conv2d(shortcut_channels, 2 * dim, 1),
+            PointwiseConv(shortcut_channels, 2 * dim),
             nn.GELU(),
         )
-        self.q = nn.Sequential(_spatial_reduction(dim, sr_ratio, norm_cfg),
-                               nn.Conv2d(dim, dim, 1, bias=False), _bn(norm_cfg, dim))
-        self.k = nn.Sequential(_spatial_reduction(dim, sr_ratio, norm_cfg),
-                               nn.Conv2d(dim, dim, 1, bias=False), _bn(norm_cfg, dim))
-        self.v = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), _bn(norm_cfg, dim))
+        self.q = nn.Sequential(_spatial_reduction(dim, sr_ratio, norm_cfg), PointwiseConv(dim, dim, bias=False),
+                               _bn(norm_cfg, dim))
+        self.k = nn.Sequential(_spatial_reduction(dim, sr_ratio, norm_cfg), PointwiseConv(dim, dim, bias=False),
+                               _bn(norm_cfg, dim))
+        self.v = nn.Sequential(PointwiseConv(dim, dim, bias=False), _bn(norm_cfg, dim))
         if scale_mode == 'learnable':
             self.scale = nn.Parameter(torch.full((1,), LEARNABLE_SCALE_INIT))
         fused = out_channels // 3 * 3
