@@ -117,9 +117,9 @@ class DMCA(nn.Module):
         self.scale_mode = scale_mode
 
         self.shortcut_norm = OneGroupNorm(shortcut_channels)
-        # The stride-1 depthwise and the ungrouped 1x1 convolutions run the layer kernels (Triton on GPUs, in NCHW
-        # order: no slow generic depthwise kernel, no layout conversions around cuDNN); they are nn.Conv2d's with
-        # the same parameters, so the official checkpoints load unchanged.
+        # The stride-1 depthwise and the ungrouped 1x1 convolutions are the layer operators (on GPUs Triton kernels
+        # in NCHW order where they measured faster: no generic depthwise kernel, no layout conversions around
+        # cuDNN); nn.Conv2d's with the same parameters, so the official checkpoints load unchanged.
         self.shortcut_proj = nn.Sequential(
             DepthwiseConvAct(shortcut_channels, 3, bias=False),
             _bn(norm_cfg, shortcut_channels),
