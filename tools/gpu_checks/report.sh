@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU checks and the benchmark tables of docs/benchmarks.md:
 #   bash tools/gpu_checks/report.sh [OUT_DIR [STEP ...]]
-# Steps: kernels layer_kernels table train graphed graphed_train unfused_train large compiled compile_check
-# (default: all, ~25 minutes on one H100 / H200; name a few to fit a shorter session, e.g. `report.sh out kernels table`). Each step has its own
-# time limit so that one slow step (a first Triton / inductor compilation) cannot cost the rest; full logs go
-# to OUT_DIR (default gpu_report/), a summary to stdout.
+# Steps: kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled
+# compile_check (default: all, ~25 minutes on one H100 / H200; name a few to fit a shorter session, e.g.
+# `report.sh out kernels table`). Each step has its own time limit so that one slow step (a first Triton /
+# inductor compilation) cannot cost the rest; full logs go to OUT_DIR (default gpu_report/), a summary to stdout.
 set -u
 out=${1:-gpu_report}
 shift $(( $# > 0 ? 1 : 0 ))
-wanted=" ${*:-kernels layer_kernels table train graphed graphed_train unfused_train large compiled compile_check} "
+all_steps='kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled compile_check'
+wanted=" ${*:-$all_steps} "
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bench="python3 $here/../analysis_tools/benchmark.py"
@@ -53,6 +54,8 @@ step graphed 200 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer 
   rows < "$out/graphed.log"
 step graphed_train 300 $bench --arch t s b --batch 128 --dtype fp16 --mode train --cuda-graph &&
   rows < "$out/graphed_train.log"
+step by_module 120 python3 "$here/profile_model.py" --arch t --dtype fp32 --by-module &&
+  grep -E "^(# |whole|stem|stage|downsample|head)" "$out/by_module.log"
 SPARX_CROSS_SCAN=unfused step unfused_train 200 $bench --arch t s b --batch 128 --dtype fp16 --mode train &&
   rows < "$out/unfused_train.log"
 step large 120 bash -c "$bench --arch t --batch 32 --size 1024 --dtype fp32 fp16 && $bench --arch t --batch 64 --size 768 --dtype fp32 fp16" &&
