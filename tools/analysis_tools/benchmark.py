@@ -50,12 +50,12 @@ class Classifier(torch.nn.Module):
         return self.fc(self.norm(self.backbone(x)[-1]).mean((2, 3)))
 
 
-def _sync(device):
+def synchronize(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
 
-def _autocast(device, dtype, cache=True):
+def autocast_for(device, dtype, cache=True):
     """Autocast to ``dtype`` (a key of DTYPES; fp32: disabled). ``cache=False`` for CUDA graph capture, which does
     not support autocast's cache of cast weights (torch.cuda.make_graphed_callables' rule)."""
     return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None, cache_enabled=cache)
@@ -65,7 +65,7 @@ def graph_inference(model, x, dtype):
     """Capture one inference pass of ``model`` on ``x`` in a CUDA graph; returns (replay, output) where
     ``replay()`` reruns the captured kernels on whatever ``x`` holds, writing into ``output``."""
     def forward():
-        with torch.inference_mode(), _autocast(x.device, dtype, cache=False):
+        with torch.inference_mode(), autocast_for(x.device, dtype, cache=False):
             return model(x)
 
     side = torch.cuda.Stream(x.device)  # warm up (compile the Triton kernels, pick cuDNN's) off the capture
@@ -92,7 +92,7 @@ class _AutocastForward(torch.nn.Module):
         self.train(module.training)
 
     def forward(self, x):
-        with _autocast(x.device, self.dtype, cache=False):
+        with autocast_for(x.device, self.dtype, cache=False):
             return self.module(x)
 
 
@@ -114,7 +114,7 @@ def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model
     if compile_model:
         model = torch.compile(model)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
-    autocast = _autocast(device, dtype, cache=not cuda_graph)
+    autocast = autocast_for(device, dtype, cache=not cuda_graph)
     if mode == 'train':
         model.train()
         if cuda_graph:
@@ -149,7 +149,7 @@ def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model
 
     for _ in range(warmup):
         step()
-    _sync(device)
+    synchronize(device)
     if device.type == 'cuda' and not cuda_graph:
         # The steady state's peak. A graph's tensors live in its private pool from the capture on, where they
         # were allocated, so with CUDA graphs the peak is the whole run's (capture included).
@@ -158,7 +158,7 @@ def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model
     for _ in range(iters):
         start = time.perf_counter()
         issued = step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
         host_times.append(issued - start)
     median = _median(times)

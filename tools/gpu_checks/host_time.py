@@ -22,22 +22,18 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'analysis_tools'))
-from benchmark import Classifier  # noqa: E402  (also puts the repo root on sys.path)
+from benchmark import Classifier, autocast_for, synchronize  # noqa: E402  (also puts the repo root on sys.path)
 from sparx_mm.models import SparXMamba  # noqa: E402
 from sparx_mm.ops import triton_launch  # noqa: E402
 
-SETTINGS = (('infer', None), ('infer', torch.float16), ('train', torch.float16))
-
-
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+SETTINGS = (('infer', 'fp32'), ('infer', 'fp16'), ('train', 'fp16'))
 
 
 def make_step(model, x, mode, dtype):
-    """One inference pass (under inference_mode) or forward + backward, under autocast when dtype is given."""
+    """One inference pass (under inference_mode) or forward + backward, under autocast to ``dtype`` (a key of
+    benchmark.DTYPES; fp32: none)."""
     def step():
-        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast_for(x.device, dtype):
             if mode == 'infer':
                 with torch.inference_mode():
                     model(x)
@@ -50,10 +46,10 @@ def step_times(step, device, warmup, iters):
     """(min, first quartile, median) seconds of ``step`` with the device synchronised around each call."""
     times = []
     for i in range(warmup + iters):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         step()
-        _sync(device)
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     times.sort()
@@ -77,12 +73,12 @@ def launch_micro(device, launches=3000):
         triton_launch.ENABLED = enabled
         for _ in range(50):
             one()
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(launches):
             one()
         result[enabled] = (time.perf_counter() - start) / launches * 1e6  # issue time: the GPU runs behind
-        _sync(device)
+        synchronize(device)
     triton_launch.ENABLED = True
     return result
 
@@ -118,7 +114,7 @@ def main(argv=None):
             for enabled in launches:
                 triton_launch.ENABLED = enabled
                 low, quartile, median = step_times(step, device, args.warmup, args.iters)
-                print(f'{mode:>5} {"fp16" if dtype else "fp32":>7} {"cached" if enabled else "triton":>8} '
+                print(f'{mode:>5} {dtype:>7} {"cached" if enabled else "triton":>8} '
                       f'{low * 1e3:8.2f} {quartile * 1e3:8.2f} {median * 1e3:8.2f}', flush=True)
     finally:
         triton_launch.ENABLED = True
@@ -128,13 +124,13 @@ def main(argv=None):
               f"Triton's own {micro[False]:.1f} us")
     if args.profile:
         model.train()
-        step = make_step(model, x, 'train', torch.float16)
+        step = make_step(model, x, 'train', 'fp16')
         step()
         profiler = cProfile.Profile()
         profiler.enable()
         for _ in range(2):
             step()
-        _sync(device)
+        synchronize(device)
         profiler.disable()
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats('tottime').print_stats(args.profile)

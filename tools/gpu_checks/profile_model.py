@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 _TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(_TOOLS, 'analysis_tools'))
-from benchmark import DTYPES, Classifier  # noqa: E402  (also puts the repo root on sys.path)
+from benchmark import DTYPES, Classifier, autocast_for, synchronize  # noqa: E402  (also puts the repo root on sys.path)
 
 # Parts timed by --by-module: module names below a block (or the model) that get a profiler range of their own.
 BLOCK_PARTS = ('pos_embed', 'norm', 'dmca', 'dmca.shortcut_norm', 'dmca.shortcut_proj', 'dmca.q', 'dmca.k', 'dmca.v',
@@ -156,25 +156,20 @@ def main(argv=None):
         parser.error(f'the kernel table needs a CUDA device, got --device {args.device} (--by-module runs on the CPU)')
     model = Classifier(args.arch).to(device).train(args.train)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    autocast = torch.autocast(device.type, dtype=DTYPES[args.dtype], enabled=DTYPES[args.dtype] is not None)
 
     def step(backward=args.train):
-        with autocast, torch.set_grad_enabled(args.train):
+        with autocast_for(device, args.dtype), torch.set_grad_enabled(args.train):
             out = model(x)
         if backward:
             out.float().sum().backward()
 
-    def sync():
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-
     for _ in range(2):
         step()
-    sync()
+    synchronize(device)
     if not args.by_module:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             step()
-            sync()
+            synchronize(device)
         print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=args.rows,
                                         max_name_column_width=args.name_width))
         return
@@ -183,7 +178,7 @@ def main(argv=None):
     with profile(activities=activities) as prof:
         with record_function(FORWARD):
             step(backward=False)
-        sync()
+        synchronize(device)
     rows = by_module_table(prof, names, on_gpu=device.type == 'cuda')
     total = rows[0][2]
     print(f'# SparX-{args.arch.upper()} {"training" if args.train else "inference"} forward, batch {args.batch}, '
