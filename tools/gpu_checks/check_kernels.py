@@ -19,6 +19,7 @@ check_group_norm.py, check_depthwise_conv.py, check_pointwise_conv.py.
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 
 import torch
 
@@ -195,6 +196,28 @@ def _identical(tensors, others) -> bool:
     return all(torch.equal(a, b) for a, b in zip(tensors, others))
 
 
+def _bit_identity(reference, again, other):
+    """(ok, verdict) of ``other`` against ``reference``, where ``again`` is ``reference`` rerun: a difference
+    counts only once the reference repeats itself bit for bit."""
+    if not _identical(reference, again):
+        return False, 'not repeatable  FAIL'
+    differ = [(a, b) for a, b in zip(reference, other) if not torch.equal(a, b)]
+    if not differ:
+        return True, 'bit-identical'
+    return False, f'{len(differ)} DIFFER (largest rel err {max(rel_err(b, a) for a, b in differ):.1e})  FAIL'
+
+
+@contextmanager
+def _deterministic_cudnn():
+    """cuDNN's deterministic algorithms for the bit-identity checks; the caller's setting restored after."""
+    deterministic = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic = deterministic
+
+
 def check_recompute(device):
     """SparX-T trained one step under fp16 autocast with the backward pass recomputing SS2D's normalised maps
     and the FFN hidden maps (the defaults) and with both kept: the same outputs and bit-identical gradients (the
@@ -233,8 +256,6 @@ def check_launch(device, batch=8):
     here, and each setting also runs twice with the cached launch, so that a difference would be the launch's."""
     from sparx_mm.models import SparXMamba
     from sparx_mm.ops import triton_launch
-    deterministic = torch.backends.cudnn.deterministic
-    torch.backends.cudnn.deterministic = True
     torch.manual_seed(0)
     model = SparXMamba('t').to(device)
     x = torch.randn(batch, 3, 224, 224, device=device)
@@ -253,22 +274,18 @@ def check_launch(device, batch=8):
 
     ok = True
     try:
-        for train in (False, True):
-            for dtype in (torch.float32, torch.float16):
-                triton_launch.ENABLED = True
-                cached, again = run(train, dtype), run(train, dtype)
-                triton_launch.ENABLED = False
-                own = run(train, dtype)
-                repeatable = _identical(cached, again)
-                same = repeatable and _identical(cached, own)
-                print(f'SparX-T batch {batch} {"training step" if train else "eval"} {str(dtype)[6:]}: {len(cached)} '
-                      f'tensors, cached launch vs Triton\'s own '
-                      f'{"bit-identical" if same else "DIFFER  FAIL" if repeatable else "not repeatable  FAIL"}',
-                      flush=True)
-                ok &= same
+        with _deterministic_cudnn():
+            for train in (False, True):
+                for dtype in (torch.float32, torch.float16):
+                    triton_launch.ENABLED = True
+                    cached, again = run(train, dtype), run(train, dtype)
+                    triton_launch.ENABLED = False
+                    same, verdict = _bit_identity(cached, again, run(train, dtype))
+                    print(f'SparX-T batch {batch} {"training step" if train else "eval"} {str(dtype)[6:]}: '
+                          f'{len(cached)} tensors, cached launch vs Triton\'s own {verdict}', flush=True)
+                    ok &= same
     finally:
         triton_launch.ENABLED = True
-        torch.backends.cudnn.deterministic = deterministic
     return ok
 
 
@@ -279,11 +296,9 @@ def check_graph(device, batch=8):
     parameter gradients, float32 and float16 autocast. Eager mode runs twice first, so that a difference would
     be the graph's."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'analysis_tools'))
-    from benchmark import Classifier, _autocast, graph_inference, graph_training
-    deterministic = torch.backends.cudnn.deterministic
-    torch.backends.cudnn.deterministic = True
+    from benchmark import Classifier, autocast_for, graph_inference, graph_training
     ok = True
-    try:
+    with _deterministic_cudnn():
         for train in (False, True):
             for dtype in ('fp32', 'fp16'):
                 torch.manual_seed(0)
@@ -293,9 +308,9 @@ def check_graph(device, batch=8):
                 def run(module):
                     module.zero_grad(set_to_none=True)
                     if not train:
-                        with torch.inference_mode(), _autocast(device, dtype, cache=False):
+                        with torch.inference_mode(), autocast_for(device, dtype, cache=False):
                             return [module(x).float().clone()]
-                    with _autocast(device, dtype, cache=False):
+                    with autocast_for(device, dtype, cache=False):
                         out = module(x)
                     out.float().square().mean().backward()
                     return [out.detach().float().clone()] + [p.grad.clone() for p in model.parameters()]
@@ -307,16 +322,10 @@ def check_graph(device, batch=8):
                     replay, output = graph_inference(model, x, dtype)
                     replay()
                     graphed = [output.float().clone()]
-                repeatable = _identical(eager, again)
-                differ = sum(not torch.equal(a, b) for a, b in zip(eager, graphed))
-                same = repeatable and not differ
-                verdict = 'bit-identical' if same else 'not repeatable  FAIL' if not repeatable else \
-                    f'{differ} DIFFER (largest rel err {max(rel_err(b, a) for a, b in zip(eager, graphed)):.1e})  FAIL'
+                same, verdict = _bit_identity(eager, again, graphed)
                 print(f'SparX-T classifier batch {batch} {"training step" if train else "eval"} {dtype}: '
                       f'{len(eager)} tensors, CUDA graph replay vs eager {verdict}', flush=True)
                 ok &= same
-    finally:
-        torch.backends.cudnn.deterministic = deterministic
     return ok
 
 
