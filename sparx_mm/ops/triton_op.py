@@ -48,11 +48,8 @@ def _autograd_function(name: str, fn: Callable, setup_context: Callable, backwar
         setup_context(ctx, args, output)
         return output
 
-    def run_backward(ctx, *grads):
-        return backward(ctx, *grads)
-
     return type(name.replace('::', '_'), (torch.autograd.Function, ),
-                dict(forward=staticmethod(forward), backward=staticmethod(run_backward)))
+                dict(forward=staticmethod(forward), backward=staticmethod(backward)))
 
 
 class TritonOp:
