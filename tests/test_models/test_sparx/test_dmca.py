@@ -75,3 +75,30 @@ def test_learnable_scale_init_and_errors():
         DMCA(8, 8, 16, sr_ratio=0)
     with pytest.raises(ValueError, match=r'expected a shortcut of 16 channels, got \(1, 8, 4, 4\)'):
         dmca.eval()(torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 4))
+
+
+def test_dmca_convolutions_run_through_the_layer_operators(monkeypatch):
+    """The stride-1 depthwise conv and the ungrouped 1x1 convs are the layer operators (Triton kernels on GPUs
+    where they pay), the strided and the grouped convs stay nn.Conv2d; the parameter keys are the official ones."""
+    from sparx_mm.models import layers
+    seen = []
+
+    def recording(name, real):
+        def op(x, weight, *args, **kwargs):
+            seen.append((name, weight))
+            return real(x, weight, *args, **kwargs)
+        return op
+
+    monkeypatch.setattr(layers, 'depthwise_conv2d_act', recording('depthwise', layers.depthwise_conv2d_act))
+    monkeypatch.setattr(layers, 'pointwise_conv2d', recording('pointwise', layers.pointwise_conv2d))
+    dmca = DMCA(8, 16, 16, sr_ratio=2).eval()
+    with torch.no_grad():
+        dmca(torch.randn(1, 8, 6, 6), torch.randn(1, 16, 6, 6))
+    weights = {id(p): name for name, p in dmca.named_parameters()}
+    assert [(op, weights[id(w)]) for op, w in seen] == [
+        ('depthwise', 'shortcut_proj.0.weight'), ('pointwise', 'shortcut_proj.3.weight'), ('pointwise', 'q.1.weight'),
+        ('pointwise', 'k.1.weight'), ('pointwise', 'v.0.weight'), ('depthwise', 'fuse.0.weight')]
+    assert [k for k in dmca.state_dict() if k.endswith('.weight')] == [
+        'shortcut_norm.weight', 'shortcut_proj.0.weight', 'shortcut_proj.1.weight', 'shortcut_proj.3.weight',
+        'q.0.0.weight', 'q.0.1.weight', 'q.1.weight', 'q.2.weight', 'k.0.0.weight', 'k.0.1.weight', 'k.1.weight',
+        'k.2.weight', 'v.0.weight', 'v.1.weight', 'fuse.0.weight', 'fuse.2.weight']
