@@ -12,8 +12,8 @@ is the skip path's scale and shift). On GPUs PyTorch runs such a convolution as 
 layout conversions of the NCHW maps, then adds the bias in a separate pass that cannot vectorise, then the skip
 in a third: at SparX-T's stage-1 sizes the bias add alone takes three times the GEMM. The Triton kernel reads
 the NCHW map directly as the GEMM's operand, one sample a program column, and adds the bias and the skip path
-to the float32 accumulator before the one store. Where cuDNN measured faster (small maps; 16-bit convolutions with a
-skip path on 14 x 14 maps) the automatic choice keeps it (:func:`triton_is_faster`).
+to the float32 accumulator before the one store. Where cuDNN measured faster (7 x 7 maps) the automatic choice
+keeps it (:func:`triton_is_faster`).
 
 Output dtype (both implementations): the convolution runs in ``conv_dtype`` = the autocast dtype when autocast
 is enabled for x's device type and x is not float64, else x's dtype; without a skip the output has
@@ -113,20 +113,17 @@ def _dtypes(x, skip, skip_scale, skip_shift):
     return dtype, torch.promote_types(skip_dtype, dtype)
 
 
-def triton_is_faster(positions: int, conv_dtype: torch.dtype, has_skip: bool) -> bool:
+def triton_is_faster(positions: int) -> bool:
     """Whether the Triton kernel beats cuDNN's convolution with its separate bias and skip adds at this map size:
     the automatic choice of :func:`pointwise_conv2d` (forcing 'triton' runs the kernel everywhere).
 
-    Measured on an H100 (batch 128, the 1x1 convs of SparX-T, S and B at 224 x 224, forward,
-    ``tools/gpu_checks/check_pointwise_conv.py --only bench --arch t|s|b``): float16 1.45-3.7x at 3136 and 784
-    positions; at 196 1.2-1.6x without a skip path but 0.46-0.6x with one; 0.6-1.2x at 49. float32 (TF32):
-    0.9-1.4x at 3136, 0.64-1.06x at 784, 0.95-1.6x at 196, 0.13-1.14x at 49.
+    Measured on an H200 (batch 128, the 1x1 convs of SparX-T and B at 224 x 224, forward,
+    ``tools/gpu_checks/check_pointwise_conv.py --only bench --arch t|b``): float16 1.6-3.6x at 3136 and 784
+    positions, 1.06-2.25x at 196 (with a skip path too, since the kernel reads such maps with vector loads),
+    0.52-1.04x at 49; float32 (TF32) 1.28-2.6x at 3136 and 784, 0.93-1.67x at 196, 0.44-1.18x at 49: the map
+    size alone decides, with or without a skip path, in every dtype.
     """
-    if positions < 128:
-        return False
-    if conv_dtype == torch.float32:
-        return positions < 512 or positions >= 2048
-    return positions >= 512 or not has_skip
+    return positions >= 128
 
 
 def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: Optional[Tensor] = None,
@@ -147,7 +144,7 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     """
     _check_inputs(x, weight, bias, skip, skip_scale, skip_shift)
     dtype, out_dtype = _dtypes(x, skip, skip_scale, skip_shift)
-    faster = triton_is_faster(x.shape[2] * x.shape[3], dtype, skip is not None)
+    faster = triton_is_faster(x.shape[2] * x.shape[3])
     if gpu_backends.layer_kernel_impl(x, impl, _NAME, faster) == 'reference' or x.numel() == 0:
         return _reference(x, weight, bias, skip, skip_scale, skip_shift)
     from .triton_pointwise_conv import pointwise_conv2d_triton

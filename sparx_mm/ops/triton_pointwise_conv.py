@@ -1,4 +1,4 @@
-"""Triton kernel of :func:`sparx_mm.ops.pointwise_conv2d` (forward; the backward pass is cuDNN's and torch's).
+"""Triton kernels of :func:`sparx_mm.ops.pointwise_conv2d` (forward; the backward pass is cuDNN's and torch's).
 
 Each program computes a (BLOCK_CO output channels) x (BLOCK_P positions) tile of one sample's output as the
 GEMM ``weight (Cout, Cin) @ x[b] (Cin, H*W)``: x[b] is already a row-major (Cin, H*W) matrix in NCHW order, so
@@ -8,7 +8,18 @@ the epilogue adds the bias and the skip path (``skip * skip_scale + skip_shift``
 output dtype.
 
 The operands are cast to the convolution dtype in registers before the product (float32 x under float16
-autocast is rounded as autocast would round it); float32 products use TF32 when cuDNN may (``TF32``).
+autocast is rounded as autocast would round it). float32 products use TF32 when cuDNN may
+(``torch.backends.cudnn.allow_tf32``), in a kernel of their own (``_fwd_tf32_kernel``): Hopper's TF32 tensor-core
+product reads its shared-memory operands channel-major only, and x's tiles are position-major, so Triton copied
+them into shared memory one 4-byte element at a time. That kernel makes the positions the product's rows
+instead, x^T (positions, Cin) @ weight^T (Cin, Cout), with the x tile rounded to TF32 (to nearest, as cuDNN
+rounds) in registers, where the product takes it: 16-byte copies throughout, 1.7-2.1x faster at SparX-T's
+sizes (H200, batch 128).
+
+Vector loads need row strides that are multiples of 16 bytes, and Triton knows an integer argument's
+divisibility only by 16: the position count (196 at 14 x 14) and the weight's row stride (SparX-S / B's 328,
+396, 636 channels) are passed divided by their largest power-of-two factor up to 8 (``P_ALIGN``, ``W_ALIGN``) and
+multiplied back in the kernel, so the compiler sees that factor.
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1`` (Triton's
 CPU interpreter, which the CPU tests use).
@@ -23,7 +34,7 @@ from .gpu_backends import check_triton_launchable
 from .triton_launch import cdiv, launch
 from .triton_op import TritonOp
 
-#: Products of the kernel, by the convolution dtype (float32: TF32 or exact float32 by ``allow_tf32``).
+#: Products of ``_fwd_kernel``, by the convolution dtype (float32 there: exact; TF32 is ``_fwd_tf32_kernel``'s).
 _DOT_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 #: Set to (BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) to override :func:`tiling` (tuning and tests).
 TILING_OVERRIDE: Optional[Tuple[int, int, int, int, int]] = None
@@ -37,11 +48,44 @@ WEIGHT_ROW_ALIGN = 16
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN, COUT, P, W_STRIDE,
+def _round_to_tf32(x):
+    """float32 ``x`` rounded to TF32's 10 mantissa bits, to nearest even; NaN stays NaN, overflow gives inf."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0xFFF + ((bits >> 13) & 1)) & 0xFFFFE000
+    return tl.where(x == x, rounded.to(tl.float32, bitcast=True), x)
+
+
+@triton.jit
+def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr,
+                             HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
+                             HAS_SHIFT: tl.constexpr):
+    """y[sample, co, p] = acc + bias[co] + skip[sample, co, p] * scale[co] + shift[co]; ``co`` and ``p`` are
+    2-D index tensors broadcasting to acc's shape (either orientation)."""
+    co_ok = co < COUT
+    mask = co_ok & (p < P)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
+    offs = sample * COUT * P + co * P + p
+    if HAS_SKIP:
+        skip = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            skip *= tl.load(scale_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            skip += tl.load(shift_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
+        acc += skip
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN, COUT, P_UNITS, W_STRIDE_UNITS,
                 HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                DOT: tl.constexpr, TF32: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
-                BLOCK_K: tl.constexpr):
-    """y[b, co, p] = sum_ci w[co, ci] x[b, ci, p] + bias[co] + skip[b, co, p] * scale[co] + shift[co]."""
+                DOT: tl.constexpr, P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr,
+                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """y[b, co, p] = sum_ci w[co, ci] x[b, ci, p] + bias[co] + skip[b, co, p] * scale[co] + shift[co]; float16,
+    bfloat16 or exact float32 products (``DOT``). P = P_UNITS * P_ALIGN positions, weight rows W_STRIDE_UNITS *
+    W_ALIGN apart (module doc)."""
+    P = P_UNITS * P_ALIGN
+    W_STRIDE = W_STRIDE_UNITS * W_ALIGN
     offs_co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     sample = tl.program_id(2).to(tl.int64)
@@ -60,34 +104,53 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN, CO
             acc = tl.dot(wt.to(tl.float16), xt.to(tl.float16), acc)
         elif DOT == 1:
             acc = tl.dot(wt.to(tl.bfloat16), xt.to(tl.bfloat16), acc)
-        elif TF32:
-            acc = tl.dot(wt.to(tl.float32), xt.to(tl.float32), acc, input_precision='tf32')
         else:
             acc = tl.dot(wt.to(tl.float32), xt.to(tl.float32), acc, input_precision='ieee')
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
-    offs = sample * COUT * P + offs_co[:, None] * P + offs_p[None, :]
-    mask = co_ok[:, None] & p_ok[None, :]
-    if HAS_SKIP:
-        skip = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_SCALE:
-            skip *= tl.load(scale_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
-        if HAS_SHIFT:
-            skip += tl.load(shift_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
-        acc += skip
-    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    _add_bias_skip_and_store(acc, offs_co[:, None], offs_p[None, :], sample, COUT, P, b_ptr, s_ptr, scale_ptr,
+                             shift_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT)
 
 
-def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
+@triton.jit
+def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN, COUT, P_UNITS, W_STRIDE_UNITS,
+                     HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
+                     HAS_SHIFT: tl.constexpr, P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``_fwd_kernel``'s result for float32 tensors with TF32 products, as acc (BLOCK_P, BLOCK_CO) = x^T @ w^T,
+    x rounded to TF32 in registers (module doc)."""
+    P = P_UNITS * P_ALIGN
+    W_STRIDE = W_STRIDE_UNITS * W_ALIGN
+    offs_co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    sample = tl.program_id(2).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    co_ok = offs_co < COUT
+    p_ok = offs_p < P
+    x_sample = x_ptr + sample * CIN * P
+    acc = tl.zeros((BLOCK_P, BLOCK_CO), tl.float32)
+    for k0 in range(0, CIN, BLOCK_K):
+        ks = k0 + offs_k
+        k_ok = ks < CIN
+        xt = tl.load(x_sample + ks[None, :] * P + offs_p[:, None], mask=k_ok[None, :] & p_ok[:, None], other=0.0)
+        wt = tl.load(w_ptr + offs_co[None, :] * W_STRIDE + ks[:, None], mask=co_ok[None, :] & k_ok[:, None],
+                     other=0.0)
+        acc = tl.dot(_round_to_tf32(xt.to(tl.float32)), wt.to(tl.float32), acc, input_precision='tf32')
+    _add_bias_skip_and_store(acc, offs_co[None, :], offs_p[:, None], sample, COUT, P, b_ptr, s_ptr, scale_ptr,
+                             shift_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT)
+
+
+def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype,
+           tf32: bool = False) -> Tuple[int, int, int, int, int]:
     """(BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) for a (Cout, Cin) x (Cin, positions) product.
 
-    From a sweep on an H100 (batch 128, SparX-T's sixteen 1x1 convolutions without their skip paths, float16
-    and float32; the fastest of 24 tilings each; ``tools/gpu_checks/check_pointwise_conv.py --only sweep`` repeats
-    it with the skip paths, for any of T / S / B).
+    From sweeps (batch 128, the 1x1 convolutions of SparX-T and B; ``tools/gpu_checks/check_pointwise_conv.py
+    --only sweep`` repeats them, for any of T / S / B): float16 and exact float32 on an H100, the fastest of 24
+    tilings each; TF32 on an H200, the fastest of 8.
     """
     if TILING_OVERRIDE is not None:
         return TILING_OVERRIDE
-    if conv_dtype == torch.float32:  # TF32 tiles take twice the registers and shared memory of float16 ones
+    if conv_dtype == torch.float32 and tf32:
+        return (128, 128, 32, 4, 3) if positions >= 128 else (128, 64, 32, 4, 3)
+    if conv_dtype == torch.float32:  # float32 tiles take twice the registers and shared memory of float16 ones
         if positions >= 512:
             return 128, 64, 32, 4, 3
         return (128, 128, 32, 8, 3) if positions >= 128 else (128, 64, 32, 8, 3)
@@ -96,11 +159,20 @@ def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype) -> Tupl
     return (128, 128, 64, 4, 3) if positions >= 128 else (128, 64, 64, 8, 3)
 
 
+def _power_of_two_factor(n: int, limit: int = 8) -> int:
+    """The largest power of two up to ``limit`` that divides ``n``."""
+    factor = 1
+    while factor < limit and n % (2 * factor) == 0:
+        factor *= 2
+    return factor
+
+
 def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
     b, cin, h, w = x.shape
     cout = weight.shape[0]
     positions = h * w
-    block_co, block_p, block_k, warps, stages = tiling(cin, cout, positions, conv_dtype)
+    tf32 = tf32 and conv_dtype == torch.float32
+    block_co, block_p, block_k, warps, stages = tiling(cin, cout, positions, conv_dtype, tf32)
     grid = (cdiv(cout, block_co), cdiv(positions, block_p), b)
     if grid[1] > _MAX_GRID_Y or b > _MAX_GRID_Y:
         raise ValueError(f'pointwise_conv2d_triton: a {h} x {w} map in batches of {b} needs a grid of {grid}, '
@@ -108,13 +180,15 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
     weight = weight.view(cout, cin)
     if WEIGHT_ROW_ALIGN and conv_dtype != torch.float32 and cin % WEIGHT_ROW_ALIGN:
         weight = torch.nn.functional.pad(weight.to(conv_dtype), (0, -cin % WEIGHT_ROW_ALIGN))
+    p_align, w_align = _power_of_two_factor(positions), _power_of_two_factor(weight.stride(0))
     dummy = weight
-    launch(_fwd_kernel, grid, x, weight, dummy if bias is None else bias, dummy if skip is None else skip,
+    kernel, dot = (_fwd_tf32_kernel, {}) if tf32 else (_fwd_kernel, dict(DOT=_DOT_CODES[conv_dtype]))
+    launch(kernel, grid, x, weight, dummy if bias is None else bias, dummy if skip is None else skip,
            dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift, y,
-           cin, cout, positions, weight.stride(0), HAS_BIAS=bias is not None, HAS_SKIP=skip is not None,
-           HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
-           DOT=_DOT_CODES[conv_dtype], TF32=tf32, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k,
-           num_warps=warps, num_stages=stages)
+           cin, cout, positions // p_align, weight.stride(0) // w_align, HAS_BIAS=bias is not None,
+           HAS_SKIP=skip is not None, HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
+           P_ALIGN=p_align, W_ALIGN=w_align, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k,
+           num_warps=warps, num_stages=stages, **dot)
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
