@@ -18,8 +18,8 @@ sizes (H200, batch 128).
 
 Vector loads need row strides that are multiples of 16 bytes, and Triton knows an integer argument's
 divisibility only by 16: the position count (196 at 14 x 14) and the weight's row stride (SparX-S / B's 328,
-396, 636 channels) are passed divided by their largest power-of-two factor up to 8 (``P_ALIGN``, ``W_ALIGN``) and
-multiplied back in the kernel, so the compiler sees that factor.
+396, 636 channels) are passed divided by their largest power-of-two factor up to 8 (``P_ALIGN``, ``W_ALIGN``;
+``triton_launch.power_of_two_factor``) and multiplied back in the kernel, so the compiler sees that factor.
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1`` (Triton's
 CPU interpreter, which the CPU tests use).
@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
-from .triton_launch import cdiv, launch
+from .triton_launch import cdiv, launch, power_of_two_factor
 from .triton_op import TritonOp
 
 #: Products of ``_fwd_kernel``, by the convolution dtype (float32 there: exact; TF32 is ``_fwd_tf32_kernel``'s).
@@ -159,14 +159,6 @@ def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype,
     return (128, 128, 64, 4, 3) if positions >= 128 else (128, 64, 64, 8, 3)
 
 
-def _power_of_two_factor(n: int, limit: int = 8) -> int:
-    """The largest power of two up to ``limit`` that divides ``n``."""
-    factor = 1
-    while factor < limit and n % (2 * factor) == 0:
-        factor *= 2
-    return factor
-
-
 def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
     b, cin, h, w = x.shape
     cout = weight.shape[0]
@@ -180,7 +172,7 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
     weight = weight.view(cout, cin)
     if WEIGHT_ROW_ALIGN and conv_dtype != torch.float32 and cin % WEIGHT_ROW_ALIGN:
         weight = torch.nn.functional.pad(weight.to(conv_dtype), (0, -cin % WEIGHT_ROW_ALIGN))
-    p_align, w_align = _power_of_two_factor(positions), _power_of_two_factor(weight.stride(0))
+    p_align, w_align = power_of_two_factor(positions), power_of_two_factor(weight.stride(0))
     dummy = weight
     kernel, dot = (_fwd_tf32_kernel, {}) if tf32 else (_fwd_kernel, dict(DOT=_DOT_CODES[conv_dtype]))
     launch(kernel, grid, x, weight, dummy if bias is None else bias, dummy if skip is None else skip,
