@@ -118,9 +118,9 @@ def triton_is_faster(positions: int) -> bool:
     the automatic choice of :func:`pointwise_conv2d` (forcing 'triton' runs the kernel everywhere).
 
     Measured on an H200 (batch 128, the 1x1 convs of SparX-T and B at 224 x 224, forward,
-    ``tools/gpu_checks/check_pointwise_conv.py --only bench --arch t|b``): float16 1.6-3.6x at 3136 and 784
+    ``tools/gpu_checks/check_pointwise_conv.py --only bench --arch t|b``): float16 1.25-3.6x at 3136 and 784
     positions, 1.06-2.25x at 196 (with a skip path too, since the kernel reads such maps with vector loads),
-    0.52-1.04x at 49; float32 (TF32) 1.28-2.6x at 3136 and 784, 0.93-1.67x at 196, 0.44-1.18x at 49: the map
+    0.52-1.04x at 49; float32 (TF32) 1.17-2.6x at 3136 and 784, 0.93-1.67x at 196, 0.44-1.18x at 49: the map
     size alone decides, with or without a skip path, in every dtype.
     """
     return positions >= 128

@@ -13,13 +13,15 @@ autocast is rounded as autocast would round it). float32 products use TF32 when 
 product reads its shared-memory operands channel-major only, and x's tiles are position-major, so Triton copied
 them into shared memory one 4-byte element at a time. That kernel makes the positions the product's rows
 instead, x^T (positions, Cin) @ weight^T (Cin, Cout), with the x tile rounded to TF32 (to nearest, as cuDNN
-rounds) in registers, where the product takes it: 16-byte copies throughout, 1.7-2.1x faster at SparX-T's
-sizes (H200, batch 128).
+rounds) in registers, where the product takes it: 16-byte copies throughout; at SparX-T's sixteen sizes (H200,
+batch 128) 1.9x faster in all (2-3x at 56 x 56 and 28 x 28).
 
 Vector loads need row strides that are multiples of 16 bytes, and Triton knows an integer argument's
 divisibility only by 16: the position count (196 at 14 x 14) and the weight's row stride (SparX-S / B's 328,
 396, 636 channels) are passed divided by their largest power-of-two factor up to 8 (``P_ALIGN``, ``W_ALIGN``;
 ``triton_launch.power_of_two_factor``) and multiplied back in the kernel, so the compiler sees that factor.
+(The input-channel count bounds the weight rows' loads too: where it is no multiple of 16, as SparX-S / B's
+are, the TF32 kernel still copies the weight rows 4 bytes at a time.)
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1`` (Triton's
 CPU interpreter, which the CPU tests use).
@@ -144,7 +146,7 @@ def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype,
 
     From sweeps (batch 128, the 1x1 convolutions of SparX-T and B; ``tools/gpu_checks/check_pointwise_conv.py
     --only sweep`` repeats them, for any of T / S / B): float16 and exact float32 on an H100, the fastest of 24
-    tilings each; TF32 on an H200, the fastest of 8.
+    tilings each; TF32 on an H200, the fastest of 8 (a sweep before ``--only sweep`` covered this kernel).
     """
     if TILING_OVERRIDE is not None:
         return TILING_OVERRIDE

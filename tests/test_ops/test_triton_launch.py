@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from sparx_mm.ops.triton_launch import cdiv, launch, next_power_of_2
+from sparx_mm.ops.triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 
 
 def test_cdiv_and_next_power_of_2_match_triton():
@@ -47,6 +47,14 @@ def kernel(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
     monkeypatch.setattr(torch._C, '_cuda_getCurrentRawStream', lambda device: 1234, raising=False)
     return _RecordingKernel(_toy)
+
+
+@pytest.mark.parametrize('n,limit,factor', [(196, 8, 4), (49, 8, 1), (3136, 8, 8), (3136, 16, 16), (396, 8, 4),
+                                            (120, 8, 8), (14, 8, 2), (1, 8, 1), (0, 8, 8)])
+def test_power_of_two_factor(n, limit, factor):
+    """The largest power of two up to the limit that divides n (0 is a multiple of anything)."""
+    assert power_of_two_factor(n, limit) == factor
+    assert n % factor == 0
 
 
 def test_a_repeated_call_takes_the_compiled_launcher_with_the_arguments_in_signature_order(kernel):
