@@ -1,6 +1,7 @@
-"""What the 1x1-conv kernels compile to on Hopper (sm_90), checked on the CPU (``helpers.hopper_ptx``): the memory
-accesses that made the difference on the H200 (docs/benchmarks.md, "1x1 convolutions"). The kernels' results are
-checked in test_pointwise_conv.py (Triton's interpreter) and by tools/gpu_checks/check_pointwise_conv.py."""
+"""What the Triton kernels compile to on Hopper (sm_90), checked on the CPU (``helpers.hopper_ptx``): the memory
+accesses that made a difference on the H200 (docs/benchmarks.md, "1x1 convolutions"), each against a control
+without the alignment it depends on, so that the check can fail. The kernels' results are checked by the op
+tests (Triton's interpreter) and by tools/gpu_checks/."""
 import torch
 
 from sparx_mm.ops import triton_pointwise_conv as tpc
