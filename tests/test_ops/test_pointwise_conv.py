@@ -160,4 +160,5 @@ def test_triton_kernel_matches_the_reference_in_the_interpreter():
     assert stdout.count('small tiles') == 4, stdout
     assert stdout.count('MODEL ') == 3, stdout
     assert 'TF32 ROUNDING ok' in stdout, stdout
-    assert stdout.count('\n') == 22, stdout  # 11 cases, 4 small-tile cases, rounding, opcheck, compile, 3 models, summary
+    # 11 cases, 4 small-tile cases, rounding, opcheck, compile, 3 models, summary
+    assert stdout.count('\n') == 22, stdout
