@@ -12,8 +12,9 @@ autocast is rounded as autocast would round it). float32 products use TF32 when 
 (``torch.backends.cudnn.allow_tf32``), in a kernel of their own (``_fwd_tf32_kernel``): Hopper's TF32 tensor-core
 product reads its shared-memory operands channel-major only, and x's tiles are position-major, so Triton copied
 them into shared memory one 4-byte element at a time. That kernel makes the positions the product's rows
-instead, x^T (positions, Cin) @ weight^T (Cin, Cout), with the x tile rounded to TF32 (to nearest, as cuDNN
-rounds) in registers, where the product takes it: 16-byte copies throughout; at SparX-T's sixteen sizes (H200,
+instead, x^T (positions, Cin) @ weight^T (Cin, Cout), with the x tile rounded to TF32 (to nearest even) in
+registers, where the product takes it (the weight tile, from shared memory, goes in as the tensor cores take
+float32 operands, its low mantissa bits dropped): 16-byte copies throughout; at SparX-T's sixteen sizes (H200,
 batch 128) 1.9x faster in all (2-3x at 56 x 56 and 28 x 28).
 
 Vector loads need row strides that are multiples of 16 bytes, and Triton knows an integer argument's

@@ -7,8 +7,8 @@ check: ``pointwise_conv2d(impl='triton')`` against the reference in float64 on t
 output and the gradients of x, weight, bias, skip, skip_scale and skip_shift, on awkward shapes (channel counts
 and map sizes that are multiples of no block, H != W, a 1 x 1 map, one input channel) with every form of the
 skip path, for float32 tensors (TF32 off: the exact kernel; on: the TF32 one), float16 / bfloat16 tensors, and
-float32 tensors under float16 / bfloat16 autocast. Prints the largest relative errors (max |error| / max |reference|) and PASSED / FAILED
-(exit code 1 on failure).
+float32 tensors under float16 / bfloat16 autocast. Prints the largest relative errors (max |error| / max
+|reference|) and PASSED / FAILED (exit code 1 on failure).
 
 bench: median GPU milliseconds (gpu_common.timed) of the Triton op against the torch composition
 (``nn.Conv2d`` + the skip add) at SparX-T's sixteen 1x1 convolutions (batch 128): forward, and forward +
