@@ -59,6 +59,16 @@ def _round_to_tf32(x):
 
 
 @triton.jit
+def _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's output channels (grid axis 0) and positions (axis 1) with their masks, its sample (axis
+    2, int64: offsets of large batches pass 2**31) and that sample's x."""
+    offs_co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    sample = tl.program_id(2).to(tl.int64)
+    return offs_co, offs_co < COUT, offs_p, offs_p < P, sample, x_ptr + sample * CIN * P
+
+
+@triton.jit
 def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr,
                              HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
                              HAS_SHIFT: tl.constexpr):
@@ -89,13 +99,8 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN, CO
     W_ALIGN apart (module doc)."""
     P = P_UNITS * P_ALIGN
     W_STRIDE = W_STRIDE_UNITS * W_ALIGN
-    offs_co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    sample = tl.program_id(2).to(tl.int64)
+    offs_co, co_ok, offs_p, p_ok, sample, x_sample = _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO, BLOCK_P)
     offs_k = tl.arange(0, BLOCK_K)
-    co_ok = offs_co < COUT
-    p_ok = offs_p < P
-    x_sample = x_ptr + sample * CIN * P
     acc = tl.zeros((BLOCK_CO, BLOCK_P), tl.float32)
     for k0 in range(0, CIN, BLOCK_K):
         ks = k0 + offs_k
@@ -122,13 +127,8 @@ def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CI
     x rounded to TF32 in registers (module doc)."""
     P = P_UNITS * P_ALIGN
     W_STRIDE = W_STRIDE_UNITS * W_ALIGN
-    offs_co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    sample = tl.program_id(2).to(tl.int64)
+    offs_co, co_ok, offs_p, p_ok, sample, x_sample = _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO, BLOCK_P)
     offs_k = tl.arange(0, BLOCK_K)
-    co_ok = offs_co < COUT
-    p_ok = offs_p < P
-    x_sample = x_ptr + sample * CIN * P
     acc = tl.zeros((BLOCK_P, BLOCK_CO), tl.float32)
     for k0 in range(0, CIN, BLOCK_K):
         ks = k0 + offs_k
