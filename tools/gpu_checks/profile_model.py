@@ -89,8 +89,8 @@ def gpu_time_by_range(events, wanted):
     Summing durations, not span lengths, leaves the GPU's idle gaps out. Why not the host-side events'
     ``device_time_total``: it links only kernels launched through the CUDA runtime to host ops, not those that
     Triton's launcher starts through the driver API (on an H200, 19.7 of ~56 ms of a SparX-T forward pass came out
-    that way). Not yet run on a GPU: whether every range gets a device-side span; work outside every span counts
-    to the total only."""
+    that way). Work outside every span counts to the total only (on an H200, SparX-T fp32: the parts held 51.93 of
+    the pass's 52.17 ms)."""
     device = [e for e in events if e.device_type == DeviceType.CUDA]
     spans = sorted((e.time_range.start, -e.time_range.end, e.name) for e in device if e.name in wanted)
     activity = sorted((e.time_range.start, e.time_range.elapsed_us()) for e in device if e.name not in wanted)
