@@ -7,7 +7,10 @@ rows. Each input row is loaded once a program, at the k column shifts dj = -k//2
 mask gives the zero padding), and feeds the k output rows it touches, so a position costs k loads instead of the
 k*k of a tile that loads every tap separately. The k*k weights and the bias of each plane's channel stay in
 registers. Sums are float32; the residual is the centre weight plus one. Runs of rows (``_tiling``) give small
-batches enough programs; each run reloads k - 1 rows around it.
+batches enough programs; each run reloads k - 1 rows around it. The row length is passed divided by its
+largest power-of-two factor up to 8 (``W_ALIGN``, multiplied back in the kernels): Triton specialises integers
+on divisibility by 16 only, and with the factor known the unshifted loads and the stores of 56-, 28- and
+14-column rows are vector accesses.
 
 Forward (``_fwd_kernel``): z = sum_taps w * x_shifted + bias (+ x); y = act(z) in the output dtype. Input row q
 adds its horizontal convolution with kernel row i to output row q - i + k//2: k - 1 partial output rows are
@@ -31,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
-from .triton_launch import cdiv, launch, next_power_of_2
+from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
 
 #: (values a thread holds, warps) of the forward kernel, which also computes dx. A thread keeps the k*k weights
@@ -151,10 +154,12 @@ def _activation_grad(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, n_planes, run_rows, K: tl.constexpr, ACT: tl.constexpr,
-                HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run_rows, K: tl.constexpr, ACT: tl.constexpr,
+                HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr,
+                BLOCK_W: tl.constexpr):
     """y = act(conv(x, w) + b (+ x)) for output rows [first, first + run_rows) of the tile (grid axis 2: the
-    run)."""
+    run); rows of W = W_UNITS * W_ALIGN columns (module doc)."""
+    W = W_UNITS * W_ALIGN
     _, ch, plane_ok, plane_offs, cols, tile_ok, first, last = _program_tile(C, H, W, n_planes, run_rows, BLOCK_P,
                                                                             BLOCK_W)
     taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)
@@ -181,13 +186,14 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, n_planes, run_rows, K: tl.c
 
 
 @triton.jit
-def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W, n_planes, run_rows, n_parts,
+def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W_UNITS, n_planes, run_rows, n_parts,
                  K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
-                 BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+                 W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     """gz = dy * act'(z) for output rows [first, first + run_rows) of the tile (written with an activation only),
     and each plane's partial sums over them of the weight gradient (entries 0 .. K*K-1, tap i*K + j) and of the
     bias gradient (entry K*K), in row ``part`` = run * column blocks + column block of ``partial_ptr``
-    (n_planes, n_parts, K*K + 1)."""
+    (n_planes, n_parts, K*K + 1). Rows of W = W_UNITS * W_ALIGN columns."""
+    W = W_UNITS * W_ALIGN
     n, ch, plane_ok, plane_offs, cols, tile_ok, first, last = _program_tile(C, H, W, n_planes, run_rows, BLOCK_P,
                                                                             BLOCK_W)
     if ACT != 0:
@@ -258,8 +264,9 @@ def _grad_tiling(x: torch.Tensor, k: int):
 def _launch_fwd(x, weight, bias, y, residual, act_code):
     b, c, h, w = x.shape
     warps, block_p, block_w, run_rows, grid = _fwd_tiling(x, weight.shape[-1])
-    launch(_fwd_kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w, b * c, run_rows,
-           K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual,
+    w_align = power_of_two_factor(w)
+    launch(_fwd_kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w // w_align, b * c, run_rows,
+           K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual, W_ALIGN=w_align,
            BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
 
 
@@ -289,9 +296,10 @@ def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
     gz = torch.empty(x.shape if activation != 'none' else (0, ), dtype=dy.dtype, device=x.device)
     n_parts = grid[1] * grid[2]
     partial = torch.empty(b * c, n_parts, k * k + 1, dtype=torch.float32, device=x.device)
-    launch(_grad_kernel, grid, x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w, b * c,
-           run_rows, n_parts, K=k, ACT=_ACT_CODES[activation], HAS_BIAS=bias is not None, RESIDUAL=residual,
-           BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
+    w_align = power_of_two_factor(w)
+    launch(_grad_kernel, grid, x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w // w_align,
+           b * c, run_rows, n_parts, K=k, ACT=_ACT_CODES[activation], HAS_BIAS=bias is not None,
+           RESIDUAL=residual, W_ALIGN=w_align, BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
     sums = partial.view(b, c, n_parts, k * k + 1).sum((0, 2))
     # Copies: a custom op's outputs may not be views of one another.
     dweight = sums[:, :k * k].reshape(weight.shape).to(weight.dtype, copy=True)
