@@ -19,11 +19,10 @@ convs at 3136 and 784 positions: 1.30-2.59x cuDNN's convolution with its bias an
 (``tools/gpu_checks/check_pointwise_conv.py --only bench``).
 
 Vector loads need row strides that are multiples of 16 bytes, and Triton knows an integer argument's
-divisibility only by 16: the position count (196 at 14 x 14) and the weight's row stride (SparX-S / B's 328,
-396, 636 channels) are passed divided by their largest power-of-two factor up to 8 (``P_ALIGN``, ``W_ALIGN``;
-``triton_launch.power_of_two_factor``) and multiplied back in the kernel, so the compiler sees that factor.
-(The input-channel count bounds the weight rows' loads too: where it is no multiple of 16, as SparX-S / B's
-are, the TF32 kernel still copies the weight rows 4 bytes at a time.)
+divisibility only by 16: the position count (196 at 14 x 14), the input channels (whose bound masks the weight
+rows' loads) and the weight's row stride (SparX-S / B's 328, 396, 636 channels) are passed divided by their
+largest power-of-two factor up to 8 (``P_ALIGN``, ``CIN_ALIGN``, ``W_ALIGN``; ``triton_launch.power_of_two_factor``)
+and multiplied back in the kernel, so the compiler sees that factor.
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1`` (Triton's
 CPU interpreter, which the CPU tests use).
@@ -91,13 +90,14 @@ def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_pt
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN, COUT, P_UNITS, W_STRIDE_UNITS,
+def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS, W_STRIDE_UNITS,
                 HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                DOT: tl.constexpr, P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr,
-                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+                DOT: tl.constexpr, CIN_ALIGN: tl.constexpr, P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr,
+                BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[b, co, p] = sum_ci w[co, ci] x[b, ci, p] + bias[co] + skip[b, co, p] * scale[co] + shift[co]; float16,
-    bfloat16 or exact float32 products (``DOT``). P = P_UNITS * P_ALIGN positions, weight rows W_STRIDE_UNITS *
-    W_ALIGN apart (module doc)."""
+    bfloat16 or exact float32 products (``DOT``). CIN = CIN_UNITS * CIN_ALIGN input channels, P = P_UNITS *
+    P_ALIGN positions, weight rows W_STRIDE_UNITS * W_ALIGN apart (module doc)."""
+    CIN = CIN_UNITS * CIN_ALIGN
     P = P_UNITS * P_ALIGN
     W_STRIDE = W_STRIDE_UNITS * W_ALIGN
     offs_co, co_ok, offs_p, p_ok, sample, x_sample = _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO, BLOCK_P)
@@ -120,12 +120,13 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN, CO
 
 
 @triton.jit
-def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN, COUT, P_UNITS, W_STRIDE_UNITS,
-                     HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                     HAS_SHIFT: tl.constexpr, P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
+                     W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
+                     HAS_SHIFT: tl.constexpr, CIN_ALIGN: tl.constexpr, P_ALIGN: tl.constexpr,
+                     W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     """``_fwd_kernel``'s result for float32 tensors with TF32 products, as acc (BLOCK_P, BLOCK_CO) = x^T @ w^T,
     x rounded to TF32 in registers (module doc)."""
+    CIN = CIN_UNITS * CIN_ALIGN
     P = P_UNITS * P_ALIGN
     W_STRIDE = W_STRIDE_UNITS * W_ALIGN
     offs_co, co_ok, offs_p, p_ok, sample, x_sample = _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO, BLOCK_P)
@@ -176,14 +177,14 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
     weight = weight.view(cout, cin)
     if WEIGHT_ROW_ALIGN and conv_dtype != torch.float32 and cin % WEIGHT_ROW_ALIGN:
         weight = torch.nn.functional.pad(weight.to(conv_dtype), (0, -cin % WEIGHT_ROW_ALIGN))
-    p_align, w_align = power_of_two_factor(positions), power_of_two_factor(weight.stride(0))
+    cin_align, p_align, w_align = (power_of_two_factor(n) for n in (cin, positions, weight.stride(0)))
     dummy = weight
     kernel, dot = (_fwd_tf32_kernel, {}) if tf32 else (_fwd_kernel, dict(DOT=_DOT_CODES[conv_dtype]))
     launch(kernel, grid, x, weight, dummy if bias is None else bias, dummy if skip is None else skip,
            dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift, y,
-           cin, cout, positions // p_align, weight.stride(0) // w_align, HAS_BIAS=bias is not None,
+           cin // cin_align, cout, positions // p_align, weight.stride(0) // w_align, HAS_BIAS=bias is not None,
            HAS_SKIP=skip is not None, HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
-           P_ALIGN=p_align, W_ALIGN=w_align, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k,
+           CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=w_align, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k,
            num_warps=warps, num_stages=stages, **dot)
 
 
