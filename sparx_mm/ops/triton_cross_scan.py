@@ -18,6 +18,11 @@ Nothing is accumulated across programs (no atomics, deterministic): each writes 
 channels, its channel block's sums of the B and C gradients and its sample's sums of dA, dD and d dt_bias;
 the dt projection's two gradients are GEMMs over the raw-dt gradient after the kernel.
 
+The sequence length (and the plane transposes' H and W) are passed divided by their largest power-of-two factor
+up to 8 (``L_ALIGN``, ``H_ALIGN``, ``W_ALIGN``, multiplied back in the kernels;
+``triton_launch.power_of_two_factor``): Triton specialises integers on divisibility by 16 only, and with the
+factor known a 14 x 14 map's sequences (196 positions) are read and written with vector accesses.
+
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
 """
@@ -28,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
-from .triton_launch import cdiv, launch, next_power_of_2
+from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
 from .triton_scan import _chunk_adjoint_of_route, _chunk_states, _chunk_states_reversed, _last_column
 
@@ -237,9 +242,10 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
 
 @triton.jit
 def _cross_scan_fwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, states_ptr,
-                           Dm, L, num_d_blocks, num_chunks,
-                           ROUTES: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
+                           Dm, L_UNITS, num_d_blocks, num_chunks,
+                           ROUTES: tl.constexpr, R: tl.constexpr, N: tl.constexpr, L_ALIGN: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, R_PAD: tl.constexpr):
+    L = L_UNITS * L_ALIGN  # the sequence length, its power-of-two factor known to the compiler (module doc)
     b, pair, d, mask_d, rows, seq_ptr, pair_rows = _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D)
     for n in tl.static_range(N):
         _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows, pair, b, d, mask_d,
@@ -317,9 +323,10 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
 @triton.jit
 def _cross_scan_bwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, dyt_ptr, states_ptr,
                            dx_ptr, ddt_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr,
-                           Dm, L, num_d_blocks, num_chunks,
-                           ROUTES: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
+                           Dm, L_UNITS, num_d_blocks, num_chunks,
+                           ROUTES: tl.constexpr, R: tl.constexpr, N: tl.constexpr, L_ALIGN: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    L = L_UNITS * L_ALIGN
     b, pair, d, mask_d, rows, seq_ptr, pair_rows = _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D)
     d_block = tl.program_id(0) % num_d_blocks
     dy_ptr = _as_pair_reads(pair, dy_ptr, dyt_ptr)  # every route of the pair sums into y: the same dy
@@ -342,8 +349,9 @@ def _launch_config(x, dt_weight, A, routes, block_l, block_d, warps):
     batch, channels, height, width = x.shape
     num_d_blocks = cdiv(channels, block_d)
     length = height * width
-    meta = dict(Dm=channels, L=length, num_d_blocks=num_d_blocks, num_chunks=cdiv(length, block_l),
-                ROUTES=routes, R=dt_weight.shape[2], N=A.shape[1], BLOCK_D=block_d, BLOCK_L=block_l,
+    l_align = power_of_two_factor(length)
+    meta = dict(Dm=channels, L_UNITS=length // l_align, num_d_blocks=num_d_blocks, num_chunks=cdiv(length, block_l),
+                L_ALIGN=l_align, ROUTES=routes, R=dt_weight.shape[2], N=A.shape[1], BLOCK_D=block_d, BLOCK_L=block_l,
                 num_warps=warps)
     return meta, (_num_pairs(routes) * num_d_blocks, batch)
 
@@ -360,12 +368,15 @@ def _to_route_order(t: torch.Tensor, routes: int, height: int, width: int) -> to
 
 
 @triton.jit
-def _plane_transpose_kernel(src_ptr, add_ptr, out_ptr, H, W, HAS_ADD: tl.constexpr, BLOCK_H: tl.constexpr,
+def _plane_transpose_kernel(src_ptr, add_ptr, out_ptr, H_UNITS, W_UNITS, HAS_ADD: tl.constexpr,
+                            H_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_H: tl.constexpr,
                             BLOCK_W: tl.constexpr):
     """out[n, w, h] = src[n, h, w] (+ add[n, w, h]) for planes n of (N, H, W) maps: a BLOCK_H x BLOCK_W tile read
     along rows of ``src`` and written along rows of ``out``, transposed in between (both sides coalesced; torch's
     copy of a transposed view reads or writes one element a sector), in float32 when adding, stored in out's
-    dtype."""
+    dtype. H = H_UNITS * H_ALIGN, W = W_UNITS * W_ALIGN (module doc)."""
+    H = H_UNITS * H_ALIGN
+    W = W_UNITS * W_ALIGN
     n = tl.program_id(0).to(tl.int64)  # planes on the first grid axis: B*C passes the others' 65535
     hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     ws = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
@@ -388,8 +399,10 @@ def _plane_transpose(src: torch.Tensor, add: Optional[torch.Tensor] = None,
     block_h, block_w = min(32, next_power_of_2(h)), min(32, next_power_of_2(w))
     grid = (src.numel() // max(h * w, 1), cdiv(h, block_h), cdiv(w, block_w))
     if out.numel():
-        launch(_plane_transpose_kernel, grid, src, out if add is None else add, out, h, w,
-               HAS_ADD=add is not None, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4)
+        h_align, w_align = power_of_two_factor(h), power_of_two_factor(w)
+        launch(_plane_transpose_kernel, grid, src, out if add is None else add, out, h // h_align, w // w_align,
+               HAS_ADD=add is not None, H_ALIGN=h_align, W_ALIGN=w_align, BLOCK_H=block_h, BLOCK_W=block_w,
+               num_warps=4)
     return out
 
 

@@ -19,6 +19,10 @@ mean_M(g * xhat) and each channel's d weight and d bias (sums of dy * xhat and d
 no atomics); then dx = rstd * (g - mean_M(g) - xhat * mean_M(g * xhat)). The backward pass reads x and the
 per-sample mean and rstd saved by the forward pass, not its output.
 
+The column count is passed divided by its largest power-of-two factor up to 8 (``S_ALIGN``, multiplied back in
+the kernels; ``triton_launch.power_of_two_factor``): Triton specialises integers on divisibility by 16 only, and
+with the factor known a 14 x 14 map's rows (196 columns) are read and written with vector accesses.
+
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
 """
@@ -30,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
-from .triton_launch import cdiv, launch, next_power_of_2
+from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
 
 #: (elements per program tile, warps) of the two reduction kernels (row moments, gradient row sums) and of the
@@ -66,10 +70,11 @@ def _tile_offsets(r, mask_r, c, S):
 
 
 @triton.jit
-def _row_moments_kernel(x_ptr, moments_ptr, rows, C, S, chunks_per_split,
-                        BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+def _row_moments_kernel(x_ptr, moments_ptr, rows, C, S_UNITS, chunks_per_split,
+                        S_ALIGN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
     """Mean and M2 of the columns of split ``program_id(1)`` of BLOCK_R rows, stored at [0, row, split] and
     [1, row, split] of the (2, rows, splits) float32 ``moments``."""
+    S = S_UNITS * S_ALIGN
     r, mask_r, _, _ = _row_block(tl.program_id(0), rows, C, BLOCK_R)
     split = tl.program_id(1)
     start = split * chunks_per_split * BLOCK_S
@@ -128,10 +133,11 @@ def _sample_stats_kernel(moments_ptr, stats_ptr, C, S, splits, split_len, inv_m,
 
 
 @triton.jit
-def _normalize_kernel(x_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, rows, C, S, col_blocks,
-                      HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _normalize_kernel(x_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, rows, C, S_UNITS, col_blocks,
+                      S_ALIGN: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                       BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
     """y = (x - mean) * rstd * weight + bias on one (BLOCK_R, BLOCK_S) tile, written in y's dtype."""
+    S = S_UNITS * S_ALIGN
     r, mask_r, sample, channel = _row_block(tl.program_id(0) // col_blocks, rows, C, BLOCK_R)
     c = (tl.program_id(0) % col_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
     offsets, mask = _tile_offsets(r, mask_r, c, S)
@@ -149,10 +155,11 @@ def _normalize_kernel(x_ptr, y_ptr, w_ptr, b_ptr, stats_ptr, rows, C, S, col_blo
 
 
 @triton.jit
-def _grad_row_sums_kernel(x_ptr, dy_ptr, stats_ptr, sums_ptr, rows, C, S, chunks_per_split,
-                          BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+def _grad_row_sums_kernel(x_ptr, dy_ptr, stats_ptr, sums_ptr, rows, C, S_UNITS, chunks_per_split,
+                          S_ALIGN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
     """Sums of dy and dy * xhat over the columns of split ``program_id(1)`` of BLOCK_R rows, stored at
     [0, row, split] and [1, row, split] of the (2, rows, splits) float32 ``sums``."""
+    S = S_UNITS * S_ALIGN
     r, mask_r, sample, _ = _row_block(tl.program_id(0), rows, C, BLOCK_R)
     split = tl.program_id(1)
     start = split * chunks_per_split * BLOCK_S
@@ -234,9 +241,11 @@ def _grad_reduce_kernel(sums_ptr, w_ptr, terms_ptr, dparams_ptr, B, C, splits, i
 
 
 @triton.jit
-def _grad_input_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, stats_ptr, terms_ptr, rows, C, S, col_blocks,
-                       HAS_WEIGHT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+def _grad_input_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, stats_ptr, terms_ptr, rows, C, S_UNITS, col_blocks,
+                       S_ALIGN: tl.constexpr, HAS_WEIGHT: tl.constexpr, BLOCK_R: tl.constexpr,
+                       BLOCK_S: tl.constexpr):
     """dx = rstd * (dy * weight - mean_M(g) - xhat * mean_M(g * xhat)) on one tile, written in dx's dtype."""
+    S = S_UNITS * S_ALIGN
     r, mask_r, sample, channel = _row_block(tl.program_id(0) // col_blocks, rows, C, BLOCK_R)
     c = (tl.program_id(0) % col_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
     offsets, mask = _tile_offsets(r, mask_r, c, S)
@@ -292,15 +301,16 @@ def _group_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optio
     rows = batch * channels
     block_r, block_s, row_blocks, splits, per_split = _reduce_layout(rows, cols)
     moments = torch.empty(2, rows * splits, device=x.device, dtype=torch.float32)  # partial means and M2
-    launch(_row_moments_kernel, (row_blocks, splits), x, moments, rows, channels, cols, per_split,
-           BLOCK_R=block_r, BLOCK_S=block_s, num_warps=REDUCE_TILING[1])
+    s_align = power_of_two_factor(cols)
+    launch(_row_moments_kernel, (row_blocks, splits), x, moments, rows, channels, cols // s_align, per_split,
+           S_ALIGN=s_align, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=REDUCE_TILING[1])
     stats = torch.empty(2, batch, device=x.device, dtype=torch.float32)
     launch(_sample_stats_kernel, (batch,), moments, stats, channels, cols, splits, per_split * block_s,
            1.0 / (channels * cols), eps, BLOCK=SAMPLE_TILING[0], num_warps=SAMPLE_TILING[1])
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
     grid, meta = _elementwise_launch(rows, cols)
-    launch(_normalize_kernel, grid, x, y, weight, bias, stats, rows, channels, cols,
-           HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **meta)
+    launch(_normalize_kernel, grid, x, y, weight, bias, stats, rows, channels, cols // s_align,
+           S_ALIGN=s_align, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **meta)
     return y, stats
 
 
@@ -316,8 +326,9 @@ def _group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Te
     f32 = dict(device=x.device, dtype=torch.float32)
     block_r, block_s, row_blocks, splits, per_split = _reduce_layout(rows, cols)
     sums = torch.empty(2, rows * splits, **f32)  # partial sums of dy and dy * xhat
-    launch(_grad_row_sums_kernel, (row_blocks, splits), x, dy, stats, sums, rows, channels, cols, per_split,
-           BLOCK_R=block_r, BLOCK_S=block_s, num_warps=REDUCE_TILING[1])
+    s_align = power_of_two_factor(cols)
+    launch(_grad_row_sums_kernel, (row_blocks, splits), x, dy, stats, sums, rows, channels, cols // s_align,
+           per_split, S_ALIGN=s_align, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=REDUCE_TILING[1])
     terms = torch.empty(2, batch, **f32)
     dparams = torch.empty(2, channels, **f32)
     block, warps = SAMPLE_TILING
@@ -327,8 +338,8 @@ def _group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Te
            HAS_WEIGHT=weight is not None, BLOCK=block, BLOCK_K=block // block_c, BLOCK_C=block_c, num_warps=warps)
     dx = torch.empty_like(x)
     grid, meta = _elementwise_launch(rows, cols)
-    launch(_grad_input_kernel, grid, x, dy, dx, weight, stats, terms, rows, channels, cols,
-           HAS_WEIGHT=weight is not None, **meta)
+    launch(_grad_input_kernel, grid, x, dy, dx, weight, stats, terms, rows, channels, cols // s_align,
+           S_ALIGN=s_align, HAS_WEIGHT=weight is not None, **meta)
     return dx, dparams
 
 

@@ -54,3 +54,70 @@ def test_float16_kernel_reads_a_196_position_map_with_vector_copies():
     assert copies.get('cp.async 8', 0) > 0 and copies.get('ld.global.b16', 0) <= 1, copies
     unaligned = global_copies(_ptx(tpc._fwd_kernel, 'fp16', 196, 400, dict(DOT=0, P_ALIGN=1)))  # as above
     assert unaligned.get('ld.global.b16', 0) > 32, unaligned
+
+
+def _fp32_pointers(*names):
+    return {name: '*fp32' for name in names}
+
+
+def test_cross_scan_reads_a_196_position_sequence_with_vector_accesses():
+    """The fused scan's forward kernel at SparX-T's stage 3 (196 positions, rank 20, the tensor-core dt
+    projection): vector loads and stores of the sequences with the length's factor 4 known; the control
+    without it goes element by element."""
+    from sparx_mm.ops import triton_cross_scan as tcs
+    pointers = ('x_ptr', 'xt_ptr', 'proj_ptr', 'w_ptr', 'A_ptr', 'D_ptr', 'bias_ptr', 'y_ptr', 'states_ptr')
+    arg_types = dict(_fp32_pointers(*pointers), Dm='i32', L_UNITS='i32', num_d_blocks='i32', num_chunks='i32')
+
+    def copies(l_align):
+        constexprs = dict(ROUTES=4, R=20, N=1, L_ALIGN=l_align, BLOCK_D=16, BLOCK_L=32, R_PAD=32)
+        return global_copies(hopper_ptx(tcs._cross_scan_fwd_kernel, arg_types, constexprs, pointers + ('Dm', ),
+                                        num_warps=4, num_stages=1))
+
+    aligned, control = copies(4), copies(1)
+    assert aligned.get('ld.global.v4.b32', 0) >= 8 and aligned.get('st.global.v4.b32', 0) >= 2, aligned
+    assert aligned.get('ld.global.b32', 0) < control.get('ld.global.b32', 0) // 2, (aligned, control)
+
+
+def test_group_norm_and_plane_transpose_rows_of_196_are_vector_accesses():
+    """GroupNorm's normalise kernel on 196-column rows, and the plane transpose of 14 x 14 planes: vector accesses
+    with the factors known, scalar ones in the controls."""
+    from sparx_mm.ops import triton_cross_scan as tcs
+    from sparx_mm.ops import triton_group_norm as tgn
+    arg_types = dict(_fp32_pointers('x_ptr', 'y_ptr', 'w_ptr', 'b_ptr', 'stats_ptr'), rows='i32', C='i32',
+                     S_UNITS='i32', col_blocks='i32')
+
+    def normalise(s_align):
+        constexprs = dict(S_ALIGN=s_align, HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_R=4, BLOCK_S=256)
+        return global_copies(hopper_ptx(tgn._normalize_kernel, arg_types, constexprs,
+                                        ('x_ptr', 'y_ptr', 'w_ptr', 'b_ptr', 'stats_ptr', 'C')))
+
+    aligned, control = normalise(4), normalise(1)
+    assert aligned.get('st.global.v4.b32', 0) > 0 and control.get('st.global.v4.b32', 0) == 0, (aligned, control)
+
+    arg_types = dict(_fp32_pointers('src_ptr', 'add_ptr', 'out_ptr'), H_UNITS='i32', W_UNITS='i32')
+
+    def transpose(align):
+        constexprs = dict(HAS_ADD=True, H_ALIGN=align, W_ALIGN=align, BLOCK_H=16, BLOCK_W=16)
+        return global_copies(hopper_ptx(tcs._plane_transpose_kernel, arg_types, constexprs,
+                                        ('src_ptr', 'add_ptr', 'out_ptr')))
+
+    aligned, control = transpose(2), transpose(1)
+    vectors = sum(n for name, n in aligned.items() if '.v2.' in name or '.v4.' in name)
+    assert vectors > 0 and not any('.v2.' in name or '.v4.' in name for name in control), (aligned, control)
+
+
+def test_depthwise_rows_of_56_columns_are_vector_accesses():
+    """The depthwise forward kernel (3 x 3, GELU) on 56-column rows: the unshifted loads and the stores are
+    vector accesses with the row length's factor 8 known; the control stores element by element."""
+    from sparx_mm.ops import triton_depthwise_conv as tdc
+    arg_types = dict(_fp32_pointers('x_ptr', 'w_ptr', 'b_ptr', 'y_ptr'), C='i32', H='i32', W_UNITS='i32',
+                     n_planes='i32', run_rows='i32')
+
+    def copies(w_align):
+        constexprs = dict(K=3, ACT=1, HAS_BIAS=True, RESIDUAL=False, W_ALIGN=w_align, BLOCK_P=8, BLOCK_W=64)
+        return global_copies(hopper_ptx(tdc._fwd_kernel, arg_types, constexprs,
+                                        ('x_ptr', 'w_ptr', 'b_ptr', 'y_ptr', 'C', 'n_planes')))
+
+    aligned, control = copies(8), copies(1)
+    assert aligned.get('st.global.v4.b32', 0) > 0 and control.get('st.global.v4.b32', 0) == 0, (aligned, control)
+    assert aligned.get('ld.global.v4.b32', 0) > 0, aligned
