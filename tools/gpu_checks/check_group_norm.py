@@ -34,7 +34,7 @@ TOL = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 CHECK_CASES = [((2, 5, 7, 9), 0.0, True), ((1, 3, 1, 1), 0.0, True), ((3, 8, 33), 0.0, True), ((2, 16), 0.0, True),
                ((4, 37, 13, 11), 0.0, True), ((2, 96, 56, 56), 0.0, True), ((3, 512, 7, 7), 0.0, True),
                ((1, 64, 200, 333), 0.0, True), ((1, 7, 70001), 0.0, True), ((2, 320, 14, 14), 100.0, True),
-               ((2, 65, 9, 9), 0.0, False)]
+               ((2, 65, 9, 9), 0.0, False), ((2, 6, 5, 2), 0.0, True)]  # the last: 10 columns, a factor of 2
 AUTOCAST = (None, torch.float16, torch.bfloat16)
 # SparX-T's norm sizes (channels, H, W) at 224 x 224.
 BENCH_SIZES = [(96, 56, 56), (192, 28, 28), (320, 14, 14), (512, 7, 7)]

@@ -44,7 +44,8 @@ DTYPE_MODES = {'float32': (torch.float32, None, False), 'float32 tf32': (torch.f
 CHECK_SHAPES = [(2, 96, 192, 56, 56, True, None), (2, 192, 96, 56, 56, True, 'plain'),
                 (3, 320, 1280, 14, 14, True, None), (2, 1280, 320, 14, 14, True, 'both'),
                 (4, 512, 2048, 7, 7, True, 'scale'), (3, 2048, 512, 7, 7, True, 'both'),
-                (2, 37, 70, 9, 13, False, 'shift'), (5, 1, 3, 1, 1, True, 'both'), (2, 200, 33, 150, 3, True, 'plain')]
+                (2, 37, 70, 9, 13, False, 'shift'), (5, 1, 3, 1, 1, True, 'both'), (2, 200, 33, 150, 3, True, 'plain'),
+                (2, 396, 792, 14, 14, True, 'both'), (2, 38, 20, 6, 5, True, None)]  # Cin with factors 4 and 2
 #: Stage widths of SparX-T / S / B.
 ARCH_DIMS = dict(t=(96, 192, 320, 512), s=(96, 192, 328, 544), b=(120, 240, 396, 636))
 
