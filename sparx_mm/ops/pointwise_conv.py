@@ -135,8 +135,8 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     (CUDA tensors; float32 / float16 / bfloat16 inputs), 'reference' the torch composition. Automatic: Triton for
     CUDA tensors when triton is installed and the map is of a size where the kernel measured faster than cuDNN
     (:func:`triton_is_faster`), else the reference; float64 inputs take the
-    reference. The backward pass is cuDNN's (the convolution's input and weight gradients) plus the skip path's
-    sums.
+    reference. The Triton path's backward pass runs Triton kernels for the convolution's input, weight and bias
+    gradients (NCHW throughout) and torch ops for the skip path's.
 
     Shapes: x (B, Cin, H, W), weight (Cout, Cin, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
     (B, Cout, H, W) or None -> (B, Cout, H, W), in the dtype of the module doc's rule; gradients come back in

@@ -1,4 +1,4 @@
-"""Triton kernels of :func:`sparx_mm.ops.pointwise_conv2d` (forward; the backward pass is cuDNN's and torch's).
+"""Triton kernels of :func:`sparx_mm.ops.pointwise_conv2d`, forward and backward.
 
 Each program computes a (BLOCK_CO output channels) x (BLOCK_P positions) tile of one sample's output as the
 GEMM ``weight (Cout, Cin) @ x[b] (Cin, H*W)``: x[b] is already a row-major (Cin, H*W) matrix in NCHW order, so
@@ -24,9 +24,19 @@ rows' loads) and the weight's row stride (SparX-S / B's 328, 396, 636 channels) 
 largest power-of-two factor up to 8 (``P_ALIGN``, ``CIN_ALIGN``, ``W_ALIGN``; ``triton_launch.power_of_two_factor``)
 and multiplied back in the kernel, so the compiler sees that factor.
 
+The backward pass stays in NCHW order too (cuDNN's convolution backward converts dy and x to NHWC and back: 7.5
+ms of a SparX-T fp16 training step's 138.6 on an H200, docs/benchmarks.md). dx = weight^T @ dy[b] is the forward
+kernel run on dy with the transposed weight. The weight and bias gradients, sums over samples and positions, come
+from ``_wgrad_kernel``: a program per output tile and split of the batch, dy and x tiles read with the positions
+(the product's K) contiguous, which is how Hopper's tensor cores take both operands, TF32 included; the splits'
+float32 partial sums are added after it (deterministic, no atomics). Its tiling and the backward's speed against
+cuDNN's are not yet measured on a GPU (``tools/gpu_checks/check_pointwise_conv.py --only bench wgrad-sweep``).
+The skip path's gradients are elementwise torch ops.
+
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1`` (Triton's
 CPU interpreter, which the CPU tests use).
 """
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -41,6 +51,11 @@ from .triton_op import TritonOp
 _DOT_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 #: Set to (BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) to override :func:`tiling` (tuning and tests).
 TILING_OVERRIDE: Optional[Tuple[int, int, int, int, int]] = None
+#: Set to (BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages) to override :func:`wgrad_tiling` (tuning and tests).
+WGRAD_TILING_OVERRIDE: Optional[Tuple[int, int, int, int, int]] = None
+#: The backward pass: 'triton' (``_pointwise_bwd``) or 'cudnn' (the convolution's own backward, to compare:
+#: ``tools/gpu_checks/check_pointwise_conv.py --only bench`` times both).
+BACKWARD = 'triton'
 #: Largest number of position blocks of a launch (a CUDA grid's y extent).
 _MAX_GRID_Y = 65535
 #: float16 / bfloat16 products: weight rows are padded (a copy in the convolution dtype) to a multiple of this
@@ -143,6 +158,57 @@ def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CI
                              shift_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT)
 
 
+@triton.jit
+def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr, CIN, COUT, P_UNITS, SAMPLES, SAMPLES_PER_SPLIT,
+                  HAS_BIAS: tl.constexpr, DOT: tl.constexpr, P_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr,
+                  BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr):
+    """One split of the samples' share of the weight (and bias) gradients, float32:
+    dw[split, co, ci] = sum over its samples b and positions p of dy[b, co, p] x[b, ci, p], and (HAS_BIAS; stored
+    by the first input-channel block's programs) db[split, co] = sum dy[b, co, p]. Both operands are read in NCHW
+    order with the positions, the product's K, contiguous: the K-major tiles Hopper's tensor cores take, TF32
+    included. Products in the convolution dtype (``DOT``: 0 float16, 1 bfloat16, 2 exact float32, 3 TF32), dy cast
+    to it before the bias sums too (as the convolution's backward sums its cast dy)."""
+    P = P_UNITS * P_ALIGN
+    offs_co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    offs_ci = tl.program_id(1) * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    split = tl.program_id(2)
+    co_ok = offs_co < COUT
+    ci_ok = offs_ci < CIN
+    offs_p = tl.arange(0, BLOCK_P)
+    first = split * SAMPLES_PER_SPLIT
+    chunks = tl.cdiv(P, BLOCK_P)
+    acc = tl.zeros((BLOCK_CO, BLOCK_CI), tl.float32)
+    bias_acc = tl.zeros((BLOCK_CO, ), tl.float32)
+    # One loop over (sample, position chunk) pairs, which the compiler pipelines as one K loop.
+    for step in range(tl.minimum(SAMPLES_PER_SPLIT, SAMPLES - first) * chunks):
+        sample = (first + step // chunks).to(tl.int64)  # element offsets of large batches pass 2**31
+        ps = (step % chunks) * BLOCK_P + offs_p
+        p_ok = ps < P
+        dyt = tl.load(dy_ptr + sample * COUT * P + offs_co[:, None] * P + ps[None, :],
+                      mask=co_ok[:, None] & p_ok[None, :], other=0.0)
+        xt = tl.load(x_ptr + sample * CIN * P + offs_ci[None, :] * P + ps[:, None],
+                     mask=ci_ok[None, :] & p_ok[:, None], other=0.0)
+        if DOT == 0:
+            dyt = dyt.to(tl.float16)
+            acc = tl.dot(dyt, xt.to(tl.float16), acc)
+        elif DOT == 1:
+            dyt = dyt.to(tl.bfloat16)
+            acc = tl.dot(dyt, xt.to(tl.bfloat16), acc)
+        elif DOT == 2:
+            dyt = dyt.to(tl.float32)
+            acc = tl.dot(dyt, xt.to(tl.float32), acc, input_precision='ieee')
+        else:
+            dyt = dyt.to(tl.float32)
+            acc = tl.dot(dyt, xt.to(tl.float32), acc, input_precision='tf32')
+        if HAS_BIAS:
+            bias_acc += tl.sum(dyt.to(tl.float32), axis=1)
+    rows = split.to(tl.int64) * COUT + offs_co
+    tl.store(dw_ptr + rows[:, None] * CIN + offs_ci[None, :], acc, mask=co_ok[:, None] & ci_ok[None, :])
+    if HAS_BIAS:
+        if tl.program_id(1) == 0:
+            tl.store(db_ptr + rows, bias_acc, mask=co_ok)
+
+
 def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype,
            tf32: bool = False) -> Tuple[int, int, int, int, int]:
     """(BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) for a (Cout, Cin) x (Cin, positions) product.
@@ -164,7 +230,17 @@ def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype,
     return (128, 128, 64, 4, 3) if positions >= 128 else (128, 64, 64, 8, 3)
 
 
+def _weight_rows(weight: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
+    """A (Cout, Cin) weight matrix (any strides) as the kernels read it: rows contiguous; for 16-bit products
+    rows that are not WEIGHT_ROW_ALIGN elements long are padded, in a copy in the convolution dtype."""
+    cin = weight.shape[1]
+    if WEIGHT_ROW_ALIGN and conv_dtype != torch.float32 and cin % WEIGHT_ROW_ALIGN:
+        return torch.nn.functional.pad(weight.to(conv_dtype), (0, -cin % WEIGHT_ROW_ALIGN))
+    return weight.contiguous()
+
+
 def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
+    """``_fwd_kernel`` or ``_fwd_tf32_kernel`` writing y; ``weight``: the (Cout, Cin) matrix, any strides."""
     b, cin, h, w = x.shape
     cout = weight.shape[0]
     positions = h * w
@@ -174,9 +250,7 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
     if grid[1] > _MAX_GRID_Y or b > _MAX_GRID_Y:
         raise ValueError(f'pointwise_conv2d_triton: a {h} x {w} map in batches of {b} needs a grid of {grid}, '
                          f'beyond CUDA\'s {_MAX_GRID_Y}; split the batch or use the reference implementation')
-    weight = weight.view(cout, cin)
-    if WEIGHT_ROW_ALIGN and conv_dtype != torch.float32 and cin % WEIGHT_ROW_ALIGN:
-        weight = torch.nn.functional.pad(weight.to(conv_dtype), (0, -cin % WEIGHT_ROW_ALIGN))
+    weight = _weight_rows(weight, conv_dtype)
     cin_align, p_align, w_align = (power_of_two_factor(n) for n in (cin, positions, weight.stride(0)))
     dummy = weight
     kernel, dot = (_fwd_tf32_kernel, {}) if tf32 else (_fwd_kernel, dict(DOT=_DOT_CODES[conv_dtype]))
@@ -188,6 +262,53 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
            num_warps=warps, num_stages=stages, **dot)
 
 
+def wgrad_tiling(cin: int, cout: int, conv_dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
+    """(BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages) of ``_wgrad_kernel``: the largest output tile the channel counts
+    fill, K chunks of 32 float32 / 64 16-bit positions (16 KB a stage and operand at 128 x 128).
+    Not yet tuned on a GPU (``tools/gpu_checks/check_pointwise_conv.py --only wgrad-sweep``)."""
+    if WGRAD_TILING_OVERRIDE is not None:
+        return WGRAD_TILING_OVERRIDE
+    block_co, block_ci = (128 if cout > 64 else 64), (128 if cin > 64 else 64)
+    block_p = 32 if conv_dtype == torch.float32 else 64
+    return block_co, block_ci, block_p, (8 if block_co * block_ci >= 128 * 128 else 4), 3
+
+
+@functools.lru_cache(maxsize=None)
+def _concurrent_programs(device: torch.device) -> int:
+    """Programs that keep the device busy: four a multiprocessor (132 on an H100 / H200) on CUDA, else a few."""
+    if device.type != 'cuda':
+        return 8
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def wgrad_splits(samples: int, tiles: int, device: torch.device) -> Tuple[int, int]:
+    """(samples a split, splits): the batch cut into as few splits as fill the device with ``tiles`` output tiles
+    each, every split a program per tile; the splits' partial sums are added after the kernel."""
+    splits = max(1, min(samples, cdiv(_concurrent_programs(device), tiles)))
+    per_split = cdiv(samples, splits)
+    return per_split, cdiv(samples, per_split)
+
+
+def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf32: bool,
+                  with_bias: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """dy (B, Cout, H, W) and x (B, Cin, H, W), contiguous -> the weight gradient (Cout, Cin) and the bias
+    gradient (Cout,) (empty without ``with_bias``), float32, summed over samples and positions."""
+    b, cin, h, w = x.shape
+    cout, positions = dy.shape[1], h * w
+    block_co, block_ci, block_p, warps, stages = wgrad_tiling(cin, cout, conv_dtype)
+    tiles = (cdiv(cout, block_co), cdiv(cin, block_ci))
+    per_split, splits = wgrad_splits(b, tiles[0] * tiles[1], x.device)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dw = torch.empty(splits, cout, cin, **f32)
+    db = torch.empty(splits, cout, **f32) if with_bias else dw
+    dot = 3 if conv_dtype == torch.float32 and tf32 else _DOT_CODES[conv_dtype]
+    p_align = power_of_two_factor(positions)
+    launch(_wgrad_kernel, tiles + (splits, ), dy, x, dw, db, cin, cout, positions // p_align, b, per_split,
+           HAS_BIAS=with_bias, DOT=dot, P_ALIGN=p_align, BLOCK_CO=block_co, BLOCK_CI=block_ci, BLOCK_P=block_p,
+           num_warps=warps, num_stages=stages)
+    return dw.sum(0), (db.sum(0) if with_bias else dw.new_empty(0))
+
+
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
 # an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _pointwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], skip: Optional[torch.Tensor],
@@ -196,7 +317,7 @@ def _pointwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     """x (B, Cin, H, W), weight (Cout, Cin, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
     (B, Cout, H, W) or None, all contiguous -> (B, Cout, H, W) in ``out_dtype``."""
     y = torch.empty((x.shape[0], weight.shape[0]) + tuple(x.shape[2:]), dtype=out_dtype, device=x.device)
-    _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32)
+    _launch(x, weight.view(weight.shape[:2]), bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32)
     return y
 
 
@@ -204,13 +325,48 @@ def _pointwise_fwd_fake(x, weight, bias, skip, skip_scale, skip_shift, conv_dtyp
     return x.new_empty((x.shape[0], weight.shape[0]) + tuple(x.shape[2:]), dtype=out_dtype)
 
 
+def _pointwise_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, conv_dtype: torch.dtype, tf32: bool,
+                   need_dx: bool, need_dweight: bool,
+                   need_dbias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The convolution's gradients, NCHW throughout (no layout conversions): dx (x's shape and dtype) = the
+    forward kernel on dy with the transposed weight; dweight (weight's shape, float32) and dbias (Cout,) float32
+    from ``_wgrad_kernel``. A gradient not asked for comes back as an empty tensor. dy, x: contiguous."""
+    cout, cin = weight.shape[:2]
+    dx = torch.empty(x.shape if need_dx else 0, dtype=x.dtype if need_dx else torch.float32, device=x.device)
+    if need_dx:
+        _launch(dy, weight.view(cout, cin).t(), None, None, None, None, dx, conv_dtype, tf32)
+    if not (need_dweight or need_dbias):
+        return dx, x.new_empty(0, dtype=torch.float32), x.new_empty(0, dtype=torch.float32)
+    dweight, dbias = _launch_wgrad(dy, x, conv_dtype, tf32, need_dbias)
+    return dx, (dweight.view(weight.shape) if need_dweight else x.new_empty(0, dtype=torch.float32)), dbias
+
+
+def _pointwise_bwd_fake(dy, x, weight, conv_dtype, tf32, need_dx, need_dweight, need_dbias):
+    def empty():  # one tensor each: outputs must not alias
+        return x.new_empty(0, dtype=torch.float32)
+    return (torch.empty_like(x) if need_dx else empty(),
+            weight.new_empty(weight.shape, dtype=torch.float32) if need_dweight else empty(),
+            weight.new_empty(weight.shape[0], dtype=torch.float32) if need_dbias else empty())
+
+
+_pointwise_bwd = TritonOp('sparx_mm::pointwise_conv_bwd', _pointwise_bwd, _pointwise_bwd_fake)
+
+
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, _, _ = inputs
+    x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, _, tf32 = inputs
     # skip is needed only for skip_scale's gradient; it is the block's residual stream, kept anyway.
     ctx.save_for_backward(x, weight, skip if skip_scale is not None else None, skip_scale)
-    ctx.conv_dtype = conv_dtype
+    ctx.conv_dtype, ctx.tf32 = conv_dtype, tf32
     # needs_input_grad is False for absent (None) inputs: only the dtypes of the present ones are kept.
     ctx.dtypes = tuple(None if t is None else t.dtype for t in (bias, skip, skip_shift))
+
+
+def _conv_grads_cudnn(dy, x, weight, conv_dtype, needs):
+    """dx, dweight, dbias as autograd runs them for the torch composition: cuDNN's convolution backward in the
+    convolution dtype (with NCHW <-> NHWC conversions around its GEMMs); None where not needed."""
+    return torch.ops.aten.convolution_backward(
+        dy.to(conv_dtype), x.to(conv_dtype), weight.to(conv_dtype), [weight.shape[0]] if needs[2] else None,
+        [1, 1], [0, 0], [1, 1], False, [0, 0], 1, list(needs))
 
 
 def _backward(ctx, dy):
@@ -219,14 +375,13 @@ def _backward(ctx, dy):
     needs = ctx.needs_input_grad
     dx = dweight = dbias = dskip = dscale = dshift = None
     if needs[0] or needs[1] or needs[2]:
-        # What autograd runs for the composition: cuDNN's convolution backward in the convolution dtype.
-        conv_dtype = ctx.conv_dtype
-        dx, dweight, dbias = torch.ops.aten.convolution_backward(
-            dy.to(conv_dtype), x.to(conv_dtype), weight.to(conv_dtype), [weight.shape[0]] if needs[2] else None,
-            [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [needs[0], needs[1], needs[2]])
-        dx = None if dx is None else dx.to(x.dtype)
-        dweight = None if dweight is None else dweight.to(weight.dtype)
-        dbias = None if dbias is None else dbias.to(bias_dtype)
+        if BACKWARD == 'triton':
+            dx, dweight, dbias = _pointwise_bwd(dy.contiguous(), x, weight, ctx.conv_dtype, ctx.tf32, *needs[:3])
+        else:
+            dx, dweight, dbias = _conv_grads_cudnn(dy, x, weight, ctx.conv_dtype, needs[:3])
+        dx = dx.to(x.dtype) if needs[0] else None
+        dweight = dweight.to(weight.dtype) if needs[1] else None
+        dbias = dbias.to(bias_dtype) if needs[2] else None
     if needs[3]:
         dskip = (dy if skip_scale is None else dy * skip_scale.view(1, -1, 1, 1)).to(skip_dtype)
     if needs[4]:

@@ -1,9 +1,9 @@
 """Run by test_pointwise_conv.py in a subprocess with TRITON_INTERPRET=1 (Triton's CPU interpreter must be
-switched on before the kernels are defined): the fused 1x1-conv Triton kernel against the reference, the output
-and the gradients of x, weight, bias, skip, skip_scale and skip_shift; then the custom op's registration and a
-torch.compile capture; then a small SparX-Mamba whose blocks fold their residuals into the kernel, against the
-same model on the reference path. Prints one line per case with its largest relative errors, then
-'WORST <error>' and exits non-zero when a check fails.
+switched on before the kernels are defined): the fused 1x1-conv Triton kernels against the reference, the output
+and the gradients of x, weight, bias, skip, skip_scale and skip_shift (the backward kernels, and cuDNN's backward
+for two cases); then the custom ops' registration and a torch.compile capture; then a small SparX-Mamba whose
+blocks fold their residuals into the kernel, against the same model on the reference path. Prints one line per
+case with its largest relative errors, then 'WORST <error>' and exits non-zero when a check fails.
 
 The interpreter has no bfloat16 matrix product (numpy has no bfloat16), so bfloat16 is checked on GPUs only
 (tools/gpu_checks/check_pointwise_conv.py)."""
@@ -40,6 +40,10 @@ CASES = [(2, 40, 24, 5, 7, True, None, 'tf32'),
 # Blocks smaller than every dimension of the cases (several K, channel and position blocks, masked edges), as
 # the default tilings are at SparX's sizes.
 SMALL_TILING = (16, 16, 16, 1, 1)
+#: The weight-gradient kernel's (BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages) likewise; with these SHORT_SPLIT_CASE's
+#: batch of 3 is cut in splits of two samples and one (six output tiles, eight programs wanted on the CPU).
+SMALL_WGRAD_TILING = (16, 16, 16, 1, 1)
+SHORT_SPLIT_CASE = (3, 40, 24, 5, 7, True, 'both', torch.float32)
 
 
 def round_to_tf32(t):
@@ -71,13 +75,19 @@ def relative_errors(case):
         torch.backends.cudnn.allow_tf32 = True
     y_ref = pointwise_conv2d_reference(*ref_leaves)
     y_expected = y_ref.detach()
-    if tf32:  # the gradients are cuDNN's convolution backward (exact on the CPU), of the unrounded inputs
-        with torch.no_grad():
-            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:])
     dy = torch.randn(y.shape, generator=g).to(y.dtype)
     present = [t for t in leaves if t is not None]
     grads = torch.autograd.grad(y, present, dy)
-    ref_grads = torch.autograd.grad(y_ref, [t for t in ref_leaves if t is not None], dy.float())
+    ref_grads = list(torch.autograd.grad(y_ref, [t for t in ref_leaves if t is not None], dy.float()))
+    if tf32 and tpc.BACKWARD == 'triton':
+        # The output and dx are the TF32 forward kernel's, which rounds its x (dx: of dy) to TF32 in registers;
+        # the interpreter's products are exact, so the weight gradient is too.
+        with torch.no_grad():
+            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:])
+            ref_grads[0] = torch.nn.grad.conv2d_input(inputs[0].shape, inputs[1], round_to_tf32(dy))
+    elif tf32:  # cuDNN's backward (exact on the CPU) of the unrounded inputs
+        with torch.no_grad():
+            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:])
     assert y.dtype == expected_dtype, (y.dtype, expected_dtype)
     assert all(gr.dtype == leaf.dtype for gr, leaf in zip(grads, present))
     names = [name for name, t in zip(NAMES[1:], leaves) if t is not None]
@@ -129,7 +139,7 @@ def check_tf32_rounding():
 
 
 def check_registration():
-    """torch.library.opcheck of the custom op (schema, fake tensors, autograd registration) and a torch.compile
+    """torch.library.opcheck of the custom ops (schema, fake tensors, autograd registration) and a torch.compile
     capture of forward + backward in one graph that matches eager."""
     g = torch.Generator().manual_seed(3)
     x, weight, bias = torch.randn(2, 20, 3, 4, generator=g), torch.randn(6, 20, 1, 1, generator=g), \
@@ -137,6 +147,11 @@ def check_registration():
     skip, scale, shift = torch.randn(2, 6, 3, 4, generator=g), torch.randn(6, generator=g), torch.randn(6, generator=g)
     leaves = [t.requires_grad_() for t in (x, weight, bias, skip, scale, shift)]
     report = torch.library.opcheck(tpc._pointwise_fwd.op, leaves + [torch.float32, torch.float32, False])
+    dy = torch.randn(2, 6, 3, 4, generator=g)
+    for needs in ((True, True, True), (False, True, False), (True, False, False)):
+        bwd_report = torch.library.opcheck(tpc._pointwise_bwd.op, [dy, x.detach(), weight.detach(), torch.float32,
+                                                                   False, *needs])
+        report = {**report, **{f'backward {needs} {k}': v for k, v in bwd_report.items()}}
     ok = set(report.values()) == {'SUCCESS'}
     print('OPCHECK', 'ok' if ok else report)
 
@@ -190,11 +205,16 @@ if __name__ == '__main__':
     for case in CASES:
         scaled, passed = run_case(case)
         worst, ok = max(worst, scaled), ok and passed
-    tpc.TILING_OVERRIDE = SMALL_TILING
-    for case in CASES[:2] + CASES[5:6] + CASES[7:8]:
+    tpc.TILING_OVERRIDE, tpc.WGRAD_TILING_OVERRIDE = SMALL_TILING, SMALL_WGRAD_TILING
+    for case in CASES[:2] + CASES[5:6] + CASES[7:8] + [SHORT_SPLIT_CASE]:
         scaled, passed = run_case(case, label='small tiles ')
         worst, ok = max(worst, scaled), ok and passed
-    tpc.TILING_OVERRIDE = None
+    tpc.TILING_OVERRIDE = tpc.WGRAD_TILING_OVERRIDE = None
+    tpc.BACKWARD = 'cudnn'  # the convolution's own backward, kept to compare against
+    for case in CASES[:1] + CASES[5:6]:
+        scaled, passed = run_case(case, label='cudnn backward ')
+        worst, ok = max(worst, scaled), ok and passed
+    tpc.BACKWARD = 'triton'
     ok = check_tf32_rounding() and ok
     ok = check_registration() and ok
     scaled, passed = check_model()

@@ -121,3 +121,31 @@ def test_depthwise_rows_of_56_columns_are_vector_accesses():
     aligned, control = copies(8), copies(1)
     assert aligned.get('st.global.v4.b32', 0) > 0 and control.get('st.global.v4.b32', 0) == 0, (aligned, control)
     assert aligned.get('ld.global.v4.b32', 0) > 0, aligned
+
+
+def _wgrad_ptx(dtype, positions, p_align):
+    """The weight-gradient kernel for SparX-T's stage-3 fc1 (320 -> 1280 channels) at ``positions`` with a bias,
+    its tiling, the position count passed divided by ``p_align``."""
+    torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
+    block_co, block_ci, block_p, warps, stages = tpc.wgrad_tiling(320, 1280, torch_dtype)
+    values = dict(CIN=320, COUT=1280, P_UNITS=positions // p_align, SAMPLES=128, SAMPLES_PER_SPLIT=15)
+    arg_types = dict(dy_ptr=f'*{dtype}', x_ptr=f'*{dtype}', dw_ptr='*fp32', db_ptr='*fp32',
+                     **{name: 'i32' for name in values})
+    constexprs = dict(HAS_BIAS=True, DOT=3 if dtype == 'fp32' else 0, P_ALIGN=p_align, BLOCK_CO=block_co,
+                      BLOCK_CI=block_ci, BLOCK_P=block_p)
+    aligned = ('dy_ptr', 'x_ptr', 'dw_ptr', 'db_ptr') + tuple(name for name, v in values.items() if v % 16 == 0)
+    return hopper_ptx(tpc._wgrad_kernel, arg_types, constexprs, aligned, warps, stages)
+
+
+def test_weight_gradient_kernel_reads_nchw_maps_onto_tensor_cores_with_vector_copies():
+    """The backward's weight-gradient product reads dy and x in NCHW order, positions (its K) contiguous: a TF32
+    (float32) or float16 wgmma fed by 16- / 8-byte copies at 196 positions, the bias sums included. The control
+    without the position count's factor copies 4 bytes (float32) or loads 2 bytes (float16) at a time."""
+    for dtype, wgmma_types, width in (('fp32', '.tf32.tf32', 16), ('fp16', '.f16.f16', 8)):
+        ptx = _wgrad_ptx(dtype, 196, power_of_two_factor(196))
+        copies = global_copies(ptx)
+        assert 'wgmma.mma_async.sync.aligned' in ptx and wgmma_types in ptx, dtype
+        assert copies.get(f'cp.async {width}', 0) > 0 and copies.get('cp.async 4', 0) == 0, (dtype, copies)
+        assert copies.get('ld.global.b32', 0) + copies.get('ld.global.b16', 0) == 0, (dtype, copies)
+        unaligned = global_copies(_wgrad_ptx(dtype, 196, 1))
+        assert unaligned.get('cp.async 4', 0) + unaligned.get('ld.global.b16', 0) > 32, (dtype, unaligned)

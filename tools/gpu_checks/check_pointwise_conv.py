@@ -12,12 +12,16 @@ float32 tensors under float16 / bfloat16 autocast. Prints the largest relative e
 
 bench: median GPU milliseconds (gpu_common.timed) of the Triton op against the torch composition
 (``nn.Conv2d`` + the skip add) at SparX-T's sixteen 1x1 convolutions (batch 128): forward, and forward +
-backward; float16 under autocast (float32 parameters) and float32 (TF32, cuDNN's default); --arch t / s / b
-picks the model. in_proj / fc1 run
-without a skip path, out_proj / fc2 with one, as the blocks use them.
+backward, the latter with the Triton backward kernels and with cuDNN's convolution backward behind the Triton
+forward (``triton_pointwise_conv.BACKWARD``); float16 under autocast (float32 parameters) and float32 (TF32,
+cuDNN's default); --arch t / s / b picks the model. in_proj / fc1 run without a skip path, out_proj / fc2 with
+one, as the blocks use them.
 
 sweep: the forward's time for each of a set of tilings at the same sizes, with the skip path where the
 blocks use one; prints the fastest per size (what ``triton_pointwise_conv.tiling`` encodes).
+
+wgrad-sweep: the same for the backward's weight-gradient kernel (with the bias sums), against cuDNN's weight and
+bias gradients (what ``triton_pointwise_conv.wgrad_tiling`` encodes).
 """
 import itertools
 import os
@@ -106,30 +110,34 @@ def _bench_tensors(batch, c_in, c_out, size, skip, dtype, device):
 
 
 def bench(device, batch, arch):
-    print(f'# {torch.cuda.get_device_name()}, batch {batch}; ms (GPU time of eager steps)')
+    print(f'# {torch.cuda.get_device_name()}, batch {batch}; ms (GPU time of eager steps); f+b: forward + backward '
+          'with the Triton backward, with cuDNN\'s backward behind the Triton forward, and the torch composition')
     print(f'{"Cin":>5} {"Cout":>5} {"HxW":>5} {"skip":>4} {"dtype":>5} {"triton fwd":>10} {"torch fwd":>9} '
-          f'{"speedup":>7} {"triton f+b":>10} {"torch f+b":>9} {"speedup":>7}')
+          f'{"speedup":>7} {"triton f+b":>10} {"cudnn bwd":>9} {"torch f+b":>9} {"speedup":>7}')
     for c_in, c_out, size, skip in bench_sizes(arch):
         for mode, dtype, autocast in (('fp16', torch.float16, True), ('fp32', torch.float32, False)):
             x, conv, s = _bench_tensors(batch, c_in, c_out, size, skip, dtype, device)
             x.requires_grad_()
             dy = torch.randn(batch, c_out, size, size, device=device, dtype=dtype)
             row = []
-            for grad in (False, True):
-                for fused in (True, False):
-                    def step():
-                        with torch.autocast('cuda', dtype=torch.float16, enabled=autocast), \
-                                torch.set_grad_enabled(grad):
-                            if fused:
-                                y = pointwise_conv2d(x, conv.weight, conv.bias, s, impl='triton')
-                            else:
-                                y = conv(x) if s is None else s + conv(x)
-                        if grad:
-                            y.backward(dy)
+            for grad, impl in ((False, 'triton'), (False, 'torch'), (True, 'triton'), (True, 'cudnn'),
+                               (True, 'torch')):
+                def step():
+                    with torch.autocast('cuda', dtype=torch.float16, enabled=autocast), torch.set_grad_enabled(grad):
+                        if impl == 'torch':
+                            y = conv(x) if s is None else s + conv(x)
+                        else:
+                            y = pointwise_conv2d(x, conv.weight, conv.bias, s, impl='triton')
+                    if grad:
+                        y.backward(dy)
+                tpc.BACKWARD = 'cudnn' if impl == 'cudnn' else 'triton'
+                try:
                     row.append(timed(step)[0])
+                finally:
+                    tpc.BACKWARD = 'triton'
             print(f'{c_in:>5} {c_out:>5} {size:>2}x{size:<2} {"yes" if skip else "no":>4} {mode:>5} {row[0]:>10.3f} '
-                  f'{row[1]:>9.3f} {row[1] / row[0]:>6.2f}x {row[2]:>10.3f} {row[3]:>9.3f} {row[3] / row[2]:>6.2f}x',
-                  flush=True)
+                  f'{row[1]:>9.3f} {row[1] / row[0]:>6.2f}x {row[2]:>10.3f} {row[3]:>9.3f} {row[4]:>9.3f} '
+                  f'{row[4] / row[2]:>6.2f}x', flush=True)
 
 
 def sweep(device, batch, arch):
@@ -164,8 +172,44 @@ def sweep(device, batch, arch):
                       f'cuDNN + adds {cudnn:.3f}', flush=True)
 
 
+WGRAD_SWEEP_TILINGS = [(co, ci, p, w, s) for co, ci, p, (w, s) in
+                       itertools.product((64, 128), (64, 128), (32, 64, 128), ((4, 3), (8, 3), (8, 4)))]
+
+
+def wgrad_sweep(device, batch, arch):
+    print(f'# {torch.cuda.get_device_name()}, batch {batch}; weight + bias gradient ms, fastest of '
+          f'{len(WGRAD_SWEEP_TILINGS)} tilings (BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages), the default tiling, and '
+          "cuDNN's (in the convolution dtype, NCHW maps)")
+    for dtype in (torch.float16, torch.float32):
+        for c_in, c_out, size, _ in bench_sizes(arch):
+            x = torch.randn(batch, c_in, size, size, device=device, dtype=dtype)
+            dy = torch.randn(batch, c_out, size, size, device=device, dtype=dtype)
+            expected = torch.einsum('bohw,bihw->oi', dy.double(), x.double())
+            results = []
+            for tiling in WGRAD_SWEEP_TILINGS + [None]:
+                tpc.WGRAD_TILING_OVERRIDE = tiling
+                try:
+                    def wgrad():
+                        return tpc._launch_wgrad(dy, x, dtype, True, True)
+                    if rel_err(wgrad()[0], expected) > 1e-2:
+                        print(f'WRONG {tiling}: rel err {rel_err(wgrad()[0], expected):.1e}')
+                        continue
+                    results.append((timed(wgrad)[0], tiling))
+                except Exception as exc:  # out of shared memory / registers for this size
+                    print(f'skip {tiling}: {type(exc).__name__}')
+                finally:
+                    tpc.WGRAD_TILING_OVERRIDE = None
+            weight = torch.empty(c_out, c_in, 1, 1, device=device, dtype=dtype)
+            cudnn = timed(lambda: torch.ops.aten.convolution_backward(
+                dy, x, weight, [c_out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, True]))[0]
+            best = min(r for r in results if r[1] is not None)
+            default = [r[0] for r in results if r[1] is None]
+            print(f'{str(dtype)[6:]:>7} {c_in:>5}->{c_out:<5} {size:>2}x{size:<2}: best {best[0]:.3f} {best[1]}, '
+                  f'default {default[0] if default else float("nan"):.3f}, cuDNN {cudnn:.3f}', flush=True)
+
+
 def main():
-    parser = check_and_bench_parser(__doc__, extra_parts=('sweep', ))
+    parser = check_and_bench_parser(__doc__, extra_parts=('sweep', 'wgrad-sweep'))
     parser.add_argument('--tiling', type=int, nargs=5, default=None,
                         metavar=('BLOCK_CO', 'BLOCK_P', 'BLOCK_K', 'WARPS', 'STAGES'),
                         help='one tiling for every size instead of triton_pointwise_conv.tiling')
@@ -183,6 +227,8 @@ def main():
         bench(device, args.batch, args.arch)
     if 'sweep' in args.only:
         sweep(device, args.batch, args.arch)
+    if 'wgrad-sweep' in args.only:
+        wgrad_sweep(device, args.batch, args.arch)
     sys.exit(0 if ok else 1)
 
 
