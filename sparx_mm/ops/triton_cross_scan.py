@@ -11,8 +11,9 @@ computed in the kernel: with R multiply-adds a position, or with a dt rank above
 float32 accuracy (:func:`inference_tiling`, :func:`training_tiling`). The column-major pair's output is added back
 at row-major positions after the kernel.
 
-The backward pass rescans each chunk from the chunk states saved by the forward pass and runs the adjoint
-recurrence in the opposite direction (dh_t = g_t + a_{t+1} dh_{t+1} for a forward route, a_{t-1} and
+The backward pass rescans each chunk from the chunk states saved by the forward pass (dt recomputed as the forward
+kernel computed it, on tensor cores above rank 8: :func:`backward_tiling`) and runs the adjoint recurrence in the
+opposite direction (dh_t = g_t + a_{t+1} dh_{t+1} for a forward route, a_{t-1} and
 dh_{t-1} for a backward one), the decay of the step the state flows to folded into the associative scan.
 Nothing is accumulated across programs (no atomics, deterministic): each writes the raw-dt gradient of its
 channels, its channel block's sums of the B and C gradients and its sample's sums of dA, dD and d dt_bias;
@@ -47,10 +48,14 @@ from .triton_scan import _chunk_adjoint_of_route, _chunk_states, _chunk_states_r
 TRAIN_BLOCK_L = 32
 TRAIN_FWD_TILING = (16, 4)
 BWD_TILING = (8, 2)
+#: (BLOCK_D, warps) of the backward kernel where it recomputes dt on tensor cores (:func:`backward_tiling`).
+BWD_DOT_TILING = (16, 4)
 #: Input dtypes whose dt projection the forward kernel can run on tensor cores (:func:`_dt_raw_dot`).
 DT_DOT_DTYPES = (torch.float32, torch.float16)
 #: Whether the training forward pass may project dt on tensor cores (:func:`training_tiling`).
 TRAIN_DT_DOT = True
+#: Whether the backward kernel may recompute dt on tensor cores (:func:`backward_tiling`).
+BWD_DT_DOT = True
 
 
 def _dt_dot_pays(rank: int, dtype: torch.dtype) -> bool:
@@ -67,12 +72,30 @@ def _dt_dot_fits(block_d: int, block_l: int, dtype: torch.dtype) -> bool:
 def training_tiling(rank: int, dtype: torch.dtype) -> Tuple[int, int, int, bool]:
     """(BLOCK_L, BLOCK_D, warps, dt_dot) of the forward kernel when a backward pass follows: TRAIN_BLOCK_L and
     TRAIN_FWD_TILING, with the dt projection on tensor cores where :func:`inference_tiling` puts it (rank above 8,
-    float32 / float16 inputs, 16 or more channels a program). The backward kernel recomputes dt with
-    multiply-adds (its 8-channel programs are below tl.dot's 16 rows): the two differ by float32 rounding
-    (2-7e-7 relative), far below what the gradients' own rounding moves."""
+    float32 / float16 inputs, 16 or more channels a program). Where the backward kernel recomputes dt otherwise
+    (:func:`backward_tiling`) the two differ by float32 rounding (2-7e-7 relative), far below what the gradients'
+    own rounding moves."""
     block_d, warps = TRAIN_FWD_TILING
     dt_dot = TRAIN_DT_DOT and _dt_dot_pays(rank, dtype) and _dt_dot_fits(block_d, TRAIN_BLOCK_L, dtype)
     return TRAIN_BLOCK_L, block_d, warps, dt_dot
+
+
+def backward_tiling(rank: int, dtype: torch.dtype, block_l: int = TRAIN_BLOCK_L) -> Tuple[int, int, int]:
+    """(BLOCK_D, warps, R_PAD) of the backward kernel on chunks of ``block_l`` positions: where the forward
+    pass projects dt on tensor cores (rank above 8, float32 / float16 inputs) the backward kernel recomputes it
+    the same way (BWD_DOT_TILING, R_PAD the padded rank: the forward kernel's dt, bit for bit), else by
+    multiply-adds in BWD_TILING's 8-channel programs (R_PAD 0).
+
+    Why: the multiply-adds are unrolled over the rank with every load in flight at once, and the backward kernel
+    keeps many values a position besides: compiled for sm_90 (ptxas, float16 inputs, 8 channels x 32 positions, 2
+    warps) it takes 128 / 137 / 234 / 255 registers a thread at ranks 6 / 12 / 20 / 32 (SparX-T's four stages),
+    which leaves the multiprocessors a few programs each. Not yet timed on a GPU
+    (``tools/gpu_checks/bench_cross_scan.py``, ``--bwd-fma`` for the multiply-adds)."""
+    if BWD_DT_DOT and _dt_dot_pays(rank, dtype):
+        block_d, warps = BWD_DOT_TILING
+        if _dt_dot_fits(block_d, block_l, dtype):
+            return block_d, warps, _padded_rank(rank, block_d, block_l, dtype, True)
+    return (*BWD_TILING, 0)
 
 
 def inference_tiling(length: int, rank: int, dtype: torch.dtype) -> Tuple[int, int, int, bool]:
@@ -261,9 +284,11 @@ def _cross_scan_fwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_pt
 def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, ddt_ptr, dbc_ptr,
                  dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, route, b, d, d_block, mask_d, Dm, L, num_d_blocks,
                  num_chunks, n, FIRST: tl.constexpr, BACKWARD: tl.constexpr, ROUTES: tl.constexpr,
-                 R: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Gradients of one route of the pair for state index n: the adjoint runs against the route's direction
-    (from the last chunk for a forward route, from the first for a backward one). Every program writes its
+                 R: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+                 R_PAD: tl.constexpr):
+    """Gradients of one route of the pair for state index n (R_PAD > 0: dt recomputed by :func:`_dt_raw_dot`):
+    the adjoint runs against the route's direction (from the last chunk for a forward route, from the first for a
+    backward one). Every program writes its
     own entries, no atomics: dx into the pair's buffer (FIRST: the first term written); the gradient of the
     raw dt (before softplus) into ``ddt`` (B, K*D, L) at the route's positions, summed over n (the dt
     projection's gradients are GEMMs over it, after the kernel); this channel block's sums of the B and C
@@ -281,7 +306,7 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
         c = step if BACKWARD else num_chunks - 1 - step
         t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
             seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D,
-            BLOCK_L)
+            BLOCK_L, R_PAD)
         dy = tl.load(dy_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
         h_in = tl.load(states_ptr + state_rows + c, mask=mask_d, other=0.0)
         if BACKWARD:
@@ -325,7 +350,7 @@ def _cross_scan_bwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_pt
                            dx_ptr, ddt_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr,
                            Dm, L_UNITS, num_d_blocks, num_chunks,
                            ROUTES: tl.constexpr, R: tl.constexpr, N: tl.constexpr, L_ALIGN: tl.constexpr,
-                           BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                           BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, R_PAD: tl.constexpr):
     L = L_UNITS * L_ALIGN
     b, pair, d, mask_d, rows, seq_ptr, pair_rows = _pair_setup(x_ptr, xt_ptr, Dm, L, num_d_blocks, BLOCK_D)
     d_block = tl.program_id(0) % num_d_blocks
@@ -333,12 +358,12 @@ def _cross_scan_bwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_pt
     for n in tl.static_range(N):
         _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, ddt_ptr,
                      dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, pair, b, d, d_block, mask_d, Dm, L,
-                     num_d_blocks, num_chunks, n, n == 0, False, ROUTES, R, N, BLOCK_D, BLOCK_L)
+                     num_d_blocks, num_chunks, n, n == 0, False, ROUTES, R, N, BLOCK_D, BLOCK_L, R_PAD)
         if ROUTES > 1:
             _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dx_ptr, ddt_ptr,
                          dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, pair_rows, pair + ROUTES // 2, b, d, d_block,
                          mask_d, Dm, L, num_d_blocks, num_chunks, n, False, True, ROUTES, R, N, BLOCK_D,
-                         BLOCK_L)
+                         BLOCK_L, R_PAD)
 
 
 def _num_pairs(routes: int) -> int:
@@ -471,7 +496,8 @@ def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, rou
     per-channel-block B / C gradients (B, K, blocks, 2N, L), per-sample dA (B, K*D, N), dD and d dt_bias
     (B, K*D); route order. The raw-dt gradient is written once per position with d_state 1, in x's dtype (the
     largest tensor the kernel writes; with d_state > 1 it sums the state indices in float32); the rest float32."""
-    meta, grid = _launch_config(x, dt_weight, A, routes, block_l, *BWD_TILING)
+    block_d, warps, r_pad = backward_tiling(dt_weight.shape[2], proj_routes.dtype, block_l)
+    meta, grid = _launch_config(x, dt_weight, A, routes, block_l, block_d, warps)
     b, d, h, w = x.shape
     length, n = h * w, meta['N']
     f32 = dict(device=x.device, dtype=torch.float32)
@@ -481,7 +507,7 @@ def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, rou
     dA, dD, dbias = (torch.empty(b, *t.shape, **f32) for t in (A, D, dt_bias))
     dy = dy.contiguous()  # float32 (the gradient of the float32 output); x is read in its own dtype
     launch(_cross_scan_bwd_kernel, grid, x, _transposed_copy(x, routes), proj_routes, dt_weight, A, D, dt_bias,
-           dy, _transposed_copy(dy, routes), states, dxs, ddt, dbc, dA, dD, dbias, **meta)
+           dy, _transposed_copy(dy, routes), states, dxs, ddt, dbc, dA, dD, dbias, R_PAD=r_pad, **meta)
     return dxs, ddt, dbc, dA, dD, dbias
 
 

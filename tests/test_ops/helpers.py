@@ -56,31 +56,3 @@ def intercept_triton(monkeypatch, module, name: str) -> list:
 
     monkeypatch.setattr(module, name, stand_in)
     return calls
-
-
-def hopper_ptx(kernel, arg_types: dict, constexprs: dict, multiples_of_16=(), num_warps: int = 4,
-               num_stages: int = 3) -> str:
-    """The PTX of a Triton ``kernel`` compiled for sm_90 (H100 / H200) on this machine: no GPU is needed, only
-    triton's bundled ptxas. ``arg_types``: each runtime argument's Triton type ('*fp32', 'i32', ...) in order;
-    ``constexprs``: the constexpr values; ``multiples_of_16``: the names of the arguments the launch would find
-    divisible by 16 (pointers: 16-byte aligned), as Triton's specialisation marks them."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile as triton_compile
-    signature = dict(arg_types, **{name: 'constexpr' for name in constexprs})
-    names = list(kernel.arg_names)
-    attrs = {(names.index(name), ): [['tt.divisibility', 16]] for name in multiples_of_16}
-    source = ASTSource(kernel, signature, constexprs, attrs)
-    compiled = triton_compile(source, target=GPUTarget('cuda', 90, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
-    return compiled.asm['ptx']
-
-
-def global_copies(ptx: str) -> dict:
-    """Counts of the PTX's global-memory loads, stores and asynchronous copies to shared memory, by width:
-    {'ld.global.b32': 12, 'ld.global.v4.b32': 8, 'cp.async 16': 36, ...}."""
-    import collections
-    import re
-    counts = collections.Counter(re.findall(r'\b((?:ld|st)\.global(?:\.[a-z0-9]+)*)', ptx))
-    for size in re.findall(r'cp\.async\.c[ag]\.shared\.global(?:\.[a-z0-9]+)* \[[^]]*\], \[[^]]*\], (\w+)', ptx):
-        counts[f'cp.async {int(size, 0)}'] += 1
-    return dict(counts)

@@ -1,13 +1,16 @@
-"""What the Triton kernels compile to on Hopper (sm_90), checked on the CPU (``helpers.hopper_ptx``): the memory
-accesses that made a difference on the H200 (docs/benchmarks.md, "1x1 convolutions"), each against a control
-without the alignment it depends on, so that the check can fail. The kernels' results are checked by the op
-tests (Triton's interpreter) and by tools/gpu_checks/."""
+"""What the Triton kernels compile to on Hopper (sm_90), checked on the CPU (tools/analysis_tools/hopper_codegen.py):
+the memory accesses that made a difference on the H200 (docs/benchmarks.md, "1x1 convolutions"), each against a
+control without the alignment or tiling it depends on, so that the check can fail. The kernels' results are
+checked by the op tests (Triton's interpreter) and by tools/gpu_checks/."""
 import torch
 
 from sparx_mm.ops import triton_pointwise_conv as tpc
 from sparx_mm.ops.triton_launch import power_of_two_factor
 
-from .helpers import global_copies, hopper_ptx
+from ..conftest import load_tool
+
+codegen = load_tool('tools/analysis_tools/hopper_codegen.py')
+global_copies, hopper_ptx = codegen.global_copies, codegen.hopper_ptx
 
 POINTERS = ('x_ptr', 'w_ptr', 'b_ptr', 's_ptr', 'scale_ptr', 'shift_ptr', 'y_ptr')
 INTEGERS = ('CIN_UNITS', 'COUT', 'P_UNITS', 'W_STRIDE_UNITS')
@@ -123,29 +126,32 @@ def test_depthwise_rows_of_56_columns_are_vector_accesses():
     assert aligned.get('ld.global.v4.b32', 0) > 0, aligned
 
 
-def _wgrad_ptx(dtype, positions, p_align):
-    """The weight-gradient kernel for SparX-T's stage-3 fc1 (320 -> 1280 channels) at ``positions`` with a bias,
-    its tiling, the position count passed divided by ``p_align``."""
-    torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
-    block_co, block_ci, block_p, warps, stages = tpc.wgrad_tiling(320, 1280, torch_dtype)
-    values = dict(CIN=320, COUT=1280, P_UNITS=positions // p_align, SAMPLES=128, SAMPLES_PER_SPLIT=15)
-    arg_types = dict(dy_ptr=f'*{dtype}', x_ptr=f'*{dtype}', dw_ptr='*fp32', db_ptr='*fp32',
-                     **{name: 'i32' for name in values})
-    constexprs = dict(HAS_BIAS=True, DOT=3 if dtype == 'fp32' else 0, P_ALIGN=p_align, BLOCK_CO=block_co,
-                      BLOCK_CI=block_ci, BLOCK_P=block_p)
-    aligned = ('dy_ptr', 'x_ptr', 'dw_ptr', 'db_ptr') + tuple(name for name, v in values.items() if v % 16 == 0)
-    return hopper_ptx(tpc._wgrad_kernel, arg_types, constexprs, aligned, warps, stages)
-
-
 def test_weight_gradient_kernel_reads_nchw_maps_onto_tensor_cores_with_vector_copies():
     """The backward's weight-gradient product reads dy and x in NCHW order, positions (its K) contiguous: a TF32
     (float32) or float16 wgmma fed by 16- / 8-byte copies at 196 positions, the bias sums included. The control
     without the position count's factor copies 4 bytes (float32) or loads 2 bytes (float16) at a time."""
     for dtype, wgmma_types, width in (('fp32', '.tf32.tf32', 16), ('fp16', '.f16.f16', 8)):
-        ptx = _wgrad_ptx(dtype, 196, power_of_two_factor(196))
+        ptx = codegen.wgrad_ptx(320, 1280, 196, dtype)  # SparX-T's stage-3 fc1
         copies = global_copies(ptx)
         assert 'wgmma.mma_async.sync.aligned' in ptx and wgmma_types in ptx, dtype
         assert copies.get(f'cp.async {width}', 0) > 0 and copies.get('cp.async 4', 0) == 0, (dtype, copies)
         assert copies.get('ld.global.b32', 0) + copies.get('ld.global.b16', 0) == 0, (dtype, copies)
-        unaligned = global_copies(_wgrad_ptx(dtype, 196, 1))
+        unaligned = global_copies(codegen.wgrad_ptx(320, 1280, 196, dtype, p_align=1))
         assert unaligned.get('cp.async 4', 0) + unaligned.get('ld.global.b16', 0) > 32, (dtype, unaligned)
+
+
+def test_scan_backward_recomputes_dt_on_tensor_cores_above_rank_8():
+    """The fused scan's backward kernel at SparX-T's stage 3 (rank 20, 196 positions, float16 inputs) with
+    backward_tiling's choice: dt recomputed by a tensor-core product (mma), its operands loaded as tiles, in fewer
+    registers a thread (more programs a multiprocessor); the control (R_PAD 0, the multiply-adds in 8-channel
+    programs) issues the rank's weight and projection loads element by element."""
+    from sparx_mm.ops import triton_cross_scan as tcs
+    block_d, warps, r_pad = tcs.backward_tiling(20, torch.float16)
+    assert (block_d, r_pad) == (16, 32)
+    dot = codegen.scan_backward_ptx(20, 196, 'fp16', block_d, warps, r_pad)
+    control = codegen.scan_backward_ptx(20, 196, 'fp16', *tcs.BWD_TILING, 0)
+    assert codegen.tensor_core_ops(dot) and not codegen.tensor_core_ops(control)
+    scalar_loads = [global_copies(p).get('ld.global.b32', 0) for p in (dot, control)]
+    assert scalar_loads[0] * 4 < scalar_loads[1], scalar_loads
+    registers = [codegen.ptxas_usage(p)[0] for p in (dot, control)]
+    assert registers[0] < registers[1], registers

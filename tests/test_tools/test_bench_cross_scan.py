@@ -41,9 +41,27 @@ def test_train_fma_projects_dt_by_multiply_adds_in_training(bench, monkeypatch):
     import argparse
     import torch
     from sparx_mm.ops import triton_cross_scan
-    for name in ('TRAIN_DT_DOT', 'TRAIN_BLOCK_L', 'TRAIN_FWD_TILING', 'BWD_TILING', 'inference_tiling'):
+    for name in ('TRAIN_DT_DOT', 'TRAIN_BLOCK_L', 'TRAIN_FWD_TILING', 'BWD_TILING', 'BWD_DOT_TILING', 'BWD_DT_DOT',
+                 'inference_tiling'):
         monkeypatch.setattr(triton_cross_scan, name, getattr(triton_cross_scan, name))  # restored afterwards
     assert triton_cross_scan.training_tiling(20, torch.float16)[3]
     bench.apply_tiling_options(argparse.Namespace(train_tiling=None, train_fma=True, bwd_tiling=None,
-                                                  infer_tiling=None))
+                                                  bwd_dot_tiling=None, bwd_fma=False, infer_tiling=None))
     assert not triton_cross_scan.training_tiling(20, torch.float16)[3]
+    assert triton_cross_scan.backward_tiling(20, torch.float16) == (16, 4, 32)
+
+
+def test_backward_options_pick_the_backward_tilings(bench, monkeypatch):
+    """--bwd-dot-tiling sets the tensor-core tiling, --bwd-fma turns that path off: the 8-channel multiply-adds
+    (R_PAD 0) at every rank."""
+    import argparse
+    import torch
+    from sparx_mm.ops import triton_cross_scan
+    for name in ('BWD_TILING', 'BWD_DOT_TILING', 'BWD_DT_DOT'):
+        monkeypatch.setattr(triton_cross_scan, name, getattr(triton_cross_scan, name))
+    options = dict(train_tiling=None, train_fma=False, bwd_tiling=None, infer_tiling=None)
+    bench.apply_tiling_options(argparse.Namespace(**options, bwd_dot_tiling=[32, 8], bwd_fma=False))
+    assert triton_cross_scan.backward_tiling(20, torch.float16) == (32, 8, 32)
+    assert triton_cross_scan.backward_tiling(6, torch.float16) == (8, 2, 0)  # rank 6: multiply-adds
+    bench.apply_tiling_options(argparse.Namespace(**options, bwd_dot_tiling=None, bwd_fma=True))
+    assert triton_cross_scan.backward_tiling(20, torch.float16) == (8, 2, 0)

@@ -2,7 +2,7 @@
 
     python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--sweep-inference]
         [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT] [--train-tiling BLOCK_L BLOCK_D WARPS] [--train-fma]
-        [--bwd-tiling BLOCK_D WARPS]
+        [--bwd-tiling BLOCK_D WARPS] [--bwd-dot-tiling BLOCK_D WARPS] [--bwd-fma]
 
 For the four stage sizes of SparX-T (or ``--arch s`` / ``b``) at 224 x 224 (d_inner twice the stage width on
 56 / 28 / 14 / 7 maps, dt rank the width / 16 rounded up; SparX-T: 192 / 384 / 640 / 1024 channels, ranks 6 /
@@ -77,6 +77,10 @@ def apply_tiling_options(args):
         triton_cross_scan.TRAIN_DT_DOT = False
     if args.bwd_tiling:
         triton_cross_scan.BWD_TILING = tuple(args.bwd_tiling)
+    if args.bwd_dot_tiling:
+        triton_cross_scan.BWD_DOT_TILING = tuple(args.bwd_dot_tiling)
+    if args.bwd_fma:
+        triton_cross_scan.BWD_DT_DOT = False
     if args.infer_tiling:
         triton_cross_scan.inference_tiling = lambda length, rank, dtype: (*args.infer_tiling[:3],
                                                                           bool(args.infer_tiling[3]))
@@ -96,7 +100,13 @@ def main():
                         help='the forward kernel projects dt by multiply-adds when gradients follow, instead of on '
                              'tensor cores where training_tiling puts it')
     parser.add_argument('--bwd-tiling', type=int, nargs=2, metavar=('BLOCK_D', 'WARPS'), default=None,
-                        help="the backward kernel's channels per program and warps")
+                        help="the backward kernel's channels per program and warps where it recomputes dt by "
+                             'multiply-adds')
+    parser.add_argument('--bwd-dot-tiling', type=int, nargs=2, metavar=('BLOCK_D', 'WARPS'), default=None,
+                        help="the same where it recomputes dt on tensor cores (16 or more channels)")
+    parser.add_argument('--bwd-fma', action='store_true',
+                        help='the backward kernel recomputes dt by multiply-adds at every rank, instead of on '
+                             'tensor cores where backward_tiling puts it')
     parser.add_argument('--infer-tiling', type=int, nargs=4, metavar=('BLOCK_L', 'BLOCK_D', 'WARPS', 'DT_DOT'),
                         default=None, help='one forward tiling for every size when no gradient follows, instead of '
                         "inference_tiling's; DT_DOT 1 runs the dt projection on tensor cores (16 or more channels "
@@ -108,7 +118,8 @@ def main():
     print(f'# {torch.cuda.get_device_name()}, SparX-{args.arch.upper()} stage sizes, batch {args.batch}; training: '
           f'BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L}, (BLOCK_D, warps) forward {triton_cross_scan.TRAIN_FWD_TILING} '
           f'(dt {"on tensor cores above rank 8" if triton_cross_scan.TRAIN_DT_DOT else "by multiply-adds"}) '
-          f'backward {triton_cross_scan.BWD_TILING}; '
+          f'backward {triton_cross_scan.BWD_TILING} (multiply-adds) / {triton_cross_scan.BWD_DOT_TILING} (dt on '
+          f'tensor cores{" above rank 8" if triton_cross_scan.BWD_DT_DOT else ": off"}); '
           f'inference (BLOCK_L, BLOCK_D, warps, dt_dot) {args.infer_tiling or "by size (inference_tiling)"}; ms')
     device = torch.device('cuda')
     if args.sweep_inference:

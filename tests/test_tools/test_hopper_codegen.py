@@ -1,0 +1,36 @@
+"""tools/analysis_tools/hopper_codegen.py: its configurations and one compiled summary (no GPU needed)."""
+import re
+
+import pytest
+
+from ..conftest import load_tool
+
+
+@pytest.fixture(scope='module')
+def codegen():
+    return load_tool('tools/analysis_tools/hopper_codegen.py')
+
+
+def test_scan_backward_configs_pair_the_tensor_core_choice_with_its_control(codegen):
+    """SparX-T: stage 1 (rank 6) only the multiply-adds it runs; stages 2-4 (ranks 12, 20, 32) the tensor-core
+    tiling and the 8-channel multiply-adds next to it, in float16 and float32."""
+    configs = list(codegen.scan_backward_configs('t'))
+    assert len(configs) == 2 + 3 * 2 * 2
+    ranks = [arguments[0] for _, arguments in configs]
+    assert ranks == [6, 6] + [12] * 4 + [20] * 4 + [32] * 4
+    chosen = [arguments for label, arguments in configs if ' chosen ' in label]
+    assert [a[3:] for a in chosen] == [(8, 2, 0)] * 2 + [(16, 4, 16)] * 2 + [(16, 4, 32)] * 4
+
+
+def test_wgrad_configs_cover_each_stages_four_convolutions(codegen):
+    configs = list(codegen.pointwise_wgrad_configs('t'))
+    assert len(configs) == 4 * 4 * 2
+    assert configs[0] == ('1x1 weight gradient 96->192 56x56 float16', (96, 192, 3136, 'fp16'))
+
+
+def test_summary_of_a_compiled_kernel(codegen):
+    """One configuration compiled for sm_90 and assembled: registers, spills, the TF32 product, 16-byte copies."""
+    text = codegen.summary(codegen.wgrad_ptx(96, 192, 3136, 'fp32'))
+    registers, spills = map(int, re.match(r' *(\d+) registers, spills (\d+) B', text).groups())
+    assert 0 < registers <= 255 and spills == 0, text
+    assert 'tf32' in text and 'cp.async 16' in text, text

@@ -1,0 +1,164 @@
+"""What the Triton kernels compile to on Hopper (sm_90, H100 / H200), on a machine without a GPU.
+
+    python tools/analysis_tools/hopper_codegen.py [--arch t] [--part scan-backward pointwise-wgrad]
+
+Each kernel is compiled by Triton for ``GPUTarget('cuda', 90, 32)`` at the sizes of the model's layers (batch
+128, 224 x 224) with the launch's tiling, and its PTX assembled by Triton's bundled ptxas: per configuration, the
+registers a thread uses and the bytes it spills, the tensor-core instructions, and the global loads, stores and
+asynchronous copies by width. Registers bound how many programs a multiprocessor holds (64K a multiprocessor);
+scalar accesses where vector ones would do were the losses found on the H200 (docs/benchmarks.md, "1x1
+convolutions"). Nothing runs: these are facts about the code, not timings.
+
+Parts: ``scan-backward``: the fused scan's backward kernel at each stage, with :func:`backward_tiling`'s choice
+and with the 8-channel multiply-adds; ``pointwise-wgrad``: the 1x1 convolutions' weight-gradient kernel, float16
+and TF32. The helpers are what ``tests/test_ops/test_hopper_codegen.py`` asserts with.
+"""
+import argparse
+import collections
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from sparx_mm.models.backbones.sparx_mamba import SparXMamba  # noqa: E402
+from sparx_mm.ops import triton_cross_scan as tcs  # noqa: E402
+from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
+from sparx_mm.ops.triton_launch import power_of_two_factor  # noqa: E402
+
+MAP_SIZES = (56, 28, 14, 7)
+
+
+def hopper_ptx(kernel, arg_types: dict, constexprs: dict, multiples_of_16=(), num_warps: int = 4,
+               num_stages: int = 3) -> str:
+    """The PTX of a Triton ``kernel`` compiled for sm_90 on this machine: no GPU is needed, only triton's bundled
+    ptxas. ``arg_types``: each runtime argument's Triton type ('*fp32', 'i32', ...) in order; ``constexprs``: the
+    constexpr values; ``multiples_of_16``: the names of the arguments the launch would find divisible by 16
+    (pointers: 16-byte aligned), as Triton's specialisation marks them."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile as triton_compile
+    signature = dict(arg_types, **{name: 'constexpr' for name in constexprs})
+    names = list(kernel.arg_names)
+    attrs = {(names.index(name), ): [['tt.divisibility', 16]] for name in multiples_of_16}
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    compiled = triton_compile(source, target=GPUTarget('cuda', 90, 32),
+                              options=dict(num_warps=num_warps, num_stages=num_stages))
+    return compiled.asm['ptx']
+
+
+def global_copies(ptx: str) -> dict:
+    """Counts of the PTX's global-memory loads, stores and asynchronous copies to shared memory, by width:
+    {'ld.global.b32': 12, 'ld.global.v4.b32': 8, 'cp.async 16': 36, ...}."""
+    counts = collections.Counter(re.findall(r'\b((?:ld|st)\.global(?:\.[a-z0-9]+)*)', ptx))
+    for size in re.findall(r'cp\.async\.c[ag]\.shared\.global(?:\.[a-z0-9]+)* \[[^]]*\], \[[^]]*\], (\w+)', ptx):
+        counts[f'cp.async {int(size, 0)}'] += 1
+    return dict(counts)
+
+
+def tensor_core_ops(ptx: str) -> list:
+    """The distinct tensor-core product instructions of the PTX (wgmma / mma shapes and types)."""
+    return sorted(set(re.findall(r'\b((?:wgmma\.mma_async|mma)\.sync\.aligned\.[\w.]+)', ptx)))
+
+
+def ptxas_usage(ptx: str) -> tuple:
+    """(registers a thread, spill store bytes) of the PTX assembled for sm_90a by triton's bundled ptxas."""
+    import triton
+    ptxas = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'ptxas')
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'kernel.ptx')
+        with open(path, 'w') as f:
+            f.write(ptx)
+        result = subprocess.run([ptxas, '-v', '--gpu-name', 'sm_90a', path, '-o', os.path.join(folder, 'k.cubin')],
+                                capture_output=True, text=True)
+    report = result.stdout + result.stderr
+    if result.returncode:
+        raise RuntimeError(f'ptxas failed: {report[-2000:]}')
+    registers = re.search(r'Used (\d+) registers', report)
+    spills = re.search(r'(\d+) bytes spill stores', report)
+    return int(registers.group(1)), int(spills.group(1)) if spills else 0
+
+
+def scan_backward_ptx(rank: int, length: int, dtype: str, block_d: int, warps: int, r_pad: int) -> str:
+    """The fused scan's backward kernel (four routes, d_state 1, TRAIN_BLOCK_L positions a chunk) for a sequence
+    of ``length`` positions with ``dtype`` ('fp32' / 'fp16') inputs."""
+    pointers = ('x_ptr', 'xt_ptr', 'proj_ptr', 'w_ptr', 'A_ptr', 'D_ptr', 'bias_ptr', 'dy_ptr', 'dyt_ptr',
+                'states_ptr', 'dx_ptr', 'ddt_ptr', 'dbc_ptr', 'dA_ptr', 'dD_ptr', 'dbias_ptr')
+    arg_types = {name: f'*{dtype}' if name in ('x_ptr', 'xt_ptr', 'proj_ptr', 'ddt_ptr') else '*fp32'
+                 for name in pointers}
+    arg_types.update(Dm='i32', L_UNITS='i32', num_d_blocks='i32', num_chunks='i32')
+    constexprs = dict(ROUTES=4, R=rank, N=1, L_ALIGN=power_of_two_factor(length), BLOCK_D=block_d,
+                      BLOCK_L=tcs.TRAIN_BLOCK_L, R_PAD=r_pad)
+    return hopper_ptx(tcs._cross_scan_bwd_kernel, arg_types, constexprs, pointers + ('Dm', ), warps, 1)
+
+
+def wgrad_ptx(cin: int, cout: int, positions: int, dtype: str, p_align=None) -> str:
+    """The 1x1 convolutions' weight-gradient kernel (with the bias sums) for a (cout, cin) weight at ``positions``
+    positions, float16 or TF32 ('fp16' / 'fp32') products, its :func:`wgrad_tiling`; the position count passed
+    divided by ``p_align`` (default: its power-of-two factor, as the launch does)."""
+    torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
+    block_co, block_ci, block_p, warps, stages = tpc.wgrad_tiling(cin, cout, torch_dtype)
+    p_align = power_of_two_factor(positions) if p_align is None else p_align
+    values = dict(CIN=cin, COUT=cout, P_UNITS=positions // p_align, SAMPLES=128, SAMPLES_PER_SPLIT=15)
+    arg_types = dict(dy_ptr=f'*{dtype}', x_ptr=f'*{dtype}', dw_ptr='*fp32', db_ptr='*fp32',
+                     **{name: 'i32' for name in values})
+    constexprs = dict(HAS_BIAS=True, DOT=3 if dtype == 'fp32' else 0, P_ALIGN=p_align, BLOCK_CO=block_co,
+                      BLOCK_CI=block_ci, BLOCK_P=block_p)
+    aligned = ('dy_ptr', 'x_ptr', 'dw_ptr', 'db_ptr') + tuple(name for name, v in values.items() if v % 16 == 0)
+    return hopper_ptx(tpc._wgrad_kernel, arg_types, constexprs, aligned, warps, stages)
+
+
+def summary(ptx: str) -> str:
+    registers, spills = ptxas_usage(ptx)
+    copies = ' '.join(f'{name} {n}' for name, n in sorted(global_copies(ptx).items()))
+    products = ', '.join(op.split('.aligned.')[1] for op in tensor_core_ops(ptx)) or 'none'
+    return f'{registers:>3} registers, spills {spills} B | tensor cores: {products} | {copies}'
+
+
+def scan_backward_configs(arch: str):
+    """(label, scan_backward_ptx's arguments) of each stage's backward kernel, float16 and float32 inputs: the
+    tiling :func:`backward_tiling` picks, and the 8-channel multiply-adds where it picks the tensor cores."""
+    dims = SparXMamba.arch_zoo[arch]['dims']
+    for dim, size in zip(dims, MAP_SIZES):
+        rank = math.ceil(dim / 16)
+        for dtype, torch_dtype in (('fp16', torch.float16), ('fp32', torch.float32)):
+            chosen = tcs.backward_tiling(rank, torch_dtype)
+            tilings = [('chosen', chosen)] + ([('multiply-adds', (*tcs.BWD_TILING, 0))] if chosen[2] else [])
+            for name, (block_d, warps, r_pad) in tilings:
+                yield (f'scan backward d_inner {2 * dim} {size}x{size} rank {rank} {dtype} {name} '
+                       f'({block_d} channels, {warps} warps, R_PAD {r_pad})',
+                       (rank, size * size, dtype, block_d, warps, r_pad))
+
+
+def pointwise_wgrad_configs(arch: str):
+    """(label, wgrad_ptx's arguments) of each stage's four 1x1 convolutions, float16 and TF32."""
+    dims = SparXMamba.arch_zoo[arch]['dims']
+    for dim, size in zip(dims, MAP_SIZES):
+        for cin, cout in ((dim, 2 * dim), (2 * dim, dim), (dim, 4 * dim), (4 * dim, dim)):
+            for dtype, name in (('fp16', 'float16'), ('fp32', 'TF32')):
+                yield f'1x1 weight gradient {cin}->{cout} {size}x{size} {name}', (cin, cout, size * size, dtype)
+
+
+#: Each part's configurations and the function compiling one.
+PARTS = {'scan-backward': (scan_backward_configs, scan_backward_ptx),
+         'pointwise-wgrad': (pointwise_wgrad_configs, wgrad_ptx)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--arch', default='t', choices=sorted(SparXMamba.arch_zoo), help="whose layers (default t)")
+    parser.add_argument('--part', nargs='+', choices=tuple(PARTS), default=tuple(PARTS))
+    args = parser.parse_args()
+    print(f'# SparX-{args.arch.upper()} layers compiled for sm_90 (no GPU): registers a thread, spills, tensor-core '
+          'products, global accesses by width')
+    for part in args.part:
+        configs, compile_one = PARTS[part]
+        for label, arguments in configs(args.arch):
+            print(f'{label}: {summary(compile_one(*arguments))}', flush=True)
+
+
+if __name__ == '__main__':
+    main()
