@@ -37,7 +37,7 @@ from gpu_common import check_and_bench_parser, rel_err, require_cuda, run_check_
 
 NAMES = ('y', 'dx', 'dweight', 'dbias', 'dskip', 'dscale', 'dshift')
 # The output and input gradients come back in the tensors' dtype (float16 2**-11, bfloat16 2**-8 rounding);
-# TF32 products carry 10-bit mantissas (the output and dx; the weight gradient is cuDNN's, TF32 too).
+# TF32 products carry 10-bit mantissas (the output, dx and the weight gradient).
 TOL = {'float32': 2e-5, 'float32 tf32': 3e-3, 'float16': 2e-3, 'bfloat16': 1.6e-2, 'autocast float16': 2e-3,
        'autocast bfloat16': 1.6e-2}
 DTYPE_MODES = {'float32': (torch.float32, None, False), 'float32 tf32': (torch.float32, None, True),
