@@ -23,9 +23,12 @@ def test_scan_backward_configs_pair_the_tensor_core_choice_with_its_control(code
 
 
 def test_wgrad_configs_cover_each_stages_four_convolutions(codegen):
+    """SparX-T's sixteen 1x1 convolutions in float16 and TF32."""
     configs = list(codegen.pointwise_wgrad_configs('t'))
     assert len(configs) == 4 * 4 * 2
     assert configs[0] == ('1x1 weight gradient 96->192 56x56 float16', (96, 192, 3136, 'fp16'))
+    # 7 x 7 maps keep cuDNN in the model (forward and backward): said in the label
+    assert [label.endswith('(the model runs cuDNN here)') for label, _ in configs] == [False] * 24 + [True] * 8
 
 
 def test_summary_of_a_compiled_kernel(codegen):

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from sparx_mm.models.backbones.sparx_mamba import SparXMamba  # noqa: E402
 from sparx_mm.ops import triton_cross_scan as tcs  # noqa: E402
 from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
+from sparx_mm.ops.pointwise_conv import triton_is_faster  # noqa: E402
 from sparx_mm.ops.triton_launch import power_of_two_factor  # noqa: E402
 
 MAP_SIZES = (56, 28, 14, 7)
@@ -134,12 +135,15 @@ def scan_backward_configs(arch: str):
 
 
 def pointwise_wgrad_configs(arch: str):
-    """(label, wgrad_ptx's arguments) of each stage's four 1x1 convolutions, float16 and TF32."""
+    """(label, wgrad_ptx's arguments) of each stage's four 1x1 convolutions, float16 and TF32; the label says where
+    the model keeps cuDNN's convolution instead (the automatic choice, ``pointwise_conv.triton_is_faster``)."""
     dims = SparXMamba.arch_zoo[arch]['dims']
     for dim, size in zip(dims, MAP_SIZES):
+        where = '' if triton_is_faster(size * size) else ' (the model runs cuDNN here)'
         for cin, cout in ((dim, 2 * dim), (2 * dim, dim), (dim, 4 * dim), (4 * dim, dim)):
             for dtype, name in (('fp16', 'float16'), ('fp32', 'TF32')):
-                yield f'1x1 weight gradient {cin}->{cout} {size}x{size} {name}', (cin, cout, size * size, dtype)
+                yield (f'1x1 weight gradient {cin}->{cout} {size}x{size} {name}{where}',
+                       (cin, cout, size * size, dtype))
 
 
 #: Each part's configurations and the function compiling one.
