@@ -2,13 +2,15 @@
 # The GPU checks and the benchmark tables of docs/benchmarks.md:
 #   bash tools/gpu_checks/report.sh [OUT_DIR [STEP ...]]
 # Steps: kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled
-# compile_check (default: all, ~25 minutes on one H100 / H200; name a few to fit a shorter session, e.g.
+# compile_check scan_bench wgrad_sweep (default: all, ~30 minutes on one H100 / H200; name a few to fit a
+# shorter session, e.g.
 # `report.sh out kernels table`). Each step has its own time limit so that one slow step (a first Triton /
 # inductor compilation) cannot cost the rest; full logs go to OUT_DIR (default gpu_report/), a summary to stdout.
 set -u
 out=${1:-gpu_report}
 shift $(( $# > 0 ? 1 : 0 ))
 all_steps='kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled compile_check'
+all_steps="$all_steps scan_bench wgrad_sweep"
 wanted=" ${*:-$all_steps} "
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -64,4 +66,11 @@ step compiled 240 $bench --arch t --batch 128 --dtype fp32 fp16 --compile &&
   rows < "$out/compiled.log"
 step compile_check 240 python3 "$here/check_compile.py" &&
   grep -E "graph|break at|compiled vs|PASSED|FAILED" "$out/compile_check.log"
+# The scan core's kernels at SparX-T's stage sizes, the backward's dt on tensor cores (its default above rank 8) and
+# by multiply-adds; the 1x1 convs' weight-gradient kernel's tilings (their forward + backward is in layer_kernels).
+scan_bench="python3 $here/bench_cross_scan.py --arch t"
+step scan_bench 300 bash -c "$scan_bench && $scan_bench --bwd-fma" &&
+  grep -E "^# |^ +[0-9]+ +[0-9]+x" "$out/scan_bench.log"
+step wgrad_sweep 300 python3 "$here/check_pointwise_conv.py" --only wgrad-sweep --arch t &&
+  grep -E "best|WRONG" "$out/wgrad_sweep.log"
 exit 0
