@@ -87,10 +87,11 @@ def backward_tiling(rank: int, dtype: torch.dtype, block_l: int = TRAIN_BLOCK_L)
     multiply-adds in BWD_TILING's 8-channel programs (R_PAD 0).
 
     Why: the multiply-adds are unrolled over the rank with every load in flight at once, and the backward kernel
-    keeps many values a position besides: compiled for sm_90 (ptxas, float16 inputs, 8 channels x 32 positions, 2
-    warps) it takes 128 / 137 / 234 / 255 registers a thread at ranks 6 / 12 / 20 / 32 (SparX-T's four stages),
-    which leaves the multiprocessors a few programs each. Not yet timed on a GPU
-    (``tools/gpu_checks/bench_cross_scan.py``, ``--bwd-fma`` for the multiply-adds)."""
+    keeps many values a position besides. Compiled for sm_90 (``tools/analysis_tools/hopper_codegen.py --part
+    scan-backward``, float16 inputs), the 8-channel, 2-warp kernel takes 80 / 96 / 168 / 255 registers a thread at
+    ranks 6 / 12 / 20 / 32 (SparX-T's four stages) and loads the rank's weights and projections one element at a
+    time; with dt on tensor cores (16 channels, 4 warps) 120 / 122 / 168 at ranks 12 / 20 / 32, its loads tiles.
+    Not yet timed on a GPU (``tools/gpu_checks/bench_cross_scan.py``, ``--bwd-fma`` for the multiply-adds)."""
     if BWD_DT_DOT and _dt_dot_pays(rank, dtype):
         block_d, warps = BWD_DOT_TILING
         if _dt_dot_fits(block_d, block_l, dtype):
