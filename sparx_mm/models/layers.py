@@ -61,19 +61,19 @@ class PointwiseConv(nn.Conv2d):
     """A 1x1 convolution that can add a block's skip path to its output in the same pass
     (:func:`sparx_mm.ops.pointwise_conv2d`: one Triton kernel on GPUs, bias and skip path in its epilogue).
 
-    An ``nn.Conv2d(in_channels, out_channels, 1)`` with the same parameters, so official checkpoints load
-    unchanged; without ``skip`` its output is the convolution's.
+    An ``nn.Conv2d(in_channels, out_channels, 1, groups=groups)`` with the same parameters, so official
+    checkpoints load unchanged; without ``skip`` its output is the convolution's.
 
     Shapes: x (B, Cin, H, W), skip.x (B, Cout, H, W) -> (B, Cout, H, W).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
-        super().__init__(in_channels, out_channels, 1, bias=bias)
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, groups: int = 1):
+        super().__init__(in_channels, out_channels, 1, bias=bias, groups=groups)
 
     def forward(self, x: torch.Tensor, skip: Optional[SkipPath] = None) -> torch.Tensor:
         if skip is None:
-            return pointwise_conv2d(x, self.weight, self.bias)
-        return pointwise_conv2d(x, self.weight, self.bias, skip.x, skip.scale, skip.shift)
+            return pointwise_conv2d(x, self.weight, self.bias, groups=self.groups)
+        return pointwise_conv2d(x, self.weight, self.bias, skip.x, skip.scale, skip.shift, groups=self.groups)
 
 
 class DepthwiseConvAct(nn.Conv2d):

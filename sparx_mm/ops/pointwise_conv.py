@@ -1,19 +1,20 @@
 """1x1 convolution fused with its bias and the block's skip path: one pass over memory.
 
-For ``x`` (B, Cin, H, W), ``weight`` (Cout, Cin, 1, 1), ``bias`` (Cout,) or None and an optional ``skip``
-(B, Cout, H, W) with an optional per-channel ``skip_scale`` / ``skip_shift`` (Cout,)::
+For ``x`` (B, Cin, H, W), ``weight`` (Cout, Cin / groups, 1, 1), ``bias`` (Cout,) or None and an optional
+``skip`` (B, Cout, H, W) with an optional per-channel ``skip_scale`` / ``skip_shift`` (Cout,)::
 
-    pointwise_conv2d(x, weight, bias, skip, skip_scale, skip_shift)
-        = conv2d(x, weight, bias) + (skip * skip_scale + skip_shift)
+    pointwise_conv2d(x, weight, bias, skip, skip_scale, skip_shift, groups=groups)
+        = conv2d(x, weight, bias, groups=groups) + (skip * skip_scale + skip_shift)
 
 SparX uses it for every 1x1 convolution of a block: SS2D's ``in_proj`` and ConvFFN's ``fc1`` (no skip), and
 SS2D's ``out_proj`` and ConvFFN's ``fc2`` with the block's residual ``LS(x) + branch(...)`` folded in (LayerScale
-is the skip path's scale and shift). On GPUs PyTorch runs such a convolution as cuDNN's NHWC GEMM between two
-layout conversions of the NCHW maps, then adds the bias in a separate pass that cannot vectorise, then the skip
-in a third: at SparX-T's stage-1 sizes the bias add alone takes three times the GEMM. The Triton kernel reads
-the NCHW map directly as the GEMM's operand, one sample a program column, and adds the bias and the skip path
-to the float32 accumulator before the one store. Where cuDNN measured faster (7 x 7 maps) the automatic choice
-keeps it (:func:`triton_is_faster`).
+is the skip path's scale and shift); and for the DMCAs' 1x1 convolutions, their grouped fusion conv
+(``groups=3``) included. On GPUs PyTorch runs such a convolution as cuDNN's NHWC GEMM between two layout
+conversions of the NCHW maps, then adds the bias in a separate pass that cannot vectorise, then the skip in a
+third: at SparX-T's stage-1 sizes the bias add alone takes three times the GEMM. The Triton kernel reads the
+NCHW map directly as the GEMM's operand, one sample (and group) a program column, and adds the bias and the
+skip path to the float32 accumulator before the one store. Where cuDNN measured faster (7 x 7 maps) the
+automatic choice keeps it (:func:`triton_is_faster`).
 
 Output dtype (both implementations): the convolution runs in ``conv_dtype`` = the autocast dtype when autocast
 is enabled for x's device type and x is not float64, else x's dtype; without a skip the output has
@@ -40,17 +41,22 @@ __all__ = ['add_skip_path', 'pointwise_conv2d', 'pointwise_conv2d_reference']
 _NAME = 'pointwise_conv2d'
 
 
-def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift):
+def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups):
+    if type(groups) is not int or groups < 1:
+        raise ValueError(f'{_NAME}: groups must be a positive int, got {groups!r}')
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f'{_NAME}: x must be a 4-D tensor (B, Cin, H, W), got {shape_text(x)}')
     if not x.is_floating_point():
         raise TypeError(f'{_NAME}: x must be a floating-point tensor, got {x.dtype}')
     if not isinstance(weight, Tensor) or weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1):
-        raise ValueError(f'{_NAME}: weight must be a 1x1 kernel (Cout, Cin, 1, 1), got {shape_text(weight)}')
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(f'{_NAME}: weight takes {weight.shape[1]} input channels (shape {shape_text(weight)}) but x '
-                         f'has {x.shape[1]} (shape {shape_text(x)})')
+        raise ValueError(f'{_NAME}: weight must be a 1x1 kernel (Cout, Cin / groups, 1, 1), got {shape_text(weight)}')
+    if weight.shape[1] * groups != x.shape[1]:
+        raise ValueError(f'{_NAME}: weight takes {weight.shape[1]} input channels a group (shape {shape_text(weight)}, '
+                         f'groups={groups}) but x has {x.shape[1]} (shape {shape_text(x)})')
     cout = weight.shape[0]
+    if cout % groups:
+        raise ValueError(f'{_NAME}: the output channels (weight {shape_text(weight)}) must be a multiple of '
+                         f'groups={groups}')
     for name, t in (('bias', bias), ('skip_scale', skip_scale), ('skip_shift', skip_shift)):
         if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != (cout, )):
             raise ValueError(f'{_NAME}: {name} must be None or a (Cout,) = ({cout},) tensor, got {shape_text(t)}')
@@ -84,21 +90,21 @@ def add_skip_path(y: Tensor, skip: Tensor, skip_scale: Optional[Tensor] = None,
     return skip + y
 
 
-def _reference(x, weight, bias, skip, skip_scale, skip_shift):
-    y = F.conv2d(x, weight, bias)
+def _reference(x, weight, bias, skip, skip_scale, skip_shift, groups=1):
+    y = F.conv2d(x, weight, bias, groups=groups)
     return y if skip is None else add_skip_path(y, skip, skip_scale, skip_shift)
 
 
 def pointwise_conv2d_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                                skip: Optional[Tensor] = None, skip_scale: Optional[Tensor] = None,
-                               skip_shift: Optional[Tensor] = None) -> Tensor:
+                               skip_shift: Optional[Tensor] = None, groups: int = 1) -> Tensor:
     """The operator (module doc) with plain torch ops: ``F.conv2d``, LayerScale's addcmul, an add.
 
-    Shapes: x (B, Cin, H, W), weight (Cout, Cin, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
-    (B, Cout, H, W) or None -> (B, Cout, H, W), in the dtype of the module doc's rule.
+    Shapes: x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None,
+    skip (B, Cout, H, W) or None -> (B, Cout, H, W), in the dtype of the module doc's rule.
     """
-    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift)
-    return _reference(x, weight, bias, skip, skip_scale, skip_shift)
+    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups)
+    return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups)
 
 
 def _dtypes(x, skip, skip_scale, skip_shift):
@@ -128,7 +134,7 @@ def triton_is_faster(positions: int) -> bool:
 
 def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: Optional[Tensor] = None,
                      skip_scale: Optional[Tensor] = None, skip_shift: Optional[Tensor] = None,
-                     impl: Optional[str] = None) -> Tensor:
+                     impl: Optional[str] = None, groups: int = 1) -> Tensor:
     """``conv1x1(x) + bias + (skip * skip_scale + skip_shift)`` in one pass (module doc), differentiable.
 
     ``impl`` (else the ``SPARX_LAYER_KERNELS`` variable, else automatic): 'triton' runs the fused Triton kernel
@@ -138,14 +144,16 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     reference. The Triton path's backward pass runs Triton kernels for the convolution's input, weight and bias
     gradients (NCHW throughout) and torch ops for the skip path's.
 
-    Shapes: x (B, Cin, H, W), weight (Cout, Cin, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
-    (B, Cout, H, W) or None -> (B, Cout, H, W), in the dtype of the module doc's rule; gradients come back in
+    ``groups``: as ``F.conv2d``'s, output channel block g taking input channel block g.
+
+    Shapes: x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None,
+    skip (B, Cout, H, W) or None -> (B, Cout, H, W), in the dtype of the module doc's rule; gradients come back in
     the inputs' dtypes.
     """
-    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift)
+    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups)
     dtype, out_dtype = _dtypes(x, skip, skip_scale, skip_shift)
     faster = triton_is_faster(x.shape[2] * x.shape[3])
     if gpu_backends.layer_kernel_impl(x, impl, _NAME, faster) == 'reference' or x.numel() == 0:
-        return _reference(x, weight, bias, skip, skip_scale, skip_shift)
+        return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups)
     from .triton_pointwise_conv import pointwise_conv2d_triton
-    return pointwise_conv2d_triton(x, weight, bias, skip, skip_scale, skip_shift, dtype, out_dtype)
+    return pointwise_conv2d_triton(x, weight, bias, skip, skip_scale, skip_shift, dtype, out_dtype, groups)

@@ -3,9 +3,11 @@
 Each program computes a (BLOCK_CO output channels) x (BLOCK_P positions) tile of one sample's output as the
 GEMM ``weight (Cout, Cin) @ x[b] (Cin, H*W)``: x[b] is already a row-major (Cin, H*W) matrix in NCHW order, so
 no layout conversion is needed, and the weight is small enough to stay in L2. The output channel blocks of a
-position block are neighbouring programs, so they share the x tiles through L2. The accumulator is float32;
-the epilogue adds the bias and the skip path (``skip * skip_scale + skip_shift``) to it and stores once in the
-output dtype.
+position block are neighbouring programs, so they share the x tiles through L2. A grouped convolution (``GROUPS``
+groups: the DMCA's fusion conv) is the same product on x, y (and skip) viewed as (B * GROUPS, C / GROUPS, H, W),
+each (sample, group) pair a "sample" of the kernels, which take the pair's group of weight rows (and of the
+per-channel parameters). The accumulator is float32; the epilogue adds the bias and the skip path
+(``skip * skip_scale + skip_shift``) to it and stores once in the output dtype.
 
 The operands are cast to the convolution dtype in registers before the product (float32 x under float16
 autocast is rounded as autocast would round it). float32 products use TF32 when cuDNN may
@@ -44,7 +46,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
-from .triton_launch import cdiv, launch, power_of_two_factor
+from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
 
 #: Products of ``_fwd_kernel``, by the convolution dtype (float32 there: exact; TF32 is ``_fwd_tf32_kernel``'s).
@@ -84,6 +86,19 @@ def _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO: tl.constexpr, BLOCK_P: tl.const
 
 
 @triton.jit
+def _group_params(w_ptr, b_ptr, scale_ptr, shift_ptr, COUT, W_STRIDE, GROUPS: tl.constexpr):
+    """The weight rows and the per-channel parameters of this program's group: its "sample" (grid axis 2) is a
+    (sample, group) pair, group = axis 2 mod GROUPS; the pointers unchanged when GROUPS is 1."""
+    if GROUPS > 1:
+        group = tl.program_id(2) % GROUPS
+        w_ptr += group * COUT * W_STRIDE
+        b_ptr += group * COUT
+        scale_ptr += group * COUT
+        shift_ptr += group * COUT
+    return w_ptr, b_ptr, scale_ptr, shift_ptr
+
+
+@triton.jit
 def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr,
                              HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
                              HAS_SHIFT: tl.constexpr):
@@ -107,15 +122,17 @@ def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_pt
 @triton.jit
 def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS, W_STRIDE_UNITS,
                 HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                DOT: tl.constexpr, CIN_ALIGN: tl.constexpr, P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr,
-                BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+                DOT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr, P_ALIGN: tl.constexpr,
+                W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[b, co, p] = sum_ci w[co, ci] x[b, ci, p] + bias[co] + skip[b, co, p] * scale[co] + shift[co]; float16,
     bfloat16 or exact float32 products (``DOT``). CIN = CIN_UNITS * CIN_ALIGN input channels, P = P_UNITS *
-    P_ALIGN positions, weight rows W_STRIDE_UNITS * W_ALIGN apart (module doc)."""
+    P_ALIGN positions, weight rows W_STRIDE_UNITS * W_ALIGN apart (module doc); with GROUPS > 1, b is a (sample,
+    group) pair and CIN / COUT a group's channels (``_group_params``)."""
     CIN = CIN_UNITS * CIN_ALIGN
     P = P_UNITS * P_ALIGN
     W_STRIDE = W_STRIDE_UNITS * W_ALIGN
     offs_co, co_ok, offs_p, p_ok, sample, x_sample = _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO, BLOCK_P)
+    w_ptr, b_ptr, scale_ptr, shift_ptr = _group_params(w_ptr, b_ptr, scale_ptr, shift_ptr, COUT, W_STRIDE, GROUPS)
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_CO, BLOCK_P), tl.float32)
     for k0 in range(0, CIN, BLOCK_K):
@@ -137,14 +154,16 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNI
 @triton.jit
 def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
                      W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                     HAS_SHIFT: tl.constexpr, CIN_ALIGN: tl.constexpr, P_ALIGN: tl.constexpr,
-                     W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+                     HAS_SHIFT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
+                     P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     """``_fwd_kernel``'s result for float32 tensors with TF32 products, as acc (BLOCK_P, BLOCK_CO) = x^T @ w^T,
     x rounded to TF32 in registers (module doc)."""
     CIN = CIN_UNITS * CIN_ALIGN
     P = P_UNITS * P_ALIGN
     W_STRIDE = W_STRIDE_UNITS * W_ALIGN
     offs_co, co_ok, offs_p, p_ok, sample, x_sample = _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO, BLOCK_P)
+    w_ptr, b_ptr, scale_ptr, shift_ptr = _group_params(w_ptr, b_ptr, scale_ptr, shift_ptr, COUT, W_STRIDE, GROUPS)
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_P, BLOCK_CO), tl.float32)
     for k0 in range(0, CIN, BLOCK_K):
@@ -160,18 +179,21 @@ def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CI
 
 @triton.jit
 def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr, CIN, COUT, P_UNITS, SAMPLES, SAMPLES_PER_SPLIT,
-                  HAS_BIAS: tl.constexpr, DOT: tl.constexpr, P_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr,
-                  BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, DOT: tl.constexpr, GROUPS: tl.constexpr, P_ALIGN: tl.constexpr,
+                  BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr):
     """One split of the samples' share of the weight (and bias) gradients, float32:
     dw[split, co, ci] = sum over its samples b and positions p of dy[b, co, p] x[b, ci, p], and (HAS_BIAS; stored
     by the first input-channel block's programs) db[split, co] = sum dy[b, co, p]. Both operands are read in NCHW
     order with the positions, the product's K, contiguous: the K-major tiles Hopper's tensor cores take, TF32
     included. Products in the convolution dtype (``DOT``: 0 float16, 1 bfloat16, 2 exact float32, 3 TF32), dy cast
-    to it before the bias sums too (as the convolution's backward sums its cast dy)."""
+    to it before the bias sums too (as the convolution's backward sums its cast dy). With GROUPS > 1, grid axis 2
+    is (split, group) and dy / x are (SAMPLES * GROUPS, COUT / CIN, H, W) views: a group's channels, sample
+    b's at b * GROUPS + group; dw / db rows split * GROUPS * COUT + group * COUT + co."""
     P = P_UNITS * P_ALIGN
     offs_co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     offs_ci = tl.program_id(1) * BLOCK_CI + tl.arange(0, BLOCK_CI)
-    split = tl.program_id(2)
+    split = tl.program_id(2) // GROUPS
+    group = tl.program_id(2) % GROUPS
     co_ok = offs_co < COUT
     ci_ok = offs_ci < CIN
     offs_p = tl.arange(0, BLOCK_P)
@@ -181,7 +203,8 @@ def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr, CIN, COUT, P_UNITS, SAMPLES, SA
     bias_acc = tl.zeros((BLOCK_CO, ), tl.float32)
     # One loop over (sample, position chunk) pairs, which the compiler pipelines as one K loop.
     for step in range(tl.minimum(SAMPLES_PER_SPLIT, SAMPLES - first) * chunks):
-        sample = (first + step // chunks).to(tl.int64)  # element offsets of large batches pass 2**31
+        # int64: element offsets of large batches pass 2**31
+        sample = (first + step // chunks).to(tl.int64) * GROUPS + group
         ps = (step % chunks) * BLOCK_P + offs_p
         p_ok = ps < P
         dyt = tl.load(dy_ptr + sample * COUT * P + offs_co[:, None] * P + ps[None, :],
@@ -202,7 +225,7 @@ def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr, CIN, COUT, P_UNITS, SAMPLES, SA
             acc = tl.dot(dyt, xt.to(tl.float32), acc, input_precision='tf32')
         if HAS_BIAS:  # every program sums (only the first block stores): a branch here took 13-33 more registers
             bias_acc += tl.sum(dyt.to(tl.float32), axis=1)
-    rows = split.to(tl.int64) * COUT + offs_co
+    rows = (split.to(tl.int64) * GROUPS + group) * COUT + offs_co
     tl.store(dw_ptr + rows[:, None] * CIN + offs_ci[None, :], acc, mask=co_ok[:, None] & ci_ok[None, :])
     if HAS_BIAS:
         if tl.program_id(1) == 0:
@@ -211,14 +234,22 @@ def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr, CIN, COUT, P_UNITS, SAMPLES, SA
 
 def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype,
            tf32: bool = False) -> Tuple[int, int, int, int, int]:
-    """(BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) for a (Cout, Cin) x (Cin, positions) product.
+    """(BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) for a (Cout, Cin) x (Cin, positions) product (a group's).
 
     From sweeps (batch 128, the 1x1 convolutions of SparX-T and B; ``tools/gpu_checks/check_pointwise_conv.py
     --only sweep`` repeats them, for any of T / S / B): float16 and exact float32 on an H100, the fastest of 24
-    tilings each; TF32 on an H200, the fastest of 8 (a sweep before ``--only sweep`` covered this kernel).
+    tilings each; TF32 on an H200, the fastest of 8 (a sweep before ``--only sweep`` covered this kernel). Products
+    of at most 64 output channels (the groups of SparX-T's first DMCA fusion conv) take 64-channel tiles instead of
+    half-empty 128-channel ones: not yet timed.
     """
     if TILING_OVERRIDE is not None:
         return TILING_OVERRIDE
+    block_co, block_p, block_k, warps, stages = _sweep_tiling(cin, positions, conv_dtype, tf32)
+    return min(block_co, max(64, next_power_of_2(cout))), block_p, block_k, warps, stages
+
+
+def _sweep_tiling(cin: int, positions: int, conv_dtype: torch.dtype, tf32: bool) -> Tuple[int, int, int, int, int]:
+    """The sweeps' fastest tilings (:func:`tiling`)."""
     if conv_dtype == torch.float32 and tf32:
         return (128, 128, 32, 4, 3) if positions >= 128 else (128, 64, 32, 4, 3)
     if conv_dtype == torch.float32:  # float32 tiles take twice the registers and shared memory of float16 ones
@@ -239,17 +270,19 @@ def _weight_rows(weight: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
     return weight.contiguous()
 
 
-def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
-    """``_fwd_kernel`` or ``_fwd_tf32_kernel`` writing y; ``weight``: the (Cout, Cin) matrix, any strides."""
+def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, groups=1):
+    """``_fwd_kernel`` or ``_fwd_tf32_kernel`` writing y; ``weight``: the (Cout, Cin / groups) matrix, any
+    strides."""
     b, cin, h, w = x.shape
-    cout = weight.shape[0]
+    cin, cout = cin // groups, weight.shape[0] // groups
     positions = h * w
     tf32 = tf32 and conv_dtype == torch.float32
     block_co, block_p, block_k, warps, stages = tiling(cin, cout, positions, conv_dtype, tf32)
-    grid = (cdiv(cout, block_co), cdiv(positions, block_p), b)
-    if grid[1] > _MAX_GRID_Y or b > _MAX_GRID_Y:
-        raise ValueError(f'pointwise_conv2d_triton: a {h} x {w} map in batches of {b} needs a grid of {grid}, '
-                         f'beyond CUDA\'s {_MAX_GRID_Y}; split the batch or use the reference implementation')
+    grid = (cdiv(cout, block_co), cdiv(positions, block_p), b * groups)
+    if grid[1] > _MAX_GRID_Y or grid[2] > _MAX_GRID_Y:
+        raise ValueError(f'pointwise_conv2d_triton: a {h} x {w} map in batches of {b} ({groups} group(s)) needs a '
+                         f'grid of {grid}, beyond CUDA\'s {_MAX_GRID_Y}; split the batch or use the reference '
+                         f'implementation')
     weight = _weight_rows(weight, conv_dtype)
     cin_align, p_align, w_align = (power_of_two_factor(n) for n in (cin, positions, weight.stride(0)))
     dummy = weight
@@ -258,8 +291,8 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32):
            dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift, y,
            cin // cin_align, cout, positions // p_align, weight.stride(0) // w_align, HAS_BIAS=bias is not None,
            HAS_SKIP=skip is not None, HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
-           CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=w_align, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k,
-           num_warps=warps, num_stages=stages, **dot)
+           GROUPS=groups, CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=w_align, BLOCK_CO=block_co,
+           BLOCK_P=block_p, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **dot)
 
 
 def wgrad_tiling(cin: int, cout: int, conv_dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
@@ -289,23 +322,24 @@ def wgrad_splits(samples: int, tiles: int, device: torch.device) -> Tuple[int, i
     return per_split, cdiv(samples, per_split)
 
 
-def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf32: bool,
-                  with_bias: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """dy (B, Cout, H, W) and x (B, Cin, H, W), contiguous -> the weight gradient (Cout, Cin) and the bias
+def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf32: bool, with_bias: bool,
+                  groups: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """dy (B, Cout, H, W) and x (B, Cin, H, W), contiguous -> the weight gradient (Cout, Cin / groups) and the bias
     gradient (Cout,) (empty without ``with_bias``), float32, summed over samples and positions."""
     b, cin, h, w = x.shape
     cout, positions = dy.shape[1], h * w
-    block_co, block_ci, block_p, warps, stages = wgrad_tiling(cin, cout, conv_dtype)
-    tiles = (cdiv(cout, block_co), cdiv(cin, block_ci))
-    per_split, splits = wgrad_splits(b, tiles[0] * tiles[1], x.device)
+    cin_group, cout_group = cin // groups, cout // groups
+    block_co, block_ci, block_p, warps, stages = wgrad_tiling(cin_group, cout_group, conv_dtype)
+    tiles = (cdiv(cout_group, block_co), cdiv(cin_group, block_ci))
+    per_split, splits = wgrad_splits(b, tiles[0] * tiles[1] * groups, x.device)
     f32 = dict(device=x.device, dtype=torch.float32)
-    dw = torch.empty(splits, cout, cin, **f32)
+    dw = torch.empty(splits, cout, cin_group, **f32)
     db = torch.empty(splits, cout, **f32) if with_bias else dw
     dot = 3 if conv_dtype == torch.float32 and tf32 else _DOT_CODES[conv_dtype]
     p_align = power_of_two_factor(positions)
-    launch(_wgrad_kernel, tiles + (splits, ), dy, x, dw, db, cin, cout, positions // p_align, b, per_split,
-           HAS_BIAS=with_bias, DOT=dot, P_ALIGN=p_align, BLOCK_CO=block_co, BLOCK_CI=block_ci, BLOCK_P=block_p,
-           num_warps=warps, num_stages=stages)
+    launch(_wgrad_kernel, tiles + (splits * groups, ), dy, x, dw, db, cin_group, cout_group, positions // p_align,
+           b, per_split, HAS_BIAS=with_bias, DOT=dot, GROUPS=groups, P_ALIGN=p_align, BLOCK_CO=block_co,
+           BLOCK_CI=block_ci, BLOCK_P=block_p, num_warps=warps, num_stages=stages)
     return dw.sum(0), (db.sum(0) if with_bias else dw.new_empty(0))
 
 
@@ -313,36 +347,44 @@ def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf
 # an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _pointwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], skip: Optional[torch.Tensor],
                    skip_scale: Optional[torch.Tensor], skip_shift: Optional[torch.Tensor], conv_dtype: torch.dtype,
-                   out_dtype: torch.dtype, tf32: bool) -> torch.Tensor:
-    """x (B, Cin, H, W), weight (Cout, Cin, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
+                   out_dtype: torch.dtype, tf32: bool, groups: int) -> torch.Tensor:
+    """x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
     (B, Cout, H, W) or None, all contiguous -> (B, Cout, H, W) in ``out_dtype``."""
     y = torch.empty((x.shape[0], weight.shape[0]) + tuple(x.shape[2:]), dtype=out_dtype, device=x.device)
-    _launch(x, weight.view(weight.shape[:2]), bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32)
+    _launch(x, weight.view(weight.shape[:2]), bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, groups)
     return y
 
 
-def _pointwise_fwd_fake(x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, out_dtype, tf32):
+def _pointwise_fwd_fake(x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, out_dtype, tf32, groups):
     return x.new_empty((x.shape[0], weight.shape[0]) + tuple(x.shape[2:]), dtype=out_dtype)
 
 
+def _transposed_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """(Cout, Cin / groups, 1, 1) -> the (Cin, Cout / groups) matrix whose group g of rows is group g's weight
+    transposed: the weight of the convolution that maps dy to dx."""
+    cout, cin_group = weight.shape[:2]
+    if groups == 1:
+        return weight.view(cout, cin_group).t()
+    return weight.view(groups, cout // groups, cin_group).transpose(1, 2).reshape(groups * cin_group, -1)
+
+
 def _pointwise_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, conv_dtype: torch.dtype, tf32: bool,
-                   need_dx: bool, need_dweight: bool,
+                   groups: int, need_dx: bool, need_dweight: bool,
                    need_dbias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The convolution's gradients, NCHW throughout (no layout conversions): dx (x's shape and dtype) = the
     forward kernel on dy with the transposed weight; dweight (weight's shape, float32) and dbias (Cout,) float32
     from ``_wgrad_kernel``. A gradient not asked for comes back as an empty tensor. dy, x: contiguous."""
-    cout, cin = weight.shape[:2]
-    dx, dweight, dbias = _pointwise_bwd_fake(dy, x, weight, conv_dtype, tf32, need_dx, False, False)
+    dx, dweight, dbias = _pointwise_bwd_fake(dy, x, weight, conv_dtype, tf32, groups, need_dx, False, False)
     if need_dx:
-        _launch(dy, weight.view(cout, cin).t(), None, None, None, None, dx, conv_dtype, tf32)
+        _launch(dy, _transposed_weight(weight, groups), None, None, None, None, dx, conv_dtype, tf32, groups)
     if need_dweight or need_dbias:
-        sums, dbias = _launch_wgrad(dy, x, conv_dtype, tf32, need_dbias)
+        sums, dbias = _launch_wgrad(dy, x, conv_dtype, tf32, need_dbias, groups)
         if need_dweight:
             dweight = sums.view(weight.shape)
     return dx, dweight, dbias
 
 
-def _pointwise_bwd_fake(dy, x, weight, conv_dtype, tf32, need_dx, need_dweight, need_dbias):
+def _pointwise_bwd_fake(dy, x, weight, conv_dtype, tf32, groups, need_dx, need_dweight, need_dbias):
     """Uninitialised outputs of ``_pointwise_bwd``'s shapes and dtypes (a separate empty tensor for each gradient
     not asked for: outputs must not alias)."""
     def empty():
@@ -356,20 +398,20 @@ _pointwise_bwd = TritonOp('sparx_mm::pointwise_conv_bwd', _pointwise_bwd, _point
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, _, tf32 = inputs
+    x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, _, tf32, groups = inputs
     # skip is needed only for skip_scale's gradient; it is the block's residual stream, kept anyway.
     ctx.save_for_backward(x, weight, skip if skip_scale is not None else None, skip_scale)
-    ctx.conv_dtype, ctx.tf32 = conv_dtype, tf32
+    ctx.conv_dtype, ctx.tf32, ctx.groups = conv_dtype, tf32, groups
     # needs_input_grad is False for absent (None) inputs: only the dtypes of the present ones are kept.
     ctx.dtypes = tuple(None if t is None else t.dtype for t in (bias, skip, skip_shift))
 
 
-def _conv_grads_cudnn(dy, x, weight, conv_dtype, needs):
+def _conv_grads_cudnn(dy, x, weight, conv_dtype, groups, needs):
     """dx, dweight, dbias as autograd runs them for the torch composition: cuDNN's convolution backward in the
     convolution dtype (with NCHW <-> NHWC conversions around its GEMMs); None where not needed."""
     return torch.ops.aten.convolution_backward(
         dy.to(conv_dtype), x.to(conv_dtype), weight.to(conv_dtype), [weight.shape[0]] if needs[2] else None,
-        [1, 1], [0, 0], [1, 1], False, [0, 0], 1, list(needs))
+        [1, 1], [0, 0], [1, 1], False, [0, 0], groups, list(needs))
 
 
 def _backward(ctx, dy):
@@ -379,9 +421,10 @@ def _backward(ctx, dy):
     dx = dweight = dbias = dskip = dscale = dshift = None
     if needs[0] or needs[1] or needs[2]:
         if BACKWARD == 'triton':
-            dx, dweight, dbias = _pointwise_bwd(dy.contiguous(), x, weight, ctx.conv_dtype, ctx.tf32, *needs[:3])
+            dx, dweight, dbias = _pointwise_bwd(dy.contiguous(), x, weight, ctx.conv_dtype, ctx.tf32, ctx.groups,
+                                                *needs[:3])
         else:
-            dx, dweight, dbias = _conv_grads_cudnn(dy, x, weight, ctx.conv_dtype, needs[:3])
+            dx, dweight, dbias = _conv_grads_cudnn(dy, x, weight, ctx.conv_dtype, ctx.groups, needs[:3])
         dx = dx.to(x.dtype) if needs[0] else None
         dweight = dweight.to(weight.dtype) if needs[1] else None
         dbias = dbias.to(bias_dtype) if needs[2] else None
@@ -391,7 +434,7 @@ def _backward(ctx, dy):
         dscale = (dy * skip).sum((0, 2, 3)).to(skip_scale.dtype)
     if needs[5]:
         dshift = dy.sum((0, 2, 3)).to(shift_dtype)
-    return dx, dweight, dbias, dskip, dscale, dshift, None, None, None
+    return dx, dweight, dbias, dskip, dscale, dshift, None, None, None, None
 
 
 _pointwise_fwd = TritonOp('sparx_mm::pointwise_conv_fwd', _pointwise_fwd, _pointwise_fwd_fake,
@@ -401,11 +444,11 @@ _pointwise_fwd = TritonOp('sparx_mm::pointwise_conv_fwd', _pointwise_fwd, _point
 def pointwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                             skip: Optional[torch.Tensor], skip_scale: Optional[torch.Tensor],
                             skip_shift: Optional[torch.Tensor], conv_dtype: torch.dtype,
-                            out_dtype: torch.dtype) -> torch.Tensor:
+                            out_dtype: torch.dtype, groups: int = 1) -> torch.Tensor:
     """Fused Triton implementation of :func:`sparx_mm.ops.pointwise_conv2d` (inputs already checked).
 
-    Shapes: x (B, Cin, H, W), weight (Cout, Cin, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
-    (B, Cout, H, W) or None -> (B, Cout, H, W) in ``out_dtype``; the product in ``conv_dtype``. Inputs that are
+    Shapes: x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None,
+    skip (B, Cout, H, W) or None -> (B, Cout, H, W) in ``out_dtype``; the product in ``conv_dtype``. Inputs that are
     not contiguous in NCHW order (channels_last) are copied first. Needs CUDA tensors (or ``TRITON_INTERPRET=1``,
     Triton's CPU interpreter, for tests).
     """
@@ -416,4 +459,4 @@ def pointwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
 
     return _pointwise_fwd(x.contiguous(), weight.contiguous(), contiguous(bias), contiguous(skip),
                           contiguous(skip_scale), contiguous(skip_shift), conv_dtype, out_dtype,
-                          torch.backends.cudnn.allow_tf32)
+                          torch.backends.cudnn.allow_tf32, groups)

@@ -24,8 +24,9 @@ NAMES = ('y', 'dx', 'dweight', 'dbias', 'dskip', 'dscale', 'dshift')
 # TF32 allowed (torch.backends.cudnn.allow_tf32), the output against the reference on x rounded to TF32 (the
 # interpreter's product itself is exact, as the TF32 kernel's is on x's rounded and w's truncated mantissas).
 TOL = {torch.float32: 1e-5, 'tf32': 1e-5, torch.float16: 2e-3, 'autocast': 2e-3}
-# (batch, Cin, Cout, H, W, bias, skip form, dtype): channel counts and map sizes that are multiples of no block,
-# H != W, a 1 x 1 map, one input channel, every form of the skip path.
+# (batch, Cin, Cout, H, W, bias, skip form, dtype[, groups]): channel counts and map sizes that are multiples of no
+# block, H != W, a 1 x 1 map, one input channel, every form of the skip path; grouped convolutions (the DMCA's
+# fusion conv has 3 groups) in each dtype mode.
 CASES = [(2, 40, 24, 5, 7, True, None, 'tf32'),
          (2, 24, 40, 7, 5, True, 'plain', 'tf32'),
          (1, 33, 17, 6, 6, False, 'both', 'tf32'),
@@ -36,7 +37,11 @@ CASES = [(2, 40, 24, 5, 7, True, None, 'tf32'),
          (2, 40, 24, 5, 7, True, 'both', torch.float16),
          (1, 24, 40, 7, 5, False, None, torch.float16),
          (2, 40, 24, 5, 7, True, 'both', 'autocast'),
-         (1, 17, 30, 4, 3, True, None, 'autocast')]
+         (1, 17, 30, 4, 3, True, None, 'autocast'),
+         (2, 24, 18, 5, 7, True, None, 'tf32', 3),
+         (2, 30, 12, 4, 6, True, 'both', torch.float32, 3),
+         (2, 24, 18, 5, 7, True, 'both', torch.float16, 3),
+         (1, 36, 27, 3, 5, False, None, 'autocast', 3)]
 # Blocks smaller than every dimension of the cases (several K, channel and position blocks, masked edges), as
 # the default tilings are at SparX's sizes.
 SMALL_TILING = (16, 16, 16, 1, 1)
@@ -44,6 +49,8 @@ SMALL_TILING = (16, 16, 16, 1, 1)
 #: batch of 3 is cut in splits of two samples and one (six output tiles, eight programs wanted on the CPU).
 SMALL_WGRAD_TILING = (16, 16, 16, 1, 1)
 SHORT_SPLIT_CASE = (3, 40, 24, 5, 7, True, 'both', torch.float32)
+#: Two output-channel blocks and two K blocks of SMALL_TILING a group.
+SMALL_TILES_GROUPED_CASE = (2, 60, 60, 5, 7, True, 'both', 'tf32', 3)
 
 
 def round_to_tf32(t):
@@ -54,11 +61,13 @@ def round_to_tf32(t):
 
 
 def relative_errors(case):
-    b, cin, cout, h, w, has_bias, skip, dtype = case
+    b, cin, cout, h, w, has_bias, skip, dtype = case[:8]
+    groups = case[8] if len(case) > 8 else 1
     autocast, tf32 = dtype == 'autocast', dtype == 'tf32'
     dtype = torch.float32 if autocast or tf32 else dtype
     g = torch.Generator().manual_seed(cin * 10 + h)
-    inputs = [torch.randn(b, cin, h, w, generator=g), torch.randn(cout, cin, 1, 1, generator=g) * cin ** -0.5,
+    inputs = [torch.randn(b, cin, h, w, generator=g),
+              torch.randn(cout, cin // groups, 1, 1, generator=g) * (cin // groups) ** -0.5,
               torch.randn(cout, generator=g) if has_bias else None,
               torch.randn(b, cout, h, w, generator=g) if skip else None,
               torch.randn(cout, generator=g) if skip in ('scale', 'both') else None,
@@ -69,11 +78,12 @@ def relative_errors(case):
     torch.backends.cudnn.allow_tf32 = tf32
     try:
         with torch.autocast('cpu', dtype=torch.float16, enabled=autocast):
-            y = pointwise_conv2d(*leaves, impl='triton')
-            expected_dtype = pointwise_conv2d_reference(*inputs).dtype  # the composition's, same autocast state
+            y = pointwise_conv2d(*leaves, impl='triton', groups=groups)
+            # the composition's, same autocast state
+            expected_dtype = pointwise_conv2d_reference(*inputs, groups=groups).dtype
     finally:
         torch.backends.cudnn.allow_tf32 = True
-    y_ref = pointwise_conv2d_reference(*ref_leaves)
+    y_ref = pointwise_conv2d_reference(*ref_leaves, groups=groups)
     y_expected = y_ref.detach()
     dy = torch.randn(y.shape, generator=g).to(y.dtype)
     present = [t for t in leaves if t is not None]
@@ -83,11 +93,11 @@ def relative_errors(case):
         # The output and dx are the TF32 forward kernel's, which rounds its x (dx: of dy) to TF32 in registers;
         # the interpreter's products are exact, so the weight gradient is too.
         with torch.no_grad():
-            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:])
-            ref_grads[0] = torch.nn.grad.conv2d_input(inputs[0].shape, inputs[1], round_to_tf32(dy))
+            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:], groups=groups)
+            ref_grads[0] = torch.nn.grad.conv2d_input(inputs[0].shape, inputs[1], round_to_tf32(dy), groups=groups)
     elif tf32:  # cuDNN's backward (exact on the CPU) of the unrounded inputs
         with torch.no_grad():
-            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:])
+            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:], groups=groups)
     assert y.dtype == expected_dtype, (y.dtype, expected_dtype)
     assert all(gr.dtype == leaf.dtype for gr, leaf in zip(grads, present))
     names = [name for name, t in zip(NAMES[1:], leaves) if t is not None]
@@ -98,10 +108,11 @@ def relative_errors(case):
 
 def run_case(case, label=''):
     errors = relative_errors(case)
-    tol = TOL[case[-1]]
+    tol = TOL[case[7]]
     failed = [name for name, e in errors.items() if e > tol]
-    dtype = case[-1] if isinstance(case[-1], str) else str(case[-1])[6:]
-    print(f'{label}{case[:-1]} {dtype}', ' '.join(f'{name} {e:.1e}' for name, e in errors.items()),
+    dtype = case[7] if isinstance(case[7], str) else str(case[7])[6:]
+    groups = f' groups {case[8]}' if len(case) > 8 else ''
+    print(f'{label}{case[:7]} {dtype}{groups}', ' '.join(f'{name} {e:.1e}' for name, e in errors.items()),
           'FAIL ' + ','.join(failed) if failed else '', flush=True)
     return max(e / tol for e in errors.values()), not failed
 
@@ -146,12 +157,16 @@ def check_registration():
         torch.randn(6, generator=g)
     skip, scale, shift = torch.randn(2, 6, 3, 4, generator=g), torch.randn(6, generator=g), torch.randn(6, generator=g)
     leaves = [t.requires_grad_() for t in (x, weight, bias, skip, scale, shift)]
-    report = torch.library.opcheck(tpc._pointwise_fwd.op, leaves + [torch.float32, torch.float32, False])
+    report = torch.library.opcheck(tpc._pointwise_fwd.op, leaves + [torch.float32, torch.float32, False, 1])
+    grouped = [x, weight[:, :10].detach().clone().requires_grad_()] + leaves[2:]
+    grouped_report = torch.library.opcheck(tpc._pointwise_fwd.op, grouped + [torch.float32, torch.float32, False, 2])
+    report = {**report, **{f'groups 2 {k}': v for k, v in grouped_report.items()}}
     dy = torch.randn(2, 6, 3, 4, generator=g)
     for needs in ((True, True, True), (False, True, False), (True, False, False)):
-        bwd_report = torch.library.opcheck(tpc._pointwise_bwd.op, [dy, x.detach(), weight.detach(), torch.float32,
-                                                                   False, *needs])
-        report = {**report, **{f'backward {needs} {k}': v for k, v in bwd_report.items()}}
+        for groups, w in ((1, weight), (2, grouped[1])):
+            bwd_report = torch.library.opcheck(tpc._pointwise_bwd.op, [dy, x.detach(), w.detach(), torch.float32,
+                                                                       False, groups, *needs])
+            report = {**report, **{f'backward {needs} groups {groups} {k}': v for k, v in bwd_report.items()}}
     ok = set(report.values()) == {'SUCCESS'}
     print('OPCHECK', 'ok' if ok else report)
 
@@ -206,12 +221,12 @@ if __name__ == '__main__':
         scaled, passed = run_case(case)
         worst, ok = max(worst, scaled), ok and passed
     tpc.TILING_OVERRIDE, tpc.WGRAD_TILING_OVERRIDE = SMALL_TILING, SMALL_WGRAD_TILING
-    for case in CASES[:2] + CASES[5:6] + CASES[7:8] + [SHORT_SPLIT_CASE]:
+    for case in CASES[:2] + CASES[5:6] + CASES[7:8] + [SHORT_SPLIT_CASE, SMALL_TILES_GROUPED_CASE]:
         scaled, passed = run_case(case, label='small tiles ')
         worst, ok = max(worst, scaled), ok and passed
     tpc.TILING_OVERRIDE = tpc.WGRAD_TILING_OVERRIDE = None
     tpc.BACKWARD = 'cudnn'  # the convolution's own backward, kept to compare against
-    for case in CASES[:1] + CASES[5:6]:
+    for case in CASES[:1] + CASES[5:6] + CASES[12:13]:
         scaled, passed = run_case(case, label='cudnn backward ')
         worst, ok = max(worst, scaled), ok and passed
     tpc.BACKWARD = 'triton'

@@ -16,17 +16,19 @@ POINTERS = ('x_ptr', 'w_ptr', 'b_ptr', 's_ptr', 'scale_ptr', 'shift_ptr', 'y_ptr
 INTEGERS = ('CIN_UNITS', 'COUT', 'P_UNITS', 'W_STRIDE_UNITS')
 
 
-def _ptx(kernel, dtype, positions, cin, extra_constexprs):
-    """The kernel at (positions, cin) with cout = 2 cin, a skip path and a bias, its tiling for them, the weight
-    rows unpadded: every pointer 16-byte aligned, the integer arguments divisible by 16 only where they are."""
+def _ptx(kernel, dtype, positions, cin, extra_constexprs, cout=None):
+    """The kernel at (positions, cin) with cout (default 2 cin), a skip path and a bias, its tiling for them, the
+    weight rows unpadded: every pointer 16-byte aligned, the integer arguments divisible by 16 only where they
+    are. With GROUPS among ``extra_constexprs``, cin and cout are a group's."""
     tf32 = kernel is tpc._fwd_tf32_kernel
     torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
-    block_co, block_p, block_k, warps, stages = tpc.tiling(cin, 2 * cin, positions, torch_dtype, tf32)
+    cout = 2 * cin if cout is None else cout
+    block_co, block_p, block_k, warps, stages = tpc.tiling(cin, cout, positions, torch_dtype, tf32)
     cin_align, p_align = power_of_two_factor(cin), power_of_two_factor(positions)
-    values = dict(CIN_UNITS=cin // cin_align, COUT=2 * cin, P_UNITS=positions // p_align,
+    values = dict(CIN_UNITS=cin // cin_align, COUT=cout, P_UNITS=positions // p_align,
                   W_STRIDE_UNITS=cin // cin_align)
     arg_types = dict({name: f'*{dtype}' for name in POINTERS}, **{name: 'i32' for name in INTEGERS})
-    constexprs = dict(HAS_BIAS=True, HAS_SKIP=True, HAS_SCALE=False, HAS_SHIFT=False, CIN_ALIGN=cin_align,
+    constexprs = dict(HAS_BIAS=True, HAS_SKIP=True, HAS_SCALE=False, HAS_SHIFT=False, GROUPS=1, CIN_ALIGN=cin_align,
                       P_ALIGN=p_align, W_ALIGN=cin_align, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k)
     constexprs.update(extra_constexprs)
     aligned = POINTERS + tuple(name for name in INTEGERS if values[name] % 16 == 0)
@@ -47,6 +49,20 @@ def test_tf32_kernel_copies_x_in_16_byte_pieces_onto_tensor_cores():
     # a multiple of 16 either way), not the sizes they describe.
     unaligned = global_copies(_ptx(tpc._fwd_tf32_kernel, 'fp32', 196, 396, dict(CIN_ALIGN=1, P_ALIGN=1,
                                                                                  W_ALIGN=1)))
+    assert unaligned.get('cp.async 4', 0) + unaligned.get('ld.global.b32', 0) > 8, unaligned
+
+
+def test_grouped_tf32_kernel_keeps_16_byte_copies_and_64_channel_tiles():
+    """SparX-T's first DMCA fusion conv (3 groups of 96 -> 64 channels, 56 x 56): the group's weight rows and
+    parameters are offsets from the program's group, which leave x's and the weight's copies 16 bytes and the
+    product a TF32 wgmma, its tile 64 output channels wide (``tiling``); the control as above."""
+    assert tpc.tiling(96, 64, 3136, torch.float32, True)[0] == 64
+    ptx = _ptx(tpc._fwd_tf32_kernel, 'fp32', 3136, 96, dict(GROUPS=3), cout=64)
+    copies = global_copies(ptx)
+    assert 'wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32' in ptx, codegen.tensor_core_ops(ptx)
+    assert copies.get('cp.async 16', 0) > 0 and copies.get('cp.async 4', 0) == 0, copies
+    unaligned = global_copies(_ptx(tpc._fwd_tf32_kernel, 'fp32', 3136, 96, dict(GROUPS=3, CIN_ALIGN=1, P_ALIGN=1,
+                                                                                W_ALIGN=1), cout=64))
     assert unaligned.get('cp.async 4', 0) + unaligned.get('ld.global.b32', 0) > 8, unaligned
 
 

@@ -82,10 +82,16 @@ def test_output_dtype_rule_under_autocast(x_dtype, skip_dtype, with_scale, expec
 @pytest.mark.parametrize('change,error,match', [
     (dict(x=torch.zeros(3, 5, 6)), ValueError, r'x must be a 4-D tensor \(B, Cin, H, W\), got \(3, 5, 6\)'),
     (dict(x=torch.zeros(2, 4, 5, 6, dtype=torch.int64)), TypeError, 'x must be a floating-point tensor'),
-    (dict(weight=torch.zeros(3, 4, 3, 3)), ValueError, r'weight must be a 1x1 kernel \(Cout, Cin, 1, 1\), got '
-                                                       r'\(3, 4, 3, 3\)'),
+    (dict(weight=torch.zeros(3, 4, 3, 3)), ValueError, r'weight must be a 1x1 kernel \(Cout, Cin / groups, 1, 1\), '
+                                                       r'got \(3, 4, 3, 3\)'),
     (dict(weight=torch.zeros(3, 4)), ValueError, r'weight must be a 1x1 kernel'),
     (dict(weight=torch.zeros(3, 5, 1, 1)), ValueError, r'weight takes 5 input channels .* but x has 4'),
+    (dict(groups=0), ValueError, 'groups must be a positive int, got 0'),
+    (dict(groups=2.0), ValueError, 'groups must be a positive int, got 2.0'),
+    (dict(groups=2), ValueError, r'weight takes 4 input channels a group \(shape \(3, 4, 1, 1\), groups=2\) but x '
+                                 r'has 4'),
+    (dict(weight=torch.zeros(3, 2, 1, 1), groups=2), ValueError,
+     r'the output channels \(weight \(3, 2, 1, 1\)\) must be a multiple of groups=2'),
     (dict(bias=torch.zeros(4)), ValueError, r'bias must be None or a \(Cout,\) = \(3,\) tensor, got \(4,\)'),
     (dict(skip=torch.zeros(2, 4, 5, 6)), ValueError, r"skip must be the output's shape \(B, Cout, H, W\) = "
                                                      r"\(2, 3, 5, 6\), got \(2, 4, 5, 6\)"),
@@ -143,7 +149,24 @@ def test_dispatch_where_triton_runs(dtype, impl, autocast, size, expected, monke
             return
         with pytest.raises(TritonCalled):
             pointwise_conv2d(**t, impl=impl)
-    assert ('triton', ) + calls[0][-2:] == expected
+    assert ('triton', ) + calls[0][6:8] == expected
+
+
+def test_grouped_convolution_dispatch_and_module(monkeypatch):
+    """PointwiseConv(groups=3) is nn.Conv2d(groups=3) on the reference path, bit for bit, with its parameter
+    shapes; with triton usable its groups reach the Triton entry point."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(12, 9, 1, groups=3)
+    layer = PointwiseConv(12, 9, groups=3)
+    layer.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 12, 5, 6)
+    assert torch.equal(layer(x), conv(x))
+    assert torch.equal(pointwise_conv2d_reference(x, conv.weight, conv.bias, groups=3), conv(x))
+    from sparx_mm.ops import triton_pointwise_conv
+    calls = intercept_triton(monkeypatch, triton_pointwise_conv, 'pointwise_conv2d_triton')
+    with pytest.raises(TritonCalled):
+        layer(torch.randn(2, 12, 16, 16))
+    assert calls[0][-1] == 3
 
 
 @pytest.mark.parametrize('positions,expected', [(3136, True), (784, True), (196, True), (128, True), (127, False),
@@ -157,9 +180,10 @@ def test_triton_kernel_matches_the_reference_in_the_interpreter():
     stdout = run_in_triton_interpreter('_triton_pointwise_conv_cases.py', 900)
     assert float(re.search(r'WORST (\S+) of tolerance', stdout).group(1)) <= 1, stdout
     assert 'OPCHECK ok' in stdout and 'COMPILE graphs 1 breaks 0 matches eager' in stdout, stdout
-    assert stdout.count('small tiles') == 5, stdout
-    assert stdout.count('cudnn backward') == 2, stdout
+    assert stdout.count('small tiles') == 6, stdout
+    assert stdout.count('cudnn backward') == 3, stdout
+    assert stdout.count('groups 3') == 6, stdout
     assert stdout.count('MODEL ') == 3, stdout
     assert 'TF32 ROUNDING ok' in stdout, stdout
-    # 11 cases, 5 small-tile cases, 2 with cuDNN's backward, rounding, opcheck, compile, 3 models, summary
-    assert stdout.count('\n') == 25, stdout
+    # 15 cases, 6 small-tile cases, 3 with cuDNN's backward, rounding, opcheck, compile, 3 models, summary
+    assert stdout.count('\n') == 31, stdout

@@ -96,17 +96,18 @@ def scan_backward_ptx(rank: int, length: int, dtype: str, block_d: int, warps: i
     return hopper_ptx(tcs._cross_scan_bwd_kernel, arg_types, constexprs, pointers + ('Dm', ), warps, 1)
 
 
-def wgrad_ptx(cin: int, cout: int, positions: int, dtype: str, p_align=None) -> str:
-    """The 1x1 convolutions' weight-gradient kernel (with the bias sums) for a (cout, cin) weight at ``positions``
-    positions, float16 or TF32 ('fp16' / 'fp32') products, its :func:`wgrad_tiling`; the position count passed
-    divided by ``p_align`` (default: its power-of-two factor, as the launch does)."""
+def wgrad_ptx(cin: int, cout: int, positions: int, dtype: str, p_align=None, groups: int = 1) -> str:
+    """The 1x1 convolutions' weight-gradient kernel (with the bias sums) for a (cout, cin) weight (a group's, of
+    ``groups``) at ``positions`` positions, float16 or TF32 ('fp16' / 'fp32') products, its :func:`wgrad_tiling`;
+    the position count passed divided by ``p_align`` (default: its power-of-two factor, as the launch does)."""
     torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
     block_co, block_ci, block_p, warps, stages = tpc.wgrad_tiling(cin, cout, torch_dtype)
     p_align = power_of_two_factor(positions) if p_align is None else p_align
     values = dict(CIN=cin, COUT=cout, P_UNITS=positions // p_align, SAMPLES=128, SAMPLES_PER_SPLIT=15)
     arg_types = dict(dy_ptr=f'*{dtype}', x_ptr=f'*{dtype}', dw_ptr='*fp32', db_ptr='*fp32',
                      **{name: 'i32' for name in values})
-    constexprs = dict(HAS_BIAS=True, DOT=3 if dtype == 'fp32' else 0, P_ALIGN=p_align, BLOCK_CO=block_co,
+    constexprs = dict(HAS_BIAS=True, DOT=3 if dtype == 'fp32' else 0, GROUPS=groups, P_ALIGN=p_align,
+                      BLOCK_CO=block_co,
                       BLOCK_CI=block_ci, BLOCK_P=block_p)
     aligned = ('dy_ptr', 'x_ptr', 'dw_ptr', 'db_ptr') + tuple(name for name, v in values.items() if v % 16 == 0)
     return hopper_ptx(tpc._wgrad_kernel, arg_types, constexprs, aligned, warps, stages)
@@ -135,15 +136,18 @@ def scan_backward_configs(arch: str):
 
 
 def pointwise_wgrad_configs(arch: str):
-    """(label, wgrad_ptx's arguments) of each stage's four 1x1 convolutions, float16 and TF32; the label says where
-    the model keeps cuDNN's convolution instead (the automatic choice, ``pointwise_conv.triton_is_faster``)."""
+    """(label, wgrad_ptx's arguments) of each stage's four 1x1 convolutions and a DMCA's grouped fusion conv at its
+    width (3 groups, 3C -> 2C rounded down to a multiple of 3), float16 and TF32; the label says where the model
+    keeps cuDNN's convolution instead (the automatic choice, ``pointwise_conv.triton_is_faster``)."""
     dims = SparXMamba.arch_zoo[arch]['dims']
     for dim, size in zip(dims, MAP_SIZES):
         where = '' if triton_is_faster(size * size) else ' (the model runs cuDNN here)'
-        for cin, cout in ((dim, 2 * dim), (2 * dim, dim), (dim, 4 * dim), (4 * dim, dim)):
+        for cin, cout, groups in ((dim, 2 * dim, 1), (2 * dim, dim, 1), (dim, 4 * dim, 1), (4 * dim, dim, 1),
+                                  (3 * dim, 2 * dim // 3 * 3, 3)):
+            grouped = f' ({groups} groups)' if groups > 1 else ''
             for dtype, name in (('fp16', 'float16'), ('fp32', 'TF32')):
-                yield (f'1x1 weight gradient {cin}->{cout} {size}x{size} {name}{where}',
-                       (cin, cout, size * size, dtype))
+                yield (f'1x1 weight gradient {cin}->{cout}{grouped} {size}x{size} {name}{where}',
+                       (cin // groups, cout // groups, size * size, dtype, None, groups))
 
 
 #: Each part's configurations and the function compiling one.

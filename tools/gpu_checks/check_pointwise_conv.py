@@ -6,16 +6,18 @@
 check: ``pointwise_conv2d(impl='triton')`` against the reference in float64 on the same (rounded) inputs, the
 output and the gradients of x, weight, bias, skip, skip_scale and skip_shift, on awkward shapes (channel counts
 and map sizes that are multiples of no block, H != W, a 1 x 1 map, one input channel) with every form of the
-skip path, for float32 tensors (TF32 off: the exact kernel; on: the TF32 one), float16 / bfloat16 tensors, and
-float32 tensors under float16 / bfloat16 autocast. Prints the largest relative errors (max |error| / max
-|reference|) and PASSED / FAILED (exit code 1 on failure).
+skip path, grouped convolutions (the DMCA's fusion conv, 3 groups) among them, for float32 tensors (TF32 off:
+the exact kernel; on: the TF32 one), float16 / bfloat16 tensors, and float32 tensors under float16 / bfloat16
+autocast. Prints the largest relative errors (max |error| / max |reference|) and PASSED / FAILED (exit code 1 on
+failure).
 
 bench: median GPU milliseconds (gpu_common.timed) of the Triton op against the torch composition
-(``nn.Conv2d`` + the skip add) at SparX-T's sixteen 1x1 convolutions (batch 128): forward, and forward +
+(``nn.Conv2d`` + the skip add) at SparX-T's sixteen 1x1 convolutions and its DMCAs' grouped fusion convs at
+each stage's map (batch 128): forward, and forward +
 backward, the latter with the Triton backward kernels and with cuDNN's convolution backward behind the Triton
 forward (``triton_pointwise_conv.BACKWARD``); float16 under autocast (float32 parameters) and float32 (TF32,
 cuDNN's default); --arch t / s / b picks the model. in_proj / fc1 run without a skip path, out_proj / fc2 with
-one, as the blocks use them.
+one, as the blocks use them; the fusion convs (``groups 3``) without.
 
 sweep: the forward's time for each of a set of tilings at the same sizes, with the skip path where the
 blocks use one; prints the fastest per size (what ``triton_pointwise_conv.tiling`` encodes).
@@ -45,31 +47,40 @@ DTYPE_MODES = {'float32': (torch.float32, None, False), 'float32 tf32': (torch.f
                'float16': (torch.float16, None, False), 'bfloat16': (torch.bfloat16, None, False),
                'autocast float16': (torch.float32, torch.float16, False),
                'autocast bfloat16': (torch.float32, torch.bfloat16, False)}
-# (batch, Cin, Cout, H, W, bias, skip: None / 'plain' / 'scale' / 'shift' / 'both')
+# (batch, Cin, Cout, H, W, bias, skip: None / 'plain' / 'scale' / 'shift' / 'both'[, groups])
 CHECK_SHAPES = [(2, 96, 192, 56, 56, True, None), (2, 192, 96, 56, 56, True, 'plain'),
                 (3, 320, 1280, 14, 14, True, None), (2, 1280, 320, 14, 14, True, 'both'),
                 (4, 512, 2048, 7, 7, True, 'scale'), (3, 2048, 512, 7, 7, True, 'both'),
                 (2, 37, 70, 9, 13, False, 'shift'), (5, 1, 3, 1, 1, True, 'both'), (2, 200, 33, 150, 3, True, 'plain'),
-                (2, 396, 792, 14, 14, True, 'both'), (2, 38, 20, 6, 5, True, None)]  # Cin with factors 4 and 2
+                (2, 396, 792, 14, 14, True, 'both'), (2, 38, 20, 6, 5, True, None),  # Cin with factors 4 and 2
+                (2, 288, 192, 56, 56, True, None, 3), (2, 960, 639, 14, 14, True, None, 3),  # SparX-T's fusion convs
+                (2, 45, 21, 9, 13, False, 'both', 3)]
 #: Stage widths of SparX-T / S / B.
 ARCH_DIMS = dict(t=(96, 192, 320, 512), s=(96, 192, 328, 544), b=(120, 240, 396, 636))
 
 
 def bench_sizes(arch):
-    """(Cin, Cout, map size, skip): the model's 1x1 convs at 224 x 224 (in_proj, out_proj, fc1, fc2 of each
-    stage)."""
-    return [(c_in, c_out, size, skip) for c, size in zip(ARCH_DIMS[arch], (56, 28, 14, 7))
-            for c_in, c_out, skip in ((c, 2 * c, False), (2 * c, c, True), (c, 4 * c, False), (4 * c, c, True))]
+    """(Cin, Cout, map size, skip, groups): the model's 1x1 convs at 224 x 224 (in_proj, out_proj, fc1, fc2 of
+    each stage, and the grouped fusion conv of a DMCA of that stage's width, 3C -> 2C rounded down to a multiple
+    of 3)."""
+    return [(c_in, c_out, size, skip, groups) for c, size in zip(ARCH_DIMS[arch], (56, 28, 14, 7))
+            for c_in, c_out, skip, groups in ((c, 2 * c, False, 1), (2 * c, c, True, 1), (c, 4 * c, False, 1),
+                                              (4 * c, c, True, 1), (3 * c, 2 * c // 3 * 3, False, 3))]
 
 
 SWEEP_TILINGS = [(co, p, k, w, s) for co, p, k, (w, s) in
                  itertools.product((64, 128), (64, 128), (32, 64), ((4, 3), (8, 3), (4, 4)))]
 
 
+def _groups(shape):
+    return shape[7] if len(shape) > 7 else 1
+
+
 def _inputs(shape, dtype, device, g):
-    b, cin, cout, h, w, has_bias, skip = shape
+    b, cin, cout, h, w, has_bias, skip = shape[:7]
+    cin_group = cin // _groups(shape)
     x = torch.randn(b, cin, h, w, generator=g).to(device, dtype)
-    weight = (torch.randn(cout, cin, 1, 1, generator=g) * cin ** -0.5).to(device, dtype)
+    weight = (torch.randn(cout, cin_group, 1, 1, generator=g) * cin_group ** -0.5).to(device, dtype)
     bias = torch.randn(cout, generator=g).to(device, dtype) if has_bias else None
     s = torch.randn(b, cout, h, w, generator=g).to(device, dtype) if skip else None
     scale = torch.randn(cout, generator=g).to(device, dtype) if skip in ('scale', 'both') else None
@@ -86,14 +97,15 @@ def check_case(shape, mode, device):
     torch.backends.cudnn.allow_tf32 = tf32
     try:
         with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=autocast is not None):
-            y = pointwise_conv2d(*leaves, impl='triton')
+            y = pointwise_conv2d(*leaves, impl='triton', groups=_groups(shape))
             with torch.no_grad():
-                expected_dtype = pointwise_conv2d_reference(*[None if t is None else t.detach() for t in leaves]).dtype
+                expected_dtype = pointwise_conv2d_reference(*[None if t is None else t.detach() for t in leaves],
+                                                            groups=_groups(shape)).dtype
         dy = torch.randn(y.shape, generator=g).to(device, y.dtype)
         y.backward(dy)
     finally:
         torch.backends.cudnn.allow_tf32 = True
-    y_ref = pointwise_conv2d_reference(*ref_leaves)
+    y_ref = pointwise_conv2d_reference(*ref_leaves, groups=_groups(shape))
     y_ref.backward(dy.double())
     dtypes_ok = y.dtype == expected_dtype and all(t.grad.dtype == t.dtype for t in leaves if t is not None)
     errors = {'y': rel_err(y.detach(), y_ref.detach())}
@@ -103,9 +115,9 @@ def check_case(shape, mode, device):
     return errors, dtypes_ok
 
 
-def _bench_tensors(batch, c_in, c_out, size, skip, dtype, device):
+def _bench_tensors(batch, c_in, c_out, size, skip, groups, dtype, device):
     x = torch.randn(batch, c_in, size, size, device=device, dtype=dtype)
-    conv = torch.nn.Conv2d(c_in, c_out, 1).to(device)
+    conv = torch.nn.Conv2d(c_in, c_out, 1, groups=groups).to(device)
     s = torch.randn(batch, c_out, size, size, device=device, dtype=dtype) if skip else None
     return x, conv, s
 
@@ -113,11 +125,11 @@ def _bench_tensors(batch, c_in, c_out, size, skip, dtype, device):
 def bench(device, batch, arch):
     print(f'# {torch.cuda.get_device_name()}, batch {batch}; ms (GPU time of eager steps); f+b: forward + backward '
           'with the Triton backward, with cuDNN\'s backward behind the Triton forward, and the torch composition')
-    print(f'{"Cin":>5} {"Cout":>5} {"HxW":>5} {"skip":>4} {"dtype":>5} {"triton fwd":>10} {"torch fwd":>9} '
-          f'{"speedup":>7} {"triton f+b":>10} {"cudnn bwd":>9} {"torch f+b":>9} {"speedup":>7}')
-    for c_in, c_out, size, skip in bench_sizes(arch):
+    print(f'{"Cin":>5} {"Cout":>5} {"groups":>6} {"HxW":>5} {"skip":>4} {"dtype":>5} {"triton fwd":>10} '
+          f'{"torch fwd":>9} {"speedup":>7} {"triton f+b":>10} {"cudnn bwd":>9} {"torch f+b":>9} {"speedup":>7}')
+    for c_in, c_out, size, skip, groups in bench_sizes(arch):
         for mode, dtype, autocast in (('fp16', torch.float16, True), ('fp32', torch.float32, False)):
-            x, conv, s = _bench_tensors(batch, c_in, c_out, size, skip, dtype, device)
+            x, conv, s = _bench_tensors(batch, c_in, c_out, size, skip, groups, dtype, device)
             x.requires_grad_()
             dy = torch.randn(batch, c_out, size, size, device=device, dtype=dtype)
             row = []
@@ -128,7 +140,7 @@ def bench(device, batch, arch):
                         if impl == 'torch':
                             y = conv(x) if s is None else s + conv(x)
                         else:
-                            y = pointwise_conv2d(x, conv.weight, conv.bias, s, impl='triton')
+                            y = pointwise_conv2d(x, conv.weight, conv.bias, s, impl='triton', groups=groups)
                     if grad:
                         y.backward(dy)
                 tpc.BACKWARD = 'cudnn' if impl == 'cudnn' else 'triton'
@@ -136,9 +148,9 @@ def bench(device, batch, arch):
                     row.append(timed(step)[0])
                 finally:
                     tpc.BACKWARD = 'triton'
-            print(f'{c_in:>5} {c_out:>5} {size:>2}x{size:<2} {"yes" if skip else "no":>4} {mode:>5} {row[0]:>10.3f} '
-                  f'{row[1]:>9.3f} {row[1] / row[0]:>6.2f}x {row[2]:>10.3f} {row[3]:>9.3f} {row[4]:>9.3f} '
-                  f'{row[4] / row[2]:>6.2f}x', flush=True)
+            print(f'{c_in:>5} {c_out:>5} {groups:>6} {size:>2}x{size:<2} {"yes" if skip else "no":>4} {mode:>5} '
+                  f'{row[0]:>10.3f} {row[1]:>9.3f} {row[1] / row[0]:>6.2f}x {row[2]:>10.3f} {row[3]:>9.3f} '
+                  f'{row[4]:>9.3f} {row[4] / row[2]:>6.2f}x', flush=True)
 
 
 def sweep(device, batch, arch):
@@ -146,29 +158,30 @@ def sweep(device, batch, arch):
           '(BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages), and the default tiling')
     with torch.no_grad():
         for dtype in (torch.float16, torch.float32):
-            for c_in, c_out, size, skip in bench_sizes(arch):
-                x, conv, s = _bench_tensors(batch, c_in, c_out, size, skip, dtype, device)
+            for c_in, c_out, size, skip, groups in bench_sizes(arch):
+                x, conv, s = _bench_tensors(batch, c_in, c_out, size, skip, groups, dtype, device)
                 weight, bias = conv.weight.to(dtype), conv.bias.to(dtype)
-                expected = F.conv2d(x, weight, bias) + (0 if s is None else s)
+                expected = F.conv2d(x, weight, bias, groups=groups) + (0 if s is None else s)
                 results = []
                 for tiling in SWEEP_TILINGS + [None]:
                     tpc.TILING_OVERRIDE = tiling
                     try:
-                        y = pointwise_conv2d(x, weight, bias, s, impl='triton')
+                        y = pointwise_conv2d(x, weight, bias, s, impl='triton', groups=groups)
                         if rel_err(y, expected) > 1e-2:
                             print(f'WRONG {tiling}: rel err {rel_err(y, expected):.1e}')
                             continue
-                        results.append((timed(lambda: pointwise_conv2d(x, weight, bias, s, impl='triton'))[0],
-                                        tiling))
+                        results.append((timed(lambda: pointwise_conv2d(x, weight, bias, s, impl='triton',
+                                                                       groups=groups))[0], tiling))
                     except Exception as exc:  # out of shared memory / registers for this size
                         print(f'skip {tiling}: {type(exc).__name__}')
                     finally:
                         tpc.TILING_OVERRIDE = None
                 best = min(r for r in results if r[1] is not None)
                 default = [r[0] for r in results if r[1] is None]
-                cudnn = timed(lambda: F.conv2d(x, weight, bias) + (0 if s is None else s))[0]
+                cudnn = timed(lambda: F.conv2d(x, weight, bias, groups=groups) + (0 if s is None else s))[0]
                 skip_text = 'yes' if skip else 'no'
-                print(f'{str(dtype)[6:]:>7} {c_in:>5}->{c_out:<5} {size:>2}x{size:<2} skip {skip_text:>3}: '
+                print(f'{str(dtype)[6:]:>7} {c_in:>5}->{c_out:<5} groups {groups} {size:>2}x{size:<2} '
+                      f'skip {skip_text:>3}: '
                       f'best {best[0]:.3f} {best[1]}, default {default[0] if default else float("nan"):.3f}, '
                       f'cuDNN + adds {cudnn:.3f}', flush=True)
 
@@ -181,18 +194,19 @@ def wgrad_sweep(device, batch, arch):
           f'{len(WGRAD_SWEEP_TILINGS)} tilings (BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages), the default tiling, and '
           "cuDNN's (in the convolution dtype, NCHW maps)")
     for dtype in (torch.float16, torch.float32):
-        for c_in, c_out, size, _ in bench_sizes(arch):
+        for c_in, c_out, size, _, groups in bench_sizes(arch):
             if not triton_is_faster(size * size):
                 continue  # the model keeps cuDNN's convolution (forward and backward) at these maps
             x = torch.randn(batch, c_in, size, size, device=device, dtype=dtype)
             dy = torch.randn(batch, c_out, size, size, device=device, dtype=dtype)
-            expected = torch.einsum('bohw,bihw->oi', dy.double(), x.double())
+            expected = torch.einsum('bgop,bgip->goi', dy.double().view(batch, groups, c_out // groups, -1),
+                                    x.double().view(batch, groups, c_in // groups, -1)).reshape(c_out, -1)
             results = []
             for tiling in WGRAD_SWEEP_TILINGS + [None]:
                 tpc.WGRAD_TILING_OVERRIDE = tiling
                 try:
                     def wgrad():
-                        return tpc._launch_wgrad(dy, x, dtype, True, True)
+                        return tpc._launch_wgrad(dy, x, dtype, True, True, groups)
                     if rel_err(wgrad()[0], expected) > 1e-2:
                         print(f'WRONG {tiling}: rel err {rel_err(wgrad()[0], expected):.1e}')
                         continue
@@ -201,12 +215,13 @@ def wgrad_sweep(device, batch, arch):
                     print(f'skip {tiling}: {type(exc).__name__}')
                 finally:
                     tpc.WGRAD_TILING_OVERRIDE = None
-            weight = torch.empty(c_out, c_in, 1, 1, device=device, dtype=dtype)
+            weight = torch.empty(c_out, c_in // groups, 1, 1, device=device, dtype=dtype)
             cudnn = timed(lambda: torch.ops.aten.convolution_backward(
-                dy, x, weight, [c_out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, True]))[0]
+                dy, x, weight, [c_out], [1, 1], [0, 0], [1, 1], False, [0, 0], groups, [False, True, True]))[0]
             best = min(r for r in results if r[1] is not None)
             default = [r[0] for r in results if r[1] is None]
-            print(f'{str(dtype)[6:]:>7} {c_in:>5}->{c_out:<5} {size:>2}x{size:<2}: best {best[0]:.3f} {best[1]}, '
+            print(f'{str(dtype)[6:]:>7} {c_in:>5}->{c_out:<5} groups {groups} {size:>2}x{size:<2}: '
+                  f'best {best[0]:.3f} {best[1]}, '
                   f'default {default[0] if default else float("nan"):.3f}, cuDNN {cudnn:.3f}', flush=True)
 
 

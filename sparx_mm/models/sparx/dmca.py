@@ -117,9 +117,9 @@ class DMCA(nn.Module):
         self.scale_mode = scale_mode
 
         self.shortcut_norm = OneGroupNorm(shortcut_channels)
-        # The stride-1 depthwise and the ungrouped 1x1 convolutions are the layer operators (on GPUs Triton kernels
-        # in NCHW order where they measured faster: no generic depthwise kernel, no layout conversions around
-        # cuDNN); nn.Conv2d's with the same parameters, so the official checkpoints load unchanged.
+        # The stride-1 depthwise and the 1x1 convolutions are the layer operators (on GPUs Triton kernels in NCHW
+        # order where they measured faster: no generic depthwise kernel, no layout conversions around cuDNN);
+        # nn.Conv2d's with the same parameters, so the official checkpoints load unchanged.
         self.shortcut_proj = nn.Sequential(
             DepthwiseConvAct(shortcut_channels, 3, bias=False),
             _bn(norm_cfg, shortcut_channels),
@@ -138,7 +138,7 @@ class DMCA(nn.Module):
         self.fuse = nn.Sequential(
             DepthwiseConvAct(3 * dim, 3, activation='gelu'),  # GELU(dwconv(y)) in one kernel
             nn.Identity(),  # where the GELU was: keeps the official checkpoints' key fuse.2
-            nn.Conv2d(3 * dim, fused, 1, groups=3),
+            PointwiseConv(3 * dim, fused, groups=3),
         )
         self.channel_padding = out_channels - fused
 

@@ -78,8 +78,9 @@ def test_learnable_scale_init_and_errors():
 
 
 def test_dmca_convolutions_run_through_the_layer_operators(monkeypatch):
-    """The stride-1 depthwise conv and the ungrouped 1x1 convs are the layer operators (Triton kernels on GPUs
-    where they pay), the strided and the grouped convs stay nn.Conv2d; the parameter keys are the official ones."""
+    """The stride-1 depthwise convs and the 1x1 convs, the grouped fusion conv included, are the layer operators
+    (Triton kernels on GPUs where they pay), the strided depthwise convs stay nn.Conv2d; the parameter keys are
+    the official ones."""
     from sparx_mm.models import layers
     seen = []
 
@@ -97,7 +98,8 @@ def test_dmca_convolutions_run_through_the_layer_operators(monkeypatch):
     weights = {id(p): name for name, p in dmca.named_parameters()}
     assert [(op, weights[id(w)]) for op, w in seen] == [
         ('depthwise', 'shortcut_proj.0.weight'), ('pointwise', 'shortcut_proj.3.weight'), ('pointwise', 'q.1.weight'),
-        ('pointwise', 'k.1.weight'), ('pointwise', 'v.0.weight'), ('depthwise', 'fuse.0.weight')]
+        ('pointwise', 'k.1.weight'), ('pointwise', 'v.0.weight'), ('depthwise', 'fuse.0.weight'),
+        ('pointwise', 'fuse.2.weight')]
     assert [k for k in dmca.state_dict() if k.endswith('.weight')] == [
         'shortcut_norm.weight', 'shortcut_proj.0.weight', 'shortcut_proj.1.weight', 'shortcut_proj.3.weight',
         'q.0.0.weight', 'q.0.1.weight', 'q.1.weight', 'q.2.weight', 'k.0.0.weight', 'k.0.1.weight', 'k.1.weight',
