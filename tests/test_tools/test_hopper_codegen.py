@@ -22,13 +22,15 @@ def test_scan_backward_configs_pair_the_tensor_core_choice_with_its_control(code
     assert [a[3:] for a in chosen] == [(8, 2, 0)] * 2 + [(16, 4, 16)] * 2 + [(16, 4, 32)] * 4
 
 
-def test_wgrad_configs_cover_each_stages_four_convolutions(codegen):
-    """SparX-T's sixteen 1x1 convolutions in float16 and TF32."""
+def test_wgrad_configs_cover_each_stages_four_convolutions_and_a_dmca_fusion_conv(codegen):
+    """SparX-T's sixteen 1x1 convolutions and a grouped DMCA fusion conv a stage, in float16 and TF32; a grouped
+    conv compiles its group's product."""
     configs = list(codegen.pointwise_wgrad_configs('t'))
-    assert len(configs) == 4 * 4 * 2
-    assert configs[0] == ('1x1 weight gradient 96->192 56x56 float16', (96, 192, 3136, 'fp16'))
+    assert len(configs) == 4 * 5 * 2
+    assert configs[0] == ('1x1 weight gradient 96->192 56x56 float16', (96, 192, 3136, 'fp16', None, 1))
+    assert configs[8] == ('1x1 weight gradient 288->192 (3 groups) 56x56 float16', (96, 64, 3136, 'fp16', None, 3))
     # 7 x 7 maps keep cuDNN in the model (forward and backward): said in the label
-    assert [label.endswith('(the model runs cuDNN here)') for label, _ in configs] == [False] * 24 + [True] * 8
+    assert [label.endswith('(the model runs cuDNN here)') for label, _ in configs] == [False] * 30 + [True] * 10
 
 
 def test_summary_of_a_compiled_kernel(codegen):
