@@ -1,10 +1,11 @@
 """Scan operators of the SparX-Mamba blocks, and the fused layer operators of SparX's blocks (one-group
-GroupNorm, depthwise conv + activation, 1x1 conv + bias + skip path).
+GroupNorm, depthwise conv + activation, 1x1 conv + bias + skip path, a BatchNorm folded into a convolution).
 
 Only torch is imported here, so the package works on CPU-only machines;
 accelerated backends (Triton, mamba-ssm) register themselves with
 :func:`register_scan_backend` from their own modules.
 """
+from .batch_norm_fold import fold_batch_norm, fold_batch_norm_reference
 from .cross_scan import cross_merge, cross_scan
 from .cross_selective_scan import (ROUTE_COUNTS, cross_selective_scan, cross_selective_scan_reference,
                                    route_sequence, route_to_positions)
@@ -31,6 +32,8 @@ __all__ = [
     'cross_scan',
     'depthwise_conv2d_act',
     'depthwise_conv2d_act_reference',
+    'fold_batch_norm',
+    'fold_batch_norm_reference',
     'group_norm_one_group',
     'group_norm_one_group_reference',
     'pointwise_conv2d',

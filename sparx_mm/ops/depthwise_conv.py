@@ -41,6 +41,11 @@ MAX_KERNEL_SIZE = 9
 _ACTIVATION_FNS = {None: lambda t: t, 'gelu': F.gelu, 'silu': F.silu}
 
 
+def activation_fn(activation: Optional[str]):
+    """The torch function of an activation of :data:`ACTIVATIONS` (None: the identity)."""
+    return _ACTIVATION_FNS[activation]
+
+
 def _check_inputs(x, weight, bias, residual, activation):
     name = 'depthwise_conv2d_act'
     if not isinstance(x, Tensor) or x.dim() != 4:

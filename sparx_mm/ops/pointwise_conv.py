@@ -5,6 +5,10 @@ For ``x`` (B, Cin, H, W), ``weight`` (Cout, Cin / groups, 1, 1), ``bias`` (Cout,
 
     pointwise_conv2d(x, weight, bias, skip, skip_scale, skip_shift, groups=groups)
         = conv2d(x, weight, bias, groups=groups) + (skip * skip_scale + skip_shift)
+    pointwise_conv2d(x, weight, bias, groups=groups, activation=act)
+        = act(conv2d(x, weight, bias, groups=groups))
+
+(an activation, 'gelu' (exact) or 'silu', or a skip path, not both).
 
 SparX uses it for every 1x1 convolution of a block: SS2D's ``in_proj`` and ConvFFN's ``fc1`` (no skip), and
 SS2D's ``out_proj`` and ConvFFN's ``fc2`` with the block's residual ``LS(x) + branch(...)`` folded in (LayerScale
@@ -35,15 +39,21 @@ from torch import Tensor
 
 from . import gpu_backends
 from .conv_inputs import check_conv_tensors, conv_dtype, shape_text
+from .depthwise_conv import ACTIVATIONS, activation_fn
 
 __all__ = ['add_skip_path', 'pointwise_conv2d', 'pointwise_conv2d_reference']
 
 _NAME = 'pointwise_conv2d'
 
 
-def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups):
+def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation=None):
     if type(groups) is not int or groups < 1:
         raise ValueError(f'{_NAME}: groups must be a positive int, got {groups!r}')
+    if activation not in ACTIVATIONS:
+        raise ValueError(f'{_NAME}: unknown activation {activation!r}; choose one of {ACTIVATIONS}')
+    if activation is not None and skip is not None:
+        raise ValueError(f'{_NAME}: an activation ({activation!r}) applies to the convolution without a skip path; '
+                         'pass one or the other')
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f'{_NAME}: x must be a 4-D tensor (B, Cin, H, W), got {shape_text(x)}')
     if not x.is_floating_point():
@@ -90,21 +100,25 @@ def add_skip_path(y: Tensor, skip: Tensor, skip_scale: Optional[Tensor] = None,
     return skip + y
 
 
-def _reference(x, weight, bias, skip, skip_scale, skip_shift, groups=1):
+def _reference(x, weight, bias, skip, skip_scale, skip_shift, groups=1, activation=None):
     y = F.conv2d(x, weight, bias, groups=groups)
+    if activation is not None:
+        return activation_fn(activation)(y)
     return y if skip is None else add_skip_path(y, skip, skip_scale, skip_shift)
 
 
 def pointwise_conv2d_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                                skip: Optional[Tensor] = None, skip_scale: Optional[Tensor] = None,
-                               skip_shift: Optional[Tensor] = None, groups: int = 1) -> Tensor:
-    """The operator (module doc) with plain torch ops: ``F.conv2d``, LayerScale's addcmul, an add.
+                               skip_shift: Optional[Tensor] = None, groups: int = 1,
+                               activation: Optional[str] = None) -> Tensor:
+    """The operator (module doc) with plain torch ops: ``F.conv2d``, LayerScale's addcmul, an add; or the
+    activation.
 
     Shapes: x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None,
     skip (B, Cout, H, W) or None -> (B, Cout, H, W), in the dtype of the module doc's rule.
     """
-    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups)
-    return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups)
+    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation)
+    return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups, activation)
 
 
 def _dtypes(x, skip, skip_scale, skip_shift):
@@ -134,7 +148,7 @@ def triton_is_faster(positions: int) -> bool:
 
 def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: Optional[Tensor] = None,
                      skip_scale: Optional[Tensor] = None, skip_shift: Optional[Tensor] = None,
-                     impl: Optional[str] = None, groups: int = 1) -> Tensor:
+                     impl: Optional[str] = None, groups: int = 1, activation: Optional[str] = None) -> Tensor:
     """``conv1x1(x) + bias + (skip * skip_scale + skip_shift)`` in one pass (module doc), differentiable.
 
     ``impl`` (else the ``SPARX_LAYER_KERNELS`` variable, else automatic): 'triton' runs the fused Triton kernel
@@ -144,16 +158,23 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     reference. The Triton path's backward pass runs Triton kernels for the convolution's input, weight and bias
     gradients (NCHW throughout) and torch ops for the skip path's.
 
-    ``groups``: as ``F.conv2d``'s, output channel block g taking input channel block g.
+    ``groups``: as ``F.conv2d``'s, output channel block g taking input channel block g. ``activation`` (None,
+    'gelu', 'silu'; not with a skip path): applied to the convolution in the kernel's epilogue when no gradient is
+    needed, as a torch op after it otherwise (the kernels' backward pass does not differentiate it).
 
     Shapes: x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None,
     skip (B, Cout, H, W) or None -> (B, Cout, H, W), in the dtype of the module doc's rule; gradients come back in
     the inputs' dtypes.
     """
-    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups)
+    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation)
     dtype, out_dtype = _dtypes(x, skip, skip_scale, skip_shift)
     faster = triton_is_faster(x.shape[2] * x.shape[3])
     if gpu_backends.layer_kernel_impl(x, impl, _NAME, faster) == 'reference' or x.numel() == 0:
-        return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups)
+        return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups, activation)
     from .triton_pointwise_conv import pointwise_conv2d_triton
-    return pointwise_conv2d_triton(x, weight, bias, skip, skip_scale, skip_shift, dtype, out_dtype, groups)
+    if activation is not None and torch.is_grad_enabled() and \
+            any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        y = pointwise_conv2d_triton(x, weight, bias, None, None, None, dtype, out_dtype, groups)
+        return activation_fn(activation)(y)
+    return pointwise_conv2d_triton(x, weight, bias, skip, skip_scale, skip_shift, dtype, out_dtype, groups,
+                                   activation)

@@ -55,7 +55,7 @@ MIN_PROGRAMS = (1024, 1024)
 #: Widest column block; wider maps are split into several.
 MAX_BLOCK_W = 128
 #: Activation codes of the kernels.
-_ACT_CODES = {'none': 0, 'gelu': 1, 'silu': 2}
+ACT_CODES = {'none': 0, 'gelu': 1, 'silu': 2}
 
 
 @triton.jit
@@ -277,7 +277,7 @@ def _dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     """x (B, C, H, W), weight (C, 1, k, k), bias (C,) or None -> act(conv + bias (+ x)) (B, C, H, W) in
     ``out_dtype``; ``activation`` is 'none', 'gelu' or 'silu'; all inputs contiguous."""
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    _launch_fwd(x, weight, bias, y, residual, _ACT_CODES[activation])
+    _launch_fwd(x, weight, bias, y, residual, ACT_CODES[activation])
     return y
 
 
@@ -298,7 +298,7 @@ def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
     partial = torch.empty(b * c, n_parts, k * k + 1, dtype=torch.float32, device=x.device)
     w_align = power_of_two_factor(w)
     launch(_grad_kernel, grid, x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w // w_align,
-           b * c, run_rows, n_parts, K=k, ACT=_ACT_CODES[activation], HAS_BIAS=bias is not None,
+           b * c, run_rows, n_parts, K=k, ACT=ACT_CODES[activation], HAS_BIAS=bias is not None,
            RESIDUAL=residual, W_ALIGN=w_align, BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
     sums = partial.view(b, c, n_parts, k * k + 1).sum((0, 2))
     # Copies: a custom op's outputs may not be views of one another.

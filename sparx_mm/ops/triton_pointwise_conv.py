@@ -46,6 +46,7 @@ import triton
 import triton.language as tl
 
 from .gpu_backends import check_triton_launchable
+from .triton_depthwise_conv import ACT_CODES, _activation
 from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
 
@@ -101,13 +102,16 @@ def _group_params(w_ptr, b_ptr, scale_ptr, shift_ptr, COUT, W_STRIDE, GROUPS: tl
 @triton.jit
 def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr,
                              HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                             HAS_SHIFT: tl.constexpr):
-    """y[sample, co, p] = acc + bias[co] + skip[sample, co, p] * scale[co] + shift[co]; ``co`` and ``p`` are
-    2-D index tensors broadcasting to acc's shape (either orientation)."""
+                             HAS_SHIFT: tl.constexpr, ACT: tl.constexpr):
+    """y[sample, co, p] = act(acc + bias[co]) + skip[sample, co, p] * scale[co] + shift[co] (``ACT``: the depthwise
+    kernels' activation codes; the wrapper passes no skip path with an activation); ``co`` and ``p`` are 2-D index
+    tensors broadcasting to acc's shape (either orientation)."""
     co_ok = co < COUT
     mask = co_ok & (p < P)
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
+    if ACT != 0:
+        acc = _activation(acc, ACT)
     offs = sample * COUT * P + co * P + p
     if HAS_SKIP:
         skip = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -122,10 +126,11 @@ def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_pt
 @triton.jit
 def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS, W_STRIDE_UNITS,
                 HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                DOT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr, P_ALIGN: tl.constexpr,
-                W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
-    """y[b, co, p] = sum_ci w[co, ci] x[b, ci, p] + bias[co] + skip[b, co, p] * scale[co] + shift[co]; float16,
-    bfloat16 or exact float32 products (``DOT``). CIN = CIN_UNITS * CIN_ALIGN input channels, P = P_UNITS *
+                ACT: tl.constexpr, DOT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
+                P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """y[b, co, p] = act(sum_ci w[co, ci] x[b, ci, p] + bias[co]) + skip[b, co, p] * scale[co] + shift[co];
+    float16, bfloat16 or exact float32 products (``DOT``). CIN = CIN_UNITS * CIN_ALIGN input channels, P = P_UNITS *
     P_ALIGN positions, weight rows W_STRIDE_UNITS * W_ALIGN apart (module doc); with GROUPS > 1, b is a (sample,
     group) pair and CIN / COUT a group's channels (``_group_params``)."""
     CIN = CIN_UNITS * CIN_ALIGN
@@ -148,13 +153,13 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNI
         else:
             acc = tl.dot(wt.to(tl.float32), xt.to(tl.float32), acc, input_precision='ieee')
     _add_bias_skip_and_store(acc, offs_co[:, None], offs_p[None, :], sample, COUT, P, b_ptr, s_ptr, scale_ptr,
-                             shift_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT)
+                             shift_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT, ACT)
 
 
 @triton.jit
 def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
                      W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                     HAS_SHIFT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
+                     HAS_SHIFT: tl.constexpr, ACT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
                      P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
                      BLOCK_K: tl.constexpr):
     """``_fwd_kernel``'s result for float32 tensors with TF32 products, as acc (BLOCK_P, BLOCK_CO) = x^T @ w^T,
@@ -174,7 +179,7 @@ def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CI
                      other=0.0)
         acc = tl.dot(_round_to_tf32(xt.to(tl.float32)), wt.to(tl.float32), acc, input_precision='tf32')
     _add_bias_skip_and_store(acc, offs_co[None, :], offs_p[:, None], sample, COUT, P, b_ptr, s_ptr, scale_ptr,
-                             shift_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT)
+                             shift_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT, ACT)
 
 
 @triton.jit
@@ -270,7 +275,7 @@ def _weight_rows(weight: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
     return weight.contiguous()
 
 
-def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, groups=1):
+def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, groups=1, activation='none'):
     """``_fwd_kernel`` or ``_fwd_tf32_kernel`` writing y; ``weight``: the (Cout, Cin / groups) matrix, any
     strides."""
     b, cin, h, w = x.shape
@@ -291,8 +296,8 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, 
            dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift, y,
            cin // cin_align, cout, positions // p_align, weight.stride(0) // w_align, HAS_BIAS=bias is not None,
            HAS_SKIP=skip is not None, HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
-           GROUPS=groups, CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=w_align, BLOCK_CO=block_co,
-           BLOCK_P=block_p, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **dot)
+           ACT=ACT_CODES[activation], GROUPS=groups, CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=w_align,
+           BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **dot)
 
 
 def wgrad_tiling(cin: int, cout: int, conv_dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
@@ -347,15 +352,19 @@ def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf
 # an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _pointwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], skip: Optional[torch.Tensor],
                    skip_scale: Optional[torch.Tensor], skip_shift: Optional[torch.Tensor], conv_dtype: torch.dtype,
-                   out_dtype: torch.dtype, tf32: bool, groups: int) -> torch.Tensor:
+                   out_dtype: torch.dtype, tf32: bool, groups: int, activation: str) -> torch.Tensor:
     """x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
-    (B, Cout, H, W) or None, all contiguous -> (B, Cout, H, W) in ``out_dtype``."""
+    (B, Cout, H, W) or None, all contiguous -> (B, Cout, H, W) in ``out_dtype``; ``activation`` ('none', 'gelu',
+    'silu'; only without a skip path, and without gradients: the backward pass does not differentiate it) applied
+    to conv + bias."""
     y = torch.empty((x.shape[0], weight.shape[0]) + tuple(x.shape[2:]), dtype=out_dtype, device=x.device)
-    _launch(x, weight.view(weight.shape[:2]), bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, groups)
+    _launch(x, weight.view(weight.shape[:2]), bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, groups,
+            activation)
     return y
 
 
-def _pointwise_fwd_fake(x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, out_dtype, tf32, groups):
+def _pointwise_fwd_fake(x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, out_dtype, tf32, groups,
+                        activation):
     return x.new_empty((x.shape[0], weight.shape[0]) + tuple(x.shape[2:]), dtype=out_dtype)
 
 
@@ -398,7 +407,10 @@ _pointwise_bwd = TritonOp('sparx_mm::pointwise_conv_bwd', _pointwise_bwd, _point
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, _, tf32, groups = inputs
+    x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, _, tf32, groups, activation = inputs
+    if activation != 'none':  # pointwise_conv2d composes the activation when a gradient is needed
+        raise RuntimeError('pointwise_conv_fwd: the fused activation has no backward pass; apply it after the '
+                           'convolution when gradients are needed')
     # skip is needed only for skip_scale's gradient; it is the block's residual stream, kept anyway.
     ctx.save_for_backward(x, weight, skip if skip_scale is not None else None, skip_scale)
     ctx.conv_dtype, ctx.tf32, ctx.groups = conv_dtype, tf32, groups
@@ -434,7 +446,7 @@ def _backward(ctx, dy):
         dscale = (dy * skip).sum((0, 2, 3)).to(skip_scale.dtype)
     if needs[5]:
         dshift = dy.sum((0, 2, 3)).to(shift_dtype)
-    return dx, dweight, dbias, dskip, dscale, dshift, None, None, None, None
+    return dx, dweight, dbias, dskip, dscale, dshift, None, None, None, None, None
 
 
 _pointwise_fwd = TritonOp('sparx_mm::pointwise_conv_fwd', _pointwise_fwd, _pointwise_fwd_fake,
@@ -444,11 +456,12 @@ _pointwise_fwd = TritonOp('sparx_mm::pointwise_conv_fwd', _pointwise_fwd, _point
 def pointwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                             skip: Optional[torch.Tensor], skip_scale: Optional[torch.Tensor],
                             skip_shift: Optional[torch.Tensor], conv_dtype: torch.dtype,
-                            out_dtype: torch.dtype, groups: int = 1) -> torch.Tensor:
+                            out_dtype: torch.dtype, groups: int = 1, activation: Optional[str] = None) -> torch.Tensor:
     """Fused Triton implementation of :func:`sparx_mm.ops.pointwise_conv2d` (inputs already checked).
 
     Shapes: x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None,
-    skip (B, Cout, H, W) or None -> (B, Cout, H, W) in ``out_dtype``; the product in ``conv_dtype``. Inputs that are
+    skip (B, Cout, H, W) or None -> (B, Cout, H, W) in ``out_dtype``; the product in ``conv_dtype``; ``activation``
+    (None, 'gelu', 'silu') of conv + bias, without a skip path and without gradients. Inputs that are
     not contiguous in NCHW order (channels_last) are copied first. Needs CUDA tensors (or ``TRITON_INTERPRET=1``,
     Triton's CPU interpreter, for tests).
     """
@@ -459,4 +472,4 @@ def pointwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
 
     return _pointwise_fwd(x.contiguous(), weight.contiguous(), contiguous(bias), contiguous(skip),
                           contiguous(skip_scale), contiguous(skip_shift), conv_dtype, out_dtype,
-                          torch.backends.cudnn.allow_tf32, groups)
+                          torch.backends.cudnn.allow_tf32, groups, activation or 'none')

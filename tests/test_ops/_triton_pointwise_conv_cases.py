@@ -149,6 +149,44 @@ def check_tf32_rounding():
     return finite_ok and specials_ok
 
 
+def check_activation():
+    """The activation epilogue (no gradient needed) against the reference's conv then activation, and with a
+    gradient needed the composition (the kernel, then the torch activation) against the reference's gradients:
+    exact GELU and SiLU, float32 (exact and TF32), float16, a grouped convolution."""
+    ok = True
+    for activation, dtype, tf32, groups in (('gelu', torch.float32, False, 1), ('silu', torch.float32, True, 1),
+                                            ('gelu', torch.float16, False, 3)):
+        g = torch.Generator().manual_seed(7)
+        x = torch.randn(2, 24, 5, 7, generator=g).to(dtype)
+        weight = (torch.randn(18, 24 // groups, 1, 1, generator=g) * 0.3).to(dtype)
+        bias = torch.randn(18, generator=g).to(dtype)
+        tol = 2e-3 if dtype == torch.float16 or tf32 else 1e-5  # TF32: dx of dy rounded to TF32 (exact products)
+        torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            with torch.no_grad():
+                y = pointwise_conv2d(x, weight, bias, impl='triton', groups=groups, activation=activation)
+            x_ref = round_to_tf32(x) if tf32 else x.float()
+            expected = pointwise_conv2d_reference(x_ref, weight.float(), bias.float(), groups=groups,
+                                                  activation=activation)
+            leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+            y_grad = pointwise_conv2d(*leaves, impl='triton', groups=groups, activation=activation)
+            dy = torch.randn(y_grad.shape, generator=g).to(dtype)
+            grads = torch.autograd.grad(y_grad, leaves, dy)
+        finally:
+            torch.backends.cudnn.allow_tf32 = True
+        ref_leaves = [t.float().requires_grad_() for t in (x, weight, bias)]
+        ref_grads = torch.autograd.grad(pointwise_conv2d_reference(*ref_leaves, groups=groups, activation=activation),
+                                        ref_leaves, dy.float())
+        errors = [float((a.float() - e).abs().max() / e.abs().max()) for a, e in
+                  zip([y, y_grad.detach()] + list(grads), [expected, expected] + list(ref_grads))]
+        passed = y.dtype == dtype and max(errors) <= tol
+        ok = ok and passed
+        print(f'ACTIVATION {activation} {str(dtype)[6:]}{" tf32" if tf32 else ""} groups {groups}: fused '
+              f'{errors[0]:.1e}, with gradients y {errors[1]:.1e} dx {errors[2]:.1e} dweight {errors[3]:.1e} dbias '
+              f'{errors[4]:.1e}{"" if passed else " FAIL"}', flush=True)
+    return ok
+
+
 def check_registration():
     """torch.library.opcheck of the custom ops (schema, fake tensors, autograd registration) and a torch.compile
     capture of forward + backward in one graph that matches eager."""
@@ -157,9 +195,15 @@ def check_registration():
         torch.randn(6, generator=g)
     skip, scale, shift = torch.randn(2, 6, 3, 4, generator=g), torch.randn(6, generator=g), torch.randn(6, generator=g)
     leaves = [t.requires_grad_() for t in (x, weight, bias, skip, scale, shift)]
-    report = torch.library.opcheck(tpc._pointwise_fwd.op, leaves + [torch.float32, torch.float32, False, 1])
+    report = torch.library.opcheck(tpc._pointwise_fwd.op, leaves + [torch.float32, torch.float32, False, 1, 'none'])
     grouped = [x, weight[:, :10].detach().clone().requires_grad_()] + leaves[2:]
-    grouped_report = torch.library.opcheck(tpc._pointwise_fwd.op, grouped + [torch.float32, torch.float32, False, 2])
+    grouped_report = torch.library.opcheck(tpc._pointwise_fwd.op,
+                                           grouped + [torch.float32, torch.float32, False, 2, 'none'])
+    activation_report = torch.library.opcheck(
+        tpc._pointwise_fwd.op, [t.detach() for t in leaves[:3]] + [None, None, None, torch.float32, torch.float32,
+                                                                   False, 1, 'gelu'],
+        test_utils=('test_schema', 'test_faketensor'))
+    report = {**report, **{f'activation {k}': v for k, v in activation_report.items()}}
     report = {**report, **{f'groups 2 {k}': v for k, v in grouped_report.items()}}
     dy = torch.randn(2, 6, 3, 4, generator=g)
     for needs in ((True, True, True), (False, True, False), (True, False, False)):
@@ -230,6 +274,7 @@ if __name__ == '__main__':
         scaled, passed = run_case(case, label='cudnn backward ')
         worst, ok = max(worst, scaled), ok and passed
     tpc.BACKWARD = 'triton'
+    ok = check_activation() and ok
     ok = check_tf32_rounding() and ok
     ok = check_registration() and ok
     scaled, passed = check_model()

@@ -28,8 +28,9 @@ def _ptx(kernel, dtype, positions, cin, extra_constexprs, cout=None):
     values = dict(CIN_UNITS=cin // cin_align, COUT=cout, P_UNITS=positions // p_align,
                   W_STRIDE_UNITS=cin // cin_align)
     arg_types = dict({name: f'*{dtype}' for name in POINTERS}, **{name: 'i32' for name in INTEGERS})
-    constexprs = dict(HAS_BIAS=True, HAS_SKIP=True, HAS_SCALE=False, HAS_SHIFT=False, GROUPS=1, CIN_ALIGN=cin_align,
-                      P_ALIGN=p_align, W_ALIGN=cin_align, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k)
+    constexprs = dict(HAS_BIAS=True, HAS_SKIP=True, HAS_SCALE=False, HAS_SHIFT=False, ACT=0, GROUPS=1,
+                      CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=cin_align, BLOCK_CO=block_co, BLOCK_P=block_p,
+                      BLOCK_K=block_k)
     constexprs.update(extra_constexprs)
     aligned = POINTERS + tuple(name for name in INTEGERS if values[name] % 16 == 0)
     return hopper_ptx(kernel, arg_types, constexprs, aligned, warps, stages)

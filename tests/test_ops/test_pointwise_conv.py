@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparx_mm.models.layers import LayerScale, PointwiseConv, SkipPath
@@ -87,6 +88,8 @@ def test_output_dtype_rule_under_autocast(x_dtype, skip_dtype, with_scale, expec
     (dict(weight=torch.zeros(3, 4)), ValueError, r'weight must be a 1x1 kernel'),
     (dict(weight=torch.zeros(3, 5, 1, 1)), ValueError, r'weight takes 5 input channels .* but x has 4'),
     (dict(groups=0), ValueError, 'groups must be a positive int, got 0'),
+    (dict(activation='relu'), ValueError, r"unknown activation 'relu'; choose one of \(None, 'gelu', 'silu'\)"),
+    (dict(activation='gelu'), ValueError, r"an activation \('gelu'\) applies to the convolution without a skip path"),
     (dict(groups=2.0), ValueError, 'groups must be a positive int, got 2.0'),
     (dict(groups=2), ValueError, r'weight takes 4 input channels a group \(shape \(3, 4, 1, 1\), groups=2\) but x '
                                  r'has 4'),
@@ -152,6 +155,25 @@ def test_dispatch_where_triton_runs(dtype, impl, autocast, size, expected, monke
     assert ('triton', ) + calls[0][6:8] == expected
 
 
+@pytest.mark.parametrize('activation', ['gelu', 'silu'])
+def test_activation_runs_in_the_kernel_only_without_gradients(activation, monkeypatch):
+    """The reference is the convolution then the activation; where triton is usable the kernel takes the activation
+    when no gradient is needed, and runs without it (the activation composed after) when one is."""
+    t = _inputs()
+    conv_only = dict(x=t['x'], weight=t['weight'], bias=t['bias'])
+    expected = nn.GELU()(F.conv2d(t['x'], t['weight'], t['bias'])) if activation == 'gelu' else \
+        nn.SiLU()(F.conv2d(t['x'], t['weight'], t['bias']))
+    assert torch.equal(pointwise_conv2d(**conv_only, activation=activation), expected)
+    from sparx_mm.ops import triton_pointwise_conv
+    calls = intercept_triton(monkeypatch, triton_pointwise_conv, 'pointwise_conv2d_triton')
+    big = _inputs(h=16, w=16)  # a map where the automatic choice is the kernel
+    with torch.no_grad(), pytest.raises(TritonCalled):
+        pointwise_conv2d(big['x'], big['weight'], big['bias'], activation=activation)
+    with pytest.raises(TritonCalled):
+        pointwise_conv2d(big['x'].requires_grad_(), big['weight'], big['bias'], activation=activation)
+    assert calls[0][-1] == activation and len(calls[1]) == 9 and calls[1][3] is None
+
+
 def test_grouped_convolution_dispatch_and_module(monkeypatch):
     """PointwiseConv(groups=3) is nn.Conv2d(groups=3) on the reference path, bit for bit, with its parameter
     shapes; with triton usable its groups reach the Triton entry point."""
@@ -166,7 +188,7 @@ def test_grouped_convolution_dispatch_and_module(monkeypatch):
     calls = intercept_triton(monkeypatch, triton_pointwise_conv, 'pointwise_conv2d_triton')
     with pytest.raises(TritonCalled):
         layer(torch.randn(2, 12, 16, 16))
-    assert calls[0][-1] == 3
+    assert calls[0][8] == 3
 
 
 @pytest.mark.parametrize('positions,expected', [(3136, True), (784, True), (196, True), (128, True), (127, False),
@@ -182,8 +204,10 @@ def test_triton_kernel_matches_the_reference_in_the_interpreter():
     assert 'OPCHECK ok' in stdout and 'COMPILE graphs 1 breaks 0 matches eager' in stdout, stdout
     assert stdout.count('small tiles') == 6, stdout
     assert stdout.count('cudnn backward') == 3, stdout
-    assert stdout.count('groups 3') == 6, stdout
+    assert stdout.count('groups 3') == 7, stdout  # 6 cases and an activation case
     assert stdout.count('MODEL ') == 3, stdout
     assert 'TF32 ROUNDING ok' in stdout, stdout
-    # 15 cases, 6 small-tile cases, 3 with cuDNN's backward, rounding, opcheck, compile, 3 models, summary
-    assert stdout.count('\n') == 31, stdout
+    assert stdout.count('ACTIVATION ') == 3, stdout
+    # 15 cases, 6 small-tile cases, 3 with cuDNN's backward, 3 activations, rounding, opcheck, compile, 3 models,
+    # summary
+    assert stdout.count('\n') == 34, stdout

@@ -9,7 +9,9 @@ and map sizes that are multiples of no block, H != W, a 1 x 1 map, one input cha
 skip path, grouped convolutions (the DMCA's fusion conv, 3 groups) among them, for float32 tensors (TF32 off:
 the exact kernel; on: the TF32 one), float16 / bfloat16 tensors, and float32 tensors under float16 / bfloat16
 autocast. Prints the largest relative errors (max |error| / max |reference|) and PASSED / FAILED (exit code 1 on
-failure).
+failure). Then the inference-only parts of the DMCA's path: the kernel's activation epilogue (exact GELU, SiLU;
+no autograd) against the float64 convolution and activation, and ``fold_batch_norm``'s kernel against its
+reference.
 
 bench: median GPU milliseconds (gpu_common.timed) of the Triton op against the torch composition
 (``nn.Conv2d`` + the skip add) at SparX-T's sixteen 1x1 convolutions and its DMCAs' grouped fusion convs at
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from sparx_mm.ops import pointwise_conv2d, pointwise_conv2d_reference  # noqa: E402
+from sparx_mm.ops import fold_batch_norm, pointwise_conv2d, pointwise_conv2d_reference  # noqa: E402
 from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
 from sparx_mm.ops.pointwise_conv import triton_is_faster  # noqa: E402
 from gpu_common import check_and_bench_parser, rel_err, require_cuda, run_check_grid, timed  # noqa: E402
@@ -113,6 +115,50 @@ def check_case(shape, mode, device):
         if leaf is not None:
             errors[name] = rel_err(leaf.grad, ref.grad)
     return errors, dtypes_ok
+
+
+def check_inference_epilogues(device) -> bool:
+    """The activation epilogue (no gradient: the kernels apply it) in each dtype mode at two of SparX-T's DMCA
+    shapes (the shortcut projection at 14 x 14, a grouped one at 28 x 28), and fold_batch_norm's kernel against its
+    reference (float32 weights of SparX-B's widest DMCA convs; float16 weights)."""
+    ok, worst = True, {}
+    for mode, tol in TOL.items():
+        dtype, autocast, tf32 = DTYPE_MODES[mode]
+        for (b, cin, cout, size, groups), activation in (((4, 1280, 640, 14, 1), 'gelu'),
+                                                         ((3, 576, 384, 28, 3), 'silu')):
+            g = torch.Generator().manual_seed(cin + size)
+            x = torch.randn(b, cin, size, size, generator=g).to(device, dtype)
+            weight = (torch.randn(cout, cin // groups, 1, 1, generator=g) * (cin // groups) ** -0.5).to(device, dtype)
+            bias = torch.randn(cout, generator=g).to(device, dtype)
+            torch.backends.cudnn.allow_tf32 = tf32
+            try:
+                with torch.no_grad(), torch.autocast('cuda', dtype=autocast or torch.float16,
+                                                     enabled=autocast is not None):
+                    y = pointwise_conv2d(x, weight, bias, impl='triton', groups=groups, activation=activation)
+            finally:
+                torch.backends.cudnn.allow_tf32 = True
+            expected = pointwise_conv2d_reference(x.double(), weight.double(), bias.double(), groups=groups,
+                                                  activation=activation)
+            err = rel_err(y, expected)
+            worst[mode] = max(worst.get(mode, 0.0), err)
+            if not err <= tol:
+                ok = False
+                print(f'FAIL activation {activation} {mode} {(b, cin, cout, size, groups)}: rel err {err:.2e}')
+    print('activation epilogue, largest relative errors: ' + ', '.join(f'{m} {e:.1e}' for m, e in worst.items()))
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float16, 1e-3)):
+        g = torch.Generator().manual_seed(3)
+        weight = torch.randn(1272, 636, 1, 1, generator=g).to(device, dtype)
+        stats = [torch.randn(1272, generator=g).to(device), (torch.rand(1272, generator=g) + 0.1).to(device),
+                 torch.randn(1272, generator=g).to(device), torch.randn(1272, generator=g).to(device)]
+        bias = torch.randn(1272, generator=g).to(device, dtype)
+        with torch.no_grad():
+            folded = fold_batch_norm(weight, bias, *stats, 1e-5, impl='triton')
+            expected = fold_batch_norm(weight, bias, *stats, 1e-5, impl='reference')
+        errors = [rel_err(a, e) for a, e in zip(folded, expected)]
+        ok &= max(errors) <= tol
+        print(f'fold_batch_norm {str(dtype)[6:]}: weight {errors[0]:.1e}, bias {errors[1]:.1e}'
+              f'{"" if max(errors) <= tol else "  FAIL"}')
+    return ok
 
 
 def _bench_tensors(batch, c_in, c_out, size, skip, groups, dtype, device):
@@ -239,6 +285,7 @@ def main():
     ok = True
     if 'check' in args.only:
         ok = run_check_grid(check_case, TOL, CHECK_SHAPES, device)
+        ok = check_inference_epilogues(device) and ok
         print('PASSED' if ok else 'FAILED')
     if 'bench' in args.only:
         bench(device, args.batch, args.arch)
