@@ -1,11 +1,14 @@
 """Small layers shared by the SparX backbones."""
-from typing import NamedTuple, Optional
+import contextlib
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import add_skip_path, depthwise_conv2d_act, pointwise_conv2d
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..ops import add_skip_path, depthwise_conv2d_act, fold_batch_norm, pointwise_conv2d
 from .recompute import recompute_saved
 
 #: Activation modules that the fused depthwise-conv kernel applies itself, by the kernel's name for them.
@@ -161,3 +164,91 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'
+
+
+def _fused_activation(module: nn.Module) -> Optional[str]:
+    """The layer kernels' name for an activation module they can apply themselves (exact GELU, SiLU), else None."""
+    name = FUSED_ACTIVATIONS.get(type(module))
+    if name == 'gelu' and module.approximate != 'none':
+        return None
+    return name
+
+
+def _normalises_with_running_stats(module: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm that normalises with its running statistics (eval mode): a per-channel
+    affine map that a convolution before it can absorb."""
+    return (isinstance(module, _BatchNorm) and not module.training and module.track_running_stats
+            and module.running_mean is not None and module.running_var is not None)
+
+
+_folding = [True]
+
+
+@contextlib.contextmanager
+def unfolded() -> Iterator[None]:
+    """Within it, :class:`FoldingSequential` runs its children one by one in inference too: for what must see
+    every module's own operators (the FLOP counter counts the BatchNorms, as the paper does)."""
+    previous, _folding[0] = _folding[0], False
+    try:
+        yield
+    finally:
+        _folding[0] = previous
+
+
+class FoldingSequential(nn.Sequential):
+    """An ``nn.Sequential`` (same children, same state-dict keys) that runs fewer passes over the map when no
+    gradient is needed.
+
+    Then a convolution followed by a BatchNorm in eval mode runs as one convolution, the BatchNorm folded into its
+    weight and bias (:func:`sparx_mm.ops.fold_batch_norm`: one small kernel over the weights instead of a read and a
+    write of the map), and an exact GELU or a SiLU after a :class:`DepthwiseConvAct` or :class:`PointwiseConv`
+    (after its BatchNorm, if any) runs in that layer's kernel. Convolutions: :class:`DepthwiseConvAct` without
+    residual or activation of its own, :class:`PointwiseConv` and plain ``nn.Conv2d`` (zero padding). Outputs
+    equal the children's run one by one up to rounding (the folded weight is rounded once, in its dtype). In grad
+    mode (training, or evaluation that keeps the graph), and within :func:`unfolded`, the children run one by
+    one.
+
+    Shapes: as the children's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or not _folding[0]:
+            return super().forward(x)
+        modules = list(self)
+        i = 0
+        while i < len(modules):
+            x, i = self._run_fused(modules, i, x)
+        return x
+
+    @staticmethod
+    def _run_fused(modules, i: int, x: torch.Tensor):
+        """Runs modules[i] on x with what it absorbs of the modules after it; returns (output, next index)."""
+        layer = modules[i]
+        norm = modules[i + 1] if i + 1 < len(modules) else None
+        weight, bias, used = getattr(layer, 'weight', None), getattr(layer, 'bias', None), 1
+        if _folds_into(layer, norm):
+            weight, bias = fold_batch_norm(weight, bias, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                           float(norm.eps))
+            used = 2
+        takes_activation = isinstance(layer, PointwiseConv) or (
+            isinstance(layer, DepthwiseConvAct) and layer.activation is None)
+        activation = _fused_activation(modules[i + used]) if takes_activation and i + used < len(modules) else None
+        if isinstance(layer, PointwiseConv):
+            x = pointwise_conv2d(x, weight, bias, groups=layer.groups, activation=activation)
+        elif isinstance(layer, DepthwiseConvAct):
+            x = depthwise_conv2d_act(x, weight, bias, layer.residual, activation or layer.activation)
+        elif used == 2:
+            x = F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        else:
+            x = layer(x)
+        return x, i + used + (activation is not None)
+
+
+def _folds_into(layer: nn.Module, norm: Optional[nn.Module]) -> bool:
+    """Whether the BatchNorm ``norm`` after ``layer`` folds into it: a convolution (zero padding; a
+    :class:`DepthwiseConvAct` without residual or activation) before a BatchNorm in eval mode of its channels."""
+    if norm is None or not _normalises_with_running_stats(norm) or not isinstance(layer, nn.Conv2d):
+        return False
+    if layer.out_channels != norm.num_features or layer.padding_mode != 'zeros':
+        return False
+    return not isinstance(layer, DepthwiseConvAct) or (not layer.residual and layer.activation is None)

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from ..models.backbones.sparx_mamba import SparXMamba
-from ..models.layers import LayerScale
+from ..models.layers import LayerScale, unfolded
 from ..models.mixers.ss2d import SCAN_ROUTES, SS2D
 from ..models.sparx.dmca import DMCA
 from ..ops import register_scan_backend, unregister_scan_backend
@@ -373,7 +373,8 @@ def count_flops(model: nn.Module, inputs: Union[torch.Tensor, Tuple[int, ...], T
     model.eval()
     layer_scales: Dict[str, int] = {}
     try:
-        with torch.no_grad(), scan_as_single_op(), _count_layer_scales(model, layer_scales):
+        # unfolded(): every BatchNorm runs as itself (counted), not folded into the convolution before it.
+        with torch.no_grad(), unfolded(), scan_as_single_op(), _count_layer_scales(model, layer_scales):
             analyzer = FlopAnalyzer(model, inputs)
             analyzer.set_op_handle(**SCAN_HANDLES)
             analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparx_mm.models.layers import ConvFFN, DepthwiseConvAct, SkipPath
+from sparx_mm.models import layers
+from sparx_mm.models.layers import ConvFFN, DepthwiseConvAct, FoldingSequential, PointwiseConv, SkipPath
 
 from .helpers import saved_bytes
 
@@ -66,3 +67,62 @@ def test_conv_ffn_recomputing_its_hidden_map_changes_nothing_but_the_saved_memor
     # Inference and eval keep the plain path.
     recomputing.eval()
     assert torch.equal(recomputing(x2), plain.eval()(x))
+
+
+def _with_statistics(sequential, seed=1):
+    """Random BatchNorm statistics and affine parameters, so that a fold that drops any of them shows."""
+    g = torch.Generator().manual_seed(seed)
+    for m in sequential.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.3)
+            if m.affine:
+                with torch.no_grad():
+                    m.weight.copy_(torch.randn(m.num_features, generator=g))
+                    m.bias.copy_(torch.randn(m.num_features, generator=g))
+    return sequential
+
+
+def _folding_cases():
+    """(children, fused calls expected in inference): a depthwise conv + BN + GELU and a 1x1 conv + GELU (the DMCA's
+    shortcut projection), a strided plain conv + BN + GELU (its spatial reduction), a grouped 1x1 conv + BN without
+    BN affine parameters, a GELU of the tanh form (not fused), a depthwise conv with a residual (its BN not folded)."""
+    return [
+        ([DepthwiseConvAct(6, 3, bias=False), nn.BatchNorm2d(6), nn.GELU(), PointwiseConv(6, 8), nn.GELU()],
+         dict(fold=1, depthwise='gelu', pointwise='gelu')),
+        ([nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6, bias=False), nn.BatchNorm2d(6), nn.GELU()], dict(fold=1)),
+        ([PointwiseConv(6, 9, groups=3), nn.BatchNorm2d(9, affine=False), nn.GELU(approximate='tanh')],
+         dict(fold=1, pointwise=None)),
+        ([DepthwiseConvAct(6, 3, residual=True), nn.BatchNorm2d(6), nn.SiLU()], dict(depthwise=None)),
+    ]
+
+
+@pytest.mark.parametrize('case', range(4))
+def test_folding_sequential_runs_its_children_with_fewer_passes_in_inference(case, monkeypatch):
+    """No grad: BatchNorms in eval mode fold into the convolutions before them and exact GELUs run in the layer
+    kernels, within float32 rounding of the children run one by one (an nn.Sequential with the same state dict);
+    in grad mode, and in training mode, FoldingSequential is nn.Sequential exactly."""
+    children, expected_calls = _folding_cases()[case]
+    folding = _with_statistics(_seeded(FoldingSequential(*children)).eval())
+    plain = nn.Sequential(*children)
+    assert list(folding.state_dict()) == list(plain.state_dict())
+    calls = []
+    for name in ('fold_batch_norm', 'depthwise_conv2d_act', 'pointwise_conv2d'):
+        real = getattr(layers, name)
+
+        def recording(*args, _name=name, _real=real, **kwargs):
+            activation = kwargs.get('activation', args[4] if _name == 'depthwise_conv2d_act' else None)
+            calls.append((_name.split('_')[0], activation))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(layers, name, recording)
+    x = torch.randn(2, 6, 9, 7)
+    with torch.no_grad():
+        fused = folding(x)
+    expected = {('fold' if k == 'fold' else k, None if k == 'fold' else v) for k, v in expected_calls.items()}
+    assert set(calls) == expected and calls.count(('fold', None)) == expected_calls.get('fold', 0), calls
+    monkeypatch.undo()
+    torch.testing.assert_close(fused, plain(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(folding(x), plain(x))  # grad mode: the children one by one
+    folding.train()
+    assert torch.equal(folding(x), plain(x))  # training mode: batch statistics, nothing folds
+

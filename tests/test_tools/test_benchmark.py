@@ -28,6 +28,19 @@ def test_prints_one_row_per_setting_in_channels_last(benchmark, capsys):
         assert 0 < float(row[8]) <= float(row[5])
 
 
+def test_unfolded_times_inference_with_every_batch_norm_as_its_own_module(benchmark, capsys, monkeypatch):
+    """--unfolded: the folding of FoldingSequential is off while the model runs (and back on after)."""
+    from sparx_mm.models import layers
+    folds = []
+    real = layers.fold_batch_norm
+    monkeypatch.setattr(layers, 'fold_batch_norm', lambda *args: folds.append(1) or real(*args))
+    argv = ['--arch', 't', '--batch', '1', '--size', '32', '--device', 'cpu', '--warmup', '0', '--iters', '1']
+    benchmark.main(argv + ['--unfolded'])
+    assert 'BatchNorms unfolded' in capsys.readouterr().out.splitlines()[0] and not folds
+    benchmark.main(argv)
+    assert folds  # the stem's, the downsampling's and the DMCAs' BatchNorms
+
+
 def test_a_setting_out_of_memory_is_reported_and_the_table_goes_on(benchmark, capsys, monkeypatch):
     real_measure = benchmark.measure
 

@@ -22,6 +22,7 @@ that the host (Python, kernel launches) set the pace, or that the queue of launc
 the GPU did. On the CPU nothing runs ahead: the two differ by the optimizer step (training) alone.
 """
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -32,6 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.models import SparXMamba  # noqa: E402
+from sparx_mm.models.layers import unfolded  # noqa: E402
 
 DTYPES = dict(fp32=None, fp16=torch.float16, bf16=torch.bfloat16)
 
@@ -211,6 +213,9 @@ def main(argv=None):
     parser.add_argument('--channels-last', action='store_true',
                         help='run in channels-last memory format (weights and input)')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
+    parser.add_argument('--unfolded', action='store_true',
+                        help='inference with every BatchNorm and GELU as its own module, not folded into the '
+                             'convolution before it (layers.FoldingSequential), to compare')
     add_backbone_options(parser)
     args = parser.parse_args(argv)
     if args.batch < 1 or args.size < 1 or args.iters < 1:
@@ -227,7 +232,7 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f'# SparX-Mamba benchmark on {name}, torch {torch.__version__}; median of {args.iters} iterations'
           + (', torch.compile' if args.compile else '') + (', CUDA graphs' if args.cuda_graph else '')
-          + (', channels-last' if args.channels_last else '')
+          + (', channels-last' if args.channels_last else '') + (', BatchNorms unfolded' if args.unfolded else '')
           + (f', backbone options {backbone_options}' if backbone_options else ''))
     print(f"{'arch':>4} {'mode':>5} {'dtype':>5} {'batch':>5} {'size':>5} {'ms/iter':>9} {'img/s':>9} {'peak GB':>8} "
           f"{'host ms':>8}")
@@ -236,8 +241,9 @@ def main(argv=None):
             for dtype in args.dtype:
                 r = None
                 try:
-                    r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters,
-                                args.compile, args.channels_last, backbone_options, args.cuda_graph)
+                    with unfolded() if args.unfolded else contextlib.nullcontext():
+                        r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters,
+                                    args.compile, args.channels_last, backbone_options, args.cuda_graph)
                 except torch.OutOfMemoryError:
                     pass  # one setting too large for the device must not cost the rest of the table
                 if r is None:

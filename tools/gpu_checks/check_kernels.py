@@ -8,12 +8,13 @@ tilings, the dt projection on tensor cores), on random inputs of awkward sizes (
 that are not multiples of the block, channels that are not multiples of the channel block, N > 1, one / two
 / four routes, L = 1) in fp32 / bf16 / fp16, then (with --model) whole SparX-Mamba outputs and input
 gradients (train and eval mode; outputs alone without autograd, where the scan kernel takes its inference
-tilings) with the Triton kernels (plain scan, fused scan core, fused scan core + the layer kernels) against the
-reference, a training step with the backward pass recomputing normalised / hidden maps against one keeping
-them (bit-identical gradients), the model with the kernels launched from the cache of compiled kernels
-against Triton's own launch (bit-identical outputs and gradients), and the classifier that benchmark.py times
-replayed from CUDA graphs (``--cuda-graph``) against eager mode (bit-identical outputs and gradients). Prints
-the largest relative errors and exits non-zero when one exceeds its tolerance. The layer kernels' own checks:
+tilings and the BatchNorms fold into the convolutions before them) with the Triton kernels (plain scan, fused
+scan core, fused scan core + the layer kernels) against the reference, a training step with the backward
+pass recomputing normalised / hidden maps against one keeping them (bit-identical gradients), the model with
+the kernels launched from the cache of compiled kernels against Triton's own launch (bit-identical outputs and
+gradients), and the classifier that benchmark.py times replayed from CUDA graphs (``--cuda-graph``) against
+eager mode (bit-identical outputs and gradients). Prints the largest relative errors and exits non-zero when
+one exceeds its tolerance. The layer kernels' own checks:
 check_group_norm.py, check_depthwise_conv.py, check_pointwise_conv.py.
 """
 import argparse
@@ -151,6 +152,15 @@ def check_model(device):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     model = SparXMamba('t', dmca_scale='learnable', drop_path_rate=0.0).to(device)
+    # BatchNorm statistics and affine parameters away from their initial 0 / 1, so that the inference pass's
+    # folded BatchNorms (layers.FoldingSequential) are checked with values that matter.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
     model64 = copy.deepcopy(model).double()
     # name -> (model, SPARX_CROSS_SCAN, SPARX_SCAN_BACKEND, SPARX_LAYER_KERNELS); the first is the ground truth.
     configs = {'float64 reference': (model64, 'unfused', 'reference', 'reference'),

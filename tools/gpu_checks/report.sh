@@ -2,15 +2,15 @@
 # The GPU checks and the benchmark tables of docs/benchmarks.md:
 #   bash tools/gpu_checks/report.sh [OUT_DIR [STEP ...]]
 # Steps: kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled
-# compile_check scan_bench wgrad_sweep (default: all, ~30 minutes on one H100 / H200; name a few to fit a
-# shorter session, e.g.
+# compile_check scan_bench wgrad_sweep graphed_unfolded (default: all, ~30 minutes on one H100 / H200; name a
+# few to fit a shorter session, e.g.
 # `report.sh out kernels table`). Each step has its own time limit so that one slow step (a first Triton /
 # inductor compilation) cannot cost the rest; full logs go to OUT_DIR (default gpu_report/), a summary to stdout.
 set -u
 out=${1:-gpu_report}
 shift $(( $# > 0 ? 1 : 0 ))
 all_steps='kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled compile_check'
-all_steps="$all_steps scan_bench wgrad_sweep"
+all_steps="$all_steps scan_bench wgrad_sweep graphed_unfolded"
 wanted=" ${*:-$all_steps} "
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -73,4 +73,8 @@ step scan_bench 300 bash -c "$scan_bench && $scan_bench --bwd-fma" &&
   grep -E "^# |^ +[0-9]+ +[0-9]+x" "$out/scan_bench.log"
 step wgrad_sweep 300 python3 "$here/check_pointwise_conv.py" --only wgrad-sweep --arch t &&
   grep -E "best|WRONG" "$out/wgrad_sweep.log"
+# The graphed inference table with every BatchNorm and GELU as its own module (benchmark.py --unfolded): against
+# step graphed, what folding them into the convolutions (layers.FoldingSequential) gains.
+step graphed_unfolded 200 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer --cuda-graph --unfolded &&
+  rows < "$out/graphed_unfolded.log"
 exit 0

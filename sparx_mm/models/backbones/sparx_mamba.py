@@ -10,7 +10,7 @@ from mmengine.registry import MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers import ConvFFN, LayerNorm2d
+from ..layers import ConvFFN, FoldingSequential, LayerNorm2d
 from ..mixers.aggregators import AGGREGATORS, build_aggregator
 from ..mixers.ss2d import SS2D
 from ..sparx import GanglionStage, ganglion_plan
@@ -174,7 +174,7 @@ class SparXMamba(BaseModule):
 
             downsample = None
             if i < self.num_stages - 1:
-                downsample = nn.Sequential(
+                downsample = FoldingSequential(
                     nn.Conv2d(dim, self.dims[i + 1], 3, stride=2, padding=1, bias=False),
                     _bn(norm_cfg, self.dims[i + 1]))
             self.layers.append(GanglionStage(dim, self.plans[i], make_block, downsample, with_cp))
@@ -285,7 +285,7 @@ class SparXMamba(BaseModule):
             layers += [nn.Conv2d(hidden, hidden, 3, stride=1, padding=1, bias=False), _bn(norm_cfg, hidden),
                        nn.GELU()]
         layers += [nn.Conv2d(hidden, dim, 3, stride=2, padding=1, bias=False), _bn(norm_cfg, dim)]
-        return nn.Sequential(*layers)
+        return FoldingSequential(*layers)
 
     @staticmethod
     def _official_init(m: nn.Module):

@@ -7,7 +7,7 @@ from mmcv.cnn import build_norm_layer
 from torch import nn
 
 from ...ops import OneGroupNorm
-from ..layers import DepthwiseConvAct, PointwiseConv
+from ..layers import DepthwiseConvAct, FoldingSequential, PointwiseConv
 
 #: The learnable attention scale of the official Mask R-CNN checkpoints starts at (800*1333/16/64) ** -0.5,
 #: i.e. 1/sqrt(h'w') for a 800x1333 image at stride 16 reduced 64-fold (the sizes the scale was tuned for).
@@ -24,7 +24,7 @@ def _spatial_reduction(dim: int, sr_ratio: int, norm_cfg) -> nn.Module:
     """Depthwise strided conv + BN + GELU shrinking H, W by ``sr_ratio``; Identity when sr_ratio == 1."""
     if sr_ratio == 1:
         return nn.Identity()
-    return nn.Sequential(
+    return FoldingSequential(
         nn.Conv2d(dim, dim, sr_ratio + 1, stride=sr_ratio, padding=(sr_ratio + 1) // 2, groups=dim,
                   bias=False),
         _bn(norm_cfg, dim),
@@ -120,18 +120,20 @@ class DMCA(nn.Module):
         # The stride-1 depthwise and the 1x1 convolutions are the layer operators (on GPUs Triton kernels in NCHW
         # order where they measured faster: no generic depthwise kernel, no layout conversions around cuDNN);
         # nn.Conv2d's with the same parameters, so the official checkpoints load unchanged.
-        self.shortcut_proj = nn.Sequential(
+        # FoldingSequential: in inference each BatchNorm folds into the convolution before it, and the GELUs run
+        # in the layer kernels (fewer passes over the maps); the same modules and keys as nn.Sequential.
+        self.shortcut_proj = FoldingSequential(
             DepthwiseConvAct(shortcut_channels, 3, bias=False),
             _bn(norm_cfg, shortcut_channels),
             nn.GELU(),
             PointwiseConv(shortcut_channels, 2 * dim),
             nn.GELU(),
         )
-        self.q = nn.Sequential(_spatial_reduction(dim, sr_ratio, norm_cfg), PointwiseConv(dim, dim, bias=False),
-                               _bn(norm_cfg, dim))
-        self.k = nn.Sequential(_spatial_reduction(dim, sr_ratio, norm_cfg), PointwiseConv(dim, dim, bias=False),
-                               _bn(norm_cfg, dim))
-        self.v = nn.Sequential(PointwiseConv(dim, dim, bias=False), _bn(norm_cfg, dim))
+        self.q = FoldingSequential(_spatial_reduction(dim, sr_ratio, norm_cfg), PointwiseConv(dim, dim, bias=False),
+                                   _bn(norm_cfg, dim))
+        self.k = FoldingSequential(_spatial_reduction(dim, sr_ratio, norm_cfg), PointwiseConv(dim, dim, bias=False),
+                                   _bn(norm_cfg, dim))
+        self.v = FoldingSequential(PointwiseConv(dim, dim, bias=False), _bn(norm_cfg, dim))
         if scale_mode == 'learnable':
             self.scale = nn.Parameter(torch.full((1,), LEARNABLE_SCALE_INIT))
         fused = out_channels // 3 * 3

@@ -166,6 +166,44 @@ def test_frozen_stages_and_norm_eval():
     assert all(p.requires_grad for p in model.out_norms['2'].parameters())
 
 
+def test_inference_folds_every_batch_norm_and_the_dmca_gelus(monkeypatch):
+    """SparX-T without grad: its 43 BatchNorms (stem, downsampling, DMCAs) fold into the convolutions before them
+    and 14 GELUs (each DMCA's two in its shortcut projection) run in the layer kernels; the outputs equal the
+    unfolded pass's (layers.unfolded) to float32 rounding, with BatchNorm statistics and parameters away from
+    their initial values."""
+    from sparx_mm.models import layers
+    model = SparXMamba('t').eval()
+    g = torch.Generator().manual_seed(0)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.3)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+        with torch.no_grad():
+            bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+            bn.bias.copy_(torch.randn(bn.num_features, generator=g) * 0.3)
+    folds, gelus = [], []
+    real_fold, real_pointwise, real_depthwise = layers.fold_batch_norm, layers.pointwise_conv2d, \
+        layers.depthwise_conv2d_act
+    monkeypatch.setattr(layers, 'fold_batch_norm', lambda *a: folds.append(1) or real_fold(*a))
+    monkeypatch.setattr(layers, 'pointwise_conv2d', lambda *a, **k: (
+        gelus.append(1) if k.get('activation') == 'gelu' else None) or real_pointwise(*a, **k))
+    # A depthwise GELU of a folded weight (not the module's parameter) is one FoldingSequential added.
+    monkeypatch.setattr(layers, 'depthwise_conv2d_act', lambda *a: (
+        gelus.append(1) if a[4] == 'gelu' and not isinstance(a[1], torch.nn.Parameter) else None)
+        or real_depthwise(*a))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        with layers.unfolded():
+            expected = model(x)
+        assert not folds
+        gelus.clear()
+        outputs = model(x)
+    assert len(bns) == len(folds) == 43
+    assert len(gelus) == 2 * 7  # SparX-T has 7 DMCAs
+    for out, ref in zip(outputs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_registered_once_in_root_and_found_by_downstream_registries():
     from mmdet.registry import MODELS as DET
     from mmpretrain.registry import MODELS as PRETRAIN

@@ -93,7 +93,7 @@ def test_dmca_convolutions_run_through_the_layer_operators(monkeypatch):
     monkeypatch.setattr(layers, 'depthwise_conv2d_act', recording('depthwise', layers.depthwise_conv2d_act))
     monkeypatch.setattr(layers, 'pointwise_conv2d', recording('pointwise', layers.pointwise_conv2d))
     dmca = DMCA(8, 16, 16, sr_ratio=2).eval()
-    with torch.no_grad():
+    with torch.no_grad(), layers.unfolded():  # module by module (inference folds the BatchNorms first)
         dmca(torch.randn(1, 8, 6, 6), torch.randn(1, 16, 6, 6))
     weights = {id(p): name for name, p in dmca.named_parameters()}
     assert [(op, weights[id(w)]) for op, w in seen] == [
