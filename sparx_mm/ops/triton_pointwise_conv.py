@@ -237,20 +237,25 @@ def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr, CIN, COUT, P_UNITS, SAMPLES, SA
             tl.store(db_ptr + rows, bias_acc, mask=co_ok)
 
 
-def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype,
-           tf32: bool = False) -> Tuple[int, int, int, int, int]:
+def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype, tf32: bool = False,
+           activation: bool = False) -> Tuple[int, int, int, int, int]:
     """(BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) for a (Cout, Cin) x (Cin, positions) product (a group's).
 
     From sweeps (batch 128, the 1x1 convolutions of SparX-T and B; ``tools/gpu_checks/check_pointwise_conv.py
     --only sweep`` repeats them, for any of T / S / B): float16 and exact float32 on an H100, the fastest of 24
     tilings each; TF32 on an H200, the fastest of 8 (a sweep before ``--only sweep`` covered this kernel). Products
     of at most 64 output channels (the groups of SparX-T's first DMCA fusion conv) take 64-channel tiles instead of
-    half-empty 128-channel ones: not yet timed.
+    half-empty 128-channel ones: not yet timed. With an ``activation`` epilogue, 128 x 128 tiles take 8 warps: at 4
+    the accumulator (128 float32 values a thread) and the GELU's temporaries spilled (ptxas, sm_90: TF32 352 bytes,
+    float16 252; at 8 warps 183 / 146 registers, no spills; ``tests/test_ops/test_hopper_codegen.py``).
     """
     if TILING_OVERRIDE is not None:
         return TILING_OVERRIDE
     block_co, block_p, block_k, warps, stages = _sweep_tiling(cin, positions, conv_dtype, tf32)
-    return min(block_co, max(64, next_power_of_2(cout))), block_p, block_k, warps, stages
+    block_co = min(block_co, max(64, next_power_of_2(cout)))
+    if activation and block_co * block_p >= 128 * 128:
+        warps = max(warps, 8)
+    return block_co, block_p, block_k, warps, stages
 
 
 def _sweep_tiling(cin: int, positions: int, conv_dtype: torch.dtype, tf32: bool) -> Tuple[int, int, int, int, int]:
@@ -282,7 +287,7 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, 
     cin, cout = cin // groups, weight.shape[0] // groups
     positions = h * w
     tf32 = tf32 and conv_dtype == torch.float32
-    block_co, block_p, block_k, warps, stages = tiling(cin, cout, positions, conv_dtype, tf32)
+    block_co, block_p, block_k, warps, stages = tiling(cin, cout, positions, conv_dtype, tf32, activation != 'none')
     grid = (cdiv(cout, block_co), cdiv(positions, block_p), b * groups)
     if grid[1] > _MAX_GRID_Y or grid[2] > _MAX_GRID_Y:
         raise ValueError(f'pointwise_conv2d_triton: a {h} x {w} map in batches of {b} ({groups} group(s)) needs a '

@@ -16,14 +16,16 @@ POINTERS = ('x_ptr', 'w_ptr', 'b_ptr', 's_ptr', 'scale_ptr', 'shift_ptr', 'y_ptr
 INTEGERS = ('CIN_UNITS', 'COUT', 'P_UNITS', 'W_STRIDE_UNITS')
 
 
-def _ptx(kernel, dtype, positions, cin, extra_constexprs, cout=None):
+def _ptx(kernel, dtype, positions, cin, extra_constexprs, cout=None, warps=None):
     """The kernel at (positions, cin) with cout (default 2 cin), a skip path and a bias, its tiling for them, the
     weight rows unpadded: every pointer 16-byte aligned, the integer arguments divisible by 16 only where they
     are. With GROUPS among ``extra_constexprs``, cin and cout are a group's."""
     tf32 = kernel is tpc._fwd_tf32_kernel
     torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
     cout = 2 * cin if cout is None else cout
-    block_co, block_p, block_k, warps, stages = tpc.tiling(cin, cout, positions, torch_dtype, tf32)
+    block_co, block_p, block_k, tiling_warps, stages = tpc.tiling(cin, cout, positions, torch_dtype, tf32,
+                                                                  extra_constexprs.get('ACT', 0) != 0)
+    warps = warps or tiling_warps
     cin_align, p_align = power_of_two_factor(cin), power_of_two_factor(positions)
     values = dict(CIN_UNITS=cin // cin_align, COUT=cout, P_UNITS=positions // p_align,
                   W_STRIDE_UNITS=cin // cin_align)
@@ -65,6 +67,19 @@ def test_grouped_tf32_kernel_keeps_16_byte_copies_and_64_channel_tiles():
     unaligned = global_copies(_ptx(tpc._fwd_tf32_kernel, 'fp32', 3136, 96, dict(GROUPS=3, CIN_ALIGN=1, P_ALIGN=1,
                                                                                 W_ALIGN=1), cout=64))
     assert unaligned.get('cp.async 4', 0) + unaligned.get('ld.global.b32', 0) > 8, unaligned
+
+
+def test_gelu_epilogue_takes_8_warps_and_does_not_spill():
+    """The 1x1 kernels with the GELU epilogue (the DMCA's shortcut projection, 1280 -> 640 channels at 14 x 14):
+    the tiling's 8 warps keep the accumulator and the GELU in registers, TF32 and float16; the control at 4 warps
+    spills."""
+    for kernel, dtype, extra in ((tpc._fwd_tf32_kernel, 'fp32', {}), (tpc._fwd_kernel, 'fp16', dict(DOT=0))):
+        constexprs = dict(extra, HAS_SKIP=False, ACT=1)
+        assert tpc.tiling(1280, 640, 196, torch.float32 if dtype == 'fp32' else torch.float16,
+                          dtype == 'fp32', True)[3] == 8
+        registers, spills = codegen.ptxas_usage(_ptx(kernel, dtype, 196, 1280, constexprs, cout=640))
+        assert spills == 0, (dtype, registers, spills)
+        assert codegen.ptxas_usage(_ptx(kernel, dtype, 196, 1280, constexprs, cout=640, warps=4))[1] > 0, dtype
 
 
 def test_float16_kernel_reads_a_196_position_map_with_vector_copies():
