@@ -5,7 +5,6 @@ from typing import Iterator, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import add_skip_path, depthwise_conv2d_act, fold_batch_norm, pointwise_conv2d
@@ -181,18 +180,20 @@ def _normalises_with_running_stats(module: nn.Module) -> bool:
             and module.running_mean is not None and module.running_var is not None)
 
 
-_folding = [True]
+#: Whether :class:`FoldingSequential` folds in inference (:func:`unfolded` turns it off).
+_FOLDING = True
 
 
 @contextlib.contextmanager
 def unfolded() -> Iterator[None]:
     """Within it, :class:`FoldingSequential` runs its children one by one in inference too: for what must see
-    every module's own operators (the FLOP counter counts the BatchNorms, as the paper does)."""
-    previous, _folding[0] = _folding[0], False
+    every module's own operators (the FLOP counter counts the BatchNorms, as the paper does) or compare."""
+    global _FOLDING
+    previous, _FOLDING = _FOLDING, False
     try:
         yield
     finally:
-        _folding[0] = previous
+        _FOLDING = previous
 
 
 class FoldingSequential(nn.Sequential):
@@ -212,7 +213,7 @@ class FoldingSequential(nn.Sequential):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or not _folding[0]:
+        if torch.is_grad_enabled() or not _FOLDING:
             return super().forward(x)
         modules = list(self)
         i = 0
