@@ -246,8 +246,9 @@ def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype, tf32: b
     tilings each; TF32 on an H200, the fastest of 8 (a sweep before ``--only sweep`` covered this kernel). Products
     of at most 64 output channels (the groups of SparX-T's first DMCA fusion conv) take 64-channel tiles instead of
     half-empty 128-channel ones: not yet timed. With an ``activation`` epilogue, 128 x 128 tiles take 8 warps: at 4
-    the accumulator (128 float32 values a thread) and the GELU's temporaries spilled (ptxas, sm_90: TF32 352 bytes,
-    float16 252; at 8 warps 183 / 146 registers, no spills; ``tests/test_ops/test_hopper_codegen.py``).
+    the accumulator (128 float32 values a thread) and the GELU's temporaries spill (ptxas for sm_90, SparX-T's DMCA
+    shortcut projections, 1280 -> 640 at 14 x 14: TF32 304 bytes, float16 184; at 8 warps 189 / 147 registers, no
+    spills; ``tools/analysis_tools/hopper_codegen.py --part pointwise-gelu``).
     """
     if TILING_OVERRIDE is not None:
         return TILING_OVERRIDE

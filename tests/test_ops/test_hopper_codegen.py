@@ -5,37 +5,12 @@ checked by the op tests (Triton's interpreter) and by tools/gpu_checks/."""
 import torch
 
 from sparx_mm.ops import triton_pointwise_conv as tpc
-from sparx_mm.ops.triton_launch import power_of_two_factor
-
 from ..conftest import load_tool
 
 codegen = load_tool('tools/analysis_tools/hopper_codegen.py')
 global_copies, hopper_ptx = codegen.global_copies, codegen.hopper_ptx
 
-POINTERS = ('x_ptr', 'w_ptr', 'b_ptr', 's_ptr', 'scale_ptr', 'shift_ptr', 'y_ptr')
-INTEGERS = ('CIN_UNITS', 'COUT', 'P_UNITS', 'W_STRIDE_UNITS')
-
-
-def _ptx(kernel, dtype, positions, cin, extra_constexprs, cout=None, warps=None):
-    """The kernel at (positions, cin) with cout (default 2 cin), a skip path and a bias, its tiling for them, the
-    weight rows unpadded: every pointer 16-byte aligned, the integer arguments divisible by 16 only where they
-    are. With GROUPS among ``extra_constexprs``, cin and cout are a group's."""
-    tf32 = kernel is tpc._fwd_tf32_kernel
-    torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
-    cout = 2 * cin if cout is None else cout
-    block_co, block_p, block_k, tiling_warps, stages = tpc.tiling(cin, cout, positions, torch_dtype, tf32,
-                                                                  extra_constexprs.get('ACT', 0) != 0)
-    warps = warps or tiling_warps
-    cin_align, p_align = power_of_two_factor(cin), power_of_two_factor(positions)
-    values = dict(CIN_UNITS=cin // cin_align, COUT=cout, P_UNITS=positions // p_align,
-                  W_STRIDE_UNITS=cin // cin_align)
-    arg_types = dict({name: f'*{dtype}' for name in POINTERS}, **{name: 'i32' for name in INTEGERS})
-    constexprs = dict(HAS_BIAS=True, HAS_SKIP=True, HAS_SCALE=False, HAS_SHIFT=False, ACT=0, GROUPS=1,
-                      CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=cin_align, BLOCK_CO=block_co, BLOCK_P=block_p,
-                      BLOCK_K=block_k)
-    constexprs.update(extra_constexprs)
-    aligned = POINTERS + tuple(name for name in INTEGERS if values[name] % 16 == 0)
-    return hopper_ptx(kernel, arg_types, constexprs, aligned, warps, stages)
+_ptx = codegen.forward_ptx
 
 
 def test_tf32_kernel_copies_x_in_16_byte_pieces_onto_tensor_cores():

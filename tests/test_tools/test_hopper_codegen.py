@@ -39,3 +39,13 @@ def test_summary_of_a_compiled_kernel(codegen):
     registers, spills = map(int, re.match(r' *(\d+) registers, spills (\d+) B', text).groups())
     assert 0 < registers <= 255 and spills == 0, text
     assert 'tf32' in text and 'cp.async 16' in text, text
+
+
+def test_gelu_configs_are_the_dmca_shortcut_projections_where_the_kernel_runs(codegen):
+    """SparX-T's distinct DMCA shortcut projections (1x1 + GELU) at maps of 128 positions or more, each in float16
+    and TF32, with the launch's warps and the 4-warp control."""
+    configs = list(codegen.pointwise_gelu_configs('t'))
+    assert configs[0] == ("1x1 + GELU 384->384 28x28 float16, the launch's warps", (384, 384, 784, 'fp16', None))
+    assert configs[1][1] == (384, 384, 784, 'fp16', 4)
+    assert {args[:3] for _, args in configs} == {(384, 384, 784)} | {(c, 640, 196) for c in (320, 640, 960, 1280)}
+    assert len(configs) == 5 * 4

@@ -1,6 +1,6 @@
 """What the Triton kernels compile to on Hopper (sm_90, H100 / H200), on a machine without a GPU.
 
-    python tools/analysis_tools/hopper_codegen.py [--arch t] [--part scan-backward pointwise-wgrad]
+    python tools/analysis_tools/hopper_codegen.py [--arch t] [--part scan-backward pointwise-wgrad pointwise-gelu]
 
 Each kernel is compiled by Triton for ``GPUTarget('cuda', 90, 32)`` at the sizes of the model's layers (batch
 128, 224 x 224) with the launch's tiling, and its PTX assembled by Triton's bundled ptxas: per configuration, the
@@ -11,7 +11,9 @@ convolutions"). Nothing runs: these are facts about the code, not timings.
 
 Parts: ``scan-backward``: the fused scan's backward kernel at each stage, with :func:`backward_tiling`'s choice
 and with the 8-channel multiply-adds; ``pointwise-wgrad``: the 1x1 convolutions' weight-gradient kernel, float16
-and TF32. The helpers are what ``tests/test_ops/test_hopper_codegen.py`` asserts with.
+and TF32; ``pointwise-gelu``: the 1x1 forward kernels with the GELU epilogue (the DMCAs' shortcut projections in
+inference), with the launch's warps and with 4. The helpers are what ``tests/test_ops/test_hopper_codegen.py``
+asserts with.
 """
 import argparse
 import collections
@@ -83,6 +85,40 @@ def ptxas_usage(ptx: str) -> tuple:
     return int(registers.group(1)), int(spills.group(1)) if spills else 0
 
 
+#: The 1x1 forward kernels' pointer and integer arguments, in order.
+FORWARD_POINTERS = ('x_ptr', 'w_ptr', 'b_ptr', 's_ptr', 'scale_ptr', 'shift_ptr', 'y_ptr')
+FORWARD_INTEGERS = ('CIN_UNITS', 'COUT', 'P_UNITS', 'W_STRIDE_UNITS')
+
+
+def forward_ptx(kernel, dtype: str, positions: int, cin: int, extra_constexprs: dict, cout=None, warps=None) -> str:
+    """A 1x1 forward kernel (``tpc._fwd_kernel`` or ``tpc._fwd_tf32_kernel``; 'fp16' / 'fp32') at (positions,
+    cin) with cout (default 2 cin), a bias and a skip path unless ``extra_constexprs`` say otherwise, the launch's
+    tiling for them (``warps`` overrides its warps), the weight rows unpadded: every pointer 16-byte aligned, the
+    integer arguments divisible by 16 only where they are. With GROUPS among ``extra_constexprs``, cin and cout
+    are a group's."""
+    tf32 = kernel is tpc._fwd_tf32_kernel
+    torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
+    cout = 2 * cin if cout is None else cout
+    block_co, block_p, block_k, tiling_warps, stages = tpc.tiling(cin, cout, positions, torch_dtype, tf32,
+                                                                  extra_constexprs.get('ACT', 0) != 0)
+    cin_align, p_align = power_of_two_factor(cin), power_of_two_factor(positions)
+    values = dict(CIN_UNITS=cin // cin_align, COUT=cout, P_UNITS=positions // p_align,
+                  W_STRIDE_UNITS=cin // cin_align)
+    arg_types = dict({name: f'*{dtype}' for name in FORWARD_POINTERS}, **{name: 'i32' for name in FORWARD_INTEGERS})
+    constexprs = dict(HAS_BIAS=True, HAS_SKIP=True, HAS_SCALE=False, HAS_SHIFT=False, ACT=0, GROUPS=1,
+                      CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=cin_align, BLOCK_CO=block_co, BLOCK_P=block_p,
+                      BLOCK_K=block_k)
+    constexprs.update(extra_constexprs)
+    aligned = FORWARD_POINTERS + tuple(name for name in FORWARD_INTEGERS if values[name] % 16 == 0)
+    return hopper_ptx(kernel, arg_types, constexprs, aligned, warps or tiling_warps, stages)
+
+
+def gelu_forward_ptx(cin: int, cout: int, positions: int, dtype: str, warps=None) -> str:
+    """The 1x1 forward kernel with the GELU epilogue, a bias and no skip path (``forward_ptx``)."""
+    kernel, extra = (tpc._fwd_tf32_kernel, {}) if dtype == 'fp32' else (tpc._fwd_kernel, dict(DOT=0))
+    return forward_ptx(kernel, dtype, positions, cin, dict(extra, HAS_SKIP=False, ACT=1), cout=cout, warps=warps)
+
+
 def scan_backward_ptx(rank: int, length: int, dtype: str, block_d: int, warps: int, r_pad: int) -> str:
     """The fused scan's backward kernel (four routes, d_state 1, TRAIN_BLOCK_L positions a chunk) for a sequence
     of ``length`` positions with ``dtype`` ('fp32' / 'fp16') inputs."""
@@ -150,9 +186,28 @@ def pointwise_wgrad_configs(arch: str):
                        (cin // groups, cout // groups, size * size, dtype, None, groups))
 
 
+def pointwise_gelu_configs(arch: str):
+    """(label, gelu_forward_ptx's arguments) of each distinct DMCA shortcut projection's 1x1 conv + GELU (the
+    model's, at 224 x 224) where the model runs the kernel, float16 and TF32, with the launch's warps and with 4."""
+    from sparx_mm.models.sparx.dmca import DMCA
+    model = SparXMamba(arch)
+    seen = []
+    for stage, size in zip(model.layers, MAP_SIZES):
+        for module in stage.modules():
+            conv = module.shortcut_proj[3] if isinstance(module, DMCA) else None
+            if conv is None or not triton_is_faster(size * size) or (conv.in_channels, size) in seen:
+                continue
+            seen.append((conv.in_channels, size))
+            for dtype, name in (('fp16', 'float16'), ('fp32', 'TF32')):
+                for warps, warps_text in ((None, "the launch's warps"), (4, '4 warps')):
+                    yield (f'1x1 + GELU {conv.in_channels}->{conv.out_channels} {size}x{size} {name}, {warps_text}',
+                           (conv.in_channels, conv.out_channels, size * size, dtype, warps))
+
+
 #: Each part's configurations and the function compiling one.
 PARTS = {'scan-backward': (scan_backward_configs, scan_backward_ptx),
-         'pointwise-wgrad': (pointwise_wgrad_configs, wgrad_ptx)}
+         'pointwise-wgrad': (pointwise_wgrad_configs, wgrad_ptx),
+         'pointwise-gelu': (pointwise_gelu_configs, gelu_forward_ptx)}
 
 
 def main():
