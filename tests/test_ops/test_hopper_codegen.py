@@ -3,6 +3,8 @@ the memory accesses that made a difference on the H200 (docs/benchmarks.md, "1x1
 control without the alignment or tiling it depends on, so that the check can fail. The kernels' results are
 checked by the op tests (Triton's interpreter) and by tools/gpu_checks/."""
 import torch
+import triton
+import triton.language as tl
 
 from sparx_mm.ops import triton_pointwise_conv as tpc
 from ..conftest import load_tool
@@ -164,12 +166,17 @@ def test_scan_backward_recomputes_dt_on_tensor_cores_above_rank_8():
     assert registers[0] < registers[1], registers
 
 
+@triton.jit
+def _approximate_reciprocal_sqrt(x_ptr, y_ptr):
+    """The control of the next test: ``1 / tl.sqrt(x)`` as Triton writes it by default."""
+    offs = tl.arange(0, 16)
+    tl.store(y_ptr + offs, 1.0 / tl.sqrt(tl.load(x_ptr + offs)))
+
+
 def test_batch_norm_fold_kernel_rounds_as_torch_on_hopper():
     """The BatchNorm-folding kernel compiles for sm_90 with the correctly rounded square root and division (torch's
     rsqrt rounding), not the approximate ones Triton emits for ``tl.sqrt`` / ``/``; the control writes the
     approximate form to show the check tells them apart."""
-    import triton
-    import triton.language as tl
     from sparx_mm.ops import triton_batch_norm_fold as tbf
     pointers = ('w_ptr', 'b_ptr', 'mean_ptr', 'var_ptr', 'gamma_ptr', 'beta_ptr', 'w_out_ptr', 'b_out_ptr')
     arg_types = dict(_fp32_pointers(*pointers), COUT='i32', ROW='i32', eps='fp32')
@@ -178,10 +185,5 @@ def test_batch_norm_fold_kernel_rounds_as_torch_on_hopper():
     assert 'sqrt.rn.f32' in ptx and 'div.rn.f32' in ptx and 'sqrt.approx' not in ptx
     assert codegen.ptxas_usage(ptx)[1] == 0
 
-    @triton.jit
-    def approximate(x_ptr, y_ptr):
-        offs = tl.arange(0, 16)
-        tl.store(y_ptr + offs, 1.0 / tl.sqrt(tl.load(x_ptr + offs)))
-
-    control = hopper_ptx(approximate, _fp32_pointers('x_ptr', 'y_ptr'), {}, ('x_ptr', 'y_ptr'), 1, 1)
+    control = hopper_ptx(_approximate_reciprocal_sqrt, _fp32_pointers('x_ptr', 'y_ptr'), {}, ('x_ptr', 'y_ptr'), 1, 1)
     assert 'sqrt.approx' in control and 'div.full.f32' in control and 'div.rn.f32' not in control
