@@ -85,8 +85,7 @@ def fold_batch_norm(weight: Tensor, bias: Optional[Tensor], running_mean: Tensor
         (w' of weight's shape, b' (Cout,)), in weight's dtype.
     """
     _check_inputs(weight, bias, running_mean, running_var, bn_weight, bn_bias, eps)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (weight, bias, running_mean, running_var, bn_weight, bn_bias))
+    needs_grad = gpu_backends.gradient_needed(weight, bias, running_mean, running_var, bn_weight, bn_bias)
     choice = gpu_backends.layer_kernel_impl(weight, impl, _NAME, triton_preferred=not needs_grad)
     if choice == 'triton' and needs_grad:
         raise ValueError(f"{_NAME}: 'triton' has no backward pass, and a gradient is needed here (a tensor that "

@@ -135,8 +135,7 @@ def cross_selective_scan(x: Tensor, proj: Tensor, dt_weight: Tensor, A: Tensor, 
                          f'choose one of {IMPLS}')
     if impl == 'fused':
         _check(x, proj, dt_weight, A, D, dt_bias, routes)
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, proj, dt_weight, A, D, dt_bias))
+        needs_grad = gpu_backends.gradient_needed(x, proj, dt_weight, A, D, dt_bias)
         from .triton_cross_scan import cross_selective_scan_triton
         return cross_selective_scan_triton(x, proj, dt_weight, A, D, dt_bias, routes, needs_grad)
     return cross_selective_scan_reference(x, proj, dt_weight, A, D, dt_bias, routes, scan_backend=scan_backend)

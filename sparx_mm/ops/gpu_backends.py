@@ -81,6 +81,13 @@ def layer_kernel_impl(x, impl=None, op: str = 'layer kernels', triton_preferred:
     return impl
 
 
+def gradient_needed(*tensors) -> bool:
+    """Whether autograd will differentiate through ``tensors`` (None entries allowed): grad mode is on and one of
+    them requires a gradient. The dispatchers pick kernels without a backward pass (inference tilings, fused
+    epilogues, the BatchNorm fold) only when it is not."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def interpreting() -> bool:
     """Whether Triton's CPU interpreter is on (``TRITON_INTERPRET=1``): the wrappers then accept CPU tensors."""
     return os.environ.get('TRITON_INTERPRET', '0') == '1'

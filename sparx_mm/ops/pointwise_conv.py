@@ -172,8 +172,7 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     if gpu_backends.layer_kernel_impl(x, impl, _NAME, faster) == 'reference' or x.numel() == 0:
         return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups, activation)
     from .triton_pointwise_conv import pointwise_conv2d_triton
-    if activation is not None and torch.is_grad_enabled() and \
-            any(t is not None and t.requires_grad for t in (x, weight, bias)):
+    if activation is not None and gpu_backends.gradient_needed(x, weight, bias):
         y = pointwise_conv2d_triton(x, weight, bias, None, None, None, dtype, out_dtype, groups)
         return activation_fn(activation)(y)
     return pointwise_conv2d_triton(x, weight, bias, skip, skip_scale, skip_shift, dtype, out_dtype, groups,
