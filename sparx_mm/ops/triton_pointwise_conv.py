@@ -28,12 +28,13 @@ and multiplied back in the kernel, so the compiler sees that factor.
 
 The backward pass stays in NCHW order too (cuDNN's convolution backward converts dy and x to NHWC and back: 7.5
 ms of a SparX-T fp16 training step's 138.6 on an H200, docs/benchmarks.md). dx = weight^T @ dy[b] is the forward
-kernel run on dy with the transposed weight. The weight and bias gradients, sums over samples and positions, come
-from ``_wgrad_kernel``: a program per output tile and split of the batch, dy and x tiles read with the positions
-(the product's K) contiguous, which is how Hopper's tensor cores take both operands, TF32 included; the splits'
-float32 partial sums are added after it (deterministic, no atomics). Its tiling and the backward's speed against
-cuDNN's are not yet measured on a GPU (``tools/gpu_checks/check_pointwise_conv.py --only bench wgrad-sweep``).
-The skip path's gradients are elementwise torch ops.
+kernel run on dy with the transposed weight. The weight gradient, a sum over samples and positions, comes from
+``_wgrad_kernel``: a program per output tile and split of the batch, dy and x tiles read with the positions (the
+product's K) contiguous, which is how Hopper's tensor cores take both operands, TF32 included; the splits' float32
+partial sums are added after it (deterministic, no atomics). The bias gradient is torch's sum of dy (see the
+kernel's docstring for why not in the kernel). Its tiling and the backward's speed against cuDNN's:
+``tools/gpu_checks/check_pointwise_conv.py --only bench wgrad-sweep``. The skip path's gradients are elementwise
+torch ops.
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1`` (Triton's
 CPU interpreter, which the CPU tests use).
@@ -183,17 +184,19 @@ def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CI
 
 
 @triton.jit
-def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr, CIN, COUT, P_UNITS, SAMPLES, SAMPLES_PER_SPLIT,
-                  HAS_BIAS: tl.constexpr, DOT: tl.constexpr, GROUPS: tl.constexpr, P_ALIGN: tl.constexpr,
-                  BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr):
-    """One split of the samples' share of the weight (and bias) gradients, float32:
-    dw[split, co, ci] = sum over its samples b and positions p of dy[b, co, p] x[b, ci, p], and (HAS_BIAS; stored
-    by the first input-channel block's programs) db[split, co] = sum dy[b, co, p]. Both operands are read in NCHW
-    order with the positions, the product's K, contiguous: the K-major tiles Hopper's tensor cores take, TF32
-    included. Products in the convolution dtype (``DOT``: 0 float16, 1 bfloat16, 2 exact float32, 3 TF32), dy cast
-    to it before the bias sums too (as the convolution's backward sums its cast dy). With GROUPS > 1, grid axis 2
-    is (split, group) and dy / x are (SAMPLES * GROUPS, COUT / CIN, H, W) views: a group's channels, sample
-    b's at b * GROUPS + group; dw / db rows split * GROUPS * COUT + group * COUT + co."""
+def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, CIN, COUT, P_UNITS, SAMPLES, SAMPLES_PER_SPLIT, DOT: tl.constexpr,
+                  GROUPS: tl.constexpr, P_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+                  BLOCK_P: tl.constexpr):
+    """One split of the samples' share of the weight gradient, float32:
+    dw[split, co, ci] = sum over its samples b and positions p of dy[b, co, p] x[b, ci, p]. Both operands are read
+    in NCHW order with the positions, the product's K, contiguous: the K-major tiles Hopper's tensor cores take,
+    TF32 included. Products in the convolution dtype (``DOT``: 0 float16, 1 bfloat16, 2 exact float32, 3 TF32).
+    With GROUPS > 1, grid axis 2 is (split, group) and dy / x are (SAMPLES * GROUPS, COUT / CIN, H, W) views: a
+    group's channels, sample b's at b * GROUPS + group; dw rows split * GROUPS * COUT + group * COUT + co.
+
+    No bias sums here: summing the dy tile that also feeds the tensor-core product gave wrong weight gradients on
+    an H200 (Triton 3.6, relative errors 0.004-0.34 in float16 and TF32 whenever the loop was pipelined, 2 or 3
+    stages; exact with 1 stage, without the sums, or with exact float32 products), so the caller sums dy itself."""
     P = P_UNITS * P_ALIGN
     offs_co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     offs_ci = tl.program_id(1) * BLOCK_CI + tl.arange(0, BLOCK_CI)
@@ -205,7 +208,6 @@ def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr, CIN, COUT, P_UNITS, SAMPLES, SA
     first = split * SAMPLES_PER_SPLIT
     chunks = tl.cdiv(P, BLOCK_P)
     acc = tl.zeros((BLOCK_CO, BLOCK_CI), tl.float32)
-    bias_acc = tl.zeros((BLOCK_CO, ), tl.float32)
     # One loop over (sample, position chunk) pairs, which the compiler pipelines as one K loop.
     for step in range(tl.minimum(SAMPLES_PER_SPLIT, SAMPLES - first) * chunks):
         # int64: element offsets of large batches pass 2**31
@@ -217,24 +219,15 @@ def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, db_ptr, CIN, COUT, P_UNITS, SAMPLES, SA
         xt = tl.load(x_ptr + sample * CIN * P + offs_ci[None, :] * P + ps[:, None],
                      mask=ci_ok[None, :] & p_ok[:, None], other=0.0)
         if DOT == 0:
-            dyt = dyt.to(tl.float16)
-            acc = tl.dot(dyt, xt.to(tl.float16), acc)
+            acc = tl.dot(dyt.to(tl.float16), xt.to(tl.float16), acc)
         elif DOT == 1:
-            dyt = dyt.to(tl.bfloat16)
-            acc = tl.dot(dyt, xt.to(tl.bfloat16), acc)
+            acc = tl.dot(dyt.to(tl.bfloat16), xt.to(tl.bfloat16), acc)
         elif DOT == 2:
-            dyt = dyt.to(tl.float32)
-            acc = tl.dot(dyt, xt.to(tl.float32), acc, input_precision='ieee')
+            acc = tl.dot(dyt.to(tl.float32), xt.to(tl.float32), acc, input_precision='ieee')
         else:
-            dyt = dyt.to(tl.float32)
-            acc = tl.dot(dyt, xt.to(tl.float32), acc, input_precision='tf32')
-        if HAS_BIAS:  # every program sums (only the first block stores): a branch here took 13-33 more registers
-            bias_acc += tl.sum(dyt.to(tl.float32), axis=1)
+            acc = tl.dot(dyt.to(tl.float32), xt.to(tl.float32), acc, input_precision='tf32')
     rows = (split.to(tl.int64) * GROUPS + group) * COUT + offs_co
     tl.store(dw_ptr + rows[:, None] * CIN + offs_ci[None, :], acc, mask=co_ok[:, None] & ci_ok[None, :])
-    if HAS_BIAS:
-        if tl.program_id(1) == 0:
-            tl.store(db_ptr + rows, bias_acc, mask=co_ok)
 
 
 def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype, tf32: bool = False,
@@ -333,25 +326,29 @@ def wgrad_splits(samples: int, tiles: int, device: torch.device) -> Tuple[int, i
     return per_split, cdiv(samples, per_split)
 
 
-def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf32: bool, with_bias: bool,
-                  groups: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
-    """dy (B, Cout, H, W) and x (B, Cin, H, W), contiguous -> the weight gradient (Cout, Cin / groups) and the bias
-    gradient (Cout,) (empty without ``with_bias``), float32, summed over samples and positions."""
+def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf32: bool,
+                  groups: int = 1) -> torch.Tensor:
+    """dy (B, Cout, H, W) and x (B, Cin, H, W), contiguous -> the weight gradient (Cout, Cin / groups), float32,
+    summed over samples and positions."""
     b, cin, h, w = x.shape
     cout, positions = dy.shape[1], h * w
     cin_group, cout_group = cin // groups, cout // groups
     block_co, block_ci, block_p, warps, stages = wgrad_tiling(cin_group, cout_group, conv_dtype)
     tiles = (cdiv(cout_group, block_co), cdiv(cin_group, block_ci))
     per_split, splits = wgrad_splits(b, tiles[0] * tiles[1] * groups, x.device)
-    f32 = dict(device=x.device, dtype=torch.float32)
-    dw = torch.empty(splits, cout, cin_group, **f32)
-    db = torch.empty(splits, cout, **f32) if with_bias else dw
+    dw = torch.empty(splits, cout, cin_group, device=x.device, dtype=torch.float32)
     dot = 3 if conv_dtype == torch.float32 and tf32 else _DOT_CODES[conv_dtype]
     p_align = power_of_two_factor(positions)
-    launch(_wgrad_kernel, tiles + (splits * groups, ), dy, x, dw, db, cin_group, cout_group, positions // p_align,
-           b, per_split, HAS_BIAS=with_bias, DOT=dot, GROUPS=groups, P_ALIGN=p_align, BLOCK_CO=block_co,
-           BLOCK_CI=block_ci, BLOCK_P=block_p, num_warps=warps, num_stages=stages)
-    return dw.sum(0), (db.sum(0) if with_bias else dw.new_empty(0))
+    launch(_wgrad_kernel, tiles + (splits * groups, ), dy, x, dw, cin_group, cout_group, positions // p_align, b,
+           per_split, DOT=dot, GROUPS=groups, P_ALIGN=p_align, BLOCK_CO=block_co, BLOCK_CI=block_ci,
+           BLOCK_P=block_p, num_warps=warps, num_stages=stages)
+    return dw.sum(0)
+
+
+def bias_grad(dy: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
+    """dy (B, Cout, H, W) -> the bias gradient (Cout,), float32: dy's sum in the convolution dtype, as the
+    convolution's backward sums its cast dy."""
+    return dy.to(conv_dtype).sum((0, 2, 3), dtype=torch.float32)
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
@@ -387,15 +384,16 @@ def _pointwise_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, conv
                    groups: int, need_dx: bool, need_dweight: bool,
                    need_dbias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The convolution's gradients, NCHW throughout (no layout conversions): dx (x's shape and dtype) = the
-    forward kernel on dy with the transposed weight; dweight (weight's shape, float32) and dbias (Cout,) float32
-    from ``_wgrad_kernel``. A gradient not asked for comes back as an empty tensor. dy, x: contiguous."""
+    forward kernel on dy with the transposed weight; dweight (weight's shape, float32) from ``_wgrad_kernel``;
+    dbias (Cout,) float32, :func:`bias_grad`. A gradient not asked for comes back as an empty tensor. dy, x:
+    contiguous."""
     dx, dweight, dbias = _pointwise_bwd_fake(dy, x, weight, conv_dtype, tf32, groups, need_dx, False, False)
     if need_dx:
         _launch(dy, _transposed_weight(weight, groups), None, None, None, None, dx, conv_dtype, tf32, groups)
-    if need_dweight or need_dbias:
-        sums, dbias = _launch_wgrad(dy, x, conv_dtype, tf32, need_dbias, groups)
-        if need_dweight:
-            dweight = sums.view(weight.shape)
+    if need_dweight:
+        dweight = _launch_wgrad(dy, x, conv_dtype, tf32, groups).view(weight.shape)
+    if need_dbias:
+        dbias = bias_grad(dy, conv_dtype)
     return dx, dweight, dbias
 
 
