@@ -137,7 +137,7 @@ def test_depthwise_rows_of_56_columns_are_vector_accesses():
 
 def test_weight_gradient_kernel_reads_nchw_maps_onto_tensor_cores_with_vector_copies():
     """The backward's weight-gradient product reads dy and x in NCHW order, positions (its K) contiguous: a TF32
-    (float32) or float16 wgmma fed by 16- / 8-byte copies at 196 positions, the bias sums included. The control
+    (float32) or float16 wgmma fed by 16- / 8-byte copies at 196 positions. The control
     without the position count's factor copies 4 bytes (float32) or loads 2 bytes (float16) at a time."""
     for dtype, wgmma_types, width in (('fp32', '.tf32.tf32', 16), ('fp16', '.f16.f16', 8)):
         ptx = codegen.wgrad_ptx(320, 1280, 196, dtype)  # SparX-T's stage-3 fc1

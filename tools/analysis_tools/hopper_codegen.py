@@ -133,19 +133,17 @@ def scan_backward_ptx(rank: int, length: int, dtype: str, block_d: int, warps: i
 
 
 def wgrad_ptx(cin: int, cout: int, positions: int, dtype: str, p_align=None, groups: int = 1) -> str:
-    """The 1x1 convolutions' weight-gradient kernel (with the bias sums) for a (cout, cin) weight (a group's, of
-    ``groups``) at ``positions`` positions, float16 or TF32 ('fp16' / 'fp32') products, its :func:`wgrad_tiling`;
-    the position count passed divided by ``p_align`` (default: its power-of-two factor, as the launch does)."""
+    """The 1x1 convolutions' weight-gradient kernel for a (cout, cin) weight (a group's, of ``groups``) at
+    ``positions`` positions, float16 or TF32 ('fp16' / 'fp32') products, its :func:`wgrad_tiling`; the position
+    count passed divided by ``p_align`` (default: its power-of-two factor, as the launch does)."""
     torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
     block_co, block_ci, block_p, warps, stages = tpc.wgrad_tiling(cin, cout, torch_dtype)
     p_align = power_of_two_factor(positions) if p_align is None else p_align
     values = dict(CIN=cin, COUT=cout, P_UNITS=positions // p_align, SAMPLES=128, SAMPLES_PER_SPLIT=15)
-    arg_types = dict(dy_ptr=f'*{dtype}', x_ptr=f'*{dtype}', dw_ptr='*fp32', db_ptr='*fp32',
-                     **{name: 'i32' for name in values})
-    constexprs = dict(HAS_BIAS=True, DOT=3 if dtype == 'fp32' else 0, GROUPS=groups, P_ALIGN=p_align,
-                      BLOCK_CO=block_co,
+    arg_types = dict(dy_ptr=f'*{dtype}', x_ptr=f'*{dtype}', dw_ptr='*fp32', **{name: 'i32' for name in values})
+    constexprs = dict(DOT=3 if dtype == 'fp32' else 0, GROUPS=groups, P_ALIGN=p_align, BLOCK_CO=block_co,
                       BLOCK_CI=block_ci, BLOCK_P=block_p)
-    aligned = ('dy_ptr', 'x_ptr', 'dw_ptr', 'db_ptr') + tuple(name for name, v in values.items() if v % 16 == 0)
+    aligned = ('dy_ptr', 'x_ptr', 'dw_ptr') + tuple(name for name, v in values.items() if v % 16 == 0)
     return hopper_ptx(tpc._wgrad_kernel, arg_types, constexprs, aligned, warps, stages)
 
 
