@@ -40,6 +40,7 @@ Importing this module needs triton but no GPU; launching needs CUDA tensors, or 
 CPU interpreter, which the CPU tests use).
 """
 import functools
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -57,9 +58,21 @@ _DOT_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 TILING_OVERRIDE: Optional[Tuple[int, int, int, int, int]] = None
 #: Set to (BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages) to override :func:`wgrad_tiling` (tuning and tests).
 WGRAD_TILING_OVERRIDE: Optional[Tuple[int, int, int, int, int]] = None
+BACKWARD_ENV = 'SPARX_POINTWISE_BACKWARD'
+
+
+def _backward_by_environment() -> str:
+    value = os.environ.get(BACKWARD_ENV, '').strip() or 'triton'
+    if value not in ('triton', 'cudnn'):
+        raise ValueError(f'environment variable {BACKWARD_ENV}={value!r}: accepted are triton (the Triton kernels, '
+                         "NCHW throughout; the default) and cudnn (the convolution's own backward)")
+    return value
+
+
 #: The backward pass: 'triton' (``_pointwise_bwd``) or 'cudnn' (the convolution's own backward, to compare:
-#: ``tools/gpu_checks/check_pointwise_conv.py --only bench`` times both).
-BACKWARD = 'triton'
+#: ``tools/gpu_checks/check_pointwise_conv.py --only bench`` times both; ``SPARX_POINTWISE_BACKWARD`` at import,
+#: or set at run time).
+BACKWARD = _backward_by_environment()
 #: Largest number of position blocks of a launch (a CUDA grid's y extent).
 _MAX_GRID_Y = 65535
 #: float16 / bfloat16 products: weight rows are padded (a copy in the convolution dtype) to a multiple of this

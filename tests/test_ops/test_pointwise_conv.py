@@ -211,3 +211,15 @@ def test_triton_kernel_matches_the_reference_in_the_interpreter():
     # 15 cases, 6 small-tile cases, 3 with cuDNN's backward, 3 activations, rounding, opcheck, compile, 3 models,
     # summary
     assert stdout.count('\n') == 34, stdout
+
+
+@pytest.mark.parametrize('value,expected', [('', 'triton'), ('triton', 'triton'), (' cudnn ', 'cudnn'),
+                                            ('cuDNN', None), ('torch', None)])
+def test_the_backward_switch_accepts_triton_and_cudnn_only(monkeypatch, value, expected):
+    from sparx_mm.ops import triton_pointwise_conv
+    monkeypatch.setenv('SPARX_POINTWISE_BACKWARD', value)
+    if expected is None:
+        with pytest.raises(ValueError, match=r"SPARX_POINTWISE_BACKWARD='.*': accepted are triton .* and cudnn"):
+            triton_pointwise_conv._backward_by_environment()
+    else:
+        assert triton_pointwise_conv._backward_by_environment() == expected
