@@ -59,20 +59,31 @@ TILING_OVERRIDE: Optional[Tuple[int, int, int, int, int]] = None
 #: Set to (BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages) to override :func:`wgrad_tiling` (tuning and tests).
 WGRAD_TILING_OVERRIDE: Optional[Tuple[int, int, int, int, int]] = None
 BACKWARD_ENV = 'SPARX_POINTWISE_BACKWARD'
+BACKWARD_CHOICES = ('auto', 'triton', 'cudnn')
 
 
 def _backward_by_environment() -> str:
-    value = os.environ.get(BACKWARD_ENV, '').strip() or 'triton'
-    if value not in ('triton', 'cudnn'):
-        raise ValueError(f'environment variable {BACKWARD_ENV}={value!r}: accepted are triton (the Triton kernels, '
-                         "NCHW throughout; the default) and cudnn (the convolution's own backward)")
+    value = os.environ.get(BACKWARD_ENV, '').strip() or 'auto'
+    if value not in BACKWARD_CHOICES:
+        raise ValueError(f'environment variable {BACKWARD_ENV}={value!r}: accepted are auto (the default: '
+                         ':func:`triton_backward_is_faster` decides), triton (the Triton kernels, NCHW throughout) and '
+                         "cudnn (the convolution's own backward)")
     return value
 
 
-#: The backward pass: 'triton' (``_pointwise_bwd``) or 'cudnn' (the convolution's own backward, to compare:
-#: ``tools/gpu_checks/check_pointwise_conv.py --only bench`` times both; ``SPARX_POINTWISE_BACKWARD`` at import,
-#: or set at run time).
+#: The backward pass of the Triton convolutions: 'auto' (:func:`triton_backward_is_faster` decides each call),
+#: 'triton' (``_pointwise_bwd``) or 'cudnn' (the convolution's own backward); ``SPARX_POINTWISE_BACKWARD`` at
+#: import, or set at run time (``tools/gpu_checks/check_pointwise_conv.py --only bench`` times both).
 BACKWARD = _backward_by_environment()
+
+
+def triton_backward_is_faster(positions: int, groups: int) -> bool:
+    """Whether the Triton backward (dx, then the weight gradient) beats cuDNN's convolution backward: the 'auto'
+    choice. Measured on an H200 (batch 128, SparX-T's 1x1 convs at 224 x 224, forward + backward,
+    ``check_pointwise_conv.py --only bench --arch t``): the grouped fusion convs 1.03-2.2x (cuDNN's grouped
+    backward is slow); ungrouped convs 0.97-1.29x at 196 positions, 0.88-1.00x at 784 and 3136 (cuDNN's GEMMs
+    there outrun its layout conversions)."""
+    return groups > 1 or positions < 784
 #: Largest number of position blocks of a launch (a CUDA grid's y extent).
 _MAX_GRID_Y = 65535
 #: float16 / bfloat16 products: weight rows are padded (a copy in the convolution dtype) to a multiple of this
@@ -449,7 +460,8 @@ def _backward(ctx, dy):
     needs = ctx.needs_input_grad
     dx = dweight = dbias = dskip = dscale = dshift = None
     if needs[0] or needs[1] or needs[2]:
-        if BACKWARD == 'triton':
+        positions = x.shape[2] * x.shape[3]
+        if BACKWARD == 'triton' or BACKWARD == 'auto' and triton_backward_is_faster(positions, ctx.groups):
             dx, dweight, dbias = _pointwise_bwd(dy.contiguous(), x, weight, ctx.conv_dtype, ctx.tf32, ctx.groups,
                                                 *needs[:3])
         else:

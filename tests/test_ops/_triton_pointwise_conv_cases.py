@@ -149,6 +149,29 @@ def check_tf32_rounding():
     return finite_ok and specials_ok
 
 
+def check_backward_policy():
+    """BACKWARD 'auto': cuDNN's backward for an ungrouped conv at 784 positions, the Triton backward at 196 and
+    for a grouped conv at 784 (``triton_backward_is_faster``), each giving the reference's gradients."""
+    calls, triton_bwd, cudnn_bwd = [], tpc._pointwise_bwd, tpc._conv_grads_cudnn
+    tpc._pointwise_bwd = lambda *args: calls.append('triton') or triton_bwd(*args)
+    tpc._conv_grads_cudnn = lambda *args: calls.append('cudnn') or cudnn_bwd(*args)
+    tpc.BACKWARD, errors = 'auto', []
+    try:
+        for size, groups in ((28, 1), (14, 1), (28, 2)):
+            g = torch.Generator().manual_seed(size + groups)
+            x = torch.randn(2, 4, size, size, generator=g, requires_grad=True)
+            weight = torch.randn(6, 4 // groups, 1, 1, generator=g, requires_grad=True)
+            dy = torch.randn(2, 6, size, size, generator=g)
+            grads = torch.autograd.grad(pointwise_conv2d(x, weight, impl='triton', groups=groups), (x, weight), dy)
+            ref = torch.autograd.grad(pointwise_conv2d_reference(x, weight, groups=groups), (x, weight), dy)
+            errors += [float((a - e).abs().max() / e.abs().max()) for a, e in zip(grads, ref)]
+    finally:
+        tpc._pointwise_bwd, tpc._conv_grads_cudnn, tpc.BACKWARD = triton_bwd, cudnn_bwd, 'triton'
+    ok = calls == ['cudnn', 'triton', 'triton'] and max(errors) <= 2e-3  # dx of dy rounded to TF32 (cuDNN's default)
+    print(f'BACKWARD POLICY {"ok" if ok else "FAILED"}: {calls}, largest error {max(errors):.1e}')
+    return ok
+
+
 def check_activation():
     """The activation epilogue (no gradient needed) against the reference's conv then activation, and with a
     gradient needed the composition (the kernel, then the torch activation) against the reference's gradients:
@@ -260,6 +283,7 @@ def check_model():
 
 
 if __name__ == '__main__':
+    tpc.BACKWARD = 'triton'  # the Triton backward everywhere ('auto' picks by map size)
     worst, ok = 0.0, True
     for case in CASES:
         scaled, passed = run_case(case)
@@ -275,6 +299,7 @@ if __name__ == '__main__':
         worst, ok = max(worst, scaled), ok and passed
     tpc.BACKWARD = 'triton'
     ok = check_activation() and ok
+    ok = check_backward_policy() and ok
     ok = check_tf32_rounding() and ok
     ok = check_registration() and ok
     scaled, passed = check_model()

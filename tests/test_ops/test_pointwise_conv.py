@@ -208,18 +208,27 @@ def test_triton_kernel_matches_the_reference_in_the_interpreter():
     assert stdout.count('MODEL ') == 3, stdout
     assert 'TF32 ROUNDING ok' in stdout, stdout
     assert stdout.count('ACTIVATION ') == 3, stdout
-    # 15 cases, 6 small-tile cases, 3 with cuDNN's backward, 3 activations, rounding, opcheck, compile, 3 models,
-    # summary
-    assert stdout.count('\n') == 34, stdout
+    assert "BACKWARD POLICY ok: ['cudnn', 'triton', 'triton']" in stdout, stdout
+    # 15 cases, 6 small-tile cases, 3 with cuDNN's backward, 3 activations, the backward policy, rounding, opcheck,
+    # compile, 3 models, summary
+    assert stdout.count('\n') == 35, stdout
 
 
-@pytest.mark.parametrize('value,expected', [('', 'triton'), ('triton', 'triton'), (' cudnn ', 'cudnn'),
-                                            ('cuDNN', None), ('torch', None)])
-def test_the_backward_switch_accepts_triton_and_cudnn_only(monkeypatch, value, expected):
+@pytest.mark.parametrize('value,expected', [('', 'auto'), ('auto', 'auto'), ('triton', 'triton'),
+                                            (' cudnn ', 'cudnn'), ('cuDNN', None), ('torch', None)])
+def test_the_backward_switch_accepts_auto_triton_and_cudnn_only(monkeypatch, value, expected):
     from sparx_mm.ops import triton_pointwise_conv
     monkeypatch.setenv('SPARX_POINTWISE_BACKWARD', value)
     if expected is None:
-        with pytest.raises(ValueError, match=r"SPARX_POINTWISE_BACKWARD='.*': accepted are triton .* and cudnn"):
+        with pytest.raises(ValueError, match=r"SPARX_POINTWISE_BACKWARD='.*': accepted are auto .* triton .* and "
+                                             r"cudnn"):
             triton_pointwise_conv._backward_by_environment()
     else:
         assert triton_pointwise_conv._backward_by_environment() == expected
+
+
+@pytest.mark.parametrize('positions,groups,expected', [(3136, 1, False), (784, 1, False), (196, 1, True),
+                                                       (49, 1, True), (3136, 3, True), (784, 3, True)])
+def test_backward_policy_follows_the_measurements(positions, groups, expected):
+    from sparx_mm.ops.triton_pointwise_conv import triton_backward_is_faster
+    assert triton_backward_is_faster(positions, groups) is expected
