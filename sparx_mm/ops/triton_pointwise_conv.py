@@ -81,7 +81,7 @@ def triton_backward_is_faster(positions: int, groups: int) -> bool:
     """Whether the Triton backward (dx, then the weight gradient) beats cuDNN's convolution backward: the 'auto'
     choice. Measured on an H200 (batch 128, SparX-T's 1x1 convs at 224 x 224, forward + backward,
     ``check_pointwise_conv.py --only bench --arch t``): the grouped fusion convs 1.03-2.2x (cuDNN's grouped
-    backward is slow); ungrouped convs 0.97-1.29x at 196 positions, 0.88-1.00x at 784 and 3136 (cuDNN's GEMMs
+    backward is slow); ungrouped convs 0.97-1.29x at 196 positions, 0.88-1.01x at 784 and 3136 (cuDNN's GEMMs
     there outrun its layout conversions)."""
     return groups > 1 or positions < 784
 #: Largest number of position blocks of a launch (a CUDA grid's y extent).
