@@ -84,6 +84,8 @@ def triton_backward_is_faster(positions: int, groups: int) -> bool:
     backward is slow); ungrouped convs 0.97-1.29x at 196 positions, 0.88-1.01x at 784 and 3136 (cuDNN's GEMMs
     there outrun its layout conversions)."""
     return groups > 1 or positions < 784
+
+
 #: Largest number of position blocks of a launch (a CUDA grid's y extent).
 _MAX_GRID_Y = 65535
 #: float16 / bfloat16 products: weight rows are padded (a copy in the convolution dtype) to a multiple of this

@@ -8,7 +8,8 @@ output and the gradients of x, weight, bias, skip, skip_scale and skip_shift, on
 and map sizes that are multiples of no block, H != W, a 1 x 1 map, one input channel) with every form of the
 skip path, grouped convolutions (the DMCA's fusion conv, 3 groups) among them, for float32 tensors (TF32 off:
 the exact kernel; on: the TF32 one), float16 / bfloat16 tensors, and float32 tensors under float16 / bfloat16
-autocast. Prints the largest relative errors (max |error| / max |reference|) and PASSED / FAILED (exit code 1 on
+autocast; the gradients from the Triton backward kernels at every shape (``BACKWARD = 'triton'``). Prints the
+largest relative errors (max |error| / max |reference|) and PASSED / FAILED (exit code 1 on
 failure). Then the inference-only parts of the DMCA's path: the kernel's activation epilogue (exact GELU, SiLU;
 no autograd) against the float64 convolution and activation, and ``fold_batch_norm``'s kernel against its
 reference.
@@ -189,11 +190,11 @@ def bench(device, batch, arch):
                             y = pointwise_conv2d(x, conv.weight, conv.bias, s, impl='triton', groups=groups)
                     if grad:
                         y.backward(dy)
-                tpc.BACKWARD = 'cudnn' if impl == 'cudnn' else 'triton'
+                default, tpc.BACKWARD = tpc.BACKWARD, ('cudnn' if impl == 'cudnn' else 'triton')
                 try:
                     row.append(timed(step)[0])
                 finally:
-                    tpc.BACKWARD = 'triton'
+                    tpc.BACKWARD = default
             print(f'{c_in:>5} {c_out:>5} {groups:>6} {size:>2}x{size:<2} {"yes" if skip else "no":>4} {mode:>5} '
                   f'{row[0]:>10.3f} {row[1]:>9.3f} {row[1] / row[0]:>6.2f}x {row[2]:>10.3f} {row[3]:>9.3f} '
                   f'{row[4]:>9.3f} {row[4] / row[2]:>6.2f}x', flush=True)
@@ -284,7 +285,9 @@ def main():
         tpc.TILING_OVERRIDE = tuple(args.tiling)
     ok = True
     if 'check' in args.only:
+        tpc.BACKWARD = 'triton'  # the Triton backward at every shape ('auto' hands large ungrouped maps to cuDNN)
         ok = run_check_grid(check_case, TOL, CHECK_SHAPES, device)
+        tpc.BACKWARD = tpc._backward_by_environment()
         ok = check_inference_epilogues(device) and ok
         print('PASSED' if ok else 'FAILED')
     if 'bench' in args.only:
