@@ -152,7 +152,7 @@ def check_tf32_rounding():
 def check_backward_policy():
     """BACKWARD 'auto': cuDNN's backward for an ungrouped conv at 784 positions, the Triton backward at 196 and
     for a grouped conv at 784 (``triton_backward_is_faster``), each giving the reference's gradients."""
-    calls, triton_bwd, cudnn_bwd = [], tpc._pointwise_bwd, tpc._conv_grads_cudnn
+    calls, triton_bwd, cudnn_bwd, default = [], tpc._pointwise_bwd, tpc._conv_grads_cudnn, tpc.BACKWARD
     tpc._pointwise_bwd = lambda *args: calls.append('triton') or triton_bwd(*args)
     tpc._conv_grads_cudnn = lambda *args: calls.append('cudnn') or cudnn_bwd(*args)
     tpc.BACKWARD, errors = 'auto', []
@@ -166,7 +166,7 @@ def check_backward_policy():
             ref = torch.autograd.grad(pointwise_conv2d_reference(x, weight, groups=groups), (x, weight), dy)
             errors += [float((a - e).abs().max() / e.abs().max()) for a, e in zip(grads, ref)]
     finally:
-        tpc._pointwise_bwd, tpc._conv_grads_cudnn, tpc.BACKWARD = triton_bwd, cudnn_bwd, 'triton'
+        tpc._pointwise_bwd, tpc._conv_grads_cudnn, tpc.BACKWARD = triton_bwd, cudnn_bwd, default
     ok = calls == ['cudnn', 'triton', 'triton'] and max(errors) <= 2e-3  # dx of dy rounded to TF32 (cuDNN's default)
     print(f'BACKWARD POLICY {"ok" if ok else "FAILED"}: {calls}, largest error {max(errors):.1e}')
     return ok

@@ -285,9 +285,12 @@ def main():
         tpc.TILING_OVERRIDE = tuple(args.tiling)
     ok = True
     if 'check' in args.only:
-        tpc.BACKWARD = 'triton'  # the Triton backward at every shape ('auto' hands large ungrouped maps to cuDNN)
-        ok = run_check_grid(check_case, TOL, CHECK_SHAPES, device)
-        tpc.BACKWARD = tpc._backward_by_environment()
+        # the Triton backward at every shape ('auto' hands large ungrouped maps to cuDNN)
+        default, tpc.BACKWARD = tpc.BACKWARD, 'triton'
+        try:
+            ok = run_check_grid(check_case, TOL, CHECK_SHAPES, device)
+        finally:
+            tpc.BACKWARD = default
         ok = check_inference_epilogues(device) and ok
         print('PASSED' if ok else 'FAILED')
     if 'bench' in args.only:
