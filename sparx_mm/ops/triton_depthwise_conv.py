@@ -24,9 +24,20 @@ bias); each program reduces them across its columns once, at the end, into one r
 which torch adds up over the batch and the runs (no atomics: deterministic). Then dx = conv(gz, weight flipped
 in both axes) + (gz if residual): the forward kernel without bias or activation.
 
+Forward, in row segments (``_fwd_segment_kernel``, ``SPARX_DEPTHWISE_FORWARD=segments``; not yet timed on a
+GPU): a thread holds ``V`` consecutive columns of a plane's row (a whole row of up to 16 columns, or one of a
+row's segments of 8) and loads them with vector accesses of up to 16 bytes (``U`` elements: as wide as the row
+length's power-of-two factor allows), plus K//2 halo columns on each side of a segment (scalar loads; none for
+a whole row). The shifted columns a tap needs are then the thread's own registers: a row costs about
+V / U + K - 1 load instructions a segment instead of K a position, and a thread keeps V values a row where the
+shifted loads kept K a position. Same recurrence over the rows as ``_fwd_kernel``; the vectors are taken apart
+into columns and put back together with ``tl.split`` / ``tl.join``, which stay in registers while each vector
+is one thread's (sm_90 codegen: ``tests/test_ops/test_hopper_codegen.py``).
+
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
 """
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -56,6 +67,37 @@ MIN_PROGRAMS = (1024, 1024)
 MAX_BLOCK_W = 128
 #: Activation codes of the kernels.
 ACT_CODES = {'none': 0, 'gelu': 1, 'silu': 2}
+
+FORWARD_ENV = 'SPARX_DEPTHWISE_FORWARD'
+FORWARD_CHOICES = ('shifts', 'segments')
+
+
+def _forward_by_environment() -> str:
+    value = os.environ.get(FORWARD_ENV, '').strip() or 'shifts'
+    if value not in FORWARD_CHOICES:
+        raise ValueError(f'environment variable {FORWARD_ENV}={value!r}: accepted are shifts (the default: '
+                         '_fwd_kernel, one load a position and tap) and segments (_fwd_segment_kernel: vector '
+                         'loads of row segments, the taps from registers)')
+    return value
+
+
+#: The forward kernel (which also computes dx): 'shifts' (``_fwd_kernel``, timed) or 'segments'
+#: (``_fwd_segment_kernel``, written 2026-12-05 without a GPU, to be timed against it:
+#: ``tools/gpu_checks/check_depthwise_conv.py --only bench`` times both); ``SPARX_DEPTHWISE_FORWARD`` at import,
+#: or set at run time.
+FORWARD = _forward_by_environment()
+#: Float32 values a thread of the segment kernel may keep for a row segment of V columns with a k x k kernel:
+#: (k - 1) V partial output rows, two rows of V + k - 1 columns (the current one and the one loaded ahead)
+#: and the k*k weights. Whole rows of up to 16 columns where they fit (SparX's 14 x 14 and 7 x 7 maps with
+#: k = 3: 77 and 45 values), else segments of 8, 4, 2 or 1 columns (k = 5: 81 at 8).
+SEGMENT_VALUES = 128
+#: Widest row a thread of the segment kernel holds whole (no halo columns).
+SEGMENT_WHOLE_ROW = 16
+#: (warps, programs aimed at) of the segment kernel: a thread holds one segment of one plane's row; when the
+#: planes' tiles are fewer than the programs aimed at, the rows are cut into runs (as :func:`_tiling`).
+SEGMENT_TILING = (4, 1024)
+#: Most segments a program takes of a row (wider rows: several blocks of segments, grid axis 1).
+SEGMENT_MAX_SEGMENTS = 32
 
 
 @triton.jit
@@ -186,6 +228,142 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run_rows, K
 
 
 @triton.jit
+def _split_columns(tile, BLOCK_P: tl.constexpr, NSEG: tl.constexpr, U: tl.constexpr, LOG_U: tl.constexpr):
+    """A (BLOCK_P, NSEG, U) tile -> a tuple of its U columns, each (BLOCK_P, NSEG), in column order: halves split
+    off log2(U) times (the high index bit last, so ``tl.split`` takes it)."""
+    parts = (tile, )
+    for level in tl.static_range(LOG_U):
+        halves = ()
+        for i in tl.static_range(1 << level):
+            low, high = tl.split(tl.permute(tl.reshape(parts[i], [BLOCK_P, NSEG, 2, U >> (level + 1)]),
+                                            (0, 1, 3, 2)))
+            halves = halves + (low, high)
+        parts = halves
+    columns = ()
+    for u in tl.static_range(U):
+        columns = columns + (tl.reshape(parts[u], [BLOCK_P, NSEG]), )
+    return columns
+
+
+@triton.jit
+def _join_columns(columns, BLOCK_P: tl.constexpr, NSEG: tl.constexpr, U: tl.constexpr, LOG_U: tl.constexpr):
+    """The inverse of :func:`_split_columns`: a tuple of U (BLOCK_P, NSEG) columns -> a (BLOCK_P, NSEG, U) tile."""
+    parts = ()
+    for u in tl.static_range(U):
+        parts = parts + (tl.reshape(columns[u], [BLOCK_P, NSEG, 1]), )
+    for level in tl.static_range(LOG_U):
+        pairs = ()
+        for i in tl.static_range(U >> (level + 1)):
+            pair = tl.join(parts[2 * i], parts[2 * i + 1])  # (BLOCK_P, NSEG, 2**level, 2): which half last
+            pairs = pairs + (tl.reshape(tl.permute(pair, (0, 1, 3, 2)), [BLOCK_P, NSEG, 2 << level]), )
+        parts = pairs
+    return parts[0]
+
+
+@triton.jit
+def _segment_row(x_ptr, plane_offs, plane_ok, q, H, W, seg_start, K: tl.constexpr, V: tl.constexpr,
+                 U: tl.constexpr, LOG_U: tl.constexpr, HALO: tl.constexpr, BLOCK_P: tl.constexpr,
+                 NSEG: tl.constexpr):
+    """Row ``q`` of the tile's segments (columns seg_start .. seg_start + V - 1 of each plane) with K//2 halo
+    columns each side: a tuple of V + 2 (K//2) float32 (BLOCK_P, NSEG) columns, segment column -K//2 first; 0
+    outside the map (rows q < 0 or q >= H too). The segment itself in vector loads of U elements; without
+    HALO (a whole row a segment) the halo columns are zeros, not loads."""
+    row_ok = plane_ok & (q >= 0) & (q < H)
+    row_ptr = x_ptr + plane_offs + q * W
+    left = ()
+    right = ()
+    for j in tl.static_range(K // 2):
+        if HALO:
+            left_col = seg_start - K // 2 + j
+            left = left + (tl.load(row_ptr[:, None] + left_col[None, :],
+                                   mask=row_ok[:, None] & ((left_col >= 0) & (left_col < W))[None, :],
+                                   other=0.0).to(tl.float32), )
+            right_col = seg_start + V + j
+            right = right + (tl.load(row_ptr[:, None] + right_col[None, :],
+                                     mask=row_ok[:, None] & (right_col < W)[None, :], other=0.0).to(tl.float32), )
+        else:
+            left = left + (tl.zeros([BLOCK_P, NSEG], dtype=tl.float32), )
+            right = right + (tl.zeros([BLOCK_P, NSEG], dtype=tl.float32), )
+    middle = ()
+    units = tl.arange(0, U)
+    for chunk in tl.static_range(V // U):
+        cols = seg_start[:, None] + chunk * U + units[None, :]
+        tile = tl.load(row_ptr[:, None, None] + cols[None, :, :], mask=row_ok[:, None, None] & (cols < W)[None, :, :],
+                       other=0.0)
+        middle = middle + _split_columns(tile.to(tl.float32), BLOCK_P, NSEG, U, LOG_U)
+    return left + middle + right
+
+
+@triton.jit
+def _segment_row_conv(row, taps, i: tl.constexpr, v: tl.constexpr, start, K: tl.constexpr, V: tl.constexpr,
+                      HALO: tl.constexpr):
+    """``start`` plus the horizontal convolution of a segment row (:func:`_segment_row`) with kernel row ``i``
+    at segment column ``v``. Without HALO the terms of columns outside the segment (zeros) are left out."""
+    total = start
+    for j in tl.static_range(K):
+        if HALO:
+            total += taps[i * K + j] * row[v + j]
+        elif v + j >= K // 2:
+            if v + j < V + K // 2:
+                total += taps[i * K + j] * row[v + j]
+    return total
+
+
+@triton.jit
+def _fwd_segment_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run_rows, K: tl.constexpr,
+                        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, W_ALIGN: tl.constexpr,
+                        BLOCK_P: tl.constexpr, NSEG: tl.constexpr, V: tl.constexpr, U: tl.constexpr,
+                        LOG_U: tl.constexpr, HALO: tl.constexpr):
+    """``_fwd_kernel``'s y = act(conv(x, w) + b (+ x)) with a thread holding a row segment of V columns (module
+    doc): BLOCK_P planes (grid axis 0) x NSEG segments (axis 1: blocks of segments) x output rows [first, first +
+    run_rows) (axis 2). Rows of W = W_UNITS * W_ALIGN columns."""
+    W = W_UNITS * W_ALIGN
+    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    ch = n % C
+    plane_ok = n < n_planes
+    plane_offs = n.to(tl.int64) * (H * W)
+    seg_start = (tl.program_id(1) * NSEG + tl.arange(0, NSEG)) * V
+    first = tl.program_id(2) * run_rows
+    last = tl.minimum(first + run_rows, H)
+    taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)
+    bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
+    units = tl.arange(0, U)
+    # partial[m * V + v]: column v of output row q - K//2 + m before input row q, rows < q summed (m < K - 1).
+    partial = _zero_tiles((K - 1) * V, BLOCK_P, NSEG)
+    next_row = _segment_row(x_ptr, plane_offs, plane_ok, first - K // 2, H, W, seg_start, K, V, U, LOG_U, HALO,
+                            BLOCK_P, NSEG)
+    for q in range(first - K // 2, last + K // 2):
+        row = next_row
+        next_row = _segment_row(x_ptr, plane_offs, plane_ok, q + 1, H, W, seg_start, K, V, U, LOG_U, HALO,
+                                BLOCK_P, NSEG)
+        out_row = q - K // 2
+        out_ptr = y_ptr + plane_offs + out_row * W
+        out_ok = plane_ok & (out_row >= first)
+        for chunk in tl.static_range(V // U):
+            outs = ()
+            for u in tl.static_range(U):
+                z = bias
+                if K > 1:
+                    z += partial[chunk * U + u]
+                z = _segment_row_conv(row, taps, K - 1, chunk * U + u, z, K, V, HALO)
+                outs = outs + (_activation(z, ACT), )
+            cols = seg_start[:, None] + chunk * U + units[None, :]
+            tl.store(out_ptr[:, None, None] + cols[None, :, :],
+                     _join_columns(outs, BLOCK_P, NSEG, U, LOG_U).to(y_ptr.dtype.element_ty),
+                     mask=out_ok[:, None, None] & (cols < W)[None, :, :])
+        advanced = ()
+        for m in tl.static_range(K - 2):
+            for v in tl.static_range(V):
+                advanced = advanced + (_segment_row_conv(row, taps, K - 2 - m, v, partial[(m + 1) * V + v], K, V,
+                                                         HALO), )
+        if K > 1:
+            for v in tl.static_range(V):
+                advanced = advanced + (_segment_row_conv(row, taps, 0, v, tl.zeros([BLOCK_P, NSEG], dtype=tl.float32),
+                                                         K, V, HALO), )
+        partial = advanced
+
+
+@triton.jit
 def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W_UNITS, n_planes, run_rows, n_parts,
                  K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
                  W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -261,10 +439,44 @@ def _grad_tiling(x: torch.Tensor, k: int):
     return _tiling(x, BWD_TILING, 2 * k * k, MIN_PROGRAMS[1])
 
 
+def _segment_values(v: int, k: int) -> int:
+    """Float32 values a thread of the segment kernel keeps for a segment of ``v`` columns (SEGMENT_VALUES' doc)."""
+    return (k - 1) * v + 2 * (v + k - 1) + k * k
+
+
+def _segment_tiling(x: torch.Tensor, k: int):
+    """(warps, BLOCK_P, NSEG, V, U, HALO, rows a run, grid) of ``_fwd_segment_kernel`` for x (B, C, H, W) and a
+    k x k kernel: V columns a segment (a whole row of up to SEGMENT_WHOLE_ROW where SEGMENT_VALUES allows, HALO
+    False; else the widest of 8, 4, 2, 1 that fits), loaded U at a time (16 bytes at most, and no wider than the
+    row length's power-of-two factor, so that every vector is aligned), NSEG segments a program's row (up to 32),
+    BLOCK_P planes, one segment of one plane a thread. Grid: (plane blocks, segment blocks, runs of rows)."""
+    b, c, h, w = x.shape
+    warps, min_programs = SEGMENT_TILING
+    whole = next_power_of_2(w)
+    if whole <= SEGMENT_WHOLE_ROW and _segment_values(whole, k) <= SEGMENT_VALUES:
+        v, halo = whole, False
+    else:
+        v = next(v for v in (8, 4, 2, 1) if v == 1 or _segment_values(v, k) <= SEGMENT_VALUES)
+        halo = True
+    u = min(v, 16 // x.element_size(), power_of_two_factor(w))
+    nseg = min(next_power_of_2(cdiv(w, v)), SEGMENT_MAX_SEGMENTS) if halo else 1
+    block_p = min(max(32 * warps // nseg, 1), next_power_of_2(b * c))
+    tiles = (cdiv(b * c, block_p), cdiv(cdiv(w, v), nseg))
+    run_rows = cdiv(h, min(h, max(1, cdiv(min_programs, tiles[0] * tiles[1]))))
+    return warps, block_p, nseg, v, u, halo, run_rows, tiles + (cdiv(h, run_rows), )
+
+
 def _launch_fwd(x, weight, bias, y, residual, act_code):
     b, c, h, w = x.shape
-    warps, block_p, block_w, run_rows, grid = _fwd_tiling(x, weight.shape[-1])
     w_align = power_of_two_factor(w)
+    if FORWARD == 'segments':
+        warps, block_p, nseg, v, u, halo, run_rows, grid = _segment_tiling(x, weight.shape[-1])
+        launch(_fwd_segment_kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w // w_align, b * c,
+               run_rows, K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual,
+               W_ALIGN=w_align, BLOCK_P=block_p, NSEG=nseg, V=v, U=u, LOG_U=u.bit_length() - 1, HALO=halo,
+               num_warps=warps)
+        return
+    warps, block_p, block_w, run_rows, grid = _fwd_tiling(x, weight.shape[-1])
     launch(_fwd_kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w // w_align, b * c, run_rows,
            K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual, W_ALIGN=w_align,
            BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)

@@ -1,7 +1,7 @@
 """Run by test_depthwise_conv.py in a subprocess with TRITON_INTERPRET=1 (Triton's CPU interpreter must be
 switched on before the kernels are defined): the fused depthwise-conv Triton kernels against the reference,
-forward and the gradients of x, weight and bias, then the custom ops' registration and a torch.compile
-capture. Prints one line per case with its largest relative errors, then 'WORST <error>' and exits non-zero
+forward and the gradients of x, weight and bias, with each forward kernel (FORWARD 'shifts' and 'segments'; the
+forward kernel also computes dx), then the custom ops' registration and a torch.compile capture. Prints one line per case with its largest relative errors, then 'WORST <error>' and exits non-zero
 when a check fails."""
 import os
 import sys
@@ -40,6 +40,13 @@ CASES = [(2, 3, 9, 7, 3, True, None, False, torch.float32),
 SMALL_TILING = dict(FWD_TILING=(1, 1), BWD_TILING=(1, 1), MAX_BLOCK_W=4, MIN_PROGRAMS=(16, 16))
 LOOP_CASES = [(3, 5, 7, 6, 3, True, 'gelu', True, torch.float32),
               (4, 3, 5, 9, 5, False, 'silu', True, torch.float32)]
+# The segment kernel scaled down the same way: one warp, at most two segments a program (so rows of more than 16
+# columns take several blocks of segments), rows cut into runs; rows of segments with halos (20, 37 columns) and
+# whole rows (10 columns).
+SEGMENT_SMALL_TILING = dict(SEGMENT_TILING=(1, 8), SEGMENT_MAX_SEGMENTS=2)
+SEGMENT_LOOP_CASES = [(3, 7, 7, 20, 3, True, 'gelu', True, torch.float32),
+                      (2, 9, 6, 37, 5, False, 'silu', True, torch.float16),
+                      (5, 7, 9, 10, 3, True, None, False, torch.float32)]
 
 
 def relative_errors(case):
@@ -101,6 +108,31 @@ def check_small_tiles():
     return worst, ok
 
 
+def check_segments():
+    """CASES with the segment forward kernel, then SEGMENT_LOOP_CASES with SEGMENT_SMALL_TILING."""
+    defaults = {name: getattr(tdc, name) for name in ('FORWARD', *SEGMENT_SMALL_TILING)}
+    ok, worst = True, 0.0
+    try:
+        tdc.FORWARD = 'segments'
+        for case in CASES:
+            scaled, passed = run_case(case, label='segments ')
+            worst, ok = max(worst, scaled), ok and passed
+        for name, value in SEGMENT_SMALL_TILING.items():
+            setattr(tdc, name, value)
+        for case in SEGMENT_LOOP_CASES:
+            b, c, h, w, k = case[:5]
+            _, block_p, _, _, _, halo, run_rows, grid = tdc._segment_tiling(torch.empty(b, c, h, w), k)
+            assert grid[0] > 1 and grid[2] > 1 and run_rows > 1, 'the tiling must split planes and rows'
+            assert grid[1] > 1 if halo else w <= tdc.SEGMENT_WHOLE_ROW, 'several blocks of segments, or whole rows'
+            assert c % block_p, 'some tiles must hold planes of two samples'
+            scaled, passed = run_case(case, label='segments small tiles ')
+            worst, ok = max(worst, scaled), ok and passed
+    finally:
+        for name, value in defaults.items():
+            setattr(tdc, name, value)
+    return worst, ok
+
+
 def check_registration():
     """torch.library.opcheck of both custom ops (schemas, fake tensors, autograd registration) and a
     torch.compile capture of forward + backward in one graph that matches eager."""
@@ -127,8 +159,9 @@ if __name__ == '__main__':
     for case in CASES:
         scaled, passed = run_case(case)
         worst, ok = max(worst, scaled), ok and passed
-    scaled, passed = check_small_tiles()
-    worst, ok = max(worst, scaled), ok and passed
+    for check in (check_small_tiles, check_segments):
+        scaled, passed = check()
+        worst, ok = max(worst, scaled), ok and passed
     ok = check_registration() and ok
     # The worst error as a fraction of its tolerance.
     print(f'WORST {worst:.3f} of tolerance')
