@@ -24,15 +24,17 @@ bias); each program reduces them across its columns once, at the end, into one r
 which torch adds up over the batch and the runs (no atomics: deterministic). Then dx = conv(gz, weight flipped
 in both axes) + (gz if residual): the forward kernel without bias or activation.
 
-Forward, in row segments (``_fwd_segment_kernel``, ``SPARX_DEPTHWISE_FORWARD=segments``; not yet timed on a
-GPU): a thread holds ``V`` consecutive columns of a plane's row (a whole row of up to 16 columns, or one of a
-row's segments of 8) and loads them with vector accesses of up to 16 bytes (``U`` elements: as wide as the row
-length's power-of-two factor allows), plus K//2 halo columns on each side of a segment (scalar loads; none for
-a whole row). The shifted columns a tap needs are then the thread's own registers: a row costs about
-V / U + K - 1 load instructions a segment instead of K a position, and a thread keeps V values a row where the
-shifted loads kept K a position. Same recurrence over the rows as ``_fwd_kernel``; the vectors are taken apart
-into columns and put back together with ``tl.split`` / ``tl.join``, which stay in registers while each vector
-is one thread's (sm_90 codegen: ``tests/test_ops/test_hopper_codegen.py``).
+Forward and gradient in row segments (``_fwd_segment_kernel``, ``_grad_segment_kernel``,
+``SPARX_DEPTHWISE_KERNELS=segments``; not yet timed on a GPU): a thread holds ``V`` consecutive columns of a
+plane's row (a whole row of up to 16 columns, or one of a row's segments of 8 or fewer) and loads them with vector
+accesses of up to 16 bytes (``U`` elements: as wide as the row length's power-of-two factor allows), plus K//2
+halo columns on each side of a segment (scalar loads; none for a whole row). The shifted columns a tap needs are
+then the thread's own registers: a row costs about V / U + K - 1 load instructions a segment instead of K a
+position, and a thread keeps V values a row where the shifted loads kept K a position. Same recurrences over the
+rows as ``_fwd_kernel`` and ``_grad_kernel`` (whose K*K running products a position become K*K sums a thread:
+the segment's columns are summed as they come). The vectors are taken apart into columns and put back together
+with ``tl.split`` / ``tl.join``, which stay in registers while each vector is one thread's (sm_90 codegen:
+``tests/test_ops/test_hopper_codegen.py``).
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
@@ -68,28 +70,29 @@ MAX_BLOCK_W = 128
 #: Activation codes of the kernels.
 ACT_CODES = {'none': 0, 'gelu': 1, 'silu': 2}
 
-FORWARD_ENV = 'SPARX_DEPTHWISE_FORWARD'
-FORWARD_CHOICES = ('shifts', 'segments')
+KERNELS_ENV = 'SPARX_DEPTHWISE_KERNELS'
+KERNEL_CHOICES = ('shifts', 'segments')
 
 
-def _forward_by_environment() -> str:
-    value = os.environ.get(FORWARD_ENV, '').strip() or 'shifts'
-    if value not in FORWARD_CHOICES:
-        raise ValueError(f'environment variable {FORWARD_ENV}={value!r}: accepted are shifts (the default: '
-                         '_fwd_kernel, one load a position and tap) and segments (_fwd_segment_kernel: vector '
-                         'loads of row segments, the taps from registers)')
+def _kernels_by_environment() -> str:
+    value = os.environ.get(KERNELS_ENV, '').strip() or 'shifts'
+    if value not in KERNEL_CHOICES:
+        raise ValueError(f'environment variable {KERNELS_ENV}={value!r}: accepted are shifts (the default: _fwd_kernel '
+                         'and _grad_kernel, one load a position and shift) and segments (_fwd_segment_kernel and '
+                         '_grad_segment_kernel: vector loads of row segments, the shifted columns from registers)')
     return value
 
 
-#: The forward kernel (which also computes dx): 'shifts' (``_fwd_kernel``, timed) or 'segments'
-#: (``_fwd_segment_kernel``, written 2026-12-05 without a GPU, to be timed against it:
-#: ``tools/gpu_checks/check_depthwise_conv.py --only bench`` times both); ``SPARX_DEPTHWISE_FORWARD`` at import,
-#: or set at run time.
-FORWARD = _forward_by_environment()
-#: Float32 values a thread of the segment kernel may keep for a row segment of V columns with a k x k kernel:
-#: (k - 1) V partial output rows, two rows of V + k - 1 columns (the current one and the one loaded ahead)
-#: and the k*k weights. Whole rows of up to 16 columns where they fit (SparX's 14 x 14 and 7 x 7 maps with
-#: k = 3: 77 and 45 values), else segments of 8, 4, 2 or 1 columns (k = 5: 81 at 8).
+#: The forward kernel (which also computes dx) and the gradient kernel: 'shifts' (``_fwd_kernel``,
+#: ``_grad_kernel``: timed) or 'segments' (``_fwd_segment_kernel``, ``_grad_segment_kernel``: written 2026-12-05
+#: without a GPU, to be timed against them; ``tools/gpu_checks/check_depthwise_conv.py --only bench`` times
+#: both). Both from ``SPARX_DEPTHWISE_KERNELS`` at import; either may be set at run time.
+FORWARD = GRADIENT = _kernels_by_environment()
+#: Float32 values a thread of a segment kernel may keep for a row segment of V columns with a k x k kernel
+#: (:func:`_segment_values`; forward: (k - 1) V partial output rows, two rows of V + k - 1 columns, the current
+#: one and the one loaded ahead, and the k*k weights). Whole rows of up to 16 columns where they fit (SparX's
+#: 14 x 14 and 7 x 7 maps with k = 3: forward 77 and 45 values, gradient 122 and 74), else segments of 8, 4, 2
+#: or 1 columns (k = 5: forward 81 at 8, gradient 106 at 4).
 SEGMENT_VALUES = 128
 #: Widest row a thread of the segment kernel holds whole (no halo columns).
 SEGMENT_WHOLE_ROW = 16
@@ -414,6 +417,103 @@ def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W_UNITS
     tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
 
 
+@triton.jit
+def _window_conv(window, taps, v: tl.constexpr, start, K: tl.constexpr, V: tl.constexpr, HALO: tl.constexpr):
+    """``start`` plus the k x k convolution at segment column ``v`` of a window of K segment rows (K tuples of
+    :func:`_segment_row`, concatenated); without HALO the terms of columns outside the segment are left out."""
+    total = start
+    for i in tl.static_range(K):
+        for j in tl.static_range(K):
+            if HALO:
+                total += taps[i * K + j] * window[i * (V + K - 1) + v + j]
+            elif v + j >= K // 2:
+                if v + j < V + K // 2:
+                    total += taps[i * K + j] * window[i * (V + K - 1) + v + j]
+    return total
+
+
+@triton.jit
+def _grad_segment_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W_UNITS, n_planes, run_rows,
+                         n_parts, K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
+                         W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr, NSEG: tl.constexpr, V: tl.constexpr,
+                         U: tl.constexpr, LOG_U: tl.constexpr, HALO: tl.constexpr):
+    """``_grad_kernel``'s gz = dy * act'(z) and partial sums of the weight and bias gradients, a thread holding a row
+    segment of V columns as in ``_fwd_segment_kernel``: the K x (V + K - 1) window of input rows around output row
+    r (K - 1 rows carried, one loaded a step, with dy's row), z recomputed from it, and the K*K products summed
+    over the segment's columns into one running sum a tap (a thread keeps K*K sums, not K*K a position). Grid and
+    ``partial_ptr`` as ``_grad_kernel``'s, ``part`` = run * segment blocks + segment block."""
+    W = W_UNITS * W_ALIGN
+    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    ch = n % C
+    plane_ok = n < n_planes
+    plane_offs = n.to(tl.int64) * (H * W)
+    seg_start = (tl.program_id(1) * NSEG + tl.arange(0, NSEG)) * V
+    first = tl.program_id(2) * run_rows
+    last = tl.minimum(first + run_rows, H)
+    units = tl.arange(0, U)
+    if ACT != 0:
+        taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)
+        bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
+    # window: input rows r - K//2 .. r + K//2 - 1, each V + K - 1 segment columns (halos included).
+    window = ()
+    for i in tl.static_range(K - 1):
+        window = window + _segment_row(x_ptr, plane_offs, plane_ok, first - K // 2 + i, H, W, seg_start, K, V, U,
+                                       LOG_U, HALO, BLOCK_P, NSEG)
+    sums = _zero_tiles(K * K, BLOCK_P, NSEG)
+    bias_sum = tl.zeros([BLOCK_P, NSEG], dtype=tl.float32)
+    # The loads of row r + 1 are issued before the arithmetic of row r; dy is 0 outside the run (rows >= last),
+    # so such positions add nothing.
+    next_row = _segment_row(x_ptr, plane_offs, plane_ok, first + K // 2, H, W, seg_start, K, V, U, LOG_U, HALO,
+                            BLOCK_P, NSEG)
+    next_dy = _segment_row(dy_ptr, plane_offs, plane_ok, first, last, W, seg_start, 1, V, U, LOG_U, False, BLOCK_P,
+                           NSEG)
+    for r in range(first, last):
+        full = window + next_row
+        dy_row = next_dy
+        next_row = _segment_row(x_ptr, plane_offs, plane_ok, r + 1 + K // 2, H, W, seg_start, K, V, U, LOG_U, HALO,
+                                BLOCK_P, NSEG)
+        next_dy = _segment_row(dy_ptr, plane_offs, plane_ok, r + 1, last, W, seg_start, 1, V, U, LOG_U, False,
+                               BLOCK_P, NSEG)
+        gz = ()
+        for v in tl.static_range(V):
+            g = dy_row[v]
+            if ACT != 0:
+                g = g * _activation_grad(_window_conv(full, taps, v, bias, K, V, HALO), ACT)
+            gz = gz + (g, )
+        if ACT != 0:
+            row_ptr = gz_ptr + plane_offs + r * W
+            for chunk in tl.static_range(V // U):
+                chunk_gz = ()
+                for u in tl.static_range(U):
+                    chunk_gz = chunk_gz + (gz[chunk * U + u], )
+                cols = seg_start[:, None] + chunk * U + units[None, :]
+                tl.store(row_ptr[:, None, None] + cols[None, :, :],
+                         _join_columns(chunk_gz, BLOCK_P, NSEG, U, LOG_U).to(gz_ptr.dtype.element_ty),
+                         mask=plane_ok[:, None, None] & (cols < W)[None, :, :])
+        summed = ()
+        for i in tl.static_range(K):
+            for j in tl.static_range(K):
+                total = sums[i * K + j]
+                for v in tl.static_range(V):
+                    if HALO:
+                        total += gz[v] * full[i * (V + K - 1) + v + j]
+                    elif v + j >= K // 2:
+                        if v + j < V + K // 2:
+                            total += gz[v] * full[i * (V + K - 1) + v + j]
+                summed = summed + (total, )
+        sums = summed
+        for v in tl.static_range(V):
+            bias_sum += gz[v]
+        window = ()
+        for t in tl.static_range(V + K - 1, K * (V + K - 1)):
+            window = window + (full[t], )
+    part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+    out = partial_ptr + (n.to(tl.int64) * n_parts + part) * (K * K + 1)
+    for t in tl.static_range(K * K):
+        tl.store(out + t, tl.sum(sums[t], axis=1), mask=plane_ok)
+    tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
+
+
 def _tiling(x: torch.Tensor, values_warps: Tuple[int, int], values_a_position: int, min_programs: int):
     """(warps, BLOCK_P, BLOCK_W, rows a run, grid) for a (values a thread holds, warps) tiling whose kernel
     holds ``values_a_position`` values a position, aiming at about ``min_programs`` programs (the rows cut
@@ -439,12 +539,16 @@ def _grad_tiling(x: torch.Tensor, k: int):
     return _tiling(x, BWD_TILING, 2 * k * k, MIN_PROGRAMS[1])
 
 
-def _segment_values(v: int, k: int) -> int:
-    """Float32 values a thread of the segment kernel keeps for a segment of ``v`` columns (SEGMENT_VALUES' doc)."""
+def _segment_values(v: int, k: int, gradient: bool = False) -> int:
+    """Float32 values a thread of a segment kernel keeps for a segment of ``v`` columns (SEGMENT_VALUES' doc); the
+    gradient kernel: K + 1 rows of v + k - 1 columns (the window and the row loaded ahead), two rows of dy, the
+    k*k weights and k*k running sums."""
+    if gradient:
+        return (k + 1) * (v + k - 1) + 2 * v + 2 * k * k
     return (k - 1) * v + 2 * (v + k - 1) + k * k
 
 
-def _segment_tiling(x: torch.Tensor, k: int):
+def _segment_tiling(x: torch.Tensor, k: int, gradient: bool = False):
     """(warps, BLOCK_P, NSEG, V, U, HALO, rows a run, grid) of ``_fwd_segment_kernel`` for x (B, C, H, W) and a
     k x k kernel: V columns a segment (a whole row of up to SEGMENT_WHOLE_ROW where SEGMENT_VALUES allows, HALO
     False; else the widest of 8, 4, 2, 1 that fits), loaded U at a time (16 bytes at most, and no wider than the
@@ -453,10 +557,10 @@ def _segment_tiling(x: torch.Tensor, k: int):
     b, c, h, w = x.shape
     warps, min_programs = SEGMENT_TILING
     whole = next_power_of_2(w)
-    if whole <= SEGMENT_WHOLE_ROW and _segment_values(whole, k) <= SEGMENT_VALUES:
+    if whole <= SEGMENT_WHOLE_ROW and _segment_values(whole, k, gradient) <= SEGMENT_VALUES:
         v, halo = whole, False
     else:
-        v = next(v for v in (8, 4, 2, 1) if v == 1 or _segment_values(v, k) <= SEGMENT_VALUES)
+        v = next(v for v in (8, 4, 2, 1) if v == 1 or _segment_values(v, k, gradient) <= SEGMENT_VALUES)
         halo = True
     u = min(v, 16 // x.element_size(), power_of_two_factor(w))
     nseg = min(next_power_of_2(cdiv(w, v)), SEGMENT_MAX_SEGMENTS) if halo else 1
@@ -504,14 +608,19 @@ def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
     dtype (weight's without a bias)."""
     b, c, h, w = x.shape
     k = weight.shape[-1]
-    warps, block_p, block_w, run_rows, grid = _grad_tiling(x, k)
     gz = torch.empty(x.shape if activation != 'none' else (0, ), dtype=dy.dtype, device=x.device)
+    w_align = power_of_two_factor(w)
+    common = dict(K=k, ACT=ACT_CODES[activation], HAS_BIAS=bias is not None, RESIDUAL=residual, W_ALIGN=w_align)
+    if GRADIENT == 'segments':
+        warps, block_p, nseg, v, u, halo, run_rows, grid = _segment_tiling(x, k, gradient=True)
+        kernel, tile = _grad_segment_kernel, dict(NSEG=nseg, V=v, U=u, LOG_U=u.bit_length() - 1, HALO=halo)
+    else:
+        warps, block_p, block_w, run_rows, grid = _grad_tiling(x, k)
+        kernel, tile = _grad_kernel, dict(BLOCK_W=block_w)
     n_parts = grid[1] * grid[2]
     partial = torch.empty(b * c, n_parts, k * k + 1, dtype=torch.float32, device=x.device)
-    w_align = power_of_two_factor(w)
-    launch(_grad_kernel, grid, x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w // w_align,
-           b * c, run_rows, n_parts, K=k, ACT=ACT_CODES[activation], HAS_BIAS=bias is not None,
-           RESIDUAL=residual, W_ALIGN=w_align, BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
+    launch(kernel, grid, x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w // w_align, b * c,
+           run_rows, n_parts, BLOCK_P=block_p, num_warps=warps, **common, **tile)
     sums = partial.view(b, c, n_parts, k * k + 1).sum((0, 2))
     # Copies: a custom op's outputs may not be views of one another.
     dweight = sums[:, :k * k].reshape(weight.shape).to(weight.dtype, copy=True)

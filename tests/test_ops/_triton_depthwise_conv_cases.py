@@ -1,8 +1,9 @@
 """Run by test_depthwise_conv.py in a subprocess with TRITON_INTERPRET=1 (Triton's CPU interpreter must be
 switched on before the kernels are defined): the fused depthwise-conv Triton kernels against the reference,
-forward and the gradients of x, weight and bias, with each forward kernel (FORWARD 'shifts' and 'segments'; the
-forward kernel also computes dx), then the custom ops' registration and a torch.compile capture. Prints one line per case with its largest relative errors, then 'WORST <error>' and exits non-zero
-when a check fails."""
+forward and the gradients of x, weight and bias, with each kind of kernel (FORWARD and GRADIENT 'shifts' and
+'segments'; the forward kernel also computes dx), then the custom ops' registration and a torch.compile capture.
+Prints one line per case with its largest relative errors, then 'WORST <error>' and exits non-zero when a check
+fails."""
 import os
 import sys
 
@@ -43,7 +44,7 @@ LOOP_CASES = [(3, 5, 7, 6, 3, True, 'gelu', True, torch.float32),
 # The segment kernel scaled down the same way: one warp, at most two segments a program (so rows of more than 16
 # columns take several blocks of segments), rows cut into runs; rows of segments with halos (20, 37 columns) and
 # whole rows (10 columns).
-SEGMENT_SMALL_TILING = dict(SEGMENT_TILING=(1, 8), SEGMENT_MAX_SEGMENTS=2)
+SEGMENT_SMALL_TILING = dict(SEGMENT_TILING=(1, 16), SEGMENT_MAX_SEGMENTS=2)
 SEGMENT_LOOP_CASES = [(3, 7, 7, 20, 3, True, 'gelu', True, torch.float32),
                       (2, 9, 6, 37, 5, False, 'silu', True, torch.float16),
                       (5, 7, 9, 10, 3, True, None, False, torch.float32)]
@@ -109,11 +110,11 @@ def check_small_tiles():
 
 
 def check_segments():
-    """CASES with the segment forward kernel, then SEGMENT_LOOP_CASES with SEGMENT_SMALL_TILING."""
-    defaults = {name: getattr(tdc, name) for name in ('FORWARD', *SEGMENT_SMALL_TILING)}
+    """CASES with the segment kernels, then SEGMENT_LOOP_CASES with SEGMENT_SMALL_TILING."""
+    defaults = {name: getattr(tdc, name) for name in ('FORWARD', 'GRADIENT', *SEGMENT_SMALL_TILING)}
     ok, worst = True, 0.0
     try:
-        tdc.FORWARD = 'segments'
+        tdc.FORWARD = tdc.GRADIENT = 'segments'
         for case in CASES:
             scaled, passed = run_case(case, label='segments ')
             worst, ok = max(worst, scaled), ok and passed
@@ -121,10 +122,11 @@ def check_segments():
             setattr(tdc, name, value)
         for case in SEGMENT_LOOP_CASES:
             b, c, h, w, k = case[:5]
-            _, block_p, _, _, _, halo, run_rows, grid = tdc._segment_tiling(torch.empty(b, c, h, w), k)
-            assert grid[0] > 1 and grid[2] > 1 and run_rows > 1, 'the tiling must split planes and rows'
-            assert grid[1] > 1 if halo else w <= tdc.SEGMENT_WHOLE_ROW, 'several blocks of segments, or whole rows'
-            assert c % block_p, 'some tiles must hold planes of two samples'
+            for gradient in (False, True):
+                _, block_p, _, _, _, halo, run_rows, grid = tdc._segment_tiling(torch.empty(b, c, h, w), k, gradient)
+                assert grid[0] > 1 and grid[2] > 1 and run_rows > 1, 'the tiling must split planes and rows'
+                assert grid[1] > 1 if halo else w <= tdc.SEGMENT_WHOLE_ROW, 'several blocks of segments, or whole rows'
+                assert c % block_p, 'some tiles must hold planes of two samples'
             scaled, passed = run_case(case, label='segments small tiles ')
             worst, ok = max(worst, scaled), ok and passed
     finally:

@@ -2,29 +2,32 @@
 a CUDA GPU).
 
     python tools/gpu_checks/check_depthwise_conv.py [--only check bench sweep] [--batch 128]
-        [--cuda-graphs] [--modes MODE ...] [--forward shifts segments] [--fwd-tiling VALUES WARPS]
+        [--cuda-graphs] [--modes MODE ...] [--kernels shifts segments] [--fwd-tiling VALUES WARPS]
         [--bwd-tiling VALUES WARPS] [--min-programs FWD GRAD] [--max-block-w N] [--segment-tiling WARPS PROGRAMS]
+        [--segment-values N]
 
-Both forward kernels (``triton_depthwise_conv.FORWARD``: 'shifts', ``_fwd_kernel``, and 'segments',
-``_fwd_segment_kernel``; the forward kernel also computes dx) are checked and timed unless --forward names one.
+Both kinds of kernels (``triton_depthwise_conv.FORWARD`` and ``GRADIENT``: 'shifts', ``_fwd_kernel`` and
+``_grad_kernel``, and 'segments', ``_fwd_segment_kernel`` and ``_grad_segment_kernel``; the forward kernel also
+computes dx) are checked and timed unless --kernels names one.
 
 check: ``depthwise_conv2d_act(impl='triton')`` against the reference in float64 on the same (rounded) inputs,
 forward and the gradients of x, weight and bias, on awkward shapes (H != W, widths that are not powers of two
 or wider than a column block, k = 1 to 9, k larger than the map, a 1 x 1 map; with --large a float16 input
 of more than 2**31 elements) for float32 / float16 / bfloat16 tensors and for float32 tensors under float16 /
 bfloat16 autocast. Prints the largest relative errors (max |error| / max |reference|) and PASSED / FAILED
-(exit code 1 on failure), for each forward kernel.
+(exit code 1 on failure), for each kind of kernels.
 
 bench: median GPU milliseconds (gpu_common.timed: the calls queued behind a sleep kernel, so Python and launch
 overhead stay out) of the forward pass and of forward + backward, the Triton op against the torch composition
 (nn.Conv2d depthwise + add + activation), at SparX-T's sizes with batch 128, for float16 tensors under float16
-autocast (float32 parameters) and for float32, each forward kernel a column; plus each Triton forward's effective
-bandwidth (x read once, y written once). --cuda-graphs times CUDA-graph replays of each step instead. The tiling
-options override the kernels' module constants.
+autocast (float32 parameters) and for float32, each kind of kernels a column; plus each Triton forward's
+effective bandwidth (x read once, y written once). --cuda-graphs times CUDA-graph replays of each step instead.
+The tiling options override the kernels' module constants.
 
 sweep: the forward kernel's and the gradient kernel's GPU milliseconds alone (no dx), at the same sizes, for
 float16 and float32 tensors, for each of a set of (values, warps) tilings and the default: what FWD_TILING and
-BWD_TILING were chosen by; then the segment kernel's (warps, programs aimed at) tilings (SEGMENT_TILING).
+BWD_TILING were chosen by; then both segment kernels' (warps, programs aimed at) tilings (SEGMENT_TILING) and
+register budgets (SEGMENT_VALUES: whole rows or segments, and how wide).
 """
 import os
 import sys
@@ -55,8 +58,9 @@ BENCH_CONFIGS = [(96, 56, 3, True, None, False), (384, 56, 3, True, 'gelu', Fals
                  (1280, 14, 3, True, 'gelu', False), (2048, 7, 3, True, 'gelu', False)]
 # (values a thread holds, warps) tried by --only sweep, for either kernel.
 SWEEP_TILINGS = [(9, 4), (18, 2), (18, 4), (36, 2), (36, 4), (36, 8), (72, 4)]
-# (warps, programs aimed at) of the segment kernel tried by --only sweep.
+# (warps, programs aimed at) of the segment kernels, and their register budgets, tried by --only sweep.
 SEGMENT_SWEEP_TILINGS = [(1, 1024), (2, 1024), (2, 4096), (4, 512), (4, 1024), (4, 2048), (8, 1024)]
+SEGMENT_SWEEP_VALUES = [64, 96, 128, 160]
 DTYPE_MODES = {'float32': (torch.float32, None), 'float16': (torch.float16, None), 'bfloat16': (torch.bfloat16, None),
                'autocast float16': (torch.float32, torch.float16), 'autocast bfloat16': (torch.float32, torch.bfloat16)}
 
@@ -116,19 +120,19 @@ def check_large(device):
     return ok
 
 
-def run_checks(device, large, modes, forwards):
-    """The check grid (and --large) with each forward kernel of ``forwards``; the caller's choice is put back."""
+def run_checks(device, large, modes, kinds):
+    """The check grid (and --large) with each kind of kernels of ``kinds``; the caller's choice is put back."""
     from sparx_mm.ops import triton_depthwise_conv as tdc
-    ok, chosen = True, tdc.FORWARD
+    ok, chosen = True, (tdc.FORWARD, tdc.GRADIENT)
     try:
-        for forward in forwards:
-            tdc.FORWARD = forward
-            print(f'# forward kernel: {forward}', flush=True)
+        for kind in kinds:
+            tdc.FORWARD = tdc.GRADIENT = kind
+            print(f'# kernels: {kind}', flush=True)
             ok = run_check_grid(check_case, {mode: TOL[mode] for mode in modes}, CHECK_SHAPES, device) and ok
             if large:
                 ok = check_large(device) and ok
     finally:
-        tdc.FORWARD = chosen
+        tdc.FORWARD, tdc.GRADIENT = chosen
     return ok
 
 
@@ -146,9 +150,9 @@ def graph_replay(step):
     return graph.replay
 
 
-def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs, forwards):
-    """ms of the Triton op's forward with each forward kernel of ``forwards``, then the composition's; then
-    the same with the backward pass."""
+def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs, kinds):
+    """ms of the Triton op's forward with each kind of kernels of ``kinds``, then the composition's; then the same
+    with the backward pass."""
     from sparx_mm.ops import triton_depthwise_conv as tdc
     dy = torch.randn_like(x)
 
@@ -159,11 +163,12 @@ def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs, forward
         y = conv(x)
         return act(x + y if residual else y)
 
-    row, chosen = [], tdc.FORWARD
+    row, chosen = [], (tdc.FORWARD, tdc.GRADIENT)
     try:
         for grad in (False, True):
-            for fn, forward in [(fused, forward) for forward in forwards] + [(composition, chosen)]:
-                tdc.FORWARD = forward
+            for fn, kind in [(fused, kind) for kind in kinds] + [(composition, None)]:
+                if kind is not None:
+                    tdc.FORWARD = tdc.GRADIENT = kind
 
                 def step():
                     # No autocast cache: a CUDA graph must not keep the cast weights of its capture.
@@ -174,21 +179,21 @@ def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs, forward
                         y.backward(dy)
                 row.append(timed(graph_replay(step) if cuda_graphs else step)[0])
     finally:
-        tdc.FORWARD = chosen
+        tdc.FORWARD, tdc.GRADIENT = chosen
     return row
 
 
-def bench(device, batch, cuda_graphs, forwards):
+def bench(device, batch, cuda_graphs, kinds):
     from sparx_mm.ops import triton_depthwise_conv as tdc
     print(f'# {torch.cuda.get_device_name()}, batch {batch}; forward (values, warps) {tdc.FWD_TILING}, gradient '
           f'(values, warps) {tdc.BWD_TILING}, MIN_PROGRAMS {tdc.MIN_PROGRAMS}, MAX_BLOCK_W {tdc.MAX_BLOCK_W}, '
-          f'segment kernel (warps, programs) {tdc.SEGMENT_TILING}; ms'
+          f'segment kernels (warps, programs) {tdc.SEGMENT_TILING}, values {tdc.SEGMENT_VALUES}; ms'
           f'{" of CUDA-graph replays" if cuda_graphs else " (eager steps, GPU time)"}; the Triton columns by '
-          f'forward kernel ({", ".join(forwards)}), the speedup of the fastest over torch')
+          f'kind of kernels ({", ".join(kinds)}), the speedup of the fastest over torch')
     print(f'{"C":>5} {"HxW":>5} {"k":>1} {"op":>12} {"dtype":>5} '
-          + ' '.join(f'{forward + " fwd":>12}' for forward in forwards) + f' {"torch fwd":>9} {"speedup":>7} '
-          + ' '.join(f'{forward[:3] + " GB/s":>8}' for forward in forwards) + ' '
-          + ' '.join(f'{forward + " f+b":>12}' for forward in forwards) + f' {"torch f+b":>9} {"speedup":>7}')
+          + ' '.join(f'{kind + " fwd":>12}' for kind in kinds) + f' {"torch fwd":>9} {"speedup":>7} '
+          + ' '.join(f'{kind[:3] + " GB/s":>8}' for kind in kinds) + ' '
+          + ' '.join(f'{kind + " f+b":>12}' for kind in kinds) + f' {"torch f+b":>9} {"speedup":>7}')
     acts = {None: nn.Identity(), 'gelu': nn.GELU(), 'silu': nn.SiLU()}
     for channels, size, k, residual, activation, has_bias in BENCH_CONFIGS:
         conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=has_bias).to(device)
@@ -196,8 +201,8 @@ def bench(device, batch, cuda_graphs, forwards):
                                                                                  else '')
         for mode, dtype, autocast in (('fp16', torch.float16, True), ('fp32', torch.float32, False)):
             x = torch.randn(batch, channels, size, size, device=device, dtype=dtype).requires_grad_()
-            row = bench_row(conv, acts[activation], residual, activation, x, autocast, cuda_graphs, forwards)
-            n = len(forwards)
+            row = bench_row(conv, acts[activation], residual, activation, x, autocast, cuda_graphs, kinds)
+            n = len(kinds)
             forward_ms, torch_ms = row[:n], row[n]
             both_ms, torch_both_ms = row[n + 1:2 * n + 1], row[2 * n + 1]
             gbps = [2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9 for ms in forward_ms]
@@ -234,18 +239,26 @@ def sweep(device, batch):
                 print(f'{str(dtype)[6:]:>7} {kernel:>8} {label}{tiling}: ' + ' '.join(f'{t:.3f}' for t in times)
                       + f' sum {sum(times):.3f}', flush=True)
             setattr(tdc, name, defaults[kernel])
-        chosen, default = tdc.FORWARD, tdc.SEGMENT_TILING
+        chosen = (tdc.FORWARD, tdc.GRADIENT, tdc.SEGMENT_TILING, tdc.SEGMENT_VALUES)
+        settings = [(tiling, chosen[3]) for tiling in SEGMENT_SWEEP_TILINGS + [chosen[2]]] + \
+            [(chosen[2], values) for values in SEGMENT_SWEEP_VALUES]
         try:
-            tdc.FORWARD = 'segments'
-            for tiling in SEGMENT_SWEEP_TILINGS + [t for t in [default] if t not in SEGMENT_SWEEP_TILINGS]:
-                tdc.SEGMENT_TILING = tiling
-                times = [timed(lambda: tdc._dwconv_fwd(x, weight, bias, residual, activation, x.dtype))[0]
-                         for x, weight, bias, _, residual, activation in data]
-                label = 'default ' if tiling == default else ''
-                print(f'{str(dtype)[6:]:>7} segments {label}{tiling}: ' + ' '.join(f'{t:.3f}' for t in times)
-                      + f' sum {sum(times):.3f}', flush=True)
+            tdc.FORWARD = tdc.GRADIENT = 'segments'
+            for kernel in ('forward', 'gradient'):
+                for tiling, values in dict.fromkeys(settings):
+                    tdc.SEGMENT_TILING, tdc.SEGMENT_VALUES = tiling, values
+                    times = []
+                    for x, weight, bias, dy, residual, activation in data:
+                        if kernel == 'forward':
+                            step = lambda: tdc._dwconv_fwd(x, weight, bias, residual, activation, x.dtype)  # noqa: E731
+                        else:
+                            step = lambda: tdc._dwconv_grad(dy, x, weight, bias, residual, activation)  # noqa: E731
+                        times.append(timed(step)[0])
+                    label = 'default ' if (tiling, values) == chosen[2:] else ''
+                    print(f'{str(dtype)[6:]:>7} {kernel:>8} segments {label}(warps, programs) {tiling}, values '
+                          f'{values}: ' + ' '.join(f'{t:.3f}' for t in times) + f' sum {sum(times):.3f}', flush=True)
         finally:
-            tdc.FORWARD, tdc.SEGMENT_TILING = chosen, default
+            tdc.FORWARD, tdc.GRADIENT, tdc.SEGMENT_TILING, tdc.SEGMENT_VALUES = chosen
 
 
 def main():
@@ -264,24 +277,26 @@ def main():
     parser.add_argument('--min-programs', type=int, nargs=2, metavar=('FWD', 'GRAD'), default=None,
                         help='programs each kernel aims for, rows cut into runs below it (MIN_PROGRAMS)')
     parser.add_argument('--max-block-w', type=int, default=None, help='widest column block (MAX_BLOCK_W)')
-    parser.add_argument('--forward', nargs='+', choices=('shifts', 'segments'), default=('shifts', 'segments'),
-                        help='forward kernels to check and time (default both)')
+    parser.add_argument('--kernels', nargs='+', choices=('shifts', 'segments'), default=('shifts', 'segments'),
+                        help='kinds of kernels to check and time (default both)')
     parser.add_argument('--segment-tiling', type=int, nargs=2, metavar=('WARPS', 'PROGRAMS'), default=None,
-                        help='warps and programs aimed at of the segment kernel (SEGMENT_TILING)')
+                        help='warps and programs aimed at of the segment kernels (SEGMENT_TILING)')
+    parser.add_argument('--segment-values', type=int, default=None,
+                        help='register budget of the segment kernels (SEGMENT_VALUES)')
     args = parser.parse_args()
     require_cuda('check_depthwise_conv.py')
     from sparx_mm.ops import triton_depthwise_conv as tdc
     override_constants(tdc, args, dict(fwd_tiling='FWD_TILING', bwd_tiling='BWD_TILING',
                                        min_programs='MIN_PROGRAMS', max_block_w='MAX_BLOCK_W',
-                                       segment_tiling='SEGMENT_TILING'))
+                                       segment_tiling='SEGMENT_TILING', segment_values='SEGMENT_VALUES'))
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
     if 'check' in args.only:
-        ok = run_checks(device, args.large, args.modes, args.forward)
+        ok = run_checks(device, args.large, args.modes, args.kernels)
         print('DEPTHWISE CONV CHECK PASSED' if ok else 'DEPTHWISE CONV CHECK FAILED', flush=True)
     if 'bench' in args.only:
-        bench(device, args.batch, args.cuda_graphs, args.forward)
+        bench(device, args.batch, args.cuda_graphs, args.kernels)
     if 'sweep' in args.only:
         sweep(device, args.batch)
     sys.exit(0 if ok else 1)
