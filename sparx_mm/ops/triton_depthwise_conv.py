@@ -299,16 +299,17 @@ def _segment_row(x_ptr, plane_offs, plane_ok, q, H, W, seg_start, K: tl.constexp
 
 @triton.jit
 def _segment_row_conv(row, taps, i: tl.constexpr, v: tl.constexpr, start, K: tl.constexpr, V: tl.constexpr,
-                      HALO: tl.constexpr):
-    """``start`` plus the horizontal convolution of a segment row (:func:`_segment_row`) with kernel row ``i``
-    at segment column ``v``. Without HALO the terms of columns outside the segment (zeros) are left out."""
+                      HALO: tl.constexpr, FIRST: tl.constexpr = 0):
+    """``start`` plus the horizontal convolution of a segment row (:func:`_segment_row`; in ``row`` from entry
+    FIRST on) with kernel row ``i`` at segment column ``v``. Without HALO the terms of columns outside the segment
+    (zeros) are left out."""
     total = start
     for j in tl.static_range(K):
         if HALO:
-            total += taps[i * K + j] * row[v + j]
+            total += taps[i * K + j] * row[FIRST + v + j]
         elif v + j >= K // 2:
             if v + j < V + K // 2:
-                total += taps[i * K + j] * row[v + j]
+                total += taps[i * K + j] * row[FIRST + v + j]
     return total
 
 
@@ -420,15 +421,10 @@ def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W_UNITS
 @triton.jit
 def _window_conv(window, taps, v: tl.constexpr, start, K: tl.constexpr, V: tl.constexpr, HALO: tl.constexpr):
     """``start`` plus the k x k convolution at segment column ``v`` of a window of K segment rows (K tuples of
-    :func:`_segment_row`, concatenated); without HALO the terms of columns outside the segment are left out."""
+    :func:`_segment_row`, concatenated)."""
     total = start
     for i in tl.static_range(K):
-        for j in tl.static_range(K):
-            if HALO:
-                total += taps[i * K + j] * window[i * (V + K - 1) + v + j]
-            elif v + j >= K // 2:
-                if v + j < V + K // 2:
-                    total += taps[i * K + j] * window[i * (V + K - 1) + v + j]
+        total = _segment_row_conv(window, taps, i, v, total, K, V, HALO, i * (V + K - 1))
     return total
 
 
