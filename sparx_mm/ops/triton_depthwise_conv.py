@@ -231,6 +231,17 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run_rows, K
 
 
 @triton.jit
+def _segment_tile(C, H, W, n_planes, run_rows, BLOCK_P: tl.constexpr, NSEG: tl.constexpr, V: tl.constexpr):
+    """A segment kernel's program: its planes n = b * C + c (grid axis 0), their channels, validity and element
+    offsets (int64), the first column of each of its NSEG segments (axis 1) and its run of output rows [first,
+    last) (axis 2)."""
+    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    first = tl.program_id(2) * run_rows
+    return (n, n % C, n < n_planes, n.to(tl.int64) * (H * W), (tl.program_id(1) * NSEG + tl.arange(0, NSEG)) * V,
+            first, tl.minimum(first + run_rows, H))
+
+
+@triton.jit
 def _split_columns(tile, BLOCK_P: tl.constexpr, NSEG: tl.constexpr, U: tl.constexpr, LOG_U: tl.constexpr):
     """A (BLOCK_P, NSEG, U) tile -> a tuple of its U columns, each (BLOCK_P, NSEG), in column order: halves split
     off log2(U) times (the high index bit last, so ``tl.split`` takes it)."""
@@ -322,13 +333,8 @@ def _fwd_segment_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run
     doc): BLOCK_P planes (grid axis 0) x NSEG segments (axis 1: blocks of segments) x output rows [first, first +
     run_rows) (axis 2). Rows of W = W_UNITS * W_ALIGN columns."""
     W = W_UNITS * W_ALIGN
-    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    ch = n % C
-    plane_ok = n < n_planes
-    plane_offs = n.to(tl.int64) * (H * W)
-    seg_start = (tl.program_id(1) * NSEG + tl.arange(0, NSEG)) * V
-    first = tl.program_id(2) * run_rows
-    last = tl.minimum(first + run_rows, H)
+    n, ch, plane_ok, plane_offs, seg_start, first, last = _segment_tile(C, H, W, n_planes, run_rows, BLOCK_P, NSEG,
+                                                                        V)
     taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)
     bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
     units = tl.arange(0, U)
@@ -439,13 +445,8 @@ def _grad_segment_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H,
     over the segment's columns into one running sum a tap (a thread keeps K*K sums, not K*K a position). Grid and
     ``partial_ptr`` as ``_grad_kernel``'s, ``part`` = run * segment blocks + segment block."""
     W = W_UNITS * W_ALIGN
-    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    ch = n % C
-    plane_ok = n < n_planes
-    plane_offs = n.to(tl.int64) * (H * W)
-    seg_start = (tl.program_id(1) * NSEG + tl.arange(0, NSEG)) * V
-    first = tl.program_id(2) * run_rows
-    last = tl.minimum(first + run_rows, H)
+    n, ch, plane_ok, plane_offs, seg_start, first, last = _segment_tile(C, H, W, n_planes, run_rows, BLOCK_P, NSEG,
+                                                                        V)
     units = tl.arange(0, U)
     if ACT != 0:
         taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)

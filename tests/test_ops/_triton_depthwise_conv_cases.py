@@ -6,6 +6,7 @@ Prints one line per case with its largest relative errors, then 'WORST <error>' 
 fails."""
 import os
 import sys
+from unittest import mock
 
 assert os.environ.get('TRITON_INTERPRET') == '1', 'run with TRITON_INTERPRET=1'
 
@@ -87,13 +88,18 @@ def run_case(case, label=''):
     return max(e / tol for e in errors), not failed
 
 
+def run_cases(cases, label=''):
+    """run_case over ``cases``: (the worst error as a fraction of its tolerance, whether all passed)."""
+    worst, ok = 0.0, True
+    for case in cases:
+        scaled, passed = run_case(case, label)
+        worst, ok = max(worst, scaled), ok and passed
+    return worst, ok
+
+
 def check_small_tiles():
     """The loop cases with SMALL_TILING: several column blocks and runs of rows, tiles across two samples."""
-    defaults = {name: getattr(tdc, name) for name in SMALL_TILING}
-    ok, worst = True, 0.0
-    try:
-        for name, value in SMALL_TILING.items():
-            setattr(tdc, name, value)
+    with mock.patch.multiple(tdc, **SMALL_TILING):
         for case in LOOP_CASES:
             b, c, h, w, k = case[:5]
             x = torch.empty(b, c, h, w)
@@ -101,38 +107,25 @@ def check_small_tiles():
                 assert grid[0] > 1 and grid[1] > 1 and grid[2] > 1 and run_rows > 1, \
                     'the tiling must split planes, columns and rows'
                 assert c % block_p, 'some tiles must hold planes of two samples'
-            scaled, passed = run_case(case, label='small tiles ')
-            worst, ok = max(worst, scaled), ok and passed
-    finally:
-        for name, value in defaults.items():
-            setattr(tdc, name, value)
-    return worst, ok
+        return run_cases(LOOP_CASES, label='small tiles ')
 
 
 def check_segments():
     """CASES with the segment kernels, then SEGMENT_LOOP_CASES with SEGMENT_SMALL_TILING."""
-    defaults = {name: getattr(tdc, name) for name in ('FORWARD', 'GRADIENT', *SEGMENT_SMALL_TILING)}
-    ok, worst = True, 0.0
-    try:
-        tdc.FORWARD = tdc.GRADIENT = 'segments'
-        for case in CASES:
-            scaled, passed = run_case(case, label='segments ')
-            worst, ok = max(worst, scaled), ok and passed
-        for name, value in SEGMENT_SMALL_TILING.items():
-            setattr(tdc, name, value)
-        for case in SEGMENT_LOOP_CASES:
-            b, c, h, w, k = case[:5]
-            for gradient in (False, True):
-                _, block_p, _, _, _, halo, run_rows, grid = tdc._segment_tiling(torch.empty(b, c, h, w), k, gradient)
-                assert grid[0] > 1 and grid[2] > 1 and run_rows > 1, 'the tiling must split planes and rows'
-                assert grid[1] > 1 if halo else w <= tdc.SEGMENT_WHOLE_ROW, 'several blocks of segments, or whole rows'
-                assert c % block_p, 'some tiles must hold planes of two samples'
-            scaled, passed = run_case(case, label='segments small tiles ')
-            worst, ok = max(worst, scaled), ok and passed
-    finally:
-        for name, value in defaults.items():
-            setattr(tdc, name, value)
-    return worst, ok
+    with mock.patch.multiple(tdc, FORWARD='segments', GRADIENT='segments'):
+        worst, ok = run_cases(CASES, label='segments ')
+        with mock.patch.multiple(tdc, **SEGMENT_SMALL_TILING):
+            for case in SEGMENT_LOOP_CASES:
+                b, c, h, w, k = case[:5]
+                for gradient in (False, True):
+                    _, block_p, _, _, _, halo, run_rows, grid = tdc._segment_tiling(torch.empty(b, c, h, w), k,
+                                                                                    gradient)
+                    assert grid[0] > 1 and grid[2] > 1 and run_rows > 1, 'the tiling must split planes and rows'
+                    assert grid[1] > 1 if halo else w <= tdc.SEGMENT_WHOLE_ROW, \
+                        'several blocks of segments, or whole rows'
+                    assert c % block_p, 'some tiles must hold planes of two samples'
+            scaled, passed = run_cases(SEGMENT_LOOP_CASES, label='segments small tiles ')
+    return max(worst, scaled), ok and passed
 
 
 def check_registration():
@@ -157,10 +150,7 @@ def check_registration():
 
 
 if __name__ == '__main__':
-    worst, ok = 0.0, True
-    for case in CASES:
-        scaled, passed = run_case(case)
-        worst, ok = max(worst, scaled), ok and passed
+    worst, ok = run_cases(CASES)
     for check in (check_small_tiles, check_segments):
         scaled, passed = check()
         worst, ok = max(worst, scaled), ok and passed

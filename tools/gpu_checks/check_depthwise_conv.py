@@ -213,6 +213,20 @@ def bench(device, batch, cuda_graphs, kinds):
                   f'{torch_both_ms / min(both_ms):>6.2f}x', flush=True)
 
 
+def kernel_times(kernel, data):
+    """GPU ms of ``kernel`` ('forward' or 'gradient', as ``triton_depthwise_conv``'s settings choose it) on each
+    of ``data``'s (x, weight, bias, dy, residual, activation)."""
+    from sparx_mm.ops import triton_depthwise_conv as tdc
+    times = []
+    for x, weight, bias, dy, residual, activation in data:
+        if kernel == 'forward':
+            step = lambda: tdc._dwconv_fwd(x, weight, bias, residual, activation, x.dtype)  # noqa: E731
+        else:
+            step = lambda: tdc._dwconv_grad(dy, x, weight, bias, residual, activation)  # noqa: E731
+        times.append(timed(step)[0])
+    return times
+
+
 def sweep(device, batch):
     from sparx_mm.ops import triton_depthwise_conv as tdc
     sizes = ', '.join(f'{c}x{size}x{size} k{k} {act or "none"}' for c, size, k, _, act, _ in BENCH_CONFIGS)
@@ -228,13 +242,7 @@ def sweep(device, batch):
         for kernel, name in (('forward', 'FWD_TILING'), ('gradient', 'BWD_TILING')):
             for tiling in SWEEP_TILINGS + [t for t in [defaults[kernel]] if t not in SWEEP_TILINGS]:
                 setattr(tdc, name, tiling)
-                times = []
-                for x, weight, bias, dy, residual, activation in data:
-                    if kernel == 'forward':
-                        step = lambda: tdc._dwconv_fwd(x, weight, bias, residual, activation, x.dtype)  # noqa: E731
-                    else:
-                        step = lambda: tdc._dwconv_grad(dy, x, weight, bias, residual, activation)  # noqa: E731
-                    times.append(timed(step)[0])
+                times = kernel_times(kernel, data)
                 label = 'default ' if tiling == defaults[kernel] else ''
                 print(f'{str(dtype)[6:]:>7} {kernel:>8} {label}{tiling}: ' + ' '.join(f'{t:.3f}' for t in times)
                       + f' sum {sum(times):.3f}', flush=True)
@@ -247,13 +255,7 @@ def sweep(device, batch):
             for kernel in ('forward', 'gradient'):
                 for tiling, values in dict.fromkeys(settings):
                     tdc.SEGMENT_TILING, tdc.SEGMENT_VALUES = tiling, values
-                    times = []
-                    for x, weight, bias, dy, residual, activation in data:
-                        if kernel == 'forward':
-                            step = lambda: tdc._dwconv_fwd(x, weight, bias, residual, activation, x.dtype)  # noqa: E731
-                        else:
-                            step = lambda: tdc._dwconv_grad(dy, x, weight, bias, residual, activation)  # noqa: E731
-                        times.append(timed(step)[0])
+                    times = kernel_times(kernel, data)
                     label = 'default ' if (tiling, values) == chosen[2:] else ''
                     print(f'{str(dtype)[6:]:>7} {kernel:>8} segments {label}(warps, programs) {tiling}, values '
                           f'{values}: ' + ' '.join(f'{t:.3f}' for t in times) + f' sum {sum(times):.3f}', flush=True)
