@@ -41,6 +41,15 @@ def _mamba_scan_fn():
     return selective_scan_fn
 
 
+def choice_from_environment(env: str, choices, accepted: str) -> str:
+    """The value of the environment variable ``env``, stripped (unset or empty: ``choices[0]``, the default); a
+    value not among ``choices`` is a ValueError that names the variable and what is accepted (``accepted``)."""
+    value = os.environ.get(env, '').strip() or choices[0]
+    if value not in choices:
+        raise ValueError(f'environment variable {env}={value!r}: accepted are {accepted}')
+    return value
+
+
 def triton_usable(x) -> bool:
     """Whether this package's Triton kernels can run on tensors like ``x`` (CUDA, triton installed)."""
     return x.is_cuda and TRITON_INSTALLED

@@ -39,14 +39,13 @@ with ``tl.split`` / ``tl.join``, which stay in registers while each vector is on
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
 """
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .gpu_backends import check_triton_launchable
+from .gpu_backends import check_triton_launchable, choice_from_environment
 from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
 
@@ -75,12 +74,10 @@ KERNEL_CHOICES = ('shifts', 'segments')
 
 
 def _kernels_by_environment() -> str:
-    value = os.environ.get(KERNELS_ENV, '').strip() or 'shifts'
-    if value not in KERNEL_CHOICES:
-        raise ValueError(f'environment variable {KERNELS_ENV}={value!r}: accepted are shifts (the default: _fwd_kernel '
-                         'and _grad_kernel, one load a position and shift) and segments (_fwd_segment_kernel and '
-                         '_grad_segment_kernel: vector loads of row segments, the shifted columns from registers)')
-    return value
+    return choice_from_environment(KERNELS_ENV, KERNEL_CHOICES,
+                                   'shifts (the default: _fwd_kernel and _grad_kernel, one load a position and shift) '
+                                   'and segments (_fwd_segment_kernel and _grad_segment_kernel: vector loads of row '
+                                   'segments, the shifted columns from registers)')
 
 
 #: The forward kernel (which also computes dx) and the gradient kernel: 'shifts' (``_fwd_kernel``,
@@ -374,6 +371,18 @@ def _fwd_segment_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run
 
 
 @triton.jit
+def _store_partial_sums(partial_ptr, n, plane_ok, n_parts, sums, bias_sum, K: tl.constexpr):
+    """A gradient kernel's sums, each summed across its columns (axis 1), into row ``part`` = run * column blocks +
+    column block (grid axes 2 and 1) of each plane's (n_parts, K*K + 1) partial sums: the K*K weight taps, then the
+    bias."""
+    part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+    out = partial_ptr + (n.to(tl.int64) * n_parts + part) * (K * K + 1)
+    for t in tl.static_range(K * K):
+        tl.store(out + t, tl.sum(sums[t], axis=1), mask=plane_ok)
+    tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
+
+
+@triton.jit
 def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W_UNITS, n_planes, run_rows, n_parts,
                  K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
                  W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -417,11 +426,7 @@ def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W_UNITS
         window = ()
         for t in tl.static_range(K, K * K):
             window = window + (full[t], )
-    part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
-    out = partial_ptr + (n.to(tl.int64) * n_parts + part) * (K * K + 1)
-    for t in tl.static_range(K * K):
-        tl.store(out + t, tl.sum(sums[t], axis=1), mask=plane_ok)
-    tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
+    _store_partial_sums(partial_ptr, n, plane_ok, n_parts, sums, bias_sum, K)
 
 
 @triton.jit
@@ -504,11 +509,7 @@ def _grad_segment_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H,
         window = ()
         for t in tl.static_range(V + K - 1, K * (V + K - 1)):
             window = window + (full[t], )
-    part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
-    out = partial_ptr + (n.to(tl.int64) * n_parts + part) * (K * K + 1)
-    for t in tl.static_range(K * K):
-        tl.store(out + t, tl.sum(sums[t], axis=1), mask=plane_ok)
-    tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
+    _store_partial_sums(partial_ptr, n, plane_ok, n_parts, sums, bias_sum, K)
 
 
 def _tiling(x: torch.Tensor, values_warps: Tuple[int, int], values_a_position: int, min_programs: int):

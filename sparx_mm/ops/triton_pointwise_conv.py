@@ -40,14 +40,13 @@ Importing this module needs triton but no GPU; launching needs CUDA tensors, or 
 CPU interpreter, which the CPU tests use).
 """
 import functools
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .gpu_backends import check_triton_launchable
+from .gpu_backends import check_triton_launchable, choice_from_environment
 from .triton_depthwise_conv import ACT_CODES, _activation
 from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
@@ -63,12 +62,9 @@ BACKWARD_CHOICES = ('auto', 'triton', 'cudnn')
 
 
 def _backward_by_environment() -> str:
-    value = os.environ.get(BACKWARD_ENV, '').strip() or 'auto'
-    if value not in BACKWARD_CHOICES:
-        raise ValueError(f'environment variable {BACKWARD_ENV}={value!r}: accepted are auto (the default: '
-                         ':func:`triton_backward_is_faster` decides), triton (the Triton kernels, NCHW throughout) and '
-                         "cudnn (the convolution's own backward)")
-    return value
+    return choice_from_environment(BACKWARD_ENV, BACKWARD_CHOICES,
+                                   'auto (the default: :func:`triton_backward_is_faster` decides), triton (the Triton '
+                                   "kernels, NCHW throughout) and cudnn (the convolution's own backward)")
 
 
 #: The backward pass of the Triton convolutions: 'auto' (:func:`triton_backward_is_faster` decides each call),
