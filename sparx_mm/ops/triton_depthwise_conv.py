@@ -306,6 +306,21 @@ def _segment_row(x_ptr, plane_offs, plane_ok, q, H, W, seg_start, K: tl.constexp
 
 
 @triton.jit
+def _store_segment_chunk(row_ptr, values, first: tl.constexpr, chunk: tl.constexpr, row_ok, W, seg_start,
+                         U: tl.constexpr, LOG_U: tl.constexpr, BLOCK_P: tl.constexpr, NSEG: tl.constexpr):
+    """Store segment columns chunk * U .. chunk * U + U - 1 (``values[first]`` .. ``values[first + U - 1]``, each
+    (BLOCK_P, NSEG)) of the rows ``row_ptr`` points to, in one vector store a segment, in their element type; masked
+    by ``row_ok`` and the row's end. The stores of :func:`_segment_row`'s loads."""
+    chunk_values = ()
+    for u in tl.static_range(U):
+        chunk_values = chunk_values + (values[first + u], )
+    cols = seg_start[:, None] + chunk * U + tl.arange(0, U)[None, :]
+    tl.store(row_ptr[:, None, None] + cols[None, :, :],
+             _join_columns(chunk_values, BLOCK_P, NSEG, U, LOG_U).to(row_ptr.dtype.element_ty),
+             mask=row_ok[:, None, None] & (cols < W)[None, :, :])
+
+
+@triton.jit
 def _segment_row_conv(row, taps, i: tl.constexpr, v: tl.constexpr, start, K: tl.constexpr, V: tl.constexpr,
                       HALO: tl.constexpr, FIRST: tl.constexpr = 0):
     """``start`` plus the horizontal convolution of a segment row (:func:`_segment_row`; in ``row`` from entry
@@ -334,7 +349,6 @@ def _fwd_segment_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run
                                                                         V)
     taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)
     bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
-    units = tl.arange(0, U)
     # partial[m * V + v]: column v of output row q - K//2 + m before input row q, rows < q summed (m < K - 1).
     partial = _zero_tiles((K - 1) * V, BLOCK_P, NSEG)
     next_row = _segment_row(x_ptr, plane_offs, plane_ok, first - K // 2, H, W, seg_start, K, V, U, LOG_U, HALO,
@@ -344,20 +358,15 @@ def _fwd_segment_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run
         next_row = _segment_row(x_ptr, plane_offs, plane_ok, q + 1, H, W, seg_start, K, V, U, LOG_U, HALO,
                                 BLOCK_P, NSEG)
         out_row = q - K // 2
-        out_ptr = y_ptr + plane_offs + out_row * W
-        out_ok = plane_ok & (out_row >= first)
-        for chunk in tl.static_range(V // U):
+        for chunk in tl.static_range(V // U):  # each chunk stored as soon as it is computed
             outs = ()
             for u in tl.static_range(U):
                 z = bias
                 if K > 1:
                     z += partial[chunk * U + u]
-                z = _segment_row_conv(row, taps, K - 1, chunk * U + u, z, K, V, HALO)
-                outs = outs + (_activation(z, ACT), )
-            cols = seg_start[:, None] + chunk * U + units[None, :]
-            tl.store(out_ptr[:, None, None] + cols[None, :, :],
-                     _join_columns(outs, BLOCK_P, NSEG, U, LOG_U).to(y_ptr.dtype.element_ty),
-                     mask=out_ok[:, None, None] & (cols < W)[None, :, :])
+                outs = outs + (_activation(_segment_row_conv(row, taps, K - 1, chunk * U + u, z, K, V, HALO), ACT), )
+            _store_segment_chunk(y_ptr + plane_offs + out_row * W, outs, 0, chunk, plane_ok & (out_row >= first), W,
+                                 seg_start, U, LOG_U, BLOCK_P, NSEG)
         advanced = ()
         for m in tl.static_range(K - 2):
             for v in tl.static_range(V):
@@ -452,7 +461,6 @@ def _grad_segment_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H,
     W = W_UNITS * W_ALIGN
     n, ch, plane_ok, plane_offs, seg_start, first, last = _segment_tile(C, H, W, n_planes, run_rows, BLOCK_P, NSEG,
                                                                         V)
-    units = tl.arange(0, U)
     if ACT != 0:
         taps = _channel_taps(w_ptr, ch, plane_ok, K, RESIDUAL)
         bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
@@ -483,15 +491,9 @@ def _grad_segment_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H,
                 g = g * _activation_grad(_window_conv(full, taps, v, bias, K, V, HALO), ACT)
             gz = gz + (g, )
         if ACT != 0:
-            row_ptr = gz_ptr + plane_offs + r * W
             for chunk in tl.static_range(V // U):
-                chunk_gz = ()
-                for u in tl.static_range(U):
-                    chunk_gz = chunk_gz + (gz[chunk * U + u], )
-                cols = seg_start[:, None] + chunk * U + units[None, :]
-                tl.store(row_ptr[:, None, None] + cols[None, :, :],
-                         _join_columns(chunk_gz, BLOCK_P, NSEG, U, LOG_U).to(gz_ptr.dtype.element_ty),
-                         mask=plane_ok[:, None, None] & (cols < W)[None, :, :])
+                _store_segment_chunk(gz_ptr + plane_offs + r * W, gz, chunk * U, chunk, plane_ok, W, seg_start, U,
+                                     LOG_U, BLOCK_P, NSEG)
         summed = ()
         for i in tl.static_range(K):
             for j in tl.static_range(K):
@@ -547,10 +549,11 @@ def _segment_values(v: int, k: int, gradient: bool = False) -> int:
 
 
 def _segment_tiling(x: torch.Tensor, k: int, gradient: bool = False):
-    """(warps, BLOCK_P, NSEG, V, U, HALO, rows a run, grid) of ``_fwd_segment_kernel`` for x (B, C, H, W) and a
-    k x k kernel: V columns a segment (a whole row of up to SEGMENT_WHOLE_ROW where SEGMENT_VALUES allows, HALO
-    False; else the widest of 8, 4, 2, 1 that fits), loaded U at a time (16 bytes at most, and no wider than the
-    row length's power-of-two factor, so that every vector is aligned), NSEG segments a program's row (up to 32),
+    """(warps, BLOCK_P, NSEG, V, U, HALO, rows a run, grid) of ``_fwd_segment_kernel`` (or, with ``gradient``,
+    ``_grad_segment_kernel``) for x (B, C, H, W) and a k x k kernel: V columns a segment (a whole row of up to
+    SEGMENT_WHOLE_ROW where SEGMENT_VALUES allows, HALO False; else the widest of 8, 4, 2, 1 that fits), loaded U
+    at a time (16 bytes at most, and no wider than the row length's power-of-two factor, so that every vector is
+    aligned), NSEG segments a program's row (up to SEGMENT_MAX_SEGMENTS),
     BLOCK_P planes, one segment of one plane a thread. Grid: (plane blocks, segment blocks, runs of rows)."""
     b, c, h, w = x.shape
     warps, min_programs = SEGMENT_TILING
@@ -568,20 +571,25 @@ def _segment_tiling(x: torch.Tensor, k: int, gradient: bool = False):
     return warps, block_p, nseg, v, u, halo, run_rows, tiles + (cdiv(h, run_rows), )
 
 
+def launch_plan(x: torch.Tensor, k: int, gradient: bool, kind: str):
+    """(kernel, its tiling constexprs, warps, rows a run, grid) of the forward (or, with ``gradient``, the gradient)
+    kernel of ``kind`` ('shifts' or 'segments') for x (B, C, H, W) and a k x k kernel: what the launches run (and
+    ``tools/analysis_tools/hopper_codegen.py`` compiles)."""
+    if kind == 'segments':
+        warps, block_p, nseg, v, u, halo, run_rows, grid = _segment_tiling(x, k, gradient)
+        tile = dict(BLOCK_P=block_p, NSEG=nseg, V=v, U=u, LOG_U=u.bit_length() - 1, HALO=halo)
+        return (_grad_segment_kernel if gradient else _fwd_segment_kernel), tile, warps, run_rows, grid
+    warps, block_p, block_w, run_rows, grid = (_grad_tiling if gradient else _fwd_tiling)(x, k)
+    return (_grad_kernel if gradient else _fwd_kernel), dict(BLOCK_P=block_p, BLOCK_W=block_w), warps, run_rows, grid
+
+
 def _launch_fwd(x, weight, bias, y, residual, act_code):
     b, c, h, w = x.shape
     w_align = power_of_two_factor(w)
-    if FORWARD == 'segments':
-        warps, block_p, nseg, v, u, halo, run_rows, grid = _segment_tiling(x, weight.shape[-1])
-        launch(_fwd_segment_kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w // w_align, b * c,
-               run_rows, K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual,
-               W_ALIGN=w_align, BLOCK_P=block_p, NSEG=nseg, V=v, U=u, LOG_U=u.bit_length() - 1, HALO=halo,
-               num_warps=warps)
-        return
-    warps, block_p, block_w, run_rows, grid = _fwd_tiling(x, weight.shape[-1])
-    launch(_fwd_kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w // w_align, b * c, run_rows,
+    kernel, tile, warps, run_rows, grid = launch_plan(x, weight.shape[-1], False, FORWARD)
+    launch(kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w // w_align, b * c, run_rows,
            K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual, W_ALIGN=w_align,
-           BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
+           num_warps=warps, **tile)
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
@@ -608,17 +616,12 @@ def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
     k = weight.shape[-1]
     gz = torch.empty(x.shape if activation != 'none' else (0, ), dtype=dy.dtype, device=x.device)
     w_align = power_of_two_factor(w)
-    common = dict(K=k, ACT=ACT_CODES[activation], HAS_BIAS=bias is not None, RESIDUAL=residual, W_ALIGN=w_align)
-    if GRADIENT == 'segments':
-        warps, block_p, nseg, v, u, halo, run_rows, grid = _segment_tiling(x, k, gradient=True)
-        kernel, tile = _grad_segment_kernel, dict(NSEG=nseg, V=v, U=u, LOG_U=u.bit_length() - 1, HALO=halo)
-    else:
-        warps, block_p, block_w, run_rows, grid = _grad_tiling(x, k)
-        kernel, tile = _grad_kernel, dict(BLOCK_W=block_w)
+    kernel, tile, warps, run_rows, grid = launch_plan(x, k, True, GRADIENT)
     n_parts = grid[1] * grid[2]
     partial = torch.empty(b * c, n_parts, k * k + 1, dtype=torch.float32, device=x.device)
     launch(kernel, grid, x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w // w_align, b * c,
-           run_rows, n_parts, BLOCK_P=block_p, num_warps=warps, **common, **tile)
+           run_rows, n_parts, K=k, ACT=ACT_CODES[activation], HAS_BIAS=bias is not None, RESIDUAL=residual,
+           W_ALIGN=w_align, num_warps=warps, **tile)
     sums = partial.view(b, c, n_parts, k * k + 1).sum((0, 2))
     # Copies: a custom op's outputs may not be views of one another.
     dweight = sums[:, :k * k].reshape(weight.shape).to(weight.dtype, copy=True)

@@ -9,6 +9,7 @@ The interpreter has no bfloat16 matrix product (numpy has no bfloat16), so bfloa
 (tools/gpu_checks/check_pointwise_conv.py)."""
 import os
 import sys
+from unittest import mock
 
 assert os.environ.get('TRITON_INTERPRET') == '1', 'run with TRITON_INTERPRET=1'
 
@@ -152,11 +153,10 @@ def check_tf32_rounding():
 def check_backward_policy():
     """BACKWARD 'auto': cuDNN's backward for an ungrouped conv at 784 positions, the Triton backward at 196 and
     for a grouped conv at 784 (``triton_backward_is_faster``), each giving the reference's gradients."""
-    calls, triton_bwd, cudnn_bwd, default = [], tpc._pointwise_bwd, tpc._conv_grads_cudnn, tpc.BACKWARD
-    tpc._pointwise_bwd = lambda *args: calls.append('triton') or triton_bwd(*args)
-    tpc._conv_grads_cudnn = lambda *args: calls.append('cudnn') or cudnn_bwd(*args)
-    tpc.BACKWARD, errors = 'auto', []
-    try:
+    calls, errors, triton_bwd, cudnn_bwd = [], [], tpc._pointwise_bwd, tpc._conv_grads_cudnn
+    with mock.patch.multiple(tpc, BACKWARD='auto',
+                             _pointwise_bwd=lambda *args: calls.append('triton') or triton_bwd(*args),
+                             _conv_grads_cudnn=lambda *args: calls.append('cudnn') or cudnn_bwd(*args)):
         for size, groups in ((28, 1), (14, 1), (28, 2)):
             g = torch.Generator().manual_seed(size + groups)
             x = torch.randn(2, 4, size, size, generator=g, requires_grad=True)
@@ -165,8 +165,6 @@ def check_backward_policy():
             grads = torch.autograd.grad(pointwise_conv2d(x, weight, impl='triton', groups=groups), (x, weight), dy)
             ref = torch.autograd.grad(pointwise_conv2d_reference(x, weight, groups=groups), (x, weight), dy)
             errors += [float((a - e).abs().max() / e.abs().max()) for a, e in zip(grads, ref)]
-    finally:
-        tpc._pointwise_bwd, tpc._conv_grads_cudnn, tpc.BACKWARD = triton_bwd, cudnn_bwd, default
     ok = calls == ['cudnn', 'triton', 'triton'] and max(errors) <= 2e-3  # dx of dy rounded to TF32 (cuDNN's default)
     print(f'BACKWARD POLICY {"ok" if ok else "FAILED"}: {calls}, largest error {max(errors):.1e}')
     return ok

@@ -167,14 +167,8 @@ def depthwise_ptx(kernel: str, choice: str, channels: int, size: int, k: int, ac
                       + (('n_parts', ) if gradient else ())})
     constexprs = dict(K=k, ACT=tdc.ACT_CODES[activation], HAS_BIAS=not residual, RESIDUAL=residual,
                       W_ALIGN=power_of_two_factor(size))
-    if choice == 'segments':
-        warps, block_p, nseg, v, u, halo, _, _ = tdc._segment_tiling(x, k, gradient)
-        compiled = tdc._grad_segment_kernel if gradient else tdc._fwd_segment_kernel
-        constexprs.update(BLOCK_P=block_p, NSEG=nseg, V=v, U=u, LOG_U=u.bit_length() - 1, HALO=halo)
-    else:
-        warps, block_p, block_w, _, _ = (tdc._grad_tiling if gradient else tdc._fwd_tiling)(x, k)
-        compiled = tdc._grad_kernel if gradient else tdc._fwd_kernel
-        constexprs.update(BLOCK_P=block_p, BLOCK_W=block_w)
+    compiled, tile, warps, _, _ = tdc.launch_plan(x, k, gradient, choice)
+    constexprs.update(tile)
     aligned = pointers + tuple(name for name, value in dict(C=channels, n_planes=128 * channels).items()
                                if value % 16 == 0)
     return hopper_ptx(compiled, arg_types, constexprs, aligned, warps)

@@ -29,14 +29,17 @@ float16 and float32 tensors, for each of a set of (values, warps) tilings and th
 BWD_TILING were chosen by; then both segment kernels' (warps, programs aimed at) tilings (SEGMENT_TILING) and
 register budgets (SEGMENT_VALUES: whole rows or segments, and how wide).
 """
+import contextlib
 import os
 import sys
+from unittest import mock
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import depthwise_conv2d_act, depthwise_conv2d_act_reference  # noqa: E402
+from sparx_mm.ops import triton_depthwise_conv as tdc  # noqa: E402
 from gpu_common import (check_and_bench_parser, override_constants, rel_err, require_cuda,  # noqa: E402
                         run_check_grid, timed)
 
@@ -122,17 +125,13 @@ def check_large(device):
 
 def run_checks(device, large, modes, kinds):
     """The check grid (and --large) with each kind of kernels of ``kinds``; the caller's choice is put back."""
-    from sparx_mm.ops import triton_depthwise_conv as tdc
-    ok, chosen = True, (tdc.FORWARD, tdc.GRADIENT)
-    try:
-        for kind in kinds:
-            tdc.FORWARD = tdc.GRADIENT = kind
+    ok = True
+    for kind in kinds:
+        with mock.patch.multiple(tdc, FORWARD=kind, GRADIENT=kind):
             print(f'# kernels: {kind}', flush=True)
             ok = run_check_grid(check_case, {mode: TOL[mode] for mode in modes}, CHECK_SHAPES, device) and ok
             if large:
                 ok = check_large(device) and ok
-    finally:
-        tdc.FORWARD, tdc.GRADIENT = chosen
     return ok
 
 
@@ -153,7 +152,6 @@ def graph_replay(step):
 def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs, kinds):
     """ms of the Triton op's forward with each kind of kernels of ``kinds``, then the composition's; then the same
     with the backward pass."""
-    from sparx_mm.ops import triton_depthwise_conv as tdc
     dy = torch.randn_like(x)
 
     def fused():
@@ -163,28 +161,24 @@ def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs, kinds):
         y = conv(x)
         return act(x + y if residual else y)
 
-    row, chosen = [], (tdc.FORWARD, tdc.GRADIENT)
-    try:
-        for grad in (False, True):
-            for fn, kind in [(fused, kind) for kind in kinds] + [(composition, None)]:
-                if kind is not None:
-                    tdc.FORWARD = tdc.GRADIENT = kind
+    row = []
+    for grad in (False, True):
+        for kind in list(kinds) + [None]:  # None: the composition
+            fn = composition if kind is None else fused
 
-                def step():
-                    # No autocast cache: a CUDA graph must not keep the cast weights of its capture.
-                    with torch.autocast('cuda', dtype=torch.float16, enabled=autocast, cache_enabled=False), \
-                            torch.set_grad_enabled(grad):
-                        y = fn()
-                    if grad:
-                        y.backward(dy)
+            def step():
+                # No autocast cache: a CUDA graph must not keep the cast weights of its capture.
+                with torch.autocast('cuda', dtype=torch.float16, enabled=autocast, cache_enabled=False), \
+                        torch.set_grad_enabled(grad):
+                    y = fn()
+                if grad:
+                    y.backward(dy)
+            with contextlib.nullcontext() if kind is None else mock.patch.multiple(tdc, FORWARD=kind, GRADIENT=kind):
                 row.append(timed(graph_replay(step) if cuda_graphs else step)[0])
-    finally:
-        tdc.FORWARD, tdc.GRADIENT = chosen
     return row
 
 
 def bench(device, batch, cuda_graphs, kinds):
-    from sparx_mm.ops import triton_depthwise_conv as tdc
     print(f'# {torch.cuda.get_device_name()}, batch {batch}; forward (values, warps) {tdc.FWD_TILING}, gradient '
           f'(values, warps) {tdc.BWD_TILING}, MIN_PROGRAMS {tdc.MIN_PROGRAMS}, MAX_BLOCK_W {tdc.MAX_BLOCK_W}, '
           f'segment kernels (warps, programs) {tdc.SEGMENT_TILING}, values {tdc.SEGMENT_VALUES}; ms'
@@ -216,7 +210,6 @@ def bench(device, batch, cuda_graphs, kinds):
 def kernel_times(kernel, data):
     """GPU ms of ``kernel`` ('forward' or 'gradient', as ``triton_depthwise_conv``'s settings choose it) on each
     of ``data``'s (x, weight, bias, dy, residual, activation)."""
-    from sparx_mm.ops import triton_depthwise_conv as tdc
     times = []
     for x, weight, bias, dy, residual, activation in data:
         if kernel == 'forward':
@@ -228,7 +221,6 @@ def kernel_times(kernel, data):
 
 
 def sweep(device, batch):
-    from sparx_mm.ops import triton_depthwise_conv as tdc
     sizes = ', '.join(f'{c}x{size}x{size} k{k} {act or "none"}' for c, size, k, _, act, _ in BENCH_CONFIGS)
     print(f'# {torch.cuda.get_device_name()}, batch {batch}; kernel ms at SparX-T\'s sizes ({sizes}) and their sum')
     defaults = dict(forward=tdc.FWD_TILING, gradient=tdc.BWD_TILING)
@@ -247,20 +239,17 @@ def sweep(device, batch):
                 print(f'{str(dtype)[6:]:>7} {kernel:>8} {label}{tiling}: ' + ' '.join(f'{t:.3f}' for t in times)
                       + f' sum {sum(times):.3f}', flush=True)
             setattr(tdc, name, defaults[kernel])
-        chosen = (tdc.FORWARD, tdc.GRADIENT, tdc.SEGMENT_TILING, tdc.SEGMENT_VALUES)
-        settings = [(tiling, chosen[3]) for tiling in SEGMENT_SWEEP_TILINGS + [chosen[2]]] + \
-            [(chosen[2], values) for values in SEGMENT_SWEEP_VALUES]
-        try:
-            tdc.FORWARD = tdc.GRADIENT = 'segments'
-            for kernel in ('forward', 'gradient'):
-                for tiling, values in dict.fromkeys(settings):
-                    tdc.SEGMENT_TILING, tdc.SEGMENT_VALUES = tiling, values
+        default = (tdc.SEGMENT_TILING, tdc.SEGMENT_VALUES)
+        settings = [(tiling, default[1]) for tiling in SEGMENT_SWEEP_TILINGS + [default[0]]] + \
+            [(default[0], values) for values in SEGMENT_SWEEP_VALUES]
+        for kernel in ('forward', 'gradient'):
+            for tiling, values in dict.fromkeys(settings):
+                with mock.patch.multiple(tdc, FORWARD='segments', GRADIENT='segments', SEGMENT_TILING=tiling,
+                                         SEGMENT_VALUES=values):
                     times = kernel_times(kernel, data)
-                    label = 'default ' if (tiling, values) == chosen[2:] else ''
-                    print(f'{str(dtype)[6:]:>7} {kernel:>8} segments {label}(warps, programs) {tiling}, values '
-                          f'{values}: ' + ' '.join(f'{t:.3f}' for t in times) + f' sum {sum(times):.3f}', flush=True)
-        finally:
-            tdc.FORWARD, tdc.GRADIENT, tdc.SEGMENT_TILING, tdc.SEGMENT_VALUES = chosen
+                label = 'default ' if (tiling, values) == default else ''
+                print(f'{str(dtype)[6:]:>7} {kernel:>8} segments {label}(warps, programs) {tiling}, values '
+                      f'{values}: ' + ' '.join(f'{t:.3f}' for t in times) + f' sum {sum(times):.3f}', flush=True)
 
 
 def main():
@@ -279,7 +268,7 @@ def main():
     parser.add_argument('--min-programs', type=int, nargs=2, metavar=('FWD', 'GRAD'), default=None,
                         help='programs each kernel aims for, rows cut into runs below it (MIN_PROGRAMS)')
     parser.add_argument('--max-block-w', type=int, default=None, help='widest column block (MAX_BLOCK_W)')
-    parser.add_argument('--kernels', nargs='+', choices=('shifts', 'segments'), default=('shifts', 'segments'),
+    parser.add_argument('--kernels', nargs='+', choices=tdc.KERNEL_CHOICES, default=tdc.KERNEL_CHOICES,
                         help='kinds of kernels to check and time (default both)')
     parser.add_argument('--segment-tiling', type=int, nargs=2, metavar=('WARPS', 'PROGRAMS'), default=None,
                         help='warps and programs aimed at of the segment kernels (SEGMENT_TILING)')
@@ -287,7 +276,6 @@ def main():
                         help='register budget of the segment kernels (SEGMENT_VALUES)')
     args = parser.parse_args()
     require_cuda('check_depthwise_conv.py')
-    from sparx_mm.ops import triton_depthwise_conv as tdc
     override_constants(tdc, args, dict(fwd_tiling='FWD_TILING', bwd_tiling='BWD_TILING',
                                        min_programs='MIN_PROGRAMS', max_block_w='MAX_BLOCK_W',
                                        segment_tiling='SEGMENT_TILING', segment_values='SEGMENT_VALUES'))
