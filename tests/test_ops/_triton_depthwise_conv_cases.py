@@ -1,12 +1,10 @@
 """Run by test_depthwise_conv.py in a subprocess with TRITON_INTERPRET=1 (Triton's CPU interpreter must be
 switched on before the kernels are defined): the fused depthwise-conv Triton kernels against the reference,
-forward and the gradients of x, weight and bias, with each kind of kernel (FORWARD and GRADIENT 'shifts' and
-'segments'; the forward kernel also computes dx), then the custom ops' registration and a torch.compile capture.
-Prints one line per case with its largest relative errors, then 'WORST <error>' and exits non-zero when a check
-fails."""
+forward and the gradients of x, weight and bias, then the custom ops' registration and a torch.compile
+capture. Prints one line per case with its largest relative errors, then 'WORST <error>' and exits non-zero
+when a check fails."""
 import os
 import sys
-from unittest import mock
 
 assert os.environ.get('TRITON_INTERPRET') == '1', 'run with TRITON_INTERPRET=1'
 
@@ -42,13 +40,6 @@ CASES = [(2, 3, 9, 7, 3, True, None, False, torch.float32),
 SMALL_TILING = dict(FWD_TILING=(1, 1), BWD_TILING=(1, 1), MAX_BLOCK_W=4, MIN_PROGRAMS=(16, 16))
 LOOP_CASES = [(3, 5, 7, 6, 3, True, 'gelu', True, torch.float32),
               (4, 3, 5, 9, 5, False, 'silu', True, torch.float32)]
-# The segment kernel scaled down the same way: one warp, at most two segments a program (so rows of more than 16
-# columns take several blocks of segments), rows cut into runs; rows of segments with halos (20, 37 columns) and
-# whole rows (10 columns).
-SEGMENT_SMALL_TILING = dict(SEGMENT_TILING=(1, 16), SEGMENT_MAX_SEGMENTS=2)
-SEGMENT_LOOP_CASES = [(3, 7, 7, 20, 3, True, 'gelu', True, torch.float32),
-                      (2, 9, 6, 37, 5, False, 'silu', True, torch.float16),
-                      (5, 7, 9, 10, 3, True, None, False, torch.float32)]
 
 
 def relative_errors(case):
@@ -88,18 +79,13 @@ def run_case(case, label=''):
     return max(e / tol for e in errors), not failed
 
 
-def run_cases(cases, label=''):
-    """run_case over ``cases``: (the worst error as a fraction of its tolerance, whether all passed)."""
-    worst, ok = 0.0, True
-    for case in cases:
-        scaled, passed = run_case(case, label)
-        worst, ok = max(worst, scaled), ok and passed
-    return worst, ok
-
-
 def check_small_tiles():
     """The loop cases with SMALL_TILING: several column blocks and runs of rows, tiles across two samples."""
-    with mock.patch.multiple(tdc, **SMALL_TILING):
+    defaults = {name: getattr(tdc, name) for name in SMALL_TILING}
+    ok, worst = True, 0.0
+    try:
+        for name, value in SMALL_TILING.items():
+            setattr(tdc, name, value)
         for case in LOOP_CASES:
             b, c, h, w, k = case[:5]
             x = torch.empty(b, c, h, w)
@@ -107,25 +93,12 @@ def check_small_tiles():
                 assert grid[0] > 1 and grid[1] > 1 and grid[2] > 1 and run_rows > 1, \
                     'the tiling must split planes, columns and rows'
                 assert c % block_p, 'some tiles must hold planes of two samples'
-        return run_cases(LOOP_CASES, label='small tiles ')
-
-
-def check_segments():
-    """CASES with the segment kernels, then SEGMENT_LOOP_CASES with SEGMENT_SMALL_TILING."""
-    with mock.patch.multiple(tdc, FORWARD='segments', GRADIENT='segments'):
-        worst, ok = run_cases(CASES, label='segments ')
-        with mock.patch.multiple(tdc, **SEGMENT_SMALL_TILING):
-            for case in SEGMENT_LOOP_CASES:
-                b, c, h, w, k = case[:5]
-                for gradient in (False, True):
-                    _, block_p, _, _, _, halo, run_rows, grid = tdc._segment_tiling(torch.empty(b, c, h, w), k,
-                                                                                    gradient)
-                    assert grid[0] > 1 and grid[2] > 1 and run_rows > 1, 'the tiling must split planes and rows'
-                    assert grid[1] > 1 if halo else w <= tdc.SEGMENT_WHOLE_ROW, \
-                        'several blocks of segments, or whole rows'
-                    assert c % block_p, 'some tiles must hold planes of two samples'
-            scaled, passed = run_cases(SEGMENT_LOOP_CASES, label='segments small tiles ')
-    return max(worst, scaled), ok and passed
+            scaled, passed = run_case(case, label='small tiles ')
+            worst, ok = max(worst, scaled), ok and passed
+    finally:
+        for name, value in defaults.items():
+            setattr(tdc, name, value)
+    return worst, ok
 
 
 def check_registration():
@@ -150,10 +123,12 @@ def check_registration():
 
 
 if __name__ == '__main__':
-    worst, ok = run_cases(CASES)
-    for check in (check_small_tiles, check_segments):
-        scaled, passed = check()
+    worst, ok = 0.0, True
+    for case in CASES:
+        scaled, passed = run_case(case)
         worst, ok = max(worst, scaled), ok and passed
+    scaled, passed = check_small_tiles()
+    worst, ok = max(worst, scaled), ok and passed
     ok = check_registration() and ok
     # The worst error as a fraction of its tolerance.
     print(f'WORST {worst:.3f} of tolerance')

@@ -187,38 +187,3 @@ def test_batch_norm_fold_kernel_rounds_as_torch_on_hopper():
 
     control = hopper_ptx(_approximate_reciprocal_sqrt, _fp32_pointers('x_ptr', 'y_ptr'), {}, ('x_ptr', 'y_ptr'), 1, 1)
     assert 'sqrt.approx' in control and 'div.full.f32' in control and 'div.rn.f32' not in control
-
-
-def test_depthwise_segment_kernel_loads_row_segments_as_vectors_and_shifts_them_in_registers():
-    """The segment forward kernel at SparX-T's ConvFFN conv (gelu(h + dw3x3(h))): at 56 x 56 in float16 a thread's
-    segment of 8 columns comes in 16-byte loads, and its only scalar map loads are the 2 halo columns a row (in the
-    prologue and the loop: 4); at 14 x 14 in float32 a whole row comes in 8-byte loads (the rows' alignment) and the
-    only scalar loads are the 9 weights. The shifted columns of the taps are registers: no shared memory, no
-    spills. The control, the shifts kernel at the same sizes, loads the map at every shift, element by element (its
-unshifted loads only are vectors)."""
-    for size, dtype, vector, scalar, most_scalar in ((56, 'fp16', 'ld.global.v4.b32', 'ld.global.b16', 4),
-                                                     (14, 'fp32', 'ld.global.v2.b32', 'ld.global.b32', 9)):
-        ptx = codegen.depthwise_ptx('forward', 'segments', 384 if size == 56 else 1280, size, 3, 'gelu', True, dtype)
-        copies = global_copies(ptx)
-        assert copies.get(vector, 0) >= (1 if size == 56 else 8), (size, copies)
-        assert copies.get(scalar, 0) == most_scalar, (size, copies)
-        assert '.shared' not in ptx and codegen.ptxas_usage(ptx)[1] == 0, size
-        control = global_copies(codegen.depthwise_ptx('forward', 'shifts', 384 if size == 56 else 1280, size, 3,
-                                                      'gelu', True, dtype))
-        assert control.get(scalar, 0) > most_scalar and control.get(vector, 0) < copies[vector], (size, control)
-
-
-def test_depthwise_segment_gradient_kernel_keeps_its_window_in_registers():
-    """The segment gradient kernel at SparX-T's ConvFFN conv (14 x 14, float32, whole rows; 56 x 56, float16,
-    segments of 8): the x and dy rows come in vector loads, and the window of shifted columns and the 9 running
-    sums stay in registers, without spills: shared memory only for the final sums across a row's segments, as
-    much as the control (the shifts gradient kernel, which sums across its columns), none for whole rows. The
-    control loads x at every shift, element by element."""
-    for size, channels, dtype, vector in ((14, 1280, 'fp32', 'ld.global.v2.b32'),
-                                          (56, 384, 'fp16', 'ld.global.v4.b32')):
-        ptx = codegen.depthwise_ptx('gradient', 'segments', channels, size, 3, 'gelu', True, dtype)
-        control_ptx = codegen.depthwise_ptx('gradient', 'shifts', channels, size, 3, 'gelu', True, dtype)
-        copies, control = global_copies(ptx), global_copies(control_ptx)
-        assert copies.get(vector, 0) >= 2 and control.get(vector, 0) < copies[vector], (size, copies, control)
-        assert codegen.ptxas_usage(ptx)[1] == 0, size
-        assert ptx.count('.shared') <= control_ptx.count('.shared') and (size > 16 or '.shared' not in ptx), size

@@ -1,7 +1,6 @@
 """What the Triton kernels compile to on Hopper (sm_90, H100 / H200), on a machine without a GPU.
 
-    python tools/analysis_tools/hopper_codegen.py [--arch t] [--part scan-backward pointwise-wgrad pointwise-gelu
-        depthwise]
+    python tools/analysis_tools/hopper_codegen.py [--arch t] [--part scan-backward pointwise-wgrad pointwise-gelu]
 
 Each kernel is compiled by Triton for ``GPUTarget('cuda', 90, 32)`` at the sizes of the model's layers (batch
 128, 224 x 224) with the launch's tiling, and its PTX assembled by Triton's bundled ptxas: per configuration, the
@@ -13,9 +12,7 @@ convolutions"). Nothing runs: these are facts about the code, not timings.
 Parts: ``scan-backward``: the fused scan's backward kernel at each stage, with :func:`backward_tiling`'s choice
 and with the 8-channel multiply-adds; ``pointwise-wgrad``: the 1x1 convolutions' weight-gradient kernel, float16
 and TF32; ``pointwise-gelu``: the 1x1 forward kernels with the GELU epilogue (the DMCAs' shortcut projections in
-inference), with the launch's warps and with 4; ``depthwise``: the depthwise forward and gradient kernels of both
-kinds (``shifts``, one load a position and shift, and ``segments``, vector loads of row segments) at each of the
-model's depthwise convs, float16 and float32. The helpers are what ``tests/test_ops/test_hopper_codegen.py``
+inference), with the launch's warps and with 4. The helpers are what ``tests/test_ops/test_hopper_codegen.py``
 asserts with.
 """
 import argparse
@@ -32,7 +29,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.models.backbones.sparx_mamba import SparXMamba  # noqa: E402
 from sparx_mm.ops import triton_cross_scan as tcs  # noqa: E402
-from sparx_mm.ops import triton_depthwise_conv as tdc  # noqa: E402
 from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
 from sparx_mm.ops.pointwise_conv import triton_is_faster  # noqa: E402
 from sparx_mm.ops.triton_launch import power_of_two_factor  # noqa: E402
@@ -151,29 +147,6 @@ def wgrad_ptx(cin: int, cout: int, positions: int, dtype: str, p_align=None, gro
     return hopper_ptx(tpc._wgrad_kernel, arg_types, constexprs, aligned, warps, stages)
 
 
-def depthwise_ptx(kernel: str, choice: str, channels: int, size: int, k: int, activation: str, residual: bool,
-                  dtype: str) -> str:
-    """A depthwise kernel, ``kernel`` 'forward' or 'gradient', of ``choice`` ('shifts': ``tdc._fwd_kernel`` /
-    ``tdc._grad_kernel``, 'segments': ``tdc._fwd_segment_kernel`` / ``tdc._grad_segment_kernel``) for batch 128 x
-    ``channels`` planes of ``size`` x ``size`` ('fp16' / 'fp32' maps, float32 parameters), a k x k kernel,
-    ``activation`` ('none', 'gelu', 'silu') and a bias unless ``residual`` (SparX's uses), the launch's tiling and
-    alignment."""
-    x = torch.empty(128, channels, size, size, dtype=dict(fp32=torch.float32, fp16=torch.float16)[dtype],
-                    device='meta')
-    gradient = kernel == 'gradient'
-    pointers = ('x_ptr', 'w_ptr', 'b_ptr') + (('dy_ptr', 'gz_ptr', 'partial_ptr') if gradient else ('y_ptr', ))
-    arg_types = {name: '*fp32' if name in ('w_ptr', 'b_ptr', 'partial_ptr') else f'*{dtype}' for name in pointers}
-    arg_types.update({name: 'i32' for name in ('C', 'H', 'W_UNITS', 'n_planes', 'run_rows')
-                      + (('n_parts', ) if gradient else ())})
-    constexprs = dict(K=k, ACT=tdc.ACT_CODES[activation], HAS_BIAS=not residual, RESIDUAL=residual,
-                      W_ALIGN=power_of_two_factor(size))
-    compiled, tile, warps, _, _ = tdc.launch_plan(x, k, gradient, choice)
-    constexprs.update(tile)
-    aligned = pointers + tuple(name for name, value in dict(C=channels, n_planes=128 * channels).items()
-                               if value % 16 == 0)
-    return hopper_ptx(compiled, arg_types, constexprs, aligned, warps)
-
-
 def summary(ptx: str) -> str:
     registers, spills = ptxas_usage(ptx)
     copies = ' '.join(f'{name} {n}' for name, n in sorted(global_copies(ptx).items()))
@@ -229,26 +202,10 @@ def pointwise_gelu_configs(arch: str):
                            (conv.in_channels, conv.out_channels, size * size, dtype, warps))
 
 
-def depthwise_configs(arch: str):
-    """(label, depthwise_ptx's arguments) of each stage's depthwise convs (the positional embedding x + dw3x3 on C
-    channels, SS2D's silu(dw5x5 + b) on 2C, the ConvFFN's gelu(h + dw3x3) on 4C, a DMCA's gelu(dw3x3 + b) on 3C),
-    float16 and float32, forward and gradient kernels, each of both kinds."""
-    dims = SparXMamba.arch_zoo[arch]['dims']
-    for dim, size in zip(dims, MAP_SIZES):
-        for channels, k, activation, residual in ((dim, 3, 'none', True), (2 * dim, 5, 'silu', False),
-                                                  (4 * dim, 3, 'gelu', True), (3 * dim, 3, 'gelu', False)):
-            for dtype in ('fp16', 'fp32'):
-                for kernel in ('forward', 'gradient'):
-                    for choice in tdc.KERNEL_CHOICES:
-                        yield (f'depthwise {kernel} {k}x{k} {activation} {channels} x {size}x{size} {dtype} {choice}',
-                               (kernel, choice, channels, size, k, activation, residual, dtype))
-
-
 #: Each part's configurations and the function compiling one.
 PARTS = {'scan-backward': (scan_backward_configs, scan_backward_ptx),
          'pointwise-wgrad': (pointwise_wgrad_configs, wgrad_ptx),
-         'pointwise-gelu': (pointwise_gelu_configs, gelu_forward_ptx),
-         'depthwise': (depthwise_configs, depthwise_ptx)}
+         'pointwise-gelu': (pointwise_gelu_configs, gelu_forward_ptx)}
 
 
 def main():

@@ -2,44 +2,35 @@
 a CUDA GPU).
 
     python tools/gpu_checks/check_depthwise_conv.py [--only check bench sweep] [--batch 128]
-        [--cuda-graphs] [--modes MODE ...] [--kernels shifts segments] [--fwd-tiling VALUES WARPS]
-        [--bwd-tiling VALUES WARPS] [--min-programs FWD GRAD] [--max-block-w N] [--segment-tiling WARPS PROGRAMS]
-        [--segment-values N]
-
-Both kinds of kernels (``triton_depthwise_conv.FORWARD`` and ``GRADIENT``: 'shifts', ``_fwd_kernel`` and
-``_grad_kernel``, and 'segments', ``_fwd_segment_kernel`` and ``_grad_segment_kernel``; the forward kernel also
-computes dx) are checked and timed unless --kernels names one.
+        [--cuda-graphs] [--modes MODE ...] [--fwd-tiling VALUES WARPS] [--bwd-tiling VALUES WARPS]
+        [--min-programs FWD GRAD] [--max-block-w N]
 
 check: ``depthwise_conv2d_act(impl='triton')`` against the reference in float64 on the same (rounded) inputs,
 forward and the gradients of x, weight and bias, on awkward shapes (H != W, widths that are not powers of two
 or wider than a column block, k = 1 to 9, k larger than the map, a 1 x 1 map; with --large a float16 input
 of more than 2**31 elements) for float32 / float16 / bfloat16 tensors and for float32 tensors under float16 /
 bfloat16 autocast. Prints the largest relative errors (max |error| / max |reference|) and PASSED / FAILED
-(exit code 1 on failure), for each kind of kernels.
+(exit code 1 on failure).
 
 bench: median GPU milliseconds (gpu_common.timed: the calls queued behind a sleep kernel, so Python and launch
 overhead stay out) of the forward pass and of forward + backward, the Triton op against the torch composition
 (nn.Conv2d depthwise + add + activation), at SparX-T's sizes with batch 128, for float16 tensors under float16
-autocast (float32 parameters) and for float32, each kind of kernels a column; plus each Triton forward's
-effective bandwidth (x read once, y written once). --cuda-graphs times CUDA-graph replays of each step instead.
-The tiling options override the kernels' module constants.
+autocast (float32 parameters) and for float32; plus the Triton forward's effective bandwidth (x read once, y
+written once). --cuda-graphs times CUDA-graph replays of each step instead. The tiling options override the
+kernels' module constants.
 
 sweep: the forward kernel's and the gradient kernel's GPU milliseconds alone (no dx), at the same sizes, for
 float16 and float32 tensors, for each of a set of (values, warps) tilings and the default: what FWD_TILING and
-BWD_TILING were chosen by; then both segment kernels' (warps, programs aimed at) tilings (SEGMENT_TILING) and
-register budgets (SEGMENT_VALUES: whole rows or segments, and how wide).
+BWD_TILING were chosen by.
 """
-import contextlib
 import os
 import sys
-from unittest import mock
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import depthwise_conv2d_act, depthwise_conv2d_act_reference  # noqa: E402
-from sparx_mm.ops import triton_depthwise_conv as tdc  # noqa: E402
 from gpu_common import (check_and_bench_parser, override_constants, rel_err, require_cuda,  # noqa: E402
                         run_check_grid, timed)
 
@@ -61,9 +52,6 @@ BENCH_CONFIGS = [(96, 56, 3, True, None, False), (384, 56, 3, True, 'gelu', Fals
                  (1280, 14, 3, True, 'gelu', False), (2048, 7, 3, True, 'gelu', False)]
 # (values a thread holds, warps) tried by --only sweep, for either kernel.
 SWEEP_TILINGS = [(9, 4), (18, 2), (18, 4), (36, 2), (36, 4), (36, 8), (72, 4)]
-# (warps, programs aimed at) of the segment kernels, and their register budgets, tried by --only sweep.
-SEGMENT_SWEEP_TILINGS = [(1, 1024), (2, 1024), (2, 4096), (4, 512), (4, 1024), (4, 2048), (8, 1024)]
-SEGMENT_SWEEP_VALUES = [64, 96, 128, 160]
 DTYPE_MODES = {'float32': (torch.float32, None), 'float16': (torch.float16, None), 'bfloat16': (torch.bfloat16, None),
                'autocast float16': (torch.float32, torch.float16), 'autocast bfloat16': (torch.float32, torch.bfloat16)}
 
@@ -123,15 +111,10 @@ def check_large(device):
     return ok
 
 
-def run_checks(device, large, modes, kinds):
-    """The check grid (and --large) with each kind of kernels of ``kinds``; the caller's choice is put back."""
-    ok = True
-    for kind in kinds:
-        with mock.patch.multiple(tdc, FORWARD=kind, GRADIENT=kind):
-            print(f'# kernels: {kind}', flush=True)
-            ok = run_check_grid(check_case, {mode: TOL[mode] for mode in modes}, CHECK_SHAPES, device) and ok
-            if large:
-                ok = check_large(device) and ok
+def run_checks(device, large, modes):
+    ok = run_check_grid(check_case, {mode: TOL[mode] for mode in modes}, CHECK_SHAPES, device)
+    if large:
+        ok = check_large(device) and ok
     return ok
 
 
@@ -149,9 +132,8 @@ def graph_replay(step):
     return graph.replay
 
 
-def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs, kinds):
-    """ms of the Triton op's forward with each kind of kernels of ``kinds``, then the composition's; then the same
-    with the backward pass."""
+def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs):
+    """ms of the Triton op's forward, the composition's, then both again with the backward pass."""
     dy = torch.randn_like(x)
 
     def fused():
@@ -163,9 +145,7 @@ def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs, kinds):
 
     row = []
     for grad in (False, True):
-        for kind in list(kinds) + [None]:  # None: the composition
-            fn = composition if kind is None else fused
-
+        for fn in (fused, composition):
             def step():
                 # No autocast cache: a CUDA graph must not keep the cast weights of its capture.
                 with torch.autocast('cuda', dtype=torch.float16, enabled=autocast, cache_enabled=False), \
@@ -173,21 +153,17 @@ def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs, kinds):
                     y = fn()
                 if grad:
                     y.backward(dy)
-            with contextlib.nullcontext() if kind is None else mock.patch.multiple(tdc, FORWARD=kind, GRADIENT=kind):
-                row.append(timed(graph_replay(step) if cuda_graphs else step)[0])
+            row.append(timed(graph_replay(step) if cuda_graphs else step)[0])
     return row
 
 
-def bench(device, batch, cuda_graphs, kinds):
+def bench(device, batch, cuda_graphs):
+    from sparx_mm.ops import triton_depthwise_conv as tdc
     print(f'# {torch.cuda.get_device_name()}, batch {batch}; forward (values, warps) {tdc.FWD_TILING}, gradient '
-          f'(values, warps) {tdc.BWD_TILING}, MIN_PROGRAMS {tdc.MIN_PROGRAMS}, MAX_BLOCK_W {tdc.MAX_BLOCK_W}, '
-          f'segment kernels (warps, programs) {tdc.SEGMENT_TILING}, values {tdc.SEGMENT_VALUES}; ms'
-          f'{" of CUDA-graph replays" if cuda_graphs else " (eager steps, GPU time)"}; the Triton columns by '
-          f'kind of kernels ({", ".join(kinds)}), the speedup of the fastest over torch')
-    print(f'{"C":>5} {"HxW":>5} {"k":>1} {"op":>12} {"dtype":>5} '
-          + ' '.join(f'{kind + " fwd":>12}' for kind in kinds) + f' {"torch fwd":>9} {"speedup":>7} '
-          + ' '.join(f'{kind[:3] + " GB/s":>8}' for kind in kinds) + ' '
-          + ' '.join(f'{kind + " f+b":>12}' for kind in kinds) + f' {"torch f+b":>9} {"speedup":>7}')
+          f'(values, warps) {tdc.BWD_TILING}, MIN_PROGRAMS {tdc.MIN_PROGRAMS}, MAX_BLOCK_W {tdc.MAX_BLOCK_W}; ms'
+          f'{" of CUDA-graph replays" if cuda_graphs else " (eager steps, GPU time)"}')
+    print(f'{"C":>5} {"HxW":>5} {"k":>1} {"op":>12} {"dtype":>5} {"triton fwd":>10} {"torch fwd":>9} {"speedup":>7} '
+          f'{"GB/s":>5} {"triton f+b":>10} {"torch f+b":>9} {"speedup":>7}')
     acts = {None: nn.Identity(), 'gelu': nn.GELU(), 'silu': nn.SiLU()}
     for channels, size, k, residual, activation, has_bias in BENCH_CONFIGS:
         conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=has_bias).to(device)
@@ -195,32 +171,15 @@ def bench(device, batch, cuda_graphs, kinds):
                                                                                  else '')
         for mode, dtype, autocast in (('fp16', torch.float16, True), ('fp32', torch.float32, False)):
             x = torch.randn(batch, channels, size, size, device=device, dtype=dtype).requires_grad_()
-            row = bench_row(conv, acts[activation], residual, activation, x, autocast, cuda_graphs, kinds)
-            n = len(kinds)
-            forward_ms, torch_ms = row[:n], row[n]
-            both_ms, torch_both_ms = row[n + 1:2 * n + 1], row[2 * n + 1]
-            gbps = [2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9 for ms in forward_ms]
-            print(f'{channels:>5} {size:>2}x{size:<2} {k:>1} {op:>12} {mode:>5} '
-                  + ' '.join(f'{ms:>12.3f}' for ms in forward_ms) + f' {torch_ms:>9.3f} '
-                  f'{torch_ms / min(forward_ms):>6.2f}x ' + ' '.join(f'{g:>8.0f}' for g in gbps) + ' '
-                  + ' '.join(f'{ms:>12.3f}' for ms in both_ms) + f' {torch_both_ms:>9.3f} '
-                  f'{torch_both_ms / min(both_ms):>6.2f}x', flush=True)
-
-
-def kernel_times(kernel, data):
-    """GPU ms of ``kernel`` ('forward' or 'gradient', as ``triton_depthwise_conv``'s settings choose it) on each
-    of ``data``'s (x, weight, bias, dy, residual, activation)."""
-    times = []
-    for x, weight, bias, dy, residual, activation in data:
-        if kernel == 'forward':
-            step = lambda: tdc._dwconv_fwd(x, weight, bias, residual, activation, x.dtype)  # noqa: E731
-        else:
-            step = lambda: tdc._dwconv_grad(dy, x, weight, bias, residual, activation)  # noqa: E731
-        times.append(timed(step)[0])
-    return times
+            row = bench_row(conv, acts[activation], residual, activation, x, autocast, cuda_graphs)
+            gbps = 2 * x.numel() * x.element_size() / (row[0] * 1e-3) / 1e9
+            print(f'{channels:>5} {size:>2}x{size:<2} {k:>1} {op:>12} {mode:>5} {row[0]:>10.3f} {row[1]:>9.3f} '
+                  f'{row[1] / row[0]:>6.2f}x {gbps:>5.0f} {row[2]:>10.3f} {row[3]:>9.3f} {row[3] / row[2]:>6.2f}x',
+                  flush=True)
 
 
 def sweep(device, batch):
+    from sparx_mm.ops import triton_depthwise_conv as tdc
     sizes = ', '.join(f'{c}x{size}x{size} k{k} {act or "none"}' for c, size, k, _, act, _ in BENCH_CONFIGS)
     print(f'# {torch.cuda.get_device_name()}, batch {batch}; kernel ms at SparX-T\'s sizes ({sizes}) and their sum')
     defaults = dict(forward=tdc.FWD_TILING, gradient=tdc.BWD_TILING)
@@ -234,22 +193,17 @@ def sweep(device, batch):
         for kernel, name in (('forward', 'FWD_TILING'), ('gradient', 'BWD_TILING')):
             for tiling in SWEEP_TILINGS + [t for t in [defaults[kernel]] if t not in SWEEP_TILINGS]:
                 setattr(tdc, name, tiling)
-                times = kernel_times(kernel, data)
+                times = []
+                for x, weight, bias, dy, residual, activation in data:
+                    if kernel == 'forward':
+                        step = lambda: tdc._dwconv_fwd(x, weight, bias, residual, activation, x.dtype)  # noqa: E731
+                    else:
+                        step = lambda: tdc._dwconv_grad(dy, x, weight, bias, residual, activation)  # noqa: E731
+                    times.append(timed(step)[0])
                 label = 'default ' if tiling == defaults[kernel] else ''
                 print(f'{str(dtype)[6:]:>7} {kernel:>8} {label}{tiling}: ' + ' '.join(f'{t:.3f}' for t in times)
                       + f' sum {sum(times):.3f}', flush=True)
             setattr(tdc, name, defaults[kernel])
-        default = (tdc.SEGMENT_TILING, tdc.SEGMENT_VALUES)
-        settings = [(tiling, default[1]) for tiling in SEGMENT_SWEEP_TILINGS + [default[0]]] + \
-            [(default[0], values) for values in SEGMENT_SWEEP_VALUES]
-        for kernel in ('forward', 'gradient'):
-            for tiling, values in dict.fromkeys(settings):
-                with mock.patch.multiple(tdc, FORWARD='segments', GRADIENT='segments', SEGMENT_TILING=tiling,
-                                         SEGMENT_VALUES=values):
-                    times = kernel_times(kernel, data)
-                label = 'default ' if (tiling, values) == default else ''
-                print(f'{str(dtype)[6:]:>7} {kernel:>8} segments {label}(warps, programs) {tiling}, values '
-                      f'{values}: ' + ' '.join(f'{t:.3f}' for t in times) + f' sum {sum(times):.3f}', flush=True)
 
 
 def main():
@@ -268,25 +222,19 @@ def main():
     parser.add_argument('--min-programs', type=int, nargs=2, metavar=('FWD', 'GRAD'), default=None,
                         help='programs each kernel aims for, rows cut into runs below it (MIN_PROGRAMS)')
     parser.add_argument('--max-block-w', type=int, default=None, help='widest column block (MAX_BLOCK_W)')
-    parser.add_argument('--kernels', nargs='+', choices=tdc.KERNEL_CHOICES, default=tdc.KERNEL_CHOICES,
-                        help='kinds of kernels to check and time (default both)')
-    parser.add_argument('--segment-tiling', type=int, nargs=2, metavar=('WARPS', 'PROGRAMS'), default=None,
-                        help='warps and programs aimed at of the segment kernels (SEGMENT_TILING)')
-    parser.add_argument('--segment-values', type=int, default=None,
-                        help='register budget of the segment kernels (SEGMENT_VALUES)')
     args = parser.parse_args()
     require_cuda('check_depthwise_conv.py')
+    from sparx_mm.ops import triton_depthwise_conv as tdc
     override_constants(tdc, args, dict(fwd_tiling='FWD_TILING', bwd_tiling='BWD_TILING',
-                                       min_programs='MIN_PROGRAMS', max_block_w='MAX_BLOCK_W',
-                                       segment_tiling='SEGMENT_TILING', segment_values='SEGMENT_VALUES'))
+                                       min_programs='MIN_PROGRAMS', max_block_w='MAX_BLOCK_W'))
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
     if 'check' in args.only:
-        ok = run_checks(device, args.large, args.modes, args.kernels)
+        ok = run_checks(device, args.large, args.modes)
         print('DEPTHWISE CONV CHECK PASSED' if ok else 'DEPTHWISE CONV CHECK FAILED', flush=True)
     if 'bench' in args.only:
-        bench(device, args.batch, args.cuda_graphs, args.kernels)
+        bench(device, args.batch, args.cuda_graphs)
     if 'sweep' in args.only:
         sweep(device, args.batch)
     sys.exit(0 if ok else 1)

@@ -2,15 +2,15 @@
 # The GPU checks and the benchmark tables of docs/benchmarks.md:
 #   bash tools/gpu_checks/report.sh [OUT_DIR [STEP ...]]
 # Steps: kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled
-# compile_check scan_bench wgrad_sweep graphed_unfolded depthwise_segments depthwise_ab (default: all, ~40 minutes
-# on one H100 / H200; name a few to fit a shorter session, e.g.
+# compile_check scan_bench wgrad_sweep graphed_unfolded (default: all, ~30 minutes on one H100 / H200; name a
+# few to fit a shorter session, e.g.
 # `report.sh out kernels table`). Each step has its own time limit so that one slow step (a first Triton /
 # inductor compilation) cannot cost the rest; full logs go to OUT_DIR (default gpu_report/), a summary to stdout.
 set -u
 out=${1:-gpu_report}
 shift $(( $# > 0 ? 1 : 0 ))
 all_steps='kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled compile_check'
-all_steps="$all_steps scan_bench wgrad_sweep graphed_unfolded depthwise_segments depthwise_ab"
+all_steps="$all_steps scan_bench wgrad_sweep graphed_unfolded"
 wanted=" ${*:-$all_steps} "
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,9 +32,7 @@ step kernels 360 python3 "$here/check_kernels.py" --model &&
 layer_kernels() {
   local rc=0 job mode
   for mode in float32 float16 bfloat16 'autocast float16' 'autocast bfloat16'; do
-    # The kernels the model runs (depthwise_segments below checks the other kind).
-    python3 "$here/check_depthwise_conv.py" --only check --kernels "${SPARX_DEPTHWISE_KERNELS:-shifts}" \
-      --modes "$mode" > "$out/depthwise_${mode// /_}.log" 2>&1 &
+    python3 "$here/check_depthwise_conv.py" --only check --modes "$mode" > "$out/depthwise_${mode// /_}.log" 2>&1 &
   done
   python3 "$here/check_group_norm.py" --only check > "$out/group_norm_check.log" 2>&1 &
   python3 "$here/check_pointwise_conv.py" --only check > "$out/pointwise_check.log" 2>&1 &
@@ -79,34 +77,4 @@ step wgrad_sweep 300 python3 "$here/check_pointwise_conv.py" --only wgrad-sweep 
 # step graphed, what folding them into the convolutions (layers.FoldingSequential) gains.
 step graphed_unfolded 200 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer --cuda-graph --unfolded &&
   rows < "$out/graphed_unfolded.log"
-# The depthwise kernels in row segments (SPARX_DEPTHWISE_KERNELS=segments, not yet the default): their checks
-# (side by side by dtype mode, as layer_kernels) and the whole model's with them, then the bench of both kinds; then
-# the graphed inference table and SparX-T's graphed training step with each kind, one after the other.
-depthwise_segments() {
-  local rc=0 job mode
-  for mode in float32 float16 bfloat16 'autocast float16' 'autocast bfloat16'; do
-    python3 "$here/check_depthwise_conv.py" --only check --kernels segments --modes "$mode" \
-      > "$out/segments_${mode// /_}.log" 2>&1 &
-  done
-  SPARX_DEPTHWISE_KERNELS=segments python3 "$here/check_kernels.py" --only model > "$out/segments_model.log" 2>&1 &
-  for job in $(jobs -p); do wait "$job" || rc=1; done
-  cat "$out"/segments_*.log
-  python3 "$here/check_depthwise_conv.py" --only bench || rc=1
-  return $rc
-}
-depthwise_ab() {
-  local kind
-  for kind in shifts segments; do
-    echo "# SPARX_DEPTHWISE_KERNELS=$kind"
-    SPARX_DEPTHWISE_KERNELS=$kind $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer --cuda-graph
-    SPARX_DEPTHWISE_KERNELS=$kind $bench --arch t --batch 128 --dtype fp16 --mode train --cuda-graph --warmup 3 \
-      --iters 8
-  done
-}
-export -f depthwise_segments depthwise_ab
-export bench
-step depthwise_segments 420 bash -c depthwise_segments &&
-  grep -E "^# kernels|^ +(float|bfloat|autocast)|PASSED|FAILED|vs float64|^ +[0-9]+ ?x" "$out/depthwise_segments.log"
-step depthwise_ab 560 bash -c depthwise_ab &&
-  grep -E "^# SPARX|^ *[tsb] |out of memory|rror:" "$out/depthwise_ab.log"
 exit 0
