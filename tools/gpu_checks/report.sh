@@ -2,15 +2,15 @@
 # The GPU checks and the benchmark tables of docs/benchmarks.md:
 #   bash tools/gpu_checks/report.sh [OUT_DIR [STEP ...]]
 # Steps: kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled
-# compile_check scan_bench wgrad_sweep graphed_unfolded (default: all, ~30 minutes on one H100 / H200; name a
-# few to fit a shorter session, e.g.
+# compile_check scan_bench wgrad_sweep graphed_unfolded depthwise_sweep (default: all, ~35 minutes on one H100 /
+# H200; name a few to fit a shorter session, e.g.
 # `report.sh out kernels table`). Each step has its own time limit so that one slow step (a first Triton /
 # inductor compilation) cannot cost the rest; full logs go to OUT_DIR (default gpu_report/), a summary to stdout.
 set -u
 out=${1:-gpu_report}
 shift $(( $# > 0 ? 1 : 0 ))
 all_steps='kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled compile_check'
-all_steps="$all_steps scan_bench wgrad_sweep graphed_unfolded"
+all_steps="$all_steps scan_bench wgrad_sweep graphed_unfolded depthwise_sweep"
 wanted=" ${*:-$all_steps} "
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -77,4 +77,9 @@ step wgrad_sweep 300 python3 "$here/check_pointwise_conv.py" --only wgrad-sweep 
 # step graphed, what folding them into the convolutions (layers.FoldingSequential) gains.
 step graphed_unfolded 200 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mode infer --cuda-graph --unfolded &&
   rows < "$out/graphed_unfolded.log"
+# The depthwise kernels' tilings at SparX-T's sizes, each conv's ms (check_depthwise_conv.py --only sweep): the
+# float16 5 x 5 forward ran at 838 GB/s on an H100 (float32 1511) with one position a thread (FWD_TILING's values
+# over k*k), so 2-byte loads.
+step depthwise_sweep 240 python3 "$here/check_depthwise_conv.py" --only sweep &&
+  grep -E "^ *(float16|float32) " "$out/depthwise_sweep.log"
 exit 0
