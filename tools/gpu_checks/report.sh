@@ -2,15 +2,15 @@
 # The GPU checks and the benchmark tables of docs/benchmarks.md:
 #   bash tools/gpu_checks/report.sh [OUT_DIR [STEP ...]]
 # Steps: kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled
-# compile_check scan_bench wgrad_sweep graphed_unfolded depthwise_sweep (default: all, ~35 minutes on one H100 /
-# H200; name a few to fit a shorter session, e.g.
+# compile_check scan_bench wgrad_sweep graphed_unfolded depthwise_sweep profiles (default: all, ~40 minutes on one
+# H100 / H200; name a few to fit a shorter session, e.g.
 # `report.sh out kernels table`). Each step has its own time limit so that one slow step (a first Triton /
 # inductor compilation) cannot cost the rest; full logs go to OUT_DIR (default gpu_report/), a summary to stdout.
 set -u
 out=${1:-gpu_report}
 shift $(( $# > 0 ? 1 : 0 ))
 all_steps='kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled compile_check'
-all_steps="$all_steps scan_bench wgrad_sweep graphed_unfolded depthwise_sweep"
+all_steps="$all_steps scan_bench wgrad_sweep graphed_unfolded depthwise_sweep profiles"
 wanted=" ${*:-$all_steps} "
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -82,4 +82,9 @@ step graphed_unfolded 200 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mo
 # over k*k), so 2-byte loads.
 step depthwise_sweep 240 python3 "$here/check_depthwise_conv.py" --only sweep &&
   grep -E "^ *(float16|float32) " "$out/depthwise_sweep.log"
+# Where the GPU time goes in the two settings furthest from the goal: SparX-T's fp16 training step (forward and
+# backward) and SparX-B's fp32 inference pass, kernel by kernel.
+step profiles 240 bash -c "python3 $here/profile_model.py --arch t --dtype fp16 --train --rows 45 &&
+  python3 $here/profile_model.py --arch b --dtype fp32 --rows 45" &&
+  grep -E "CUDA time total|rror" "$out/profiles.log"
 exit 0
