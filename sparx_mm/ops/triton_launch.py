@@ -12,12 +12,13 @@ for ~42 ms of GPU kernels, a training step 160-190 ms for ~140. Two costs of the
   the same launch from a cache keyed by what Triton specialises on.
 """
 import inspect
-import os
 from typing import Sequence
 
 import torch
 import triton
 from triton.runtime.jit import JITFunction
+
+from .gpu_backends import choice_from_environment
 
 __all__ = ['cdiv', 'next_power_of_2', 'power_of_two_factor', 'launch']
 
@@ -25,11 +26,8 @@ FAST_LAUNCH_ENV = 'SPARX_FAST_LAUNCH'
 
 
 def _enabled_by_environment() -> bool:
-    value = os.environ.get(FAST_LAUNCH_ENV, '').strip()
-    if value not in ('', '0', '1'):
-        raise ValueError(f'environment variable {FAST_LAUNCH_ENV}={value!r}: accepted are 1 (launch Triton kernels '
-                         f'from the cache of compiled kernels, the default) and 0 (Triton\'s own launch)')
-    return value != '0'
+    return choice_from_environment(FAST_LAUNCH_ENV, ('1', '0'), "1 (launch Triton kernels from the cache of compiled "
+                                   "kernels, the default) and 0 (Triton's own launch)") == '1'
 
 
 #: False: every :func:`launch` is Triton's own (``SPARX_FAST_LAUNCH=0`` at import, or set at run time), to
