@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...ops import ROUTE_COUNTS, OneGroupNorm, cross_selective_scan
+from ...ops import ROUTE_COUNTS, OneGroupNorm, cross_selective_scan, pointwise_conv2d
 from ..layers import DepthwiseConvAct, PointwiseConv, SkipPath
 from ..recompute import recompute_saved
 
@@ -88,9 +88,11 @@ class SS2D(nn.Module):
         """(B, D, H, W) -> (B, D, H, W) float32: scan the K routes and sum them back (before out_norm)."""
         b, d, h, w = x.shape
         k, r, n = self.routes, self.dt_rank, self.d_state
-        # The per-route x_proj (grouped 1x1 convs on the route sequences in the official code) is one GEMM
-        # on the map itself: a per-position projection commutes with reordering the positions.
-        proj = torch.matmul(self.x_proj_weight.view(k * (r + 2 * n), d), x.flatten(2))
+        # The per-route x_proj (grouped 1x1 convs on the route sequences in the official code, F.conv1d: TF32 on
+        # GPUs by default, as here) is one 1x1 conv on the map itself: a per-position projection commutes with
+        # reordering the positions. The layer operator reads and writes the NCHW maps directly, where
+        # torch.matmul(W, x.flatten(2)) copied x transposed and the product back (docs/benchmarks.md).
+        proj = pointwise_conv2d(x, self.x_proj_weight.view(k * (r + 2 * n), d, 1, 1))
         return cross_selective_scan(
             x, proj.view(b, k, r + 2 * n, h * w), self.dt_projs_weight, -torch.exp(self.A_logs.float()),
             D=self.Ds.float(), dt_bias=self.dt_projs_bias.reshape(-1).float(), routes=k)
