@@ -207,12 +207,17 @@ class FoldingSequential(nn.Sequential):
     residual or activation of its own, :class:`PointwiseConv` and plain ``nn.Conv2d`` (zero padding). Outputs
     equal the children's run one by one up to rounding (the folded weight is rounded once, in its dtype). In grad
     mode (training, or evaluation that keeps the graph), and within :func:`unfolded`, the children run one by
-    one.
+    one; in grad mode on a GPU, a sequence of nothing but plain convolutions, BatchNorms and GELUs (the stem, the
+    downsampling layers, the DMCA's spatial reductions: :func:`runs_channels_last`) runs on a channels-last copy of
+    its input and returns NCHW-contiguous output (cuDNN's NHWC convolutions and BatchNorm kernels, where its NCHW
+    BatchNorm backward took 2.3 ms for SparX-T's first stem BatchNorm at batch 128 on an H100; docs/benchmarks.md).
 
     Shapes: as the children's.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and runs_channels_last(self, x):
+            return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
         if torch.is_grad_enabled() or not _FOLDING:
             return super().forward(x)
         modules = list(self)
@@ -243,6 +248,19 @@ class FoldingSequential(nn.Sequential):
         else:
             x = layer(x)
         return x, i + used + (activation is not None)
+
+
+#: Layer types (exact: subclasses such as the layer operators, SyncBatchNorm or mmcv's norms keep NCHW) that
+#: :class:`FoldingSequential` runs channels-last in grad mode, and the devices it does so on.
+CHANNELS_LAST_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.GELU, nn.Identity)
+CHANNELS_LAST_DEVICES = ('cuda', )
+
+
+def runs_channels_last(sequence: nn.Sequential, x: torch.Tensor) -> bool:
+    """Whether :class:`FoldingSequential` runs ``sequence`` on a channels-last copy of ``x`` in grad mode: ``x`` on
+    one of CHANNELS_LAST_DEVICES and every child of an exact CHANNELS_LAST_TYPES type."""
+    return x.device.type in CHANNELS_LAST_DEVICES and len(sequence) > 0 and \
+        all(type(m) in CHANNELS_LAST_TYPES for m in sequence)
 
 
 def _folds_into(layer: nn.Module, norm: Optional[nn.Module]) -> bool:

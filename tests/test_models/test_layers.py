@@ -126,3 +126,49 @@ def test_folding_sequential_runs_its_children_with_fewer_passes_in_inference(cas
     folding.train()
     assert torch.equal(folding(x), plain(x))  # training mode: batch statistics, nothing folds
 
+
+
+def _input_layouts(sequence):
+    """Records, for each call of the sequence's first child, whether its input was channels-last."""
+    layouts = []
+    sequence[0].register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    return layouts
+
+
+def test_folding_sequential_runs_plain_conv_norm_sequences_channels_last_in_grad_mode(monkeypatch):
+    """In grad mode on a CHANNELS_LAST_DEVICES device (CUDA; here the CPU, patched in), a sequence of plain convs,
+    BatchNorms and GELUs (SparX's stem) runs on a channels-last copy of its input: NCHW-contiguous output, and the
+    outputs and gradients of the NCHW run. No-grad inference folds in NCHW as before; sequences with a layer
+    operator or a norm subclass (SyncBatchNorm) stay NCHW; without the patch the CPU is not such a device."""
+    def stem():
+        return FoldingSequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4), nn.GELU(),
+                                 nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8))
+    x = torch.randn(2, 3, 16, 12)
+    nchw = _seeded(stem())
+    expected = nchw(x.requires_grad_())
+    expected.square().sum().backward()
+    assert not layers.runs_channels_last(nchw, x)
+
+    monkeypatch.setattr(layers, 'CHANNELS_LAST_DEVICES', ('cpu', ))
+    channels_last = _seeded(stem())
+    layouts = _input_layouts(channels_last)
+    x2 = x.detach().clone().requires_grad_()
+    out = channels_last(x2)
+    assert layouts == [True] and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-5, atol=1e-5)
+    for p, p2 in zip(nchw.parameters(), channels_last.parameters()):
+        torch.testing.assert_close(p2.grad, p.grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # inference folds the BatchNorms into the convs (F.conv2d): the first child is not called
+        folded = channels_last.eval()(x)
+    assert layouts == [True]
+    torch.testing.assert_close(folded, nn.Sequential(*channels_last)(x), rtol=1e-5, atol=1e-5)
+
+    for children in ([DepthwiseConvAct(4, 3, bias=False), nn.BatchNorm2d(4), nn.GELU()],
+                     [nn.Conv2d(4, 4, 3, padding=1), nn.SyncBatchNorm(4), nn.GELU()]):
+        other = FoldingSequential(*children).eval()
+        layouts = _input_layouts(other)
+        other(torch.randn(1, 4, 5, 5, requires_grad=True))
+        assert not layers.runs_channels_last(other, x) and layouts == [False]
