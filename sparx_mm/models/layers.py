@@ -257,9 +257,9 @@ CHANNELS_LAST_DEVICES = ('cuda', )
 
 
 def runs_channels_last(sequence: nn.Sequential, x: torch.Tensor) -> bool:
-    """Whether :class:`FoldingSequential` runs ``sequence`` on a channels-last copy of ``x`` in grad mode: ``x`` on
-    one of CHANNELS_LAST_DEVICES and every child of an exact CHANNELS_LAST_TYPES type."""
-    return x.device.type in CHANNELS_LAST_DEVICES and len(sequence) > 0 and \
+    """Whether :class:`FoldingSequential` runs ``sequence`` on a channels-last copy of ``x`` in grad mode: ``x`` a
+    4-D map on one of CHANNELS_LAST_DEVICES and every child of an exact CHANNELS_LAST_TYPES type."""
+    return x.dim() == 4 and x.device.type in CHANNELS_LAST_DEVICES and len(sequence) > 0 and \
         all(type(m) in CHANNELS_LAST_TYPES for m in sequence)
 
 

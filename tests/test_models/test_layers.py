@@ -172,3 +172,4 @@ def test_folding_sequential_runs_plain_conv_norm_sequences_channels_last_in_grad
         layouts = _input_layouts(other)
         other(torch.randn(1, 4, 5, 5, requires_grad=True))
         assert not layers.runs_channels_last(other, x) and layouts == [False]
+    assert not layers.runs_channels_last(stem(), torch.randn(2, 3, 16))  # not a 4-D map
