@@ -23,7 +23,7 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Counter, Dict, Iterator, List, Tuple
+from typing import Counter, Iterator, List, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -156,6 +156,8 @@ def main(argv=None):
     parser.add_argument('--rows', type=int, default=40)
     parser.add_argument('--strided-only', action='store_true', help='only the ops with a non-contiguous operand')
     args = parser.parse_args(argv)
+    if not gpu_backends.TRITON_INSTALLED:
+        parser.error('the GPU code path imports triton: install it (nothing runs on a GPU here)')
     if args.size < 32 or args.batch < 1 or args.rows < 1:
         parser.error(f'--size must be >= 32 and --batch, --rows >= 1, got {args.size}, {args.batch}, {args.rows}')
     launches, census = run_census(args.arch, args.size, args.batch, args.mode, args.dtype)
