@@ -216,9 +216,11 @@ class FoldingSequential(nn.Sequential):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and runs_channels_last(self, x):
-            return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
-        if torch.is_grad_enabled() or not _FOLDING:
+        if torch.is_grad_enabled():
+            if runs_channels_last(self, x):
+                return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+            return super().forward(x)
+        if not _FOLDING:
             return super().forward(x)
         modules = list(self)
         i = 0

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import importlib
 import os
+import pkgutil
 import sys
 import traceback
 from typing import Counter, Iterator, List, Tuple
@@ -31,11 +32,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark import DTYPES, Classifier  # noqa: E402  (puts the repo root on sys.path)
 from sparx_mm.models import SparXMamba, layers  # noqa: E402
+from sparx_mm import ops  # noqa: E402
 from sparx_mm.ops import gpu_backends  # noqa: E402
 
-#: The modules whose ``launch`` (triton_launch.launch, imported by name) starts their kernels.
-TRITON_MODULES = ('triton_cross_scan', 'triton_depthwise_conv', 'triton_group_norm', 'triton_pointwise_conv',
-                  'triton_batch_norm_fold', 'triton_scan')
 #: Ops that move no data (views, metadata, allocation): not rows of the census.
 NO_DATA_OPS = {'detach', 'view', '_unsafe_view', 't', 'empty', 'expand', 'slice', 'select', 'transpose', 'permute',
                'unsqueeze', 'squeeze', 'as_strided', 'split', 'split_with_sizes', 'empty_strided', 'alias',
@@ -46,12 +45,21 @@ _PACKAGE = os.path.join(_ROOT, 'sparx_mm') + os.sep
 Row = Tuple[str, bool, str, str]  # (op, strided, call site, operands)
 
 
+def _kernel_modules() -> list:
+    """The ``sparx_mm.ops.triton_*`` modules that start their kernels through ``triton_launch.launch`` (imported by
+    name, so each module's own reference is the one to replace)."""
+    from sparx_mm.ops import triton_launch
+    names = (info.name for info in pkgutil.iter_modules(ops.__path__) if info.name.startswith('triton_'))
+    modules = [importlib.import_module(f'{ops.__name__}.{name}') for name in names]
+    return [m for m in modules if m is not triton_launch and getattr(m, 'launch', None) is triton_launch.launch]
+
+
 @contextlib.contextmanager
 def gpu_paths_on_cpu(launches: Counter) -> Iterator[None]:
     """Within it, CPU tensors take the dispatchers' Triton paths and the GPU's channels-last runs
     (``layers.CHANNELS_LAST_DEVICES``), and each kernel launch only counts into ``launches`` (by kernel name);
     everything is restored on exit."""
-    modules = [importlib.import_module(f'sparx_mm.ops.{name}') for name in TRITON_MODULES]
+    modules = _kernel_modules()
     saved = [(m, m.launch) for m in modules]
     saved_usable, saved_env = gpu_backends.triton_usable, os.environ.get('TRITON_INTERPRET')
     saved_devices = layers.CHANNELS_LAST_DEVICES
