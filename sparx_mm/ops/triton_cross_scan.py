@@ -19,6 +19,18 @@ Nothing is accumulated across programs (no atomics, deterministic): each writes 
 channels, its channel block's sums of the B and C gradients and its sample's sums of dA, dD and d dt_bias;
 the dt projection's two gradients are GEMMs over the raw-dt gradient after the kernel.
 
+Both kernels prefetch: each iteration of a route's chunk loop issues the loads of the chunk after it (the
+sequence, B and C, the dt projection tile where dt is a tensor-core product, dy, the saved state, the pair's
+partial output), which the scanned state does not depend on, so one chunk's arithmetic runs while the next
+chunk's loads are in flight. A program holds few chunks' worth of data (a scan is a chain of dependent chunks)
+and waited on each chunk's loads before its arithmetic: latency-bound, at ~10x its memory traffic's time on an
+H100. Triton's own pipelining (``num_stages``) takes only the loads feeding a tensor-core product (the dt
+projection tile above rank 8). On an H100 (``bench_cross_scan.py``, docs/benchmarks.md, "Prefetching scan
+kernels"), SparX-T's scan core at stages 2-4 took 3-13 % less time forward + backward and 5-16 % less forward
+without autograd (stage 4 float16 4 % more). The multiply-add dt projection (rank 8 and below: stage 1) still
+reads its rows where it uses them: a (rank, positions) tile multiplied in as a 3-D broadcast sum gave wrong
+results on the GPU (right in the interpreter; not isolated) and was dropped.
+
 The sequence length (and the plane transposes' H and W) are passed divided by their largest power-of-two factor
 up to 8 (``L_ALIGN``, ``H_ALIGN``, ``W_ALIGN``, multiplied back in the kernels;
 ``triton_launch.power_of_two_factor``): Triton specialises integers on divisibility by 16 only, and with the
@@ -52,6 +64,8 @@ BWD_TILING = (8, 2)
 BWD_DOT_TILING = (16, 4)
 #: Input dtypes whose dt projection the forward kernel can run on tensor cores (:func:`_dt_raw_dot`).
 DT_DOT_DTYPES = (torch.float32, torch.float16)
+#: The lowest dt rank projected on tensor cores (:func:`inference_tiling`: at rank 6 it saved nothing).
+DT_DOT_MIN_RANK = 9
 #: Whether the training forward pass may project dt on tensor cores (:func:`training_tiling`).
 TRAIN_DT_DOT = True
 #: Whether the backward kernel may recompute dt on tensor cores (:func:`backward_tiling`).
@@ -60,7 +74,7 @@ BWD_DT_DOT = True
 
 def _dt_dot_pays(rank: int, dtype: torch.dtype) -> bool:
     """Where the tensor-core dt projection measured faster than the multiply-adds (:func:`inference_tiling`)."""
-    return rank > 8 and dtype in DT_DOT_DTYPES
+    return rank >= DT_DOT_MIN_RANK and dtype in DT_DOT_DTYPES
 
 
 def _dt_dot_fits(block_d: int, block_l: int, dtype: torch.dtype) -> bool:
@@ -113,7 +127,7 @@ def inference_tiling(length: int, rank: int, dtype: torch.dtype) -> Tuple[int, i
     rank 6 (stage 1) it saved nothing: 32 channels x 64 positions for 16-bit inputs (1.85 ms), 16 x 64 for
     float32 (2.54 ms against 2.70 with 32). Otherwise 16 channels x 32 positions (chunks of 64 left a quarter
     of a 196-position sequence's last chunk idle)."""
-    if length >= 2048 and rank <= 8:
+    if length >= 2048 and rank < DT_DOT_MIN_RANK:
         return 64, (16 if dtype == torch.float32 else 32), 4, False
     dt_dot = _dt_dot_pays(rank, dtype)
     if dt_dot and rank > 32 and length <= 64:
@@ -171,32 +185,43 @@ def _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L, num_chunks
 
 
 @triton.jit
-def _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R: tl.constexpr, BLOCK_D: tl.constexpr,
-            BLOCK_L: tl.constexpr):
-    """dt_weight_k @ proj_dt + bias at steps ``t``, float32 (BLOCK_D, BLOCK_L); the rank R is a compile-time
-    constant and its loop unrolled (the loads issued together instead of one per iteration: SparX-T's stage-1 /
-    stage-3 forward scans took 1.72 / 1.19 instead of 2.22 / 1.70 ms; one compilation per rank, four a model)."""
-    raw = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32) + bias[:, None]
-    for r in tl.static_range(R):
-        w_r = tl.load(w_ptr + kd * R + r, mask=mask_d, other=0.0)
-        p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
-        raw += w_r[:, None] * p_r[None, :]
-    return raw
+def _dt_weights(w_ptr, kd, mask_d, R: tl.constexpr, R_PAD: tl.constexpr):
+    """The route's dt weights for these channels, (BLOCK_D, R_PAD) float32, zero past the rank R."""
+    r = tl.arange(0, R_PAD)
+    return tl.load(w_ptr + kd[:, None] * R + r[None, :], mask=mask_d[:, None] & (r[None, :] < R), other=0.0)
 
 
 @triton.jit
-def _dt_raw_dot(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R: tl.constexpr, R_PAD: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """:func:`_dt_raw` as a tensor-core product over the rank padded to R_PAD: float32 projections as 3xTF32
-    (both operands split in high and low TF32 parts, float32 accuracy), float16 ones against the float32
-    weights split in two float16 parts, each product exact in the float32 accumulator. The product's sums run
-    in another order than the multiply-adds': results differ by float32 rounding (2-4e-7 relative)."""
+def _dt_proj_tile(proj_ptr, proj_base, c, valid, L, R: tl.constexpr, BLOCK_L: tl.constexpr, R_PAD: tl.constexpr):
+    """Chunk ``c``'s dt projection rows as stored, (R_PAD, BLOCK_L), zero past the rank (nothing read where
+    ``valid`` is false)."""
+    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     r = tl.arange(0, R_PAD)
-    w = tl.load(w_ptr + kd[:, None] * R + r[None, :], mask=mask_d[:, None] & (r[None, :] < R), other=0.0)
-    p = tl.load(proj_ptr + proj_base + r[:, None] * L + t[None, :], mask=(r[:, None] < R) & mask_t[None, :],
-                other=0.0)
+    mask = (r[:, None] < R) & ((t < L) & valid)[None, :]
+    return tl.load(proj_ptr + proj_base + r[:, None] * L + t[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _dt_operands(w_ptr, proj_ptr, kd, mask_d, proj_base, first, L, R: tl.constexpr, BLOCK_L: tl.constexpr,
+                 R_PAD: tl.constexpr):
+    """A route's tensor-core dt operands before its chunk loop (R_PAD > 0): its weights and chunk ``first``'s
+    projection tile; zeros where dt is multiply-adds (:func:`_dt_raw_rows` reads its rows where it uses them)."""
+    if R_PAD > 0:
+        return (_dt_weights(w_ptr, kd, mask_d, R, R_PAD),
+                _dt_proj_tile(proj_ptr, proj_base, first, True, L, R, BLOCK_L, R_PAD))
+    else:
+        return 0, 0
+
+
+@triton.jit
+def _dt_raw_dot(w, p, bias, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """dt_weight_k @ proj_dt + bias, float32 (BLOCK_D, BLOCK_L), as a tensor-core product of the weights ``w``
+    (BLOCK_D, R_PAD) float32 and a chunk's projection rows ``p`` (R_PAD, BLOCK_L), both zero past the rank: float32
+    projections as 3xTF32 (both operands split in high and low TF32 parts, float32 accuracy), float16 ones against
+    the float32 weights split in two float16 parts, each product exact in the float32 accumulator. The product's
+    sums run in another order than :func:`_dt_raw_rows`': results differ by float32 rounding (2-4e-7 relative)."""
     raw = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32) + bias[:, None]
-    if proj_ptr.dtype.element_ty == tl.float32:
+    if p.dtype == tl.float32:
         raw = tl.dot(w, p, raw, input_precision='tf32x3')
     else:
         w_part = w.to(p.dtype)
@@ -206,32 +231,69 @@ def _dt_raw_dot(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R: t
 
 
 @triton.jit
+def _dt_raw_rows(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_L: tl.constexpr):
+    """dt_weight_k @ proj_dt + bias at steps ``t``, float32 (BLOCK_D, BLOCK_L), by R multiply-adds a position; the
+    rank R is a compile-time constant and its loop unrolled (the loads issued together instead of one per
+    iteration: SparX-T's stage-1 / stage-3 forward scans took 1.72 / 1.19 instead of 2.22 / 1.70 ms; one
+    compilation per rank, four a model)."""
+    raw = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32) + bias[:, None]
+    for r in tl.static_range(R):
+        w_r = tl.load(w_ptr + kd * R + r, mask=mask_d, other=0.0)
+        p_r = tl.load(proj_ptr + proj_base + r * L + t, mask=mask_t, other=0.0).to(tl.float32)
+        raw += w_r[:, None] * p_r[None, :]
+    return raw
+
+
+@triton.jit
 def _softplus(raw):
     return tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
 
 
 @triton.jit
-def _chunk_terms(seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L,
-                 R: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                 R_PAD: tl.constexpr = 0):
-    """Chunk ``c`` (positions c*BLOCK_L ...): inputs in float32 and the recurrence terms a = exp(dt A),
-    bx = dt B u (the identity past the end of the sequence); R_PAD > 0: dt's projection by :func:`_dt_raw_dot`."""
+def _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, c, valid, n, L, R: tl.constexpr, N: tl.constexpr,
+                 BLOCK_L: tl.constexpr):
+    """Chunk ``c``'s sequence (BLOCK_D, BLOCK_L), B and C (BLOCK_L) as stored (positions c*BLOCK_L ...; nothing
+    read where ``valid`` is false, a prefetch past the last chunk)."""
+    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_t = (t < L) & valid
+    u = tl.load(seq_ptr + rows[:, None] + t[None, :], mask=mask_d[:, None] & mask_t[None, :], other=0.0)
+    Bt = tl.load(proj_ptr + proj_base + (R + n) * L + t, mask=mask_t, other=0.0)
+    Ct = tl.load(proj_ptr + proj_base + (R + N + n) * L + t, mask=mask_t, other=0.0)
+    return u, Bt, Ct
+
+
+@triton.jit
+def _chunk_terms(c, u, Bt, Ct, w, p, proj_ptr, proj_base, w_ptr, kd, bias, A_n, mask_d, L, R: tl.constexpr,
+                 R_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Chunk ``c``'s positions and masks, its inputs (from :func:`_chunk_loads`) in float32 and the recurrence
+    terms a = exp(dt A), bx = dt B u (the identity past the end of the sequence). R_PAD > 0: dt from the
+    prefetched tile ``p`` on tensor cores (:func:`_dt_raw_dot`), else by multiply-adds over rows it reads."""
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_t = t < L
     mask = mask_d[:, None] & mask_t[None, :]
-    u = tl.load(seq_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+    u = u.to(tl.float32)
     if R_PAD > 0:
-        raw = _dt_raw_dot(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, R_PAD, BLOCK_D, BLOCK_L)
+        raw = _dt_raw_dot(w, p, bias, BLOCK_D, BLOCK_L)
     else:
-        raw = _dt_raw(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, BLOCK_D, BLOCK_L)
+        raw = _dt_raw_rows(proj_ptr, proj_base, w_ptr, kd, bias, mask_d, t, mask_t, L, R, BLOCK_D, BLOCK_L)
     dt = _softplus(raw)
-    Bt = tl.load(proj_ptr + proj_base + (R + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
-    Ct = tl.load(proj_ptr + proj_base + (R + N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+    Bt = Bt.to(tl.float32)
+    Ct = Ct.to(tl.float32)
     a = tl.where(mask, tl.exp(dt * A_n[:, None]), 1.0)
     bx = tl.where(mask, dt * Bt[None, :] * u, 0.0)
     return t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx
 
 
+@triton.jit
+def _chunk_rows(ptr, row_offsets, c, valid, L, mask_d, BLOCK_L: tl.constexpr):
+    """A (BLOCK_D, BLOCK_L) chunk of the (.., L) rows at ``row_offsets`` (nothing read where ``valid`` is false)."""
+    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
+    return tl.load(ptr + row_offsets[:, None] + t[None, :], mask=mask_d[:, None] & ((t < L) & valid)[None, :],
+                   other=0.0)
+
+
+# The scan loops below prefetch (module doc): each iteration issues the loads of the chunk after it.
 @triton.jit
 def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_rows, route, b, d, mask_d,
                 bias_ptr, D_ptr, Dm, L, num_chunks, n, FIRST: tl.constexpr, BACKWARD: tl.constexpr,
@@ -242,12 +304,29 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
     kd, bias, skip, A_n, proj_base, state_rows = _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L,
                                                                num_chunks, n, ROUTES, R, N)
     cols = tl.arange(0, BLOCK_L)
+    direction = -1 if BACKWARD else 1
+    first = num_chunks - 1 if BACKWARD else 0
+    u_next, B_next, C_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, first, True, n, L, R, N,
+                                          BLOCK_L)
+    w, p_next = _dt_operands(w_ptr, proj_ptr, kd, mask_d, proj_base, first, L, R, BLOCK_L, R_PAD)
+    p = p_next
+    if not FIRST:
+        y_next = _chunk_rows(y_ptr, pair_rows, first, True, L, mask_d, BLOCK_L)
     h = tl.zeros([BLOCK_D], dtype=tl.float32)
     for step in range(num_chunks):
         c = num_chunks - 1 - step if BACKWARD else step
-        t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
-            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D,
-            BLOCK_L, R_PAD)
+        u, Bt, Ct = u_next, B_next, C_next
+        more = step + 1 < num_chunks
+        u_next, B_next, C_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, c + direction, more, n, L,
+                                              R, N, BLOCK_L)
+        if R_PAD > 0:
+            p = p_next
+            p_next = _dt_proj_tile(proj_ptr, proj_base, c + direction, more, L, R, BLOCK_L, R_PAD)
+        if not FIRST:
+            y_before = y_next
+            y_next = _chunk_rows(y_ptr, pair_rows, c + direction, more, L, mask_d, BLOCK_L)
+        t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(c, u, Bt, Ct, w, p, proj_ptr, proj_base, w_ptr, kd,
+                                                                  bias, A_n, mask_d, L, R, R_PAD, BLOCK_D, BLOCK_L)
         # The state entering the chunk (from before it going forwards, from after it going backwards).
         tl.store(states_ptr + state_rows + c, h, mask=mask_d)
         if BACKWARD:
@@ -258,10 +337,9 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
         y = hs * Ct[None, :]
         if n == 0:
             y += skip[:, None] * u
-        y_ptrs = y_ptr + pair_rows[:, None] + t[None, :]
         if not FIRST:
-            y += tl.load(y_ptrs, mask=mask, other=0.0)
-        tl.store(y_ptrs, y, mask=mask)
+            y += y_before
+        tl.store(y_ptr + pair_rows[:, None] + t[None, :], y, mask=mask)
 
 
 @triton.jit
@@ -287,13 +365,13 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
                  num_chunks, n, FIRST: tl.constexpr, BACKWARD: tl.constexpr, ROUTES: tl.constexpr,
                  R: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
                  R_PAD: tl.constexpr):
-    """Gradients of one route of the pair for state index n (R_PAD > 0: dt recomputed by :func:`_dt_raw_dot`):
-    the adjoint runs against the route's direction (from the last chunk for a forward route, from the first for a
-    backward one). Every program writes its
-    own entries, no atomics: dx into the pair's buffer (FIRST: the first term written); the gradient of the
-    raw dt (before softplus) into ``ddt`` (B, K*D, L) at the route's positions, summed over n (the dt
-    projection's gradients are GEMMs over it, after the kernel); this channel block's sums of the B and C
-    gradients into ``dbc`` (B, K, blocks, 2N, L); this sample's dA, dD and d dt_bias sums."""
+    """Gradients of one route of the pair for state index n (R_PAD > 0: dt recomputed on tensor cores, as the
+    forward kernel computed it): the adjoint runs against the route's direction (from the last chunk for a forward
+    route, from the first for a backward one). Every program writes its own entries, no atomics: dx into the pair's
+    buffer (FIRST: the first term written); the gradient of the raw dt (before softplus) into ``ddt`` (B, K*D, L) at
+    the route's positions, summed over n (the dt projection's gradients are GEMMs over it, after the kernel); this
+    channel block's sums of the B and C gradients into ``dbc`` (B, K, blocks, 2N, L); this sample's dA, dD and
+    d dt_bias sums."""
     kd, bias, skip, A_n, proj_base, state_rows = _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L,
                                                                num_chunks, n, ROUTES, R, N)
     cols = tl.arange(0, BLOCK_L)
@@ -303,13 +381,33 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
     dA_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    direction = 1 if BACKWARD else -1
+    first = 0 if BACKWARD else num_chunks - 1
+    u_next, B_next, C_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, first, True, n, L, R, N,
+                                          BLOCK_L)
+    w, p_next = _dt_operands(w_ptr, proj_ptr, kd, mask_d, proj_base, first, L, R, BLOCK_L, R_PAD)
+    p = p_next
+    dy_next = _chunk_rows(dy_ptr, rows, first, True, L, mask_d, BLOCK_L)
+    h_next = tl.load(states_ptr + state_rows + first, mask=mask_d, other=0.0)
+    if not FIRST:
+        dx_next = _chunk_rows(dx_ptr, pair_rows, first, True, L, mask_d, BLOCK_L)
     for step in range(num_chunks):
         c = step if BACKWARD else num_chunks - 1 - step
-        t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(
-            seq_ptr, proj_ptr, w_ptr, rows, proj_base, kd, bias, A_n, mask_d, c, n, L, R, N, BLOCK_D,
-            BLOCK_L, R_PAD)
-        dy = tl.load(dy_ptr + rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
-        h_in = tl.load(states_ptr + state_rows + c, mask=mask_d, other=0.0)
+        u, Bt, Ct, dy, h_in = u_next, B_next, C_next, dy_next, h_next
+        more = step + 1 < num_chunks
+        u_next, B_next, C_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, c + direction, more, n, L,
+                                              R, N, BLOCK_L)
+        if R_PAD > 0:
+            p = p_next
+            p_next = _dt_proj_tile(proj_ptr, proj_base, c + direction, more, L, R, BLOCK_L, R_PAD)
+        dy_next = _chunk_rows(dy_ptr, rows, c + direction, more, L, mask_d, BLOCK_L)
+        h_next = tl.load(states_ptr + state_rows + c + direction, mask=mask_d & more, other=0.0)
+        if not FIRST:
+            dx_before = dx_next
+            dx_next = _chunk_rows(dx_ptr, pair_rows, c + direction, more, L, mask_d, BLOCK_L)
+        t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx = _chunk_terms(c, u, Bt, Ct, w, p, proj_ptr, proj_base, w_ptr, kd,
+                                                                  bias, A_n, mask_d, L, R, R_PAD, BLOCK_D, BLOCK_L)
+        dy = dy.to(tl.float32)
         if BACKWARD:
             hs, _ = _chunk_states_reversed(a, bx, h_in, cols)
         else:
@@ -333,10 +431,9 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
         if n == 0:
             du += skip[:, None] * dy
             dD_acc += tl.sum(tl.where(mask, dy * u, 0.0), axis=1)
-        dx_ptrs = dx_ptr + pair_rows[:, None] + t[None, :]
         if not FIRST:
-            du += tl.load(dx_ptrs, mask=mask, other=0.0)
-        tl.store(dx_ptrs, du, mask=mask)
+            du += dx_before
+        tl.store(dx_ptr + pair_rows[:, None] + t[None, :], du, mask=mask)
     tl.store(dA_ptr + sample_kd * N + n, dA_acc, mask=mask_d)
     if n == 0:
         tl.store(dD_ptr + sample_kd, dD_acc, mask=mask_d)
@@ -508,7 +605,8 @@ def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, rou
     dA, dD, dbias = (torch.empty(b, *t.shape, **f32) for t in (A, D, dt_bias))
     dy = dy.contiguous()  # float32 (the gradient of the float32 output); x is read in its own dtype
     launch(_cross_scan_bwd_kernel, grid, x, _transposed_copy(x, routes), proj_routes, dt_weight, A, D, dt_bias,
-           dy, _transposed_copy(dy, routes), states, dxs, ddt, dbc, dA, dD, dbias, R_PAD=r_pad, **meta)
+           dy, _transposed_copy(dy, routes), states, dxs, ddt, dbc, dA, dD, dbias, R_PAD=r_pad,
+           **meta)
     return dxs, ddt, dbc, dA, dD, dbias
 
 

@@ -65,3 +65,28 @@ def test_backward_options_pick_the_backward_tilings(bench, monkeypatch):
     assert triton_cross_scan.backward_tiling(6, torch.float16) == (8, 2, 0)  # rank 6: multiply-adds
     bench.apply_tiling_options(argparse.Namespace(**options, bwd_dot_tiling=None, bwd_fma=True))
     assert triton_cross_scan.backward_tiling(20, torch.float16) == (8, 2, 0)
+
+
+def test_dt_dot_min_rank_moves_the_tensor_core_threshold(bench, monkeypatch):
+    """--dt-dot-min-rank 1 puts stage 1's rank 6 on tensor cores: in training, forward and backward, and in the
+    forward pass without gradients (16 x 32 tiles instead of the long-sequence multiply-add tiling); bfloat16 stays
+    on multiply-adds."""
+    import argparse
+    import torch
+    from sparx_mm.ops import triton_cross_scan
+    monkeypatch.setattr(triton_cross_scan, 'DT_DOT_MIN_RANK', triton_cross_scan.DT_DOT_MIN_RANK)
+    assert not triton_cross_scan.training_tiling(6, torch.float16)[3]
+    assert triton_cross_scan.backward_tiling(6, torch.float16) == (8, 2, 0)
+    bench.apply_tiling_options(argparse.Namespace(train_tiling=None, train_fma=False, bwd_tiling=None,
+                                                  bwd_dot_tiling=None, bwd_fma=False, infer_tiling=None,
+                                                  dt_dot_min_rank=1))
+    assert triton_cross_scan.training_tiling(6, torch.float16)[3]
+    assert triton_cross_scan.backward_tiling(6, torch.float16) == (16, 4, 16)
+    assert triton_cross_scan.inference_tiling(3136, 6, torch.float16) == (32, 16, 4, True)
+    assert not triton_cross_scan.training_tiling(6, torch.bfloat16)[3]
+
+
+def test_help_names_the_new_options():
+    result = subprocess.run([sys.executable, str(REPO / 'tools/gpu_checks/bench_cross_scan.py'), '--fused-only',
+                             '--help'], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and '--fused-only' in result.stdout and '--dt-dot-min-rank' in result.stdout

@@ -1,17 +1,18 @@
 """Time SS2D's scan core on the GPU: the fused Triton kernel against the unfused composition.
 
-    python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--sweep-inference]
+    python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--sweep-inference] [--fused-only]
         [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT] [--train-tiling BLOCK_L BLOCK_D WARPS] [--train-fma]
-        [--bwd-tiling BLOCK_D WARPS] [--bwd-dot-tiling BLOCK_D WARPS] [--bwd-fma]
+        [--bwd-tiling BLOCK_D WARPS] [--bwd-dot-tiling BLOCK_D WARPS] [--bwd-fma] [--dt-dot-min-rank R]
 
 For the four stage sizes of SparX-T (or ``--arch s`` / ``b``) at 224 x 224 (d_inner twice the stage width on
 56 / 28 / 14 / 7 maps, dt rank the width / 16 rounded up; SparX-T: 192 / 384 / 640 / 1024 channels, ranks 6 /
 12 / 20 / 32), fp32 and fp16 inputs: milliseconds of the forward pass and of forward + backward, for the fused
 kernel (``impl='fused'``) and for cross-scan copies + the Triton selective scan + merge (``impl='unfused',
-scan_backend='triton'``). The tiling options override the fused kernel's. ``--sweep-inference`` times instead
-the forward pass without autograd under each candidate inference tiling, the dt projection by multiply-adds
-and on tensor cores, next to the one :func:`~sparx_mm.ops.triton_cross_scan.inference_tiling` picks (the
-sweep behind that function's docstring).
+scan_backend='triton'``; ``--fused-only`` leaves it out, "-"). The tiling options override the fused kernel's;
+``--dt-dot-min-rank`` sets the lowest dt rank projected on tensor cores (default 9). ``--sweep-inference`` times
+instead the forward pass without autograd under each candidate inference tiling, the dt projection by
+multiply-adds and on tensor cores, next to the one :func:`~sparx_mm.ops.triton_cross_scan.inference_tiling`
+picks (the sweep behind that function's docstring).
 """
 import argparse
 import math
@@ -81,6 +82,8 @@ def apply_tiling_options(args):
         triton_cross_scan.BWD_DOT_TILING = tuple(args.bwd_dot_tiling)
     if args.bwd_fma:
         triton_cross_scan.BWD_DT_DOT = False
+    if getattr(args, 'dt_dot_min_rank', None):
+        triton_cross_scan.DT_DOT_MIN_RANK = args.dt_dot_min_rank
     if args.infer_tiling:
         triton_cross_scan.inference_tiling = lambda length, rank, dtype: (*args.infer_tiling[:3],
                                                                           bool(args.infer_tiling[3]))
@@ -111,15 +114,21 @@ def main():
                         default=None, help='one forward tiling for every size when no gradient follows, instead of '
                         "inference_tiling's; DT_DOT 1 runs the dt projection on tensor cores (16 or more channels "
                         'and positions, float32 / float16 inputs), 0 as multiply-adds')
+    parser.add_argument('--dt-dot-min-rank', type=int, default=None, metavar='R',
+                        help='the lowest dt rank the kernels project on tensor cores (float32 / float16 inputs), '
+                             'instead of DT_DOT_MIN_RANK')
+    parser.add_argument('--fused-only', action='store_true',
+                        help='time the fused kernels only (the unfused columns print "-")')
     args = parser.parse_args()
     if args.sweep_inference and args.infer_tiling:
         parser.error('--sweep-inference times its own inference tilings: leave out --infer-tiling')
     apply_tiling_options(args)
+    dot_from = f'from rank {triton_cross_scan.DT_DOT_MIN_RANK}'
     print(f'# {torch.cuda.get_device_name()}, SparX-{args.arch.upper()} stage sizes, batch {args.batch}; training: '
           f'BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L}, (BLOCK_D, warps) forward {triton_cross_scan.TRAIN_FWD_TILING} '
-          f'(dt {"on tensor cores above rank 8" if triton_cross_scan.TRAIN_DT_DOT else "by multiply-adds"}) '
+          f'(dt {"on tensor cores " + dot_from if triton_cross_scan.TRAIN_DT_DOT else "by multiply-adds"}) '
           f'backward {triton_cross_scan.BWD_TILING} (multiply-adds) / {triton_cross_scan.BWD_DOT_TILING} (dt on '
-          f'tensor cores{" above rank 8" if triton_cross_scan.BWD_DT_DOT else ": off"}); '
+          f'tensor cores{" " + dot_from if triton_cross_scan.BWD_DT_DOT else ": off"}); '
           f'inference (BLOCK_L, BLOCK_D, warps, dt_dot) {args.infer_tiling or "by size (inference_tiling)"}; ms')
     device = torch.device('cuda')
     if args.sweep_inference:
@@ -134,6 +143,9 @@ def main():
             row = []
             for mode in ('fwd', 'fwd+bwd'):
                 for fused in (True, False):
+                    if args.fused_only and not fused:
+                        row.append(float('nan'))
+                        continue
                     def run():
                         with torch.set_grad_enabled(mode != 'fwd'):
                             if fused:
@@ -143,8 +155,8 @@ def main():
                             if mode != 'fwd':
                                 y.backward(upstream)
                     row.append(timed(run)[0])
-            print(f'{channels:>7} {size:>3}x{size:<2} {str(dtype)[6:]:>5} {row[0]:>10.2f} {row[1]:>12.2f} '
-                  f'{row[2]:>10.2f} {row[3]:>12.2f}', flush=True)
+            cells = [f'{ms:>{width}.2f}' if ms == ms else f'{"-":>{width}}' for ms, width in zip(row, (10, 12, 10, 12))]
+            print(f'{channels:>7} {size:>3}x{size:<2} {str(dtype)[6:]:>5} ' + ' '.join(cells), flush=True)
 
 
 if __name__ == '__main__':
