@@ -102,10 +102,12 @@ def backward_tiling(rank: int, dtype: torch.dtype, block_l: int = TRAIN_BLOCK_L)
 
     Why: the multiply-adds are unrolled over the rank with every load in flight at once, and the backward kernel
     keeps many values a position besides. Compiled for sm_90 (``tools/analysis_tools/hopper_codegen.py --part
-    scan-backward``, float16 inputs), the 8-channel, 2-warp kernel takes 80 / 96 / 168 / 255 registers a thread at
-    ranks 6 / 12 / 20 / 32 (SparX-T's four stages) and loads the rank's weights and projections one element at a
-    time; with dt on tensor cores (16 channels, 4 warps) 120 / 122 / 168 at ranks 12 / 20 / 32, its loads tiles.
-    Not yet timed on a GPU (``tools/gpu_checks/bench_cross_scan.py``, ``--bwd-fma`` for the multiply-adds)."""
+    scan-backward``, float16 inputs), the 8-channel, 2-warp kernel takes 96 / 128 / 128 / 255 registers a thread
+    at ranks 6 / 12 / 20 / 32 (SparX-T's four stages; 80 / 96 / 168 / 255 before the kernels prefetched the next
+    chunk) and loads the rank's weights and projections one element at a time; with dt on tensor cores (16
+    channels, 4 warps) 150 / 164 / 235 at ranks 12 / 20 / 32 (120 / 122 / 168 before), its loads tiles. The two
+    not yet timed against each other on a GPU (``tools/gpu_checks/bench_cross_scan.py``, ``--bwd-fma`` for the
+    multiply-adds)."""
     if BWD_DT_DOT and _dt_dot_pays(rank, dtype):
         block_d, warps = BWD_DOT_TILING
         if _dt_dot_fits(block_d, block_l, dtype):
@@ -186,9 +188,14 @@ def _route_params(route, b, d, mask_d, bias_ptr, D_ptr, A_ptr, Dm, L, num_chunks
 
 @triton.jit
 def _dt_weights(w_ptr, kd, mask_d, R: tl.constexpr, R_PAD: tl.constexpr):
-    """The route's dt weights for these channels, (BLOCK_D, R_PAD) float32, zero past the rank R."""
-    r = tl.arange(0, R_PAD)
-    return tl.load(w_ptr + kd[:, None] * R + r[None, :], mask=mask_d[:, None] & (r[None, :] < R), other=0.0)
+    """The route's dt weights for these channels as the tensor-core product takes them, (BLOCK_D, R_PAD) float32,
+    zero past the rank R; 0 where dt is multiply-adds (R_PAD 0: :func:`_dt_raw_rows` reads them where it uses
+    them)."""
+    if R_PAD > 0:
+        r = tl.arange(0, R_PAD)
+        return tl.load(w_ptr + kd[:, None] * R + r[None, :], mask=mask_d[:, None] & (r[None, :] < R), other=0.0)
+    else:
+        return 0
 
 
 @triton.jit
@@ -199,18 +206,6 @@ def _dt_proj_tile(proj_ptr, proj_base, c, valid, L, R: tl.constexpr, BLOCK_L: tl
     r = tl.arange(0, R_PAD)
     mask = (r[:, None] < R) & ((t < L) & valid)[None, :]
     return tl.load(proj_ptr + proj_base + r[:, None] * L + t[None, :], mask=mask, other=0.0)
-
-
-@triton.jit
-def _dt_operands(w_ptr, proj_ptr, kd, mask_d, proj_base, first, L, R: tl.constexpr, BLOCK_L: tl.constexpr,
-                 R_PAD: tl.constexpr):
-    """A route's tensor-core dt operands before its chunk loop (R_PAD > 0): its weights and chunk ``first``'s
-    projection tile; zeros where dt is multiply-adds (:func:`_dt_raw_rows` reads its rows where it uses them)."""
-    if R_PAD > 0:
-        return (_dt_weights(w_ptr, kd, mask_d, R, R_PAD),
-                _dt_proj_tile(proj_ptr, proj_base, first, True, L, R, BLOCK_L, R_PAD))
-    else:
-        return 0, 0
 
 
 @triton.jit
@@ -252,15 +247,21 @@ def _softplus(raw):
 
 @triton.jit
 def _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, c, valid, n, L, R: tl.constexpr, N: tl.constexpr,
-                 BLOCK_L: tl.constexpr):
-    """Chunk ``c``'s sequence (BLOCK_D, BLOCK_L), B and C (BLOCK_L) as stored (positions c*BLOCK_L ...; nothing
-    read where ``valid`` is false, a prefetch past the last chunk)."""
+                 BLOCK_L: tl.constexpr, R_PAD: tl.constexpr):
+    """Chunk ``c``'s inputs as stored (positions c*BLOCK_L ...; nothing read where ``valid`` is false, a prefetch
+    past the last chunk): the sequence (BLOCK_D, BLOCK_L), B and C (BLOCK_L), and the dt projection's tile
+    (:func:`_dt_proj_tile`) where dt is a tensor-core product (R_PAD > 0; else 0: the multiply-adds read their
+    rows where they use them)."""
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_t = (t < L) & valid
     u = tl.load(seq_ptr + rows[:, None] + t[None, :], mask=mask_d[:, None] & mask_t[None, :], other=0.0)
     Bt = tl.load(proj_ptr + proj_base + (R + n) * L + t, mask=mask_t, other=0.0)
     Ct = tl.load(proj_ptr + proj_base + (R + N + n) * L + t, mask=mask_t, other=0.0)
-    return u, Bt, Ct
+    if R_PAD > 0:
+        p = _dt_proj_tile(proj_ptr, proj_base, c, valid, L, R, BLOCK_L, R_PAD)
+    else:
+        p = 0
+    return u, Bt, Ct, p
 
 
 @triton.jit
@@ -306,22 +307,18 @@ def _scan_route(seq_ptr, proj_ptr, w_ptr, A_ptr, y_ptr, states_ptr, rows, pair_r
     cols = tl.arange(0, BLOCK_L)
     direction = -1 if BACKWARD else 1
     first = num_chunks - 1 if BACKWARD else 0
-    u_next, B_next, C_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, first, True, n, L, R, N,
-                                          BLOCK_L)
-    w, p_next = _dt_operands(w_ptr, proj_ptr, kd, mask_d, proj_base, first, L, R, BLOCK_L, R_PAD)
-    p = p_next
+    w = _dt_weights(w_ptr, kd, mask_d, R, R_PAD)
+    u_next, B_next, C_next, p_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, first, True, n, L, R,
+                                                  N, BLOCK_L, R_PAD)
     if not FIRST:
         y_next = _chunk_rows(y_ptr, pair_rows, first, True, L, mask_d, BLOCK_L)
     h = tl.zeros([BLOCK_D], dtype=tl.float32)
     for step in range(num_chunks):
         c = num_chunks - 1 - step if BACKWARD else step
-        u, Bt, Ct = u_next, B_next, C_next
+        u, Bt, Ct, p = u_next, B_next, C_next, p_next
         more = step + 1 < num_chunks
-        u_next, B_next, C_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, c + direction, more, n, L,
-                                              R, N, BLOCK_L)
-        if R_PAD > 0:
-            p = p_next
-            p_next = _dt_proj_tile(proj_ptr, proj_base, c + direction, more, L, R, BLOCK_L, R_PAD)
+        u_next, B_next, C_next, p_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, c + direction,
+                                                      more, n, L, R, N, BLOCK_L, R_PAD)
         if not FIRST:
             y_before = y_next
             y_next = _chunk_rows(y_ptr, pair_rows, c + direction, more, L, mask_d, BLOCK_L)
@@ -383,23 +380,19 @@ def _route_grads(seq_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_ptr, dy_ptr, state
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     direction = 1 if BACKWARD else -1
     first = 0 if BACKWARD else num_chunks - 1
-    u_next, B_next, C_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, first, True, n, L, R, N,
-                                          BLOCK_L)
-    w, p_next = _dt_operands(w_ptr, proj_ptr, kd, mask_d, proj_base, first, L, R, BLOCK_L, R_PAD)
-    p = p_next
+    w = _dt_weights(w_ptr, kd, mask_d, R, R_PAD)
+    u_next, B_next, C_next, p_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, first, True, n, L, R,
+                                                  N, BLOCK_L, R_PAD)
     dy_next = _chunk_rows(dy_ptr, rows, first, True, L, mask_d, BLOCK_L)
     h_next = tl.load(states_ptr + state_rows + first, mask=mask_d, other=0.0)
     if not FIRST:
         dx_next = _chunk_rows(dx_ptr, pair_rows, first, True, L, mask_d, BLOCK_L)
     for step in range(num_chunks):
         c = step if BACKWARD else num_chunks - 1 - step
-        u, Bt, Ct, dy, h_in = u_next, B_next, C_next, dy_next, h_next
+        u, Bt, Ct, p, dy, h_in = u_next, B_next, C_next, p_next, dy_next, h_next
         more = step + 1 < num_chunks
-        u_next, B_next, C_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, c + direction, more, n, L,
-                                              R, N, BLOCK_L)
-        if R_PAD > 0:
-            p = p_next
-            p_next = _dt_proj_tile(proj_ptr, proj_base, c + direction, more, L, R, BLOCK_L, R_PAD)
+        u_next, B_next, C_next, p_next = _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, c + direction,
+                                                      more, n, L, R, N, BLOCK_L, R_PAD)
         dy_next = _chunk_rows(dy_ptr, rows, c + direction, more, L, mask_d, BLOCK_L)
         h_next = tl.load(states_ptr + state_rows + c + direction, mask=mask_d & more, other=0.0)
         if not FIRST:
