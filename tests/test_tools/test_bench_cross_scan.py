@@ -90,3 +90,33 @@ def test_help_names_the_new_options():
     result = subprocess.run([sys.executable, str(REPO / 'tools/gpu_checks/bench_cross_scan.py'), '--fused-only',
                              '--help'], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and '--fused-only' in result.stdout and '--dt-dot-min-rank' in result.stdout
+
+
+def test_training_variants_set_existing_settings_and_restore_them(bench):
+    """Each --sweep-training variant moves existing triton_cross_scan settings to tilings the kernels take at every
+    SparX-T stage (the tensor-core path's 16 or more channels), and the module is as before afterwards."""
+    import torch
+    from sparx_mm.ops import triton_cross_scan as tcs
+    names = {name for _label, settings in bench.TRAINING_VARIANTS for name in settings}
+    before = {name: getattr(tcs, name) for name in names}
+    labels = [label for label, _settings in bench.TRAINING_VARIANTS]
+    assert labels[0] == 'default' and len(set(labels)) == len(labels)
+    for _label, settings in bench.TRAINING_VARIANTS:
+        with bench.tiling_settings(settings):
+            for name, value in settings.items():
+                assert getattr(tcs, name) == value
+            for _channels, _size, rank in bench.stage_sizes('t'):
+                block_l, block_d, _warps, dt_dot = tcs.training_tiling(rank, torch.float16)
+                tcs._padded_rank(rank, block_d, block_l, torch.float16, dt_dot)  # raises where dt_dot cannot fit
+                bwd_block_d, _bwd_warps, r_pad = tcs.backward_tiling(rank, torch.float16, block_l)
+                assert (r_pad > 0) == dt_dot and (r_pad == 0 or bwd_block_d >= 16)
+    assert {name: getattr(tcs, name) for name in names} == before
+    with pytest.raises(RuntimeError), bench.tiling_settings(dict(TRAIN_BLOCK_L=64)):
+        raise RuntimeError('restored on the way out')
+    assert tcs.TRAIN_BLOCK_L == before['TRAIN_BLOCK_L']
+
+
+def test_sweep_training_refuses_tiling_options():
+    result = subprocess.run([sys.executable, str(REPO / 'tools/gpu_checks/bench_cross_scan.py'), '--sweep-training',
+                             '--bwd-tiling', '16', '4'], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and 'leave out the tiling options' in result.stderr, result.stderr

@@ -1,6 +1,7 @@
 """Time SS2D's scan core on the GPU: the fused Triton kernel against the unfused composition.
 
-    python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--sweep-inference] [--fused-only]
+    python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--sweep-inference] [--sweep-training]
+        [--fused-only]
         [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT] [--train-tiling BLOCK_L BLOCK_D WARPS] [--train-fma]
         [--bwd-tiling BLOCK_D WARPS] [--bwd-dot-tiling BLOCK_D WARPS] [--bwd-fma] [--dt-dot-min-rank R]
 
@@ -12,12 +13,14 @@ scan_backend='triton'``; ``--fused-only`` leaves it out, "-"). The tiling option
 ``--dt-dot-min-rank`` sets the lowest dt rank projected on tensor cores (default 9). ``--sweep-inference`` times
 instead the forward pass without autograd under each candidate inference tiling, the dt projection by
 multiply-adds and on tensor cores, next to the one :func:`~sparx_mm.ops.triton_cross_scan.inference_tiling`
-picks (the sweep behind that function's docstring).
+picks (the sweep behind that function's docstring). ``--sweep-training`` times forward + backward (float16
+inputs, the training tilings) under each of ``TRAINING_VARIANTS``, the defaults with one setting moved.
 """
 import argparse
 import math
 import os
 import sys
+from contextlib import contextmanager
 
 import torch
 
@@ -69,6 +72,51 @@ def sweep_inference(arch, batch, device):
         triton_cross_scan.inference_tiling = chosen_rule
 
 
+#: --sweep-training's variants: (label, triton_cross_scan settings that differ from the defaults), one setting
+#: moved at a time (the prefetching kernels' registers differ from those the defaults were chosen with).
+TRAINING_VARIANTS = [
+    ('default', {}),
+    ('chunk 64', dict(TRAIN_BLOCK_L=64)),
+    ('fwd 32x4', dict(TRAIN_FWD_TILING=(32, 4))),
+    ('fwd 16x2', dict(TRAIN_FWD_TILING=(16, 2))),
+    ('bwd fma 16x4', dict(BWD_TILING=(16, 4))),
+    ('bwd fma 8x1', dict(BWD_TILING=(8, 1))),
+    ('bwd dot 16x2', dict(BWD_DOT_TILING=(16, 2))),
+    ('bwd dot 32x4', dict(BWD_DOT_TILING=(32, 4))),
+    ('dot from rank 1', dict(DT_DOT_MIN_RANK=1)),
+]
+
+
+@contextmanager
+def tiling_settings(settings):
+    """triton_cross_scan's module settings (names as in TRAINING_VARIANTS) changed inside the block, restored after."""
+    saved = {name: getattr(triton_cross_scan, name) for name in settings}
+    try:
+        for name, value in settings.items():
+            setattr(triton_cross_scan, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(triton_cross_scan, name, value)
+
+
+def sweep_training(arch, batch, device, dtype=torch.float16):
+    """Forward + backward ms (the training tilings) under every TRAINING_VARIANTS entry, float16 inputs."""
+    print(f'training variants, {str(dtype)[6:]} inputs: forward + backward ms')
+    print(f'{"d_inner":>7} {"HxW":>6} rank | ' + ' | '.join(f'{label:>15}' for label, _ in TRAINING_VARIANTS))
+    for channels, size, rank in stage_sizes(arch):
+        inputs = scan_inputs(channels, size, rank, dtype, batch, device, True)
+        upstream = torch.randn(batch, channels, size, size, device=device)
+
+        def run():
+            cross_selective_scan(**inputs, impl='fused').backward(upstream)
+        cells = []
+        for _label, settings in TRAINING_VARIANTS:
+            with tiling_settings(settings):
+                cells.append(f'{timed(run)[0]:>15.3f}')
+        print(f'{channels:>7} {size:>3}x{size:<2} {rank:>4} | ' + ' | '.join(cells), flush=True)
+
+
 def apply_tiling_options(args):
     """Set triton_cross_scan's tilings as the options ask (for this process)."""
     if args.train_tiling:
@@ -117,11 +165,16 @@ def main():
     parser.add_argument('--dt-dot-min-rank', type=int, default=None, metavar='R',
                         help='the lowest dt rank the kernels project on tensor cores (float32 / float16 inputs), '
                              'instead of DT_DOT_MIN_RANK')
+    parser.add_argument('--sweep-training', action='store_true',
+                        help='time forward + backward under each of TRAINING_VARIANTS instead (float16 inputs)')
     parser.add_argument('--fused-only', action='store_true',
                         help='time the fused kernels only (the unfused columns print "-")')
     args = parser.parse_args()
     if args.sweep_inference and args.infer_tiling:
         parser.error('--sweep-inference times its own inference tilings: leave out --infer-tiling')
+    training_options = ('train_tiling', 'train_fma', 'bwd_tiling', 'bwd_dot_tiling', 'bwd_fma', 'dt_dot_min_rank')
+    if args.sweep_training and any(getattr(args, name) for name in training_options):
+        parser.error('--sweep-training times its own training tilings: leave out the tiling options')
     apply_tiling_options(args)
     dot_from = f'from rank {triton_cross_scan.DT_DOT_MIN_RANK}'
     print(f'# {torch.cuda.get_device_name()}, SparX-{args.arch.upper()} stage sizes, batch {args.batch}; training: '
@@ -131,8 +184,11 @@ def main():
           f'tensor cores{" " + dot_from if triton_cross_scan.BWD_DT_DOT else ": off"}); '
           f'inference (BLOCK_L, BLOCK_D, warps, dt_dot) {args.infer_tiling or "by size (inference_tiling)"}; ms')
     device = torch.device('cuda')
-    if args.sweep_inference:
-        sweep_inference(args.arch, args.batch, device)
+    if args.sweep_inference or args.sweep_training:
+        if args.sweep_inference:
+            sweep_inference(args.arch, args.batch, device)
+        if args.sweep_training:
+            sweep_training(args.arch, args.batch, device)
         return
     print(f'{"d_inner":>7} {"HxW":>6} {"dtype":>5} {"fused fwd":>10} {"unfused fwd":>12} {"fused f+b":>10} '
           f'{"unfused f+b":>12}')

@@ -2,15 +2,15 @@
 # The GPU checks and the benchmark tables of docs/benchmarks.md:
 #   bash tools/gpu_checks/report.sh [OUT_DIR [STEP ...]]
 # Steps: kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled
-# compile_check scan_bench wgrad_sweep graphed_unfolded depthwise_sweep profiles (default: all, ~40 minutes on one
-# H100 / H200; name a few to fit a shorter session, e.g.
+# compile_check scan_bench scan_sweep wgrad_sweep graphed_unfolded depthwise_sweep profiles (default: all, ~45
+# minutes on one H100 / H200; name a few to fit a shorter session, e.g.
 # `report.sh out kernels table`). Each step has its own time limit so that one slow step (a first Triton /
 # inductor compilation) cannot cost the rest; full logs go to OUT_DIR (default gpu_report/), a summary to stdout.
 set -u
 out=${1:-gpu_report}
 shift $(( $# > 0 ? 1 : 0 ))
 all_steps='kernels layer_kernels table train graphed graphed_train by_module unfused_train large compiled compile_check'
-all_steps="$all_steps scan_bench wgrad_sweep graphed_unfolded depthwise_sweep profiles"
+all_steps="$all_steps scan_bench scan_sweep wgrad_sweep graphed_unfolded depthwise_sweep profiles"
 wanted=" ${*:-$all_steps} "
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -71,6 +71,10 @@ step compile_check 240 python3 "$here/check_compile.py" &&
 scan_bench="python3 $here/bench_cross_scan.py --arch t"
 step scan_bench 300 bash -c "$scan_bench && $scan_bench --bwd-fma" &&
   grep -E "^# |^ +[0-9]+ +[0-9]+x" "$out/scan_bench.log"
+# The scan core's tilings with the kernels prefetching the next chunk (their registers changed): the inference
+# candidates, and forward + backward with one training setting moved at a time.
+step scan_sweep 360 bash -c "$scan_bench --sweep-inference && $scan_bench --sweep-training" &&
+  grep -E "^ +[0-9]+ +[0-9]+x|tilings|variants|d_inner" "$out/scan_sweep.log"
 step wgrad_sweep 300 python3 "$here/check_pointwise_conv.py" --only wgrad-sweep --arch t &&
   grep -E "best|WRONG" "$out/wgrad_sweep.log"
 # The graphed inference table with every BatchNorm and GELU as its own module (benchmark.py --unfolded): against
