@@ -598,8 +598,7 @@ def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, rou
     dA, dD, dbias = (torch.empty(b, *t.shape, **f32) for t in (A, D, dt_bias))
     dy = dy.contiguous()  # float32 (the gradient of the float32 output); x is read in its own dtype
     launch(_cross_scan_bwd_kernel, grid, x, _transposed_copy(x, routes), proj_routes, dt_weight, A, D, dt_bias,
-           dy, _transposed_copy(dy, routes), states, dxs, ddt, dbc, dA, dD, dbias, R_PAD=r_pad,
-           **meta)
+           dy, _transposed_copy(dy, routes), states, dxs, ddt, dbc, dA, dD, dbias, R_PAD=r_pad, **meta)
     return dxs, ddt, dbc, dA, dD, dbias
 
 

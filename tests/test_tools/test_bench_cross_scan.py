@@ -89,7 +89,8 @@ def test_dt_dot_min_rank_moves_the_tensor_core_threshold(bench, monkeypatch):
 def test_help_names_the_new_options():
     result = subprocess.run([sys.executable, str(REPO / 'tools/gpu_checks/bench_cross_scan.py'), '--fused-only',
                              '--help'], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0 and '--fused-only' in result.stdout and '--dt-dot-min-rank' in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert all(option in result.stdout for option in ('--fused-only', '--dt-dot-min-rank', '--sweep-training'))
 
 
 def test_training_variants_set_existing_settings_and_restore_them(bench):
