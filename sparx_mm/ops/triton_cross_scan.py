@@ -246,15 +246,23 @@ def _softplus(raw):
 
 
 @triton.jit
+def _chunk_rows(ptr, row_offsets, c, valid, L, mask_d, BLOCK_L: tl.constexpr):
+    """A (BLOCK_D, BLOCK_L) chunk of the (.., L) rows at ``row_offsets`` (nothing read where ``valid`` is false)."""
+    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
+    return tl.load(ptr + row_offsets[:, None] + t[None, :], mask=mask_d[:, None] & ((t < L) & valid)[None, :],
+                   other=0.0)
+
+
+@triton.jit
 def _chunk_loads(seq_ptr, proj_ptr, rows, proj_base, mask_d, c, valid, n, L, R: tl.constexpr, N: tl.constexpr,
                  BLOCK_L: tl.constexpr, R_PAD: tl.constexpr):
     """Chunk ``c``'s inputs as stored (positions c*BLOCK_L ...; nothing read where ``valid`` is false, a prefetch
     past the last chunk): the sequence (BLOCK_D, BLOCK_L), B and C (BLOCK_L), and the dt projection's tile
     (:func:`_dt_proj_tile`) where dt is a tensor-core product (R_PAD > 0; else 0: the multiply-adds read their
     rows where they use them)."""
+    u = _chunk_rows(seq_ptr, rows, c, valid, L, mask_d, BLOCK_L)
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_t = (t < L) & valid
-    u = tl.load(seq_ptr + rows[:, None] + t[None, :], mask=mask_d[:, None] & mask_t[None, :], other=0.0)
     Bt = tl.load(proj_ptr + proj_base + (R + n) * L + t, mask=mask_t, other=0.0)
     Ct = tl.load(proj_ptr + proj_base + (R + N + n) * L + t, mask=mask_t, other=0.0)
     if R_PAD > 0:
@@ -284,14 +292,6 @@ def _chunk_terms(c, u, Bt, Ct, w, p, proj_ptr, proj_base, w_ptr, kd, bias, A_n, 
     a = tl.where(mask, tl.exp(dt * A_n[:, None]), 1.0)
     bx = tl.where(mask, dt * Bt[None, :] * u, 0.0)
     return t, mask_t, mask, u, raw, dt, Bt, Ct, a, bx
-
-
-@triton.jit
-def _chunk_rows(ptr, row_offsets, c, valid, L, mask_d, BLOCK_L: tl.constexpr):
-    """A (BLOCK_D, BLOCK_L) chunk of the (.., L) rows at ``row_offsets`` (nothing read where ``valid`` is false)."""
-    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
-    return tl.load(ptr + row_offsets[:, None] + t[None, :], mask=mask_d[:, None] & ((t < L) & valid)[None, :],
-                   other=0.0)
 
 
 # The scan loops below prefetch (module doc): each iteration issues the loads of the chunk after it.

@@ -127,7 +127,6 @@ def test_folding_sequential_runs_its_children_with_fewer_passes_in_inference(cas
     assert torch.equal(folding(x), plain(x))  # training mode: batch statistics, nothing folds
 
 
-
 def _input_layouts(sequence):
     """Records, for each call of the sequence's first child, whether its input was channels-last."""
     layouts = []

@@ -48,30 +48,6 @@ def scan_inputs(channels, size, rank, dtype, batch, device, requires_grad):
     return {name: t.requires_grad_(requires_grad) for name, t in inputs.items()}
 
 
-def sweep_inference(arch, batch, device):
-    """Forward ms without autograd for every SWEEP_TILINGS entry (dt_dot ones with float32 / float16 inputs),
-    and the automatic choice."""
-    chosen_rule = triton_cross_scan.inference_tiling
-    print('inference tilings (BLOCK_L, BLOCK_D, warps): ms with dt by multiply-adds (fma) / on tensor cores (dot)')
-    try:
-        for channels, size, rank in stage_sizes(arch):
-            for dtype in (torch.float32, torch.float16):
-                inputs = scan_inputs(channels, size, rank, dtype, batch, device, False)
-
-                def run():
-                    with torch.no_grad():
-                        cross_selective_scan(**inputs, impl='fused')
-                triton_cross_scan.inference_tiling = chosen_rule
-                cells = [f'chosen {chosen_rule(size * size, rank, dtype)} {timed(run)[0]:.3f}']
-                for tiling in SWEEP_TILINGS:
-                    triton_cross_scan.inference_tiling = lambda length, r, d, tiling=tiling: tiling
-                    cells.append(f'{"dot" if tiling[3] else "fma"} {tiling[:3]} {timed(run)[0]:.3f}')
-                print(f'{channels:>5} {size:>2}x{size:<2} rank {rank:>2} {str(dtype)[6:]:>7} | ' + ' | '.join(cells),
-                      flush=True)
-    finally:
-        triton_cross_scan.inference_tiling = chosen_rule
-
-
 #: --sweep-training's variants: (label, triton_cross_scan settings that differ from the defaults), one setting
 #: moved at a time (the prefetching kernels' registers differ from those the defaults were chosen with).
 TRAINING_VARIANTS = [
@@ -89,7 +65,8 @@ TRAINING_VARIANTS = [
 
 @contextmanager
 def tiling_settings(settings):
-    """triton_cross_scan's module settings (names as in TRAINING_VARIANTS) changed inside the block, restored after."""
+    """triton_cross_scan's module attributes (tilings, thresholds, tiling rules) set to ``settings`` inside the
+    block, restored after."""
     saved = {name: getattr(triton_cross_scan, name) for name in settings}
     try:
         for name, value in settings.items():
@@ -98,6 +75,26 @@ def tiling_settings(settings):
     finally:
         for name, value in saved.items():
             setattr(triton_cross_scan, name, value)
+
+
+def sweep_inference(arch, batch, device):
+    """Forward ms without autograd for every SWEEP_TILINGS entry (dt_dot ones with float32 / float16 inputs),
+    and the automatic choice."""
+    chosen_rule = triton_cross_scan.inference_tiling
+    print('inference tilings (BLOCK_L, BLOCK_D, warps): ms with dt by multiply-adds (fma) / on tensor cores (dot)')
+    for channels, size, rank in stage_sizes(arch):
+        for dtype in (torch.float32, torch.float16):
+            inputs = scan_inputs(channels, size, rank, dtype, batch, device, False)
+
+            def run():
+                with torch.no_grad():
+                    cross_selective_scan(**inputs, impl='fused')
+            cells = [f'chosen {chosen_rule(size * size, rank, dtype)} {timed(run)[0]:.3f}']
+            for tiling in SWEEP_TILINGS:
+                with tiling_settings(dict(inference_tiling=lambda length, r, d, tiling=tiling: tiling)):
+                    cells.append(f'{"dot" if tiling[3] else "fma"} {tiling[:3]} {timed(run)[0]:.3f}')
+            print(f'{channels:>5} {size:>2}x{size:<2} rank {rank:>2} {str(dtype)[6:]:>7} | ' + ' | '.join(cells),
+                  flush=True)
 
 
 def sweep_training(arch, batch, device, dtype=torch.float16):
