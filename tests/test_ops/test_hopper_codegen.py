@@ -186,3 +186,39 @@ def test_batch_norm_fold_kernel_rounds_as_torch_on_hopper():
 
     control = hopper_ptx(_approximate_reciprocal_sqrt, _fp32_pointers('x_ptr', 'y_ptr'), {}, ('x_ptr', 'y_ptr'), 1, 1)
     assert 'sqrt.approx' in control and 'div.full.f32' in control and 'div.rn.f32' not in control
+
+
+def _loads_carried_to_the_next_iteration(ttir: str) -> list:
+    """For each loop of a kernel's Triton IR, how many values it carries into its next iteration are results of
+    loads issued in it (a prefetch: issued in one iteration, used in the next)."""
+    import re
+    loads = set(re.findall(r'(%[\w.#]+) = tt\.load', ttir))
+    return [sum(name in loads for name in re.findall(r'%[\w.#]+', operands))
+            for operands in re.findall(r'scf\.yield ([^:\n]*)', ttir)]
+
+
+def test_fused_scan_loops_prefetch_the_next_chunk():
+    """Both fused scan kernels, with dt by multiply-adds (rank 6) and on tensor cores (rank 20), carry loads into
+    the next iteration of every route's chunk loop: each chunk's inputs are loaded during the chunk before. The
+    control, the plain selective scan's kernel, loads each chunk where it uses it: nothing carried."""
+    from sparx_mm.ops import triton_cross_scan as tcs
+    from sparx_mm.ops import triton_scan
+    forward_pointers = ('x_ptr', 'xt_ptr', 'proj_ptr', 'w_ptr', 'A_ptr', 'D_ptr', 'bias_ptr', 'y_ptr', 'states_ptr')
+    backward_pointers = ('x_ptr', 'xt_ptr', 'proj_ptr', 'w_ptr', 'A_ptr', 'D_ptr', 'bias_ptr', 'dy_ptr', 'dyt_ptr',
+                         'states_ptr', 'dx_ptr', 'ddt_ptr', 'dbc_ptr', 'dA_ptr', 'dD_ptr', 'dbias_ptr')
+    sizes = dict(Dm='i32', L_UNITS='i32', num_d_blocks='i32', num_chunks='i32')
+    for rank, r_pad in ((6, 0), (20, 32)):
+        constexprs = dict(ROUTES=4, R=rank, N=1, L_ALIGN=4, BLOCK_D=16, BLOCK_L=32, R_PAD=r_pad)
+        for kernel, pointers in ((tcs._cross_scan_fwd_kernel, forward_pointers),
+                                 (tcs._cross_scan_bwd_kernel, backward_pointers)):
+            ttir = hopper_ptx(kernel, dict(_fp32_pointers(*pointers), **sizes), constexprs, pointers, 4, 1, 'ttir')
+            carried = _loads_carried_to_the_next_iteration(ttir)
+            assert len(carried) == 2 and min(carried) >= 3, (kernel.fn.__name__, rank, carried)
+
+    pointers = ('u_ptr', 'delta_ptr', 'A_ptr', 'B_ptr', 'C_ptr', 'D_ptr', 'bias_ptr', 'y_ptr', 'states_ptr')
+    constexprs = dict(N=1, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=16, BLOCK_L=triton_scan.BLOCK_L)
+    ttir = hopper_ptx(triton_scan._scan_fwd_kernel, dict(_fp32_pointers(*pointers), KD='i32', L='i32', K='i32',
+                                                         channels_per_route='i32', num_chunks='i32'),
+                      constexprs, pointers, 4, 1, 'ttir')
+    carried = _loads_carried_to_the_next_iteration(ttir)
+    assert carried and max(carried) == 0, carried

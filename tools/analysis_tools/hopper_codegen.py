@@ -37,11 +37,12 @@ MAP_SIZES = (56, 28, 14, 7)
 
 
 def hopper_ptx(kernel, arg_types: dict, constexprs: dict, multiples_of_16=(), num_warps: int = 4,
-               num_stages: int = 3) -> str:
+               num_stages: int = 3, stage: str = 'ptx') -> str:
     """The PTX of a Triton ``kernel`` compiled for sm_90 on this machine: no GPU is needed, only triton's bundled
     ptxas. ``arg_types``: each runtime argument's Triton type ('*fp32', 'i32', ...) in order; ``constexprs``: the
     constexpr values; ``multiples_of_16``: the names of the arguments the launch would find divisible by 16
-    (pointers: 16-byte aligned), as Triton's specialisation marks them."""
+    (pointers: 16-byte aligned), as Triton's specialisation marks them. ``stage``: another of the compilation's
+    texts instead ('ttir': Triton's IR before the GPU passes)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
     signature = dict(arg_types, **{name: 'constexpr' for name in constexprs})
@@ -50,7 +51,7 @@ def hopper_ptx(kernel, arg_types: dict, constexprs: dict, multiples_of_16=(), nu
     source = ASTSource(kernel, signature, constexprs, attrs)
     compiled = triton_compile(source, target=GPUTarget('cuda', 90, 32),
                               options=dict(num_warps=num_warps, num_stages=num_stages))
-    return compiled.asm['ptx']
+    return compiled.asm[stage]
 
 
 def global_copies(ptx: str) -> dict:
