@@ -121,3 +121,9 @@ def test_sweep_training_refuses_tiling_options():
     result = subprocess.run([sys.executable, str(REPO / 'tools/gpu_checks/bench_cross_scan.py'), '--sweep-training',
                              '--bwd-tiling', '16', '4'], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and 'leave out the tiling options' in result.stderr, result.stderr
+
+
+def test_columns_not_timed_print_a_dash(bench):
+    """--fused-only leaves the unfused columns untimed (NaN): they print "-", aligned with the timed ones."""
+    cells = bench.timing_cells([1.234, float('nan'), 5.0, float('nan')])
+    assert cells.split() == ['1.23', '-', '5.00', '-'] and len(cells) == len(bench.timing_cells([1.0] * 4))

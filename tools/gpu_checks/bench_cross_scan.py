@@ -134,6 +134,12 @@ def apply_tiling_options(args):
                                                                           bool(args.infer_tiling[3]))
 
 
+def timing_cells(row) -> str:
+    """The four timing columns (fused / unfused forward, fused / unfused forward + backward), ms; a column not
+    timed (NaN: ``--fused-only``) prints "-"."""
+    return ' '.join(f'{ms:>{width}.2f}' if ms == ms else f'{"-":>{width}}' for ms, width in zip(row, (10, 12, 10, 12)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--arch', default='t', choices=sorted(SparXMamba.arch_zoo),
@@ -208,8 +214,7 @@ def main():
                             if mode != 'fwd':
                                 y.backward(upstream)
                     row.append(timed(run)[0])
-            cells = [f'{ms:>{width}.2f}' if ms == ms else f'{"-":>{width}}' for ms, width in zip(row, (10, 12, 10, 12))]
-            print(f'{channels:>7} {size:>3}x{size:<2} {str(dtype)[6:]:>5} ' + ' '.join(cells), flush=True)
+            print(f'{channels:>7} {size:>3}x{size:<2} {str(dtype)[6:]:>5} ' + timing_cells(row), flush=True)
 
 
 if __name__ == '__main__':
