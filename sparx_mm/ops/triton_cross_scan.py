@@ -12,7 +12,7 @@ float32 accuracy (:func:`inference_tiling`, :func:`training_tiling`). The column
 at row-major positions after the kernel.
 
 The backward pass rescans each chunk from the chunk states saved by the forward pass (dt recomputed as the forward
-kernel computed it, on tensor cores above rank 8: :func:`backward_tiling`) and runs the adjoint recurrence in the
+kernel computed it, on tensor cores above rank 16: :func:`backward_tiling`) and runs the adjoint recurrence in the
 opposite direction (dh_t = g_t + a_{t+1} dh_{t+1} for a forward route, a_{t-1} and
 dh_{t-1} for a backward one), the decay of the step the state flows to folded into the associative scan.
 Nothing is accumulated across programs (no atomics, deterministic): each writes the raw-dt gradient of its
@@ -60,16 +60,22 @@ from .triton_scan import _chunk_adjoint_of_route, _chunk_states, _chunk_states_r
 TRAIN_BLOCK_L = 32
 TRAIN_FWD_TILING = (16, 4)
 BWD_TILING = (8, 2)
-#: (BLOCK_D, warps) of the backward kernel where it recomputes dt on tensor cores (:func:`backward_tiling`).
-BWD_DOT_TILING = (16, 4)
+#: (BLOCK_D, warps) of the backward kernel where it recomputes dt on tensor cores (:func:`backward_tiling`). With
+#: the prefetching kernels, 2 warps beat 4 at SparX-T's ranks 12 / 20 / 32 (H100, fp16, forward + backward ms
+#: 3.89 / 2.09 / 1.83 -> 3.82 / 2.01 / 1.70; ``bench_cross_scan.py --sweep-training``, 2026-12-05).
+BWD_DOT_TILING = (16, 2)
 #: Input dtypes whose dt projection the forward kernel can run on tensor cores (:func:`_dt_raw_dot`).
 DT_DOT_DTYPES = (torch.float32, torch.float16)
-#: The lowest dt rank projected on tensor cores (:func:`inference_tiling`: at rank 6 it saved nothing).
+#: The lowest dt rank projected on tensor cores (training; :func:`inference_tiling` adds float16 inputs of 2048 or
+#: more positions).
 DT_DOT_MIN_RANK = 9
 #: Whether the training forward pass may project dt on tensor cores (:func:`training_tiling`).
 TRAIN_DT_DOT = True
 #: Whether the backward kernel may recompute dt on tensor cores (:func:`backward_tiling`).
 BWD_DT_DOT = True
+#: The lowest dt rank the backward kernel recomputes on tensor cores (:func:`backward_tiling`); from
+#: DT_DOT_MIN_RANK to here the forward pass projects dt on tensor cores and the backward by multiply-adds.
+BWD_DT_DOT_MIN_RANK = 17
 
 
 def _dt_dot_pays(rank: int, dtype: torch.dtype) -> bool:
@@ -95,20 +101,24 @@ def training_tiling(rank: int, dtype: torch.dtype) -> Tuple[int, int, int, bool]
 
 
 def backward_tiling(rank: int, dtype: torch.dtype, block_l: int = TRAIN_BLOCK_L) -> Tuple[int, int, int]:
-    """(BLOCK_D, warps, R_PAD) of the backward kernel on chunks of ``block_l`` positions: where the forward
-    pass projects dt on tensor cores (rank above 8, float32 / float16 inputs) the backward kernel recomputes it
-    the same way (BWD_DOT_TILING, R_PAD the padded rank: the forward kernel's dt, bit for bit), else by
-    multiply-adds in BWD_TILING's 8-channel programs (R_PAD 0).
+    """(BLOCK_D, warps, R_PAD) of the backward kernel on chunks of ``block_l`` positions: from rank
+    BWD_DT_DOT_MIN_RANK (17), where the forward pass projects dt on tensor cores (float32 / float16 inputs), the
+    backward kernel recomputes it the same way (BWD_DOT_TILING, R_PAD the padded rank: the forward kernel's dt,
+    bit for bit), else by multiply-adds in BWD_TILING's 8-channel programs (R_PAD 0; at ranks 9-16 the forward
+    pass's dt then differs from the backward's by float32 rounding, as :func:`training_tiling` says).
+
+    Forward + backward ms, SparX-T's stages, fp16 / fp32 inputs, H200 (``tools/gpu_checks/bench_cross_scan.py
+    --arch t --fused-only`` and ``--bwd-fma``, 2026-12-05): rank 12, tensor cores 3.65 / 4.54, multiply-adds
+    3.34 / 4.07; rank 20, 1.99 / 2.53 against 2.02 / 2.36; rank 32, 1.70 / 1.88 against 2.16 / 2.20.
 
     Why: the multiply-adds are unrolled over the rank with every load in flight at once, and the backward kernel
     keeps many values a position besides. Compiled for sm_90 (``tools/analysis_tools/hopper_codegen.py --part
     scan-backward``, float16 inputs), the 8-channel, 2-warp kernel takes 96 / 128 / 128 / 255 registers a thread
     at ranks 6 / 12 / 20 / 32 (SparX-T's four stages; 80 / 96 / 168 / 255 before the kernels prefetched the next
     chunk) and loads the rank's weights and projections one element at a time; with dt on tensor cores (16
-    channels, 4 warps) 150 / 164 / 235 at ranks 12 / 20 / 32 (120 / 122 / 168 before), its loads tiles. The two
-    not yet timed against each other on a GPU (``tools/gpu_checks/bench_cross_scan.py``, ``--bwd-fma`` for the
-    multiply-adds)."""
-    if BWD_DT_DOT and _dt_dot_pays(rank, dtype):
+    channels, 2 warps: BWD_DOT_TILING) 226 / 255 / 255 at ranks 12 / 20 / 32, 136 bytes spilled at rank 32 (4
+    warps: 150 / 164 / 235, none spilled, and slower), its loads tiles."""
+    if BWD_DT_DOT and rank >= BWD_DT_DOT_MIN_RANK and _dt_dot_pays(rank, dtype):
         block_d, warps = BWD_DOT_TILING
         if _dt_dot_fits(block_d, block_l, dtype):
             return block_d, warps, _padded_rank(rank, block_d, block_l, dtype, True)
@@ -125,13 +135,14 @@ def inference_tiling(length: int, rank: int, dtype: torch.dtype) -> Tuple[int, i
     20-57 % (SparX-T stage 3, 640 channels x 196 positions, rank 20: 1.14 / 1.09 -> 0.91 / 0.80; SparX-B stage 3,
     rank 25: 2.36 / 2.27 -> 1.42 / 1.26; SparX-T stage 4, 49 positions, rank 32: 1.29 / 1.01 -> 0.56 / 0.50;
     SparX-B stage 4, rank 40 padded to 64: 0.73 / 0.69 with 32 channels x 64 positions against 1.19 / 1.19
-    before); at rank 12 (stage 2) float16 gained 11 % and float32 lost 2 % (1.16 -> 1.18), one rule for both. At
-    rank 6 (stage 1) it saved nothing: 32 channels x 64 positions for 16-bit inputs (1.85 ms), 16 x 64 for
-    float32 (2.54 ms against 2.70 with 32). Otherwise 16 channels x 32 positions (chunks of 64 left a quarter
-    of a 196-position sequence's last chunk idle)."""
-    if length >= 2048 and rank < DT_DOT_MIN_RANK:
-        return 64, (16 if dtype == torch.float32 else 32), 4, False
-    dt_dot = _dt_dot_pays(rank, dtype)
+    before); at rank 12 (stage 2) float16 gained 11 % and float32 lost 2 % (1.16 -> 1.18), one rule for both.
+    Otherwise 16 channels x 32 positions (chunks of 64 left a quarter of a 196-position sequence's last chunk
+    idle). Stage 1 (3136 positions, rank 6), with the kernels that prefetch the next chunk (H100, 2026-12-05, the
+    same sweep): float16 2.21 ms with the product (rank padded to 16) against 2.37 by multiply-adds and 2.50 with
+    the 32 x 64 tiling chosen before; float32 2.49 by multiply-adds (2.50 with the product, 2.59 with the 16 x 64
+    tiling chosen before). So below DT_DOT_MIN_RANK the product runs for float16 inputs of 2048 or more
+    positions; bfloat16 (no product) and float32 take the multiply-adds."""
+    dt_dot = _dt_dot_pays(rank, dtype) or (length >= 2048 and dtype == torch.float16)
     if dt_dot and rank > 32 and length <= 64:
         return 64, 32, 4, True
     return 32, 16, 4, dt_dot

@@ -69,11 +69,11 @@ if __name__ == '__main__':
           f'float16 largest {max(errors):.3e}', 'dtypes', 'ok' if dtypes_ok else 'wrong',
           f'backward R_PAD {backward_tiling(r, torch.float16)[2]}', f'dt_dot {training_tiling(r, torch.float16)[3]}',
           flush=True)
-    # Inference (no gradient): the forward kernel's size-dependent tilings, 16 channels x 32 positions (a short
-    # sequence), 32 x 64 (2160 positions, rank 4, 16-bit inputs) and 16 x 64 (2048, float32), channels not a
-    # multiple of the blocks; the dt projection as a tensor-core product (rank above 8): 16 x 32, 32 x 64 (49
-    # positions, rank 36 padded to 64), two routes, float16 inputs. 16-bit inputs are checked against the
-    # reference on the same rounded values.
+    # Inference (no gradient): the forward kernel's tilings, 16 channels x 32 positions by multiply-adds (short
+    # sequences, and 2048 positions at rank 4 in float32), channels not a multiple of the blocks; the dt
+    # projection as a tensor-core product: 16 x 32 (rank above 8, and 2160 positions at rank 4 padded to 16 in
+    # float16), 32 x 64 (49 positions, rank 36 padded to 64), two routes, float16 inputs. 16-bit inputs are
+    # checked against the reference on the same rounded values.
     from sparx_mm.ops.triton_cross_scan import inference_tiling
     for case, dtype in [((2, 40, 13, 11, 4, 1, 3), torch.float32), ((1, 40, 48, 45, 4, 1, 4), torch.float16),
                         ((1, 17, 32, 64, 4, 1, 4), torch.float32),

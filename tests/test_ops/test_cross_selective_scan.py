@@ -124,16 +124,18 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     assert 'selective_scan_triton' in stdout, stdout
     assert stdout.count('inference') == 7, stdout
     # every inference tiling ran, both ways of projecting dt (the tensor-core product: float32 and float16)
-    for tiling in ('float32 16 x 32 dt_dot False', 'float16 32 x 64 dt_dot False', 'float32 16 x 64 dt_dot False',
-                   'float32 16 x 32 dt_dot True', 'float32 32 x 64 dt_dot True', 'float16 16 x 32 dt_dot True'):
+    for tiling in ('float32 16 x 32 dt_dot False', 'float32 16 x 32 dt_dot True', 'float32 32 x 64 dt_dot True',
+                   'float16 16 x 32 dt_dot True'):
         assert tiling in stdout, stdout
+    # a long float16 sequence below rank 9: the product, the rank padded to 16
+    assert re.search(r'^inference \(1, 40, 48, 45, 4, 1, 4\) float16 16 x 32 dt_dot True', stdout, re.M), stdout
     # float16 inputs: the gradients in float16 (as the inputs), within its rounding of the float32 reference
     assert float(re.search(r'float16 largest (\S+)', stdout).group(1)) < 3e-3, stdout
     assert 'dtypes ok' in stdout, stdout
-    # Training, rank 20 (float32) and 12 (float16): both kernels project dt on tensor cores, the backward's rank
-    # padded to 32 and 16; below rank 9 by multiply-adds.
+    # Training, rank 20 (float32): both kernels project dt on tensor cores, the backward's rank padded to 32; rank
+    # 12 (float16): the forward pass on tensor cores, the backward by multiply-adds; below rank 9 multiply-adds.
     assert re.search(r'^\(1, 24, 6, 5, 4, 1, 20\) .* backward R_PAD 32 dt_dot True$', stdout, re.M), stdout
-    assert re.search(r'^float16 .* backward R_PAD 16 dt_dot True$', stdout, re.M), stdout
+    assert re.search(r'^float16 .* backward R_PAD 0 dt_dot True$', stdout, re.M), stdout
     assert stdout.count('backward R_PAD 0 dt_dot False\n') == 4, stdout
     assert 'TRANSPOSE ok' in stdout, stdout
     # five training cases, the float16 one, seven inference ones, the plain scan, the transposes, the custom-op
@@ -193,9 +195,9 @@ def test_pair_layout_helpers_of_the_fused_kernels(routes):
 
 def test_inference_tilings_project_dt_on_tensor_cores_only_where_the_kernel_can():
     """tl.dot needs 16 or more rows and columns a program, and the product's operand split is written for
-    float32 and float16 projections: the tiling rule only asks for it there, and with ranks above 8 (where it
-    measured faster); the rank is padded to a power of two of 16 or more; a tiling that cannot take it is
-    refused with a clear error instead of miscompiling."""
+    float32 and float16 projections: the tiling rule only asks for it there, with ranks above 8 or float16 inputs
+    of 2048 or more positions (where it measured faster); the rank is padded to a power of two of 16 or more; a
+    tiling that cannot take it is refused with a clear error instead of miscompiling."""
     from sparx_mm.ops import triton_cross_scan as tcs
     chosen = set()
     for length in (1, 49, 64, 65, 196, 784, 2047, 2048, 3136, 65536):
@@ -203,19 +205,19 @@ def test_inference_tilings_project_dt_on_tensor_cores_only_where_the_kernel_can(
             for dtype in (torch.float32, torch.float16, torch.bfloat16):
                 block_l, block_d, warps, dt_dot = tcs.inference_tiling(length, rank, dtype)
                 chosen.add((block_l, block_d, warps, dt_dot))
-                assert dt_dot == (rank > 8 and dtype != torch.bfloat16 and not (length >= 2048 and rank <= 8))
+                assert dt_dot == (dtype != torch.bfloat16 and (rank > 8 or length >= 2048 and dtype == torch.float16))
                 padded = tcs._padded_rank(rank, block_d, block_l, dtype, dt_dot)
                 if dt_dot:
                     assert padded >= max(16, rank) and padded & (padded - 1) == 0
                 else:
                     assert padded == 0
     # SparX's sizes pick these (measured tilings in inference_tiling's docstring).
-    assert tcs.inference_tiling(3136, 6, torch.float16) == (64, 32, 4, False)
-    assert tcs.inference_tiling(3136, 6, torch.float32) == (64, 16, 4, False)
+    assert tcs.inference_tiling(3136, 6, torch.float16) == (32, 16, 4, True)
+    assert tcs.inference_tiling(3136, 6, torch.float32) == (32, 16, 4, False)
     assert tcs.inference_tiling(196, 20, torch.float32) == (32, 16, 4, True)
     assert tcs.inference_tiling(49, 40, torch.float16) == (64, 32, 4, True)
     assert tcs.inference_tiling(196, 25, torch.bfloat16) == (32, 16, 4, False)
-    assert len(chosen) == 5, chosen  # the five tilings of the interpreter test, none other
+    assert len(chosen) == 3, chosen  # the three tilings of the interpreter test, none other
     for block_d, block_l, dtype in ((8, 32, torch.float32), (16, 8, torch.float16), (16, 32, torch.bfloat16)):
         with pytest.raises(ValueError, match='dt_dot needs 16 or more channels and positions'):
             tcs._padded_rank(20, block_d, block_l, dtype, True)
@@ -238,3 +240,17 @@ def test_the_training_forward_projects_dt_on_tensor_cores_where_inference_does(m
     monkeypatch.setattr(tcs, 'TRAIN_DT_DOT', True)
     monkeypatch.setattr(tcs, 'TRAIN_FWD_TILING', (8, 2))  # a program narrower than tl.dot's 16 rows
     assert tcs.training_tiling(20, torch.float16) == (tcs.TRAIN_BLOCK_L, 8, 2, False)
+
+
+def test_the_backward_recomputes_dt_on_tensor_cores_from_rank_17(monkeypatch):
+    """The backward kernel's dt: by multiply-adds in BWD_TILING's programs up to rank 16 (where the training
+    forward may use the product: ranks 9-16), on tensor cores in BWD_DOT_TILING's from rank 17, float32 / float16
+    projections only; BWD_DT_DOT_MIN_RANK moves the threshold."""
+    from sparx_mm.ops import triton_cross_scan as tcs
+    for rank in (6, 9, 12, 16, 17, 20, 32, 40):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            dot = rank >= 17 and dtype != torch.bfloat16
+            expected = (*tcs.BWD_DOT_TILING, max(16, 1 << (rank - 1).bit_length())) if dot else (*tcs.BWD_TILING, 0)
+            assert tcs.backward_tiling(rank, dtype) == expected, (rank, dtype)
+    monkeypatch.setattr(tcs, 'BWD_DT_DOT_MIN_RANK', 9)
+    assert tcs.backward_tiling(12, torch.float16) == (*tcs.BWD_DOT_TILING, 16)

@@ -10,10 +10,10 @@ For the four stage sizes of SparX-T (or ``--arch s`` / ``b``) at 224 x 224 (d_in
 12 / 20 / 32), fp32 and fp16 inputs: milliseconds of the forward pass and of forward + backward, for the fused
 kernel (``impl='fused'``) and for cross-scan copies + the Triton selective scan + merge (``impl='unfused',
 scan_backend='triton'``; ``--fused-only`` leaves it out, "-"). The tiling options override the fused kernel's;
-``--dt-dot-min-rank`` sets the lowest dt rank projected on tensor cores (default 9). ``--sweep-inference`` times
-instead the forward pass without autograd under each candidate inference tiling, the dt projection by
-multiply-adds and on tensor cores, next to the one :func:`~sparx_mm.ops.triton_cross_scan.inference_tiling`
-picks (the sweep behind that function's docstring). ``--sweep-training`` times forward + backward (float16
+``--dt-dot-min-rank`` sets the lowest dt rank projected on tensor cores, forward and backward (defaults 9 and 17).
+``--sweep-inference`` times instead the forward pass without autograd under each candidate inference tiling, the
+dt projection by multiply-adds and on tensor cores, next to the one
+:func:`~sparx_mm.ops.triton_cross_scan.inference_tiling` picks (the sweep behind that function's docstring). ``--sweep-training`` times forward + backward (float16
 inputs, the training tilings) under each of ``TRAINING_VARIANTS``, the defaults with one setting moved.
 """
 import argparse
@@ -59,7 +59,8 @@ TRAINING_VARIANTS = [
     ('bwd fma 8x1', dict(BWD_TILING=(8, 1))),
     ('bwd dot 16x2', dict(BWD_DOT_TILING=(16, 2))),
     ('bwd dot 32x4', dict(BWD_DOT_TILING=(32, 4))),
-    ('dot from rank 1', dict(DT_DOT_MIN_RANK=1)),
+    ('bwd dot rank 9', dict(BWD_DT_DOT_MIN_RANK=9)),
+    ('dot from rank 1', dict(DT_DOT_MIN_RANK=1, BWD_DT_DOT_MIN_RANK=1)),
 ]
 
 
@@ -129,6 +130,7 @@ def apply_tiling_options(args):
         triton_cross_scan.BWD_DT_DOT = False
     if getattr(args, 'dt_dot_min_rank', None):
         triton_cross_scan.DT_DOT_MIN_RANK = args.dt_dot_min_rank
+        triton_cross_scan.BWD_DT_DOT_MIN_RANK = args.dt_dot_min_rank
     if args.infer_tiling:
         triton_cross_scan.inference_tiling = lambda length, rank, dtype: (*args.infer_tiling[:3],
                                                                           bool(args.infer_tiling[3]))
@@ -167,7 +169,7 @@ def main():
                         'and positions, float32 / float16 inputs), 0 as multiply-adds')
     parser.add_argument('--dt-dot-min-rank', type=int, default=None, metavar='R',
                         help='the lowest dt rank the kernels project on tensor cores (float32 / float16 inputs), '
-                             'instead of DT_DOT_MIN_RANK')
+                             'instead of DT_DOT_MIN_RANK and BWD_DT_DOT_MIN_RANK')
     parser.add_argument('--sweep-training', action='store_true',
                         help='time forward + backward under each of TRAINING_VARIANTS instead (float16 inputs)')
     parser.add_argument('--fused-only', action='store_true',
@@ -180,11 +182,12 @@ def main():
         parser.error('--sweep-training times its own training tilings: leave out the tiling options')
     apply_tiling_options(args)
     dot_from = f'from rank {triton_cross_scan.DT_DOT_MIN_RANK}'
+    bwd_dot_from = f' from rank {triton_cross_scan.BWD_DT_DOT_MIN_RANK}'
     print(f'# {torch.cuda.get_device_name()}, SparX-{args.arch.upper()} stage sizes, batch {args.batch}; training: '
           f'BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L}, (BLOCK_D, warps) forward {triton_cross_scan.TRAIN_FWD_TILING} '
           f'(dt {"on tensor cores " + dot_from if triton_cross_scan.TRAIN_DT_DOT else "by multiply-adds"}) '
           f'backward {triton_cross_scan.BWD_TILING} (multiply-adds) / {triton_cross_scan.BWD_DOT_TILING} (dt on '
-          f'tensor cores{" " + dot_from if triton_cross_scan.BWD_DT_DOT else ": off"}); '
+          f'tensor cores{bwd_dot_from if triton_cross_scan.BWD_DT_DOT else ": off"}); '
           f'inference (BLOCK_L, BLOCK_D, warps, dt_dot) {args.infer_tiling or "by size (inference_tiling)"}; ms')
     device = torch.device('cuda')
     if args.sweep_inference or args.sweep_training:
