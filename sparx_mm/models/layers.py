@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..ops import add_skip_path, depthwise_conv2d_act, fold_batch_norm, pointwise_conv2d
+from ..ops import add_skip_path, depthwise_conv2d_act, fold_batch_norm, pointwise_conv2d, scaled_skip_path
 from .recompute import recompute_saved
 
 #: Activation modules that the fused depthwise-conv kernel applies itself, by the kernel's name for them.
@@ -26,7 +26,8 @@ class LayerScale(nn.Module):
     """Per-channel affine map ``x * weight + bias`` on (B, C, H, W).
 
     The weight is stored as (C, 1, 1, 1), the shape of the official grouped-conv weight, so checkpoints
-    load unchanged.
+    load unchanged. Under autocast the map runs in the autocast dtype, as the official depthwise 1x1
+    ``F.conv2d`` does (:func:`sparx_mm.ops.skip_path_dtype`).
     """
 
     def __init__(self, dim: int, init_value: float = 1.0):
@@ -35,7 +36,7 @@ class LayerScale(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
+        return scaled_skip_path(x, self.weight.view(-1), self.bias)
 
 
 class SkipPath(NamedTuple):

@@ -22,8 +22,9 @@ automatic choice keeps it (:func:`triton_is_faster`).
 
 Output dtype (both implementations): the convolution runs in ``conv_dtype`` = the autocast dtype when autocast
 is enabled for x's device type and x is not float64, else x's dtype; without a skip the output has
-``conv_dtype``, with one ``torch.promote_types(skip path dtype, conv_dtype)`` (the skip path's dtype being that of
-``skip * skip_scale + skip_shift``): what the torch composition produces under autocast. float32 convolutions
+``conv_dtype``, with one ``torch.promote_types(skip path dtype, conv_dtype)`` (:func:`skip_path_dtype`: a scaled
+or shifted skip path under autocast has the autocast dtype, as the official LayerScale, a depthwise 1x1
+``F.conv2d``, has): what the official blocks produce under autocast. float32 convolutions
 use TF32 in the Triton kernel exactly when ``torch.backends.cudnn.allow_tf32`` lets cuDNN use it (the default),
 so the fused op rounds as the convolution it replaces does.
 
@@ -38,10 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import gpu_backends
-from .conv_inputs import check_conv_tensors, conv_dtype, shape_text
+from .conv_inputs import autocast_on, check_conv_tensors, conv_dtype, shape_text
 from .depthwise_conv import ACTIVATIONS, activation_fn
 
-__all__ = ['add_skip_path', 'pointwise_conv2d', 'pointwise_conv2d_reference']
+__all__ = ['add_skip_path', 'pointwise_conv2d', 'pointwise_conv2d_reference', 'scaled_skip_path', 'skip_path_dtype']
 
 _NAME = 'pointwise_conv2d'
 
@@ -85,19 +86,47 @@ def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activat
                        params)
 
 
+def skip_path_dtype(skip: Tensor, skip_scale: Optional[Tensor] = None,
+                    skip_shift: Optional[Tensor] = None) -> torch.dtype:
+    """The dtype of the skip path ``skip * skip_scale + skip_shift``. Scaled or shifted under autocast
+    (:func:`~sparx_mm.ops.conv_inputs.autocast_on`): the autocast dtype, since the official LayerScale is a
+    depthwise 1x1 convolution (``F.conv2d``), which autocast runs in its dtype, so the residual stream of the
+    official blocks stays in it; otherwise torch's promotion of the three dtypes."""
+    if (skip_scale is not None or skip_shift is not None) and autocast_on(skip):
+        return conv_dtype(skip)
+    dtype = skip.dtype
+    for t in (skip_scale, skip_shift):
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def scaled_skip_path(skip: Tensor, skip_scale: Optional[Tensor] = None,
+                     skip_shift: Optional[Tensor] = None) -> Tensor:
+    """``skip * skip_scale + skip_shift`` with plain torch ops (one addcmul with both), in
+    :func:`skip_path_dtype`: LayerScale's forward.
+
+    Shapes: skip (B, C, H, W), skip_scale / skip_shift (C,) or None -> (B, C, H, W).
+    """
+    dtype = skip_path_dtype(skip, skip_scale, skip_shift)
+    if skip_scale is None and skip_shift is None:
+        return skip
+    skip = skip.to(dtype)
+    scale = None if skip_scale is None else skip_scale.to(dtype).view(1, -1, 1, 1)
+    shift = None if skip_shift is None else skip_shift.to(dtype).view(1, -1, 1, 1)
+    if scale is not None and shift is not None:
+        return torch.addcmul(shift, skip, scale)
+    return skip * scale if scale is not None else skip + shift
+
+
 def add_skip_path(y: Tensor, skip: Tensor, skip_scale: Optional[Tensor] = None,
                   skip_shift: Optional[Tensor] = None) -> Tensor:
-    """``skip * skip_scale + skip_shift + y`` with plain torch ops, as the blocks write ``LS(x) + branch``.
+    """``skip * skip_scale + skip_shift + y`` with plain torch ops, as the blocks write ``LS(x) + branch``
+    (:func:`scaled_skip_path`, then the sum).
 
     Shapes: y and skip (B, C, H, W), skip_scale / skip_shift (C,) or None -> (B, C, H, W).
     """
-    if skip_scale is not None and skip_shift is not None:  # as LayerScale computes it: one addcmul
-        skip = torch.addcmul(skip_shift.view(1, -1, 1, 1), skip, skip_scale.view(1, -1, 1, 1))
-    elif skip_scale is not None:
-        skip = skip * skip_scale.view(1, -1, 1, 1)
-    elif skip_shift is not None:
-        skip = skip + skip_shift.view(1, -1, 1, 1)
-    return skip + y
+    return scaled_skip_path(skip, skip_scale, skip_shift) + y
 
 
 def _reference(x, weight, bias, skip, skip_scale, skip_shift, groups=1, activation=None):
@@ -126,11 +155,7 @@ def _dtypes(x, skip, skip_scale, skip_shift):
     dtype = conv_dtype(x)
     if skip is None:
         return dtype, dtype
-    skip_dtype = skip.dtype
-    for t in (skip_scale, skip_shift):
-        if t is not None:
-            skip_dtype = torch.promote_types(skip_dtype, t.dtype)
-    return dtype, torch.promote_types(skip_dtype, dtype)
+    return dtype, torch.promote_types(skip_path_dtype(skip, skip_scale, skip_shift), dtype)
 
 
 def triton_is_faster(positions: int) -> bool:

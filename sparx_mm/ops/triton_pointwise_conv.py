@@ -467,12 +467,15 @@ def _backward(ctx, dy):
         dx = dx.to(x.dtype) if needs[0] else None
         dweight = dweight.to(weight.dtype) if needs[1] else None
         dbias = dbias.to(bias_dtype) if needs[2] else None
+    # The skip path's gradients in dy's dtype (the output's: under autocast the autocast dtype, in which the
+    # official LayerScale conv differentiates too; otherwise at least the scale's), their sums accumulated and
+    # returned in float32 (a float16 sum over B x H x W overflows long before its terms do).
     if needs[3]:
-        dskip = (dy if skip_scale is None else dy * skip_scale.view(1, -1, 1, 1)).to(skip_dtype)
+        dskip = (dy if skip_scale is None else dy * skip_scale.to(dy.dtype).view(1, -1, 1, 1)).to(skip_dtype)
     if needs[4]:
-        dscale = (dy * skip).sum((0, 2, 3)).to(skip_scale.dtype)
+        dscale = (dy * skip).sum((0, 2, 3), dtype=torch.float32).to(skip_scale.dtype)
     if needs[5]:
-        dshift = dy.sum((0, 2, 3)).to(shift_dtype)
+        dshift = dy.sum((0, 2, 3), dtype=torch.float32).to(shift_dtype)
     return dx, dweight, dbias, dskip, dscale, dshift, None, None, None, None, None
 
 

@@ -48,6 +48,50 @@ def test_reference_is_the_blocks_composition_bit_for_bit(layer_scale):
     assert torch.equal(module(t['x']), conv(t['x']))
 
 
+@pytest.mark.parametrize('x_dtype', [torch.float32, torch.bfloat16])
+def test_layer_scale_under_autocast_is_the_official_depthwise_conv(x_dtype):
+    """The official LayerScale is ``F.conv2d(x, weight, bias, groups=C)``: under autocast its output has the
+    autocast dtype whatever x's, and so LayerScale's, the reference skip path's and the fused operator's (the
+    residual stream stays in the autocast dtype); the values equal the conv's up to one rounding."""
+    t = _inputs(cin=3, dtype=x_dtype)
+    ls = LayerScale(3)
+    with torch.no_grad():
+        ls.weight.copy_(t['skip_scale'].float().view(3, 1, 1, 1))
+        ls.bias.copy_(t['skip_shift'].float())
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        official = F.conv2d(t['skip'], ls.weight, ls.bias, groups=3)
+        ours = ls(t['skip'])
+        skip = SkipPath.of(t['skip'], ls)
+        fused = pointwise_conv2d(t['x'], t['weight'].float(), t['bias'].float(), *skip)
+        composed = F.conv2d(t['x'], t['weight'].float(), t['bias'].float()) + official
+    assert official.dtype == ours.dtype == fused.dtype == composed.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), official.float(), rtol=8e-3, atol=8e-3)
+    torch.testing.assert_close(fused.float(), composed.float(), rtol=2e-2, atol=2e-2)
+    without = ls(t['skip'])  # outside autocast: x's dtype promoted with the float32 parameters
+    assert without.dtype == torch.float32
+
+
+def test_skip_path_gradients_in_float16_sum_in_float32():
+    """The fused operator's backward, skip path only (what autocast training sends it: float16 dy, a float16
+    skip, float32 LayerScale parameters): dskip = dy * scale in float16, one pass; the scale's and shift's
+    gradients summed and returned in float32, finite where a float16 sum over B x H x W (here 2 x 64 x 64 terms
+    of 8) would overflow."""
+    from types import SimpleNamespace
+    from sparx_mm.ops import triton_pointwise_conv as tpc
+    dy = torch.full((2, 3, 64, 64), 8.0, dtype=torch.float16)
+    skip = torch.ones(2, 3, 64, 64, dtype=torch.float16)
+    scale = torch.tensor([0.5, 0.25, 2.0])
+    ctx = SimpleNamespace(saved_tensors=(None, None, skip, scale), dtypes=(None, torch.float16, torch.float32),
+                          needs_input_grad=(False, False, False, True, True, True))
+    grads = tpc._backward(ctx, dy)
+    assert grads[:3] == (None, None, None)
+    dskip, dscale, dshift = grads[3:6]
+    assert dskip.dtype == torch.float16 and torch.equal(dskip, dy * scale.half().view(1, -1, 1, 1))
+    assert dscale.dtype == dshift.dtype == torch.float32
+    assert torch.equal(dscale, torch.full((3, ), 8.0 * 2 * 64 * 64)) and torch.equal(dshift, dscale)
+    assert torch.isinf((dy * skip).sum((0, 2, 3))).all()  # the float16 sum, for contrast
+
+
 @pytest.mark.parametrize('scale,shift', [(False, False), (True, False), (False, True), (True, True)])
 def test_skip_path_forms(scale, shift):
     t = _inputs(dtype=torch.float64)
@@ -64,7 +108,9 @@ def test_skip_path_forms(scale, shift):
 @pytest.mark.parametrize('x_dtype,skip_dtype,with_scale,expected', [
     (torch.float32, None, False, torch.bfloat16),  # no skip: the convolution's (autocast) dtype
     (torch.bfloat16, torch.bfloat16, False, torch.bfloat16),
-    (torch.bfloat16, torch.bfloat16, True, torch.float32),  # float32 LayerScale parameters promote the skip path
+    # LayerScale's scale and shift (float32) as the official depthwise 1x1 conv's parameters: the autocast dtype
+    (torch.bfloat16, torch.bfloat16, True, torch.bfloat16),
+    (torch.float32, torch.float32, True, torch.bfloat16),
     (torch.bfloat16, torch.float32, False, torch.float32),
     (torch.float64, torch.float64, True, torch.float64)])
 def test_output_dtype_rule_under_autocast(x_dtype, skip_dtype, with_scale, expected):
@@ -134,7 +180,7 @@ def test_forcing_triton_for_float64_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize('dtype,impl,autocast,size,expected', [
     (torch.float32, None, False, 16, ('triton', torch.float32, torch.float32)),
     (torch.float16, None, False, 32, ('triton', torch.float16, torch.float16)),
-    (torch.float32, None, True, 32, ('triton', torch.bfloat16, torch.float32)),  # float32 skip path
+    (torch.float32, None, True, 32, ('triton', torch.bfloat16, torch.bfloat16)),  # scaled skip path: autocast's
     (torch.float32, None, False, 7, 'reference'),  # small maps: cuDNN measured faster
     (torch.float16, None, False, 14, ('triton', torch.float16, torch.float16)),  # 196 positions, skip path
     (torch.float16, 'triton', False, 7, ('triton', torch.float16, torch.float16)),  # forced: everywhere
