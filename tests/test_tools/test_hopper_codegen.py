@@ -12,14 +12,14 @@ def codegen():
 
 
 def test_scan_backward_configs_pair_the_tensor_core_choice_with_its_control(codegen):
-    """SparX-T: stage 1 (rank 6) only the multiply-adds it runs; stages 2-4 (ranks 12, 20, 32) the tensor-core
-    tiling and the 8-channel multiply-adds next to it, in float16 and float32."""
+    """SparX-T: stages 1-2 (ranks 6, 12) only the multiply-adds they run; stages 3-4 (ranks 20, 32) the
+    tensor-core tiling and the 8-channel multiply-adds next to it, in float16 and float32."""
     configs = list(codegen.scan_backward_configs('t'))
-    assert len(configs) == 2 + 3 * 2 * 2
+    assert len(configs) == 2 * 2 + 2 * 2 * 2
     ranks = [arguments[0] for _, arguments in configs]
-    assert ranks == [6, 6] + [12] * 4 + [20] * 4 + [32] * 4
+    assert ranks == [6, 6, 12, 12] + [20] * 4 + [32] * 4
     chosen = [arguments for label, arguments in configs if ' chosen ' in label]
-    assert [a[3:] for a in chosen] == [(8, 2, 0)] * 2 + [(16, 4, 16)] * 2 + [(16, 4, 32)] * 4
+    assert [a[3:] for a in chosen] == [(8, 2, 0)] * 4 + [(16, 2, 32)] * 4
 
 
 def test_wgrad_configs_cover_each_stages_four_convolutions_and_a_dmca_fusion_conv(codegen):
