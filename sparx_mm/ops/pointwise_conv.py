@@ -108,9 +108,9 @@ def scaled_skip_path(skip: Tensor, skip_scale: Optional[Tensor] = None,
 
     Shapes: skip (B, C, H, W), skip_scale / skip_shift (C,) or None -> (B, C, H, W).
     """
-    dtype = skip_path_dtype(skip, skip_scale, skip_shift)
     if skip_scale is None and skip_shift is None:
         return skip
+    dtype = skip_path_dtype(skip, skip_scale, skip_shift)
     skip = skip.to(dtype)
     scale = None if skip_scale is None else skip_scale.to(dtype).view(1, -1, 1, 1)
     shift = None if skip_shift is None else skip_shift.to(dtype).view(1, -1, 1, 1)

@@ -149,7 +149,7 @@ def test_weight_gradient_kernel_reads_nchw_maps_onto_tensor_cores_with_vector_co
         assert unaligned.get('cp.async 4', 0) + unaligned.get('ld.global.b16', 0) > 32, (dtype, unaligned)
 
 
-def test_scan_backward_recomputes_dt_on_tensor_cores_above_rank_8():
+def test_scan_backward_recomputes_dt_on_tensor_cores_at_stage_3():
     """The fused scan's backward kernel at SparX-T's stage 3 (rank 20, 196 positions, float16 inputs) with
     backward_tiling's choice: dt recomputed by a tensor-core product (mma), its operands loaded as tiles, nothing
     spilled (the prefetched chunk included); the control (R_PAD 0, the multiply-adds in 8-channel programs) issues

@@ -13,8 +13,9 @@ scan_backend='triton'``; ``--fused-only`` leaves it out, "-"). The tiling option
 ``--dt-dot-min-rank`` sets the lowest dt rank projected on tensor cores, forward and backward (defaults 9 and 17).
 ``--sweep-inference`` times instead the forward pass without autograd under each candidate inference tiling, the
 dt projection by multiply-adds and on tensor cores, next to the one
-:func:`~sparx_mm.ops.triton_cross_scan.inference_tiling` picks (the sweep behind that function's docstring). ``--sweep-training`` times forward + backward (float16
-inputs, the training tilings) under each of ``TRAINING_VARIANTS``, the defaults with one setting moved.
+:func:`~sparx_mm.ops.triton_cross_scan.inference_tiling` picks (the sweep behind that function's docstring).
+``--sweep-training`` times forward + backward (float16 inputs, the training tilings) under each of
+``TRAINING_VARIANTS``, the defaults with one setting moved.
 """
 import argparse
 import math
@@ -182,12 +183,12 @@ def main():
         parser.error('--sweep-training times its own training tilings: leave out the tiling options')
     apply_tiling_options(args)
     dot_from = f'from rank {triton_cross_scan.DT_DOT_MIN_RANK}'
-    bwd_dot_from = f' from rank {triton_cross_scan.BWD_DT_DOT_MIN_RANK}'
+    bwd_dot_from = f'from rank {triton_cross_scan.BWD_DT_DOT_MIN_RANK}'
     print(f'# {torch.cuda.get_device_name()}, SparX-{args.arch.upper()} stage sizes, batch {args.batch}; training: '
           f'BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L}, (BLOCK_D, warps) forward {triton_cross_scan.TRAIN_FWD_TILING} '
           f'(dt {"on tensor cores " + dot_from if triton_cross_scan.TRAIN_DT_DOT else "by multiply-adds"}) '
           f'backward {triton_cross_scan.BWD_TILING} (multiply-adds) / {triton_cross_scan.BWD_DOT_TILING} (dt on '
-          f'tensor cores{bwd_dot_from if triton_cross_scan.BWD_DT_DOT else ": off"}); '
+          f'tensor cores{" " + bwd_dot_from if triton_cross_scan.BWD_DT_DOT else ": off"}); '
           f'inference (BLOCK_L, BLOCK_D, warps, dt_dot) {args.infer_tiling or "by size (inference_tiling)"}; ms')
     device = torch.device('cuda')
     if args.sweep_inference or args.sweep_training:
