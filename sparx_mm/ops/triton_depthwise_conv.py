@@ -12,11 +12,11 @@ largest power-of-two factor up to 8 (``W_ALIGN``, multiplied back in the kernels
 on divisibility by 16 only, and with the factor known the unshifted loads and the stores of 56-, 28- and
 14-column rows are vector accesses.
 
-Forward (``_fwd_kernel``): z = sum_taps w * x_shifted + bias (+ x); y = act(z) in the output dtype. Input row q
+Forward (``_dwconv_kernel``): z = sum_taps w * x_shifted + bias (+ x); y = act(z) in the output dtype. Input row q
 adds its horizontal convolution with kernel row i to output row q - i + k//2: k - 1 partial output rows are
 carried from one input row to the next, and output row q - k//2 is complete after row q.
 
-Backward, from x, weight and bias only (neither z nor y is saved): ``_grad_kernel`` carries the k x k window of
+Backward, from x, weight and bias only (neither z nor y is saved): ``_dwconv_grad_kernel`` carries the k x k window of
 shifted input rows around output row r (k - 1 rows carried, one loaded a step), recomputes z from it, writes
 gz = dy * act'(z) (in dy's dtype, as autograd's activation gradient; without an activation gz is dy and nothing
 is written) and adds the float32 gz * x_shifted to k*k running products a position (and gz to one for the
@@ -154,7 +154,7 @@ def _activation_grad(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run_rows, K: tl.constexpr, ACT: tl.constexpr,
+def _dwconv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run_rows, K: tl.constexpr, ACT: tl.constexpr,
                 HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr,
                 BLOCK_W: tl.constexpr):
     """y = act(conv(x, w) + b (+ x)) for output rows [first, first + run_rows) of the tile (grid axis 2: the
@@ -186,7 +186,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run_rows, K
 
 
 @triton.jit
-def _grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W_UNITS, n_planes, run_rows, n_parts,
+def _dwconv_grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W_UNITS, n_planes, run_rows, n_parts,
                  K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
                  W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     """gz = dy * act'(z) for output rows [first, first + run_rows) of the tile (written with an activation only),
@@ -265,7 +265,7 @@ def _launch_fwd(x, weight, bias, y, residual, act_code):
     b, c, h, w = x.shape
     warps, block_p, block_w, run_rows, grid = _fwd_tiling(x, weight.shape[-1])
     w_align = power_of_two_factor(w)
-    launch(_fwd_kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w // w_align, b * c, run_rows,
+    launch(_dwconv_kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w // w_align, b * c, run_rows,
            K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual, W_ALIGN=w_align,
            BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
 
@@ -297,7 +297,7 @@ def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
     n_parts = grid[1] * grid[2]
     partial = torch.empty(b * c, n_parts, k * k + 1, dtype=torch.float32, device=x.device)
     w_align = power_of_two_factor(w)
-    launch(_grad_kernel, grid, x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w // w_align,
+    launch(_dwconv_grad_kernel, grid, x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w // w_align,
            b * c, run_rows, n_parts, K=k, ACT=ACT_CODES[activation], HAS_BIAS=bias is not None,
            RESIDUAL=residual, W_ALIGN=w_align, BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
     sums = partial.view(b, c, n_parts, k * k + 1).sum((0, 2))

@@ -11,7 +11,7 @@ per-channel parameters). The accumulator is float32; the epilogue adds the bias 
 
 The operands are cast to the convolution dtype in registers before the product (float32 x under float16
 autocast is rounded as autocast would round it). float32 products use TF32 when cuDNN may
-(``torch.backends.cudnn.allow_tf32``), in a kernel of their own (``_fwd_tf32_kernel``): Hopper's TF32 tensor-core
+(``torch.backends.cudnn.allow_tf32``), in a kernel of their own (``_conv1x1_tf32_kernel``): Hopper's TF32 tensor-core
 product reads its shared-memory operands channel-major only, and x's tiles are position-major, so Triton copied
 them into shared memory one 4-byte element at a time. That kernel makes the positions the product's rows
 instead, x^T (positions, Cin) @ weight^T (Cin, Cout), with the x tile rounded to TF32 (to nearest even) in
@@ -29,7 +29,7 @@ and multiplied back in the kernel, so the compiler sees that factor.
 The backward pass stays in NCHW order too (cuDNN's convolution backward converts dy and x to NHWC and back: 7.5
 ms of a SparX-T fp16 training step's 138.6 on an H200, docs/benchmarks.md). dx = weight^T @ dy[b] is the forward
 kernel run on dy with the transposed weight. The weight gradient, a sum over samples and positions, comes from
-``_wgrad_kernel``: a program per output tile and split of the batch, dy and x tiles read with the positions (the
+``_conv1x1_wgrad_kernel``: a program per output tile and split of the batch, dy and x tiles read with the positions (the
 product's K) contiguous, which is how Hopper's tensor cores take both operands, TF32 included; the splits' float32
 partial sums are added after it (deterministic, no atomics). The bias gradient is torch's sum of dy (see the
 kernel's docstring for why not in the kernel). Its tiling and the backward's speed against cuDNN's:
@@ -51,7 +51,7 @@ from .triton_depthwise_conv import ACT_CODES, _activation
 from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
 
-#: Products of ``_fwd_kernel``, by the convolution dtype (float32 there: exact; TF32 is ``_fwd_tf32_kernel``'s).
+#: Products of ``_conv1x1_kernel``, by the convolution dtype (float32 there: exact; TF32 is ``_conv1x1_tf32_kernel``'s).
 _DOT_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 #: Set to (BLOCK_CO, BLOCK_P, BLOCK_K, warps, stages) to override :func:`tiling` (tuning and tests).
 TILING_OVERRIDE: Optional[Tuple[int, int, int, int, int]] = None
@@ -147,7 +147,7 @@ def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_pt
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS, W_STRIDE_UNITS,
+def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS, W_STRIDE_UNITS,
                 HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
                 ACT: tl.constexpr, DOT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
                 P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -180,12 +180,12 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNI
 
 
 @triton.jit
-def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
+def _conv1x1_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
                      W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
                      HAS_SHIFT: tl.constexpr, ACT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
                      P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
                      BLOCK_K: tl.constexpr):
-    """``_fwd_kernel``'s result for float32 tensors with TF32 products, as acc (BLOCK_P, BLOCK_CO) = x^T @ w^T,
+    """``_conv1x1_kernel``'s result for float32 tensors with TF32 products, as acc (BLOCK_P, BLOCK_CO) = x^T @ w^T,
     x rounded to TF32 in registers (module doc)."""
     CIN = CIN_UNITS * CIN_ALIGN
     P = P_UNITS * P_ALIGN
@@ -206,7 +206,7 @@ def _fwd_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CI
 
 
 @triton.jit
-def _wgrad_kernel(dy_ptr, x_ptr, dw_ptr, CIN, COUT, P_UNITS, SAMPLES, SAMPLES_PER_SPLIT, DOT: tl.constexpr,
+def _conv1x1_wgrad_kernel(dy_ptr, x_ptr, dw_ptr, CIN, COUT, P_UNITS, SAMPLES, SAMPLES_PER_SPLIT, DOT: tl.constexpr,
                   GROUPS: tl.constexpr, P_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
                   BLOCK_P: tl.constexpr):
     """One split of the samples' share of the weight gradient, float32:
@@ -297,7 +297,7 @@ def _weight_rows(weight: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
 
 
 def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, groups=1, activation='none'):
-    """``_fwd_kernel`` or ``_fwd_tf32_kernel`` writing y; ``weight``: the (Cout, Cin / groups) matrix, any
+    """``_conv1x1_kernel`` or ``_conv1x1_tf32_kernel`` writing y; ``weight``: the (Cout, Cin / groups) matrix, any
     strides."""
     b, cin, h, w = x.shape
     cin, cout = cin // groups, weight.shape[0] // groups
@@ -312,7 +312,7 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, 
     weight = _weight_rows(weight, conv_dtype)
     cin_align, p_align, w_align = (power_of_two_factor(n) for n in (cin, positions, weight.stride(0)))
     dummy = weight
-    kernel, dot = (_fwd_tf32_kernel, {}) if tf32 else (_fwd_kernel, dict(DOT=_DOT_CODES[conv_dtype]))
+    kernel, dot = (_conv1x1_tf32_kernel, {}) if tf32 else (_conv1x1_kernel, dict(DOT=_DOT_CODES[conv_dtype]))
     launch(kernel, grid, x, weight, dummy if bias is None else bias, dummy if skip is None else skip,
            dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift, y,
            cin // cin_align, cout, positions // p_align, weight.stride(0) // w_align, HAS_BIAS=bias is not None,
@@ -322,8 +322,8 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, 
 
 
 def wgrad_tiling(cin: int, cout: int, conv_dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
-    """(BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages) of ``_wgrad_kernel``: the largest output tile the channel counts
-    fill, K chunks of 32 float32 / 64 16-bit positions (16 KB a stage and operand at 128 x 128).
+    """(BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages) of ``_conv1x1_wgrad_kernel``: the largest output tile the channel
+    counts fill, K chunks of 32 float32 / 64 16-bit positions (16 KB a stage and operand at 128 x 128).
     Not yet tuned on a GPU (``tools/gpu_checks/check_pointwise_conv.py --only wgrad-sweep``)."""
     if WGRAD_TILING_OVERRIDE is not None:
         return WGRAD_TILING_OVERRIDE
@@ -361,8 +361,8 @@ def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf
     dw = torch.empty(splits, cout, cin_group, device=x.device, dtype=torch.float32)
     dot = 3 if conv_dtype == torch.float32 and tf32 else _DOT_CODES[conv_dtype]
     p_align = power_of_two_factor(positions)
-    launch(_wgrad_kernel, tiles + (splits * groups, ), dy, x, dw, cin_group, cout_group, positions // p_align, b,
-           per_split, DOT=dot, GROUPS=groups, P_ALIGN=p_align, BLOCK_CO=block_co, BLOCK_CI=block_ci,
+    launch(_conv1x1_wgrad_kernel, tiles + (splits * groups, ), dy, x, dw, cin_group, cout_group, positions // p_align,
+           b, per_split, DOT=dot, GROUPS=groups, P_ALIGN=p_align, BLOCK_CO=block_co, BLOCK_CI=block_ci,
            BLOCK_P=block_p, num_warps=warps, num_stages=stages)
     return dw.sum(0)
 
@@ -406,7 +406,7 @@ def _pointwise_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, conv
                    groups: int, need_dx: bool, need_dweight: bool,
                    need_dbias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The convolution's gradients, NCHW throughout (no layout conversions): dx (x's shape and dtype) = the
-    forward kernel on dy with the transposed weight; dweight (weight's shape, float32) from ``_wgrad_kernel``;
+    forward kernel on dy with the transposed weight; dweight (weight's shape, float32) from ``_conv1x1_wgrad_kernel``;
     dbias (Cout,) float32, :func:`bias_grad`. A gradient not asked for comes back as an empty tensor. dy, x:
     contiguous."""
     dx, dweight, dbias = _pointwise_bwd_fake(dy, x, weight, conv_dtype, tf32, groups, need_dx, False, False)

@@ -19,7 +19,7 @@ def test_tf32_kernel_copies_x_in_16_byte_pieces_onto_tensor_cores():
     """196 positions and 396 input channels (no multiple of 16): with the factors of 4 passed as constexprs every
     copy to shared memory is 16 bytes and the product is a TF32 wgmma; without them (the control, so that the
     check can fail) the copies of the weight rows and x fall back to 4 bytes."""
-    ptx = _ptx(tpc._fwd_tf32_kernel, 'fp32', 196, 396, {})
+    ptx = _ptx(tpc._conv1x1_tf32_kernel, 'fp32', 196, 396, {})
     copies = global_copies(ptx)
     assert 'wgmma.mma_async.sync.aligned' in ptx and '.tf32.tf32' in ptx
     assert copies.get('cp.async 16', 0) > 0 and copies.get('cp.async 4', 0) == 0, copies
@@ -27,7 +27,7 @@ def test_tf32_kernel_copies_x_in_16_byte_pieces_onto_tensor_cores():
 
     # The control keeps the arguments divided by 4: what matters here is what the compiler knows (none of them is
     # a multiple of 16 either way), not the sizes they describe.
-    unaligned = global_copies(_ptx(tpc._fwd_tf32_kernel, 'fp32', 196, 396, dict(CIN_ALIGN=1, P_ALIGN=1,
+    unaligned = global_copies(_ptx(tpc._conv1x1_tf32_kernel, 'fp32', 196, 396, dict(CIN_ALIGN=1, P_ALIGN=1,
                                                                                  W_ALIGN=1)))
     assert unaligned.get('cp.async 4', 0) + unaligned.get('ld.global.b32', 0) > 8, unaligned
 
@@ -37,11 +37,11 @@ def test_grouped_tf32_kernel_keeps_16_byte_copies_and_64_channel_tiles():
     parameters are offsets from the program's group, which leave x's and the weight's copies 16 bytes and the
     product a TF32 wgmma, its tile 64 output channels wide (``tiling``); the control as above."""
     assert tpc.tiling(96, 64, 3136, torch.float32, True)[0] == 64
-    ptx = _ptx(tpc._fwd_tf32_kernel, 'fp32', 3136, 96, dict(GROUPS=3), cout=64)
+    ptx = _ptx(tpc._conv1x1_tf32_kernel, 'fp32', 3136, 96, dict(GROUPS=3), cout=64)
     copies = global_copies(ptx)
     assert 'wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32' in ptx, codegen.tensor_core_ops(ptx)
     assert copies.get('cp.async 16', 0) > 0 and copies.get('cp.async 4', 0) == 0, copies
-    unaligned = global_copies(_ptx(tpc._fwd_tf32_kernel, 'fp32', 3136, 96, dict(GROUPS=3, CIN_ALIGN=1, P_ALIGN=1,
+    unaligned = global_copies(_ptx(tpc._conv1x1_tf32_kernel, 'fp32', 3136, 96, dict(GROUPS=3, CIN_ALIGN=1, P_ALIGN=1,
                                                                                 W_ALIGN=1), cout=64))
     assert unaligned.get('cp.async 4', 0) + unaligned.get('ld.global.b32', 0) > 8, unaligned
 
@@ -50,7 +50,7 @@ def test_gelu_epilogue_takes_8_warps_and_does_not_spill():
     """The 1x1 kernels with the GELU epilogue (the DMCA's shortcut projection, 1280 -> 640 channels at 14 x 14):
     the tiling's 8 warps keep the accumulator and the GELU in registers, TF32 and float16; the control at 4 warps
     spills."""
-    for kernel, dtype, extra in ((tpc._fwd_tf32_kernel, 'fp32', {}), (tpc._fwd_kernel, 'fp16', dict(DOT=0))):
+    for kernel, dtype, extra in ((tpc._conv1x1_tf32_kernel, 'fp32', {}), (tpc._conv1x1_kernel, 'fp16', dict(DOT=0))):
         constexprs = dict(extra, HAS_SKIP=False, ACT=1)
         assert tpc.tiling(1280, 640, 196, torch.float32 if dtype == 'fp32' else torch.float16,
                           dtype == 'fp32', True)[3] == 8
@@ -62,9 +62,9 @@ def test_gelu_epilogue_takes_8_warps_and_does_not_spill():
 def test_float16_kernel_reads_a_196_position_map_with_vector_copies():
     """float16 at 196 positions: x's copies are 8 bytes (196 = 4 x 49) and the skip path and output vectors, where
     without the factor each of x's elements was a 2-byte load."""
-    copies = global_copies(_ptx(tpc._fwd_kernel, 'fp16', 196, 400, dict(DOT=0)))
+    copies = global_copies(_ptx(tpc._conv1x1_kernel, 'fp16', 196, 400, dict(DOT=0)))
     assert copies.get('cp.async 8', 0) > 0 and copies.get('ld.global.b16', 0) <= 1, copies
-    unaligned = global_copies(_ptx(tpc._fwd_kernel, 'fp16', 196, 400, dict(DOT=0, P_ALIGN=1)))  # as above
+    unaligned = global_copies(_ptx(tpc._conv1x1_kernel, 'fp16', 196, 400, dict(DOT=0, P_ALIGN=1)))  # as above
     assert unaligned.get('ld.global.b16', 0) > 32, unaligned
 
 
@@ -127,7 +127,7 @@ def test_depthwise_rows_of_56_columns_are_vector_accesses():
 
     def copies(w_align):
         constexprs = dict(K=3, ACT=1, HAS_BIAS=True, RESIDUAL=False, W_ALIGN=w_align, BLOCK_P=8, BLOCK_W=64)
-        return global_copies(hopper_ptx(tdc._fwd_kernel, arg_types, constexprs,
+        return global_copies(hopper_ptx(tdc._dwconv_kernel, arg_types, constexprs,
                                         ('x_ptr', 'w_ptr', 'b_ptr', 'y_ptr', 'C', 'n_planes')))
 
     aligned, control = copies(8), copies(1)

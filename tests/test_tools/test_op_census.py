@@ -20,7 +20,7 @@ def test_census_counts_the_gpu_paths_kernels_and_finds_the_strided_ops(op_census
     usable, launch = gpu_backends.triton_usable, triton_cross_scan.launch
     launches, census = op_census.run_census('t', 64, 1, 'infer', 'fp32')
     assert launches['_cross_scan_fwd_kernel'] == 13 and launches['_plane_transpose_kernel'] == 26
-    assert launches['_normalize_kernel'] > 0 and launches['_fwd_kernel'] > 0
+    assert launches['_normalize_kernel'] > 0 and launches['_dwconv_kernel'] > 0
     strided_sites = {site for op, strided, site, _ in census.calls if strided}
     assert any('shuffle_three_groups' in site for site in strided_sites)
     assert not any('ss2d.py' in site for site in strided_sites), strided_sites

@@ -92,12 +92,12 @@ FORWARD_INTEGERS = ('CIN_UNITS', 'COUT', 'P_UNITS', 'W_STRIDE_UNITS')
 
 
 def forward_ptx(kernel, dtype: str, positions: int, cin: int, extra_constexprs: dict, cout=None, warps=None) -> str:
-    """A 1x1 forward kernel (``tpc._fwd_kernel`` or ``tpc._fwd_tf32_kernel``; 'fp16' / 'fp32') at (positions,
+    """A 1x1 forward kernel (``tpc._conv1x1_kernel`` or ``tpc._conv1x1_tf32_kernel``; 'fp16' / 'fp32') at (positions,
     cin) with cout (default 2 cin), a bias and a skip path unless ``extra_constexprs`` say otherwise, the launch's
     tiling for them (``warps`` overrides its warps), the weight rows unpadded: every pointer 16-byte aligned, the
     integer arguments divisible by 16 only where they are. With GROUPS among ``extra_constexprs``, cin and cout
     are a group's."""
-    tf32 = kernel is tpc._fwd_tf32_kernel
+    tf32 = kernel is tpc._conv1x1_tf32_kernel
     torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
     cout = 2 * cin if cout is None else cout
     block_co, block_p, block_k, tiling_warps, stages = tpc.tiling(cin, cout, positions, torch_dtype, tf32,
@@ -116,7 +116,7 @@ def forward_ptx(kernel, dtype: str, positions: int, cin: int, extra_constexprs: 
 
 def gelu_forward_ptx(cin: int, cout: int, positions: int, dtype: str, warps=None) -> str:
     """The 1x1 forward kernel with the GELU epilogue, a bias and no skip path (``forward_ptx``)."""
-    kernel, extra = (tpc._fwd_tf32_kernel, {}) if dtype == 'fp32' else (tpc._fwd_kernel, dict(DOT=0))
+    kernel, extra = (tpc._conv1x1_tf32_kernel, {}) if dtype == 'fp32' else (tpc._conv1x1_kernel, dict(DOT=0))
     return forward_ptx(kernel, dtype, positions, cin, dict(extra, HAS_SKIP=False, ACT=1), cout=cout, warps=warps)
 
 
@@ -145,7 +145,7 @@ def wgrad_ptx(cin: int, cout: int, positions: int, dtype: str, p_align=None, gro
     constexprs = dict(DOT=3 if dtype == 'fp32' else 0, GROUPS=groups, P_ALIGN=p_align, BLOCK_CO=block_co,
                       BLOCK_CI=block_ci, BLOCK_P=block_p)
     aligned = ('dy_ptr', 'x_ptr', 'dw_ptr') + tuple(name for name, v in values.items() if v % 16 == 0)
-    return hopper_ptx(tpc._wgrad_kernel, arg_types, constexprs, aligned, warps, stages)
+    return hopper_ptx(tpc._conv1x1_wgrad_kernel, arg_types, constexprs, aligned, warps, stages)
 
 
 def summary(ptx: str) -> str:
