@@ -84,20 +84,24 @@ class DepthwiseConvAct(nn.Conv2d):
     Triton kernel on GPUs, which neither reads nor writes the intermediate maps and saves only ``x`` for the
     backward pass).
 
-    An ``nn.Conv2d`` (depthwise, stride 1, 'same' padding) with the same parameters, so official checkpoints
-    load unchanged. ``activation``: None, 'gelu' (exact) or 'silu'.
+    An ``nn.Conv2d`` (depthwise, padding k // 2, stride 1 unless given) with the same parameters, so official
+    checkpoints load unchanged. ``activation``: None, 'gelu' (exact) or 'silu'. ``stride`` > 1 (without
+    residual): the DMCA's spatial reductions.
 
-    Shapes: (B, C, H, W) -> (B, C, H, W).
+    Shapes: (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride)).
     """
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = True, residual: bool = False,
-                 activation: Optional[str] = None):
-        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias)
+                 activation: Optional[str] = None, stride: int = 1):
+        if stride > 1 and residual:
+            raise ValueError(f'DepthwiseConvAct: residual=True needs stride 1, got stride {stride}')
+        super().__init__(channels, channels, kernel_size, stride=stride, padding=kernel_size // 2, groups=channels,
+                         bias=bias)
         self.residual = residual
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return depthwise_conv2d_act(x, self.weight, self.bias, self.residual, self.activation)
+        return depthwise_conv2d_act(x, self.weight, self.bias, self.residual, self.activation, stride=self.stride[0])
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, residual={self.residual}, activation={self.activation}'
@@ -208,10 +212,11 @@ class FoldingSequential(nn.Sequential):
     residual or activation of its own, :class:`PointwiseConv` and plain ``nn.Conv2d`` (zero padding). Outputs
     equal the children's run one by one up to rounding (the folded weight is rounded once, in its dtype). In grad
     mode (training, or evaluation that keeps the graph), and within :func:`unfolded`, the children run one by
-    one; in grad mode on a GPU, a sequence of nothing but plain convolutions, BatchNorms and GELUs (the stem, the
-    downsampling layers, the DMCA's spatial reductions: :func:`runs_channels_last`) runs on a channels-last copy of
-    its input and returns NCHW-contiguous output (cuDNN's NHWC convolutions and BatchNorm kernels, where its NCHW
-    BatchNorm backward took 2.3 ms for SparX-T's first stem BatchNorm at batch 128 on an H100; docs/benchmarks.md).
+    one; in grad mode on a GPU, a sequence of nothing but plain convolutions, BatchNorms and GELUs (the stem and
+    the downsampling layers: :func:`runs_channels_last`) runs on a channels-last copy of its input and returns
+    NCHW-contiguous output (cuDNN's NHWC convolutions and BatchNorm kernels, where its NCHW BatchNorm backward took
+    2.3 ms for SparX-T's first stem BatchNorm at batch 128 on an H100; docs/benchmarks.md). The DMCA's spatial
+    reductions, whose convolution is a :class:`DepthwiseConvAct`, stay NCHW.
 
     Shapes: as the children's.
     """
@@ -245,7 +250,8 @@ class FoldingSequential(nn.Sequential):
         if isinstance(layer, PointwiseConv):
             x = pointwise_conv2d(x, weight, bias, groups=layer.groups, activation=activation)
         elif isinstance(layer, DepthwiseConvAct):
-            x = depthwise_conv2d_act(x, weight, bias, layer.residual, activation or layer.activation)
+            x = depthwise_conv2d_act(x, weight, bias, layer.residual, activation or layer.activation,
+                                     stride=layer.stride[0])
         elif used == 2:
             x = F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
         else:

@@ -9,6 +9,12 @@ with act the identity (``activation=None``), exact GELU (``'gelu'``, ``nn.GELU()
 SiLU (``'silu'``). SparX's blocks use it as ``x + dw3x3(x)`` (positional embedding), ``gelu(h + dw3x3(h))``
 (ConvFFN), ``silu(dw5x5(x) + b)`` (SS2D) and ``gelu(dw3x3(y) + b)`` (DMCA).
 
+``stride`` s > 1 (no residual) gives ``conv2d(..., stride=s, padding=k // 2)``: the same convolution at every
+s-th row and column, (B, C, ceil(H / s), ceil(W / s)), as the DMCA's spatial reductions (k = s + 1) use it. The
+Triton path computes the stride-1 map and keeps those positions (its backward pass: the stride-1 kernels on the
+zero-filled gradient), where cuDNN's strided depthwise backward was slow (``dgrad2d_c1_k1_nhwc``: 0.7 ms a call
+for SparX-T's 28 x 28, stride-4 reduction at batch 128 on an H100; docs/benchmarks.md).
+
 Output dtype (both implementations): the convolution runs in ``conv_dtype`` = the autocast dtype when
 autocast is enabled for x's device type and x is not float64 (autocast leaves float64 alone), else x's
 dtype; the output has ``conv_dtype``, or ``torch.promote_types(x.dtype, conv_dtype)`` when the residual is
@@ -46,7 +52,7 @@ def activation_fn(activation: Optional[str]):
     return _ACTIVATION_FNS[activation]
 
 
-def _check_inputs(x, weight, bias, residual, activation):
+def _check_inputs(x, weight, bias, residual, activation, stride=1):
     name = 'depthwise_conv2d_act'
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f'{name}: x must be a 4-D tensor (B, C, H, W), got {shape_text(x)}')
@@ -71,6 +77,11 @@ def _check_inputs(x, weight, bias, residual, activation):
                         f'got {type(residual).__name__}')
     if activation not in ACTIVATIONS:
         raise ValueError(f'{name}: unknown activation {activation!r}; choose one of {ACTIVATIONS}')
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f'{name}: stride must be an int >= 1, got {stride!r}')
+    if stride > 1 and residual:
+        raise ValueError(f'{name}: residual=True needs stride 1 (x is added to an output of its own size), '
+                         f'got stride {stride}')
     params = (('weight', weight), ('bias', bias))
     check_conv_tensors(name, x, params, params)
 
@@ -81,37 +92,41 @@ def _output_dtype(x: Tensor, residual: bool) -> torch.dtype:
     return torch.promote_types(x.dtype, dtype) if residual else dtype
 
 
-def _reference(x, weight, bias, residual, activation):
-    y = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+def _reference(x, weight, bias, residual, activation, stride=1):
+    y = F.conv2d(x, weight, bias, stride=stride, padding=weight.shape[-1] // 2, groups=x.shape[1])
     if residual:
         y = x + y
     return _ACTIVATION_FNS[activation](y)
 
 
 def depthwise_conv2d_act_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                                   residual: bool = False, activation: Optional[str] = None) -> Tensor:
+                                   residual: bool = False, activation: Optional[str] = None,
+                                   stride: int = 1) -> Tensor:
     """The operator (module doc) with plain torch ops: ``F.conv2d``, an add, ``F.gelu`` / ``F.silu``.
 
-    Shapes: x (B, C, H, W), weight (C, 1, k, k) with odd k <= 9, bias (C,) or None -> (B, C, H, W), in the
-    dtype of the module doc's rule.
+    Shapes: x (B, C, H, W), weight (C, 1, k, k) with odd k <= 9, bias (C,) or None -> (B, C, ceil(H / stride),
+    ceil(W / stride)), in the dtype of the module doc's rule.
     """
-    _check_inputs(x, weight, bias, residual, activation)
-    return _reference(x, weight, bias, residual, activation)
+    _check_inputs(x, weight, bias, residual, activation, stride)
+    return _reference(x, weight, bias, residual, activation, stride)
 
 
 def depthwise_conv2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: bool = False,
-                         activation: Optional[str] = None, impl: Optional[str] = None) -> Tensor:
+                         activation: Optional[str] = None, impl: Optional[str] = None, stride: int = 1) -> Tensor:
     """``act(depthwise_conv(x) + bias + (x if residual))`` in one pass (module doc), differentiable.
 
     ``impl`` (else the ``SPARX_LAYER_KERNELS`` variable, else automatic): 'triton' runs the fused Triton kernels
     (CUDA tensors; float32 / float16 / bfloat16 inputs), 'reference' the torch composition. Automatic: Triton
     for CUDA tensors when triton is installed, except float64 inputs, which take the reference.
 
-    Shapes: x (B, C, H, W), weight (C, 1, k, k) with odd k <= 9, bias (C,) or None -> (B, C, H, W), in the
-    dtype of the module doc's rule; gradients come back in the dtypes of x, weight and bias.
+    Shapes: x (B, C, H, W), weight (C, 1, k, k) with odd k <= 9, bias (C,) or None -> (B, C, ceil(H / stride),
+    ceil(W / stride)), in the dtype of the module doc's rule; gradients come back in the dtypes of x, weight and
+    bias.
     """
-    _check_inputs(x, weight, bias, residual, activation)
+    _check_inputs(x, weight, bias, residual, activation, stride)
     if gpu_backends.layer_kernel_impl(x, impl, 'depthwise_conv2d_act') == 'reference':
-        return _reference(x, weight, bias, residual, activation)
+        return _reference(x, weight, bias, residual, activation, stride)
     from .triton_depthwise_conv import depthwise_conv2d_act_triton
-    return depthwise_conv2d_act_triton(x, weight, bias, residual, activation, _output_dtype(x, residual))
+    y = depthwise_conv2d_act_triton(x, weight, bias, residual, activation, _output_dtype(x, residual))
+    # Copied: a view would keep the whole stride-1 map alive wherever autograd saves the output.
+    return y if stride == 1 else y[:, :, ::stride, ::stride].contiguous()

@@ -34,6 +34,11 @@ CASES = [(2, 3, 9, 7, 3, True, None, False, torch.float32),
          (1, 2, 3, 2, 7, True, None, False, torch.float16),
          (2, 3, 5, 6, 3, True, 'gelu', True, 'autocast'),
          (2, 3, 5, 6, 5, False, 'silu', True, 'autocast')]
+# Strided (the DMCA's spatial reductions, k = stride + 1; no residual): (case, stride), maps that the stride
+# does not divide among them.
+STRIDED_CASES = [((2, 3, 9, 7, 5, False, None, False, torch.float32), 4),
+                 ((2, 4, 6, 7, 3, False, 'gelu', True, torch.float16), 2),
+                 ((1, 3, 8, 8, 3, False, None, False, 'autocast'), 2)]
 # Tiles small enough that every map has several column blocks and every tile several planes, across two
 # samples, and rows cut into runs (checked below): what the defaults do at SparX's sizes, scaled down. One
 # position a thread of one warp: 32-element tiles.
@@ -42,7 +47,7 @@ LOOP_CASES = [(3, 5, 7, 6, 3, True, 'gelu', True, torch.float32),
               (4, 3, 5, 9, 5, False, 'silu', True, torch.float32)]
 
 
-def relative_errors(case):
+def relative_errors(case, stride=1):
     b, c, h, w, k, residual, activation, has_bias, dtype = case
     autocast = dtype == 'autocast'
     dtype = torch.float32 if autocast else dtype
@@ -55,11 +60,12 @@ def relative_errors(case):
     ref_leaves = [t.float().requires_grad_() for t in inputs]
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
         y = depthwise_conv2d_act(*leaves[:2], leaves[2] if has_bias else None, residual, activation,
-                                 impl='triton')
+                                 impl='triton', stride=stride)
         # The dtype rule: the composition's output dtype under the same autocast state.
-        expected_dtype = depthwise_conv2d_act_reference(*inputs[:2], bias, residual, activation).dtype
+        expected_dtype = depthwise_conv2d_act_reference(*inputs[:2], bias, residual, activation, stride).dtype
     y_ref = depthwise_conv2d_act_reference(*ref_leaves[:2], ref_leaves[2] if has_bias else None, residual,
-                                           activation)
+                                           activation, stride)
+    assert y.shape == y_ref.shape == (b, c, -(-h // stride), -(-w // stride)) and y.is_contiguous()
     dy = torch.randn(y.shape, generator=g).to(y.dtype)
     grads = torch.autograd.grad(y, leaves, dy)
     ref_grads = torch.autograd.grad(y_ref, ref_leaves, dy.float())
@@ -69,8 +75,8 @@ def relative_errors(case):
             for t, e in zip([y.detach()] + list(grads), [y_ref.detach()] + list(ref_grads))]
 
 
-def run_case(case, label=''):
-    errors = relative_errors(case)
+def run_case(case, label='', stride=1):
+    errors = relative_errors(case, stride)
     tol = TOL[case[-1]]
     failed = [name for name, e in zip(NAMES, errors) if e > tol]
     dtype = case[-1] if case[-1] == 'autocast' else str(case[-1])[6:]
@@ -126,6 +132,9 @@ if __name__ == '__main__':
     worst, ok = 0.0, True
     for case in CASES:
         scaled, passed = run_case(case)
+        worst, ok = max(worst, scaled), ok and passed
+    for case, stride in STRIDED_CASES:
+        scaled, passed = run_case(case, f'stride {stride} ', stride)
         worst, ok = max(worst, scaled), ok and passed
     scaled, passed = check_small_tiles()
     worst, ok = max(worst, scaled), ok and passed

@@ -34,6 +34,24 @@ def test_reference_equals_the_module_composition(residual, activation, module, k
     assert torch.equal(depthwise_conv2d_act(x, weight, bias if has_bias else None, residual, activation), y)
 
 
+@pytest.mark.parametrize('stride,k,activation', [(2, 3, None), (4, 5, 'gelu'), (3, 3, 'silu')])
+def test_stride_samples_the_same_convolution(stride, k, activation):
+    """stride s: conv2d(stride=s, padding=k // 2), i.e. the stride-1 output at every s-th row and column
+    (maps that s does not divide included), in both implementations."""
+    x, weight, bias = _inputs(c=4, h=9, w=7, k=k, dtype=torch.float64)
+    y = depthwise_conv2d_act_reference(x, weight, bias, False, activation, stride)
+    full = depthwise_conv2d_act_reference(x, weight, bias, False, activation)
+    assert y.shape == (2, 4, -(-9 // stride), -(-7 // stride))
+    torch.testing.assert_close(y, full[:, :, ::stride, ::stride], rtol=1e-12, atol=1e-12)
+    conv = nn.Conv2d(4, 4, k, stride=stride, padding=k // 2, groups=4).double()
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+        torch.testing.assert_close(y, {None: nn.Identity(), 'gelu': nn.GELU(), 'silu': nn.SiLU()}[activation](
+            conv(x)), rtol=1e-12, atol=1e-12)
+    assert torch.equal(depthwise_conv2d_act(x, weight, bias, False, activation, stride=stride), y)
+
+
 @pytest.mark.parametrize('x_dtype,residual,expected', [
     (torch.float32, False, torch.bfloat16), (torch.float32, True, torch.float32),
     (torch.bfloat16, False, torch.bfloat16), (torch.bfloat16, True, torch.bfloat16),
@@ -63,6 +81,9 @@ def test_output_dtype_rule_under_autocast(x_dtype, residual, expected):
     (dict(bias=torch.zeros(4)), ValueError, r'bias must be None or a \(3,\) tensor, got \(4,\)'),
     (dict(residual=torch.zeros(2, 3, 5, 6)), TypeError, 'residual must be a bool .* got Tensor'),
     (dict(activation='relu'), ValueError, r"unknown activation 'relu'; choose one of \(None, 'gelu', 'silu'\)"),
+    (dict(stride=0), ValueError, 'stride must be an int >= 1, got 0'),
+    (dict(stride=2.0), ValueError, 'stride must be an int >= 1, got 2.0'),
+    (dict(stride=2, residual=True), ValueError, 'residual=True needs stride 1 .* got stride 2'),
     (dict(weight=torch.zeros(3, 1, 3, 3, dtype=torch.float16)), TypeError,
      'weight is torch.float16 but x is torch.float32; without autocast they must match'),
 ])
@@ -126,5 +147,5 @@ def test_triton_kernels_match_the_reference_in_the_interpreter():
     stdout = run_in_triton_interpreter('_triton_depthwise_conv_cases.py', 600)
     assert float(re.search(r'WORST (\S+) of tolerance', stdout).group(1)) <= 1, stdout
     assert 'OPCHECK ok' in stdout and 'COMPILE graphs 1 breaks 0 matches eager' in stdout, stdout
-    assert stdout.count('small tiles') == 2, stdout
-    assert stdout.count('\n') == 18, stdout  # 13 cases, 2 small-tile cases, opcheck, compile, summary
+    assert stdout.count('small tiles') == 2 and stdout.count('stride ') == 3, stdout
+    assert stdout.count('\n') == 21, stdout  # 13 cases, 3 strided, 2 small-tile cases, opcheck, compile, summary

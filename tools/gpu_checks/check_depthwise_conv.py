@@ -38,12 +38,14 @@ from gpu_common import (check_and_bench_parser, override_constants, rel_err, req
 # bfloat16 2**-8); weight / bias gradients are sums over the batch and the map, in float32.
 TOL = {'float32': 2e-5, 'float16': 2e-3, 'bfloat16': 1.6e-2, 'autocast float16': 2e-3,
        'autocast bfloat16': 1.6e-2}
-# (batch, channels, H, W, k, residual, activation, bias)
+# (batch, channels, H, W, k, residual, activation, bias[, stride]); the strided ones as the DMCA's spatial
+# reductions (k = stride + 1, SparX-T's stage-2 one first) and on maps the stride does not divide.
 CHECK_SHAPES = [(2, 96, 56, 56, 3, True, None, False), (2, 64, 28, 28, 3, True, 'gelu', False),
                 (3, 40, 14, 14, 5, False, 'silu', True), (4, 32, 7, 7, 3, False, 'gelu', True),
                 (2, 16, 13, 200, 7, True, 'gelu', True), (5, 8, 1, 1, 3, True, 'silu', True),
                 (2, 12, 3, 5, 9, False, None, True), (3, 24, 9, 17, 1, True, 'gelu', True),
-                (1, 8, 150, 3, 5, True, 'silu', False)]
+                (1, 8, 150, 3, 5, True, 'silu', False), (2, 192, 28, 28, 5, False, None, False, 4),
+                (3, 40, 14, 13, 3, False, None, False, 2), (4, 24, 9, 11, 3, False, 'gelu', True, 2)]
 # --large: 2.4e9 float16 elements (4.5 GiB a tensor, ~35 GiB in all), so that element offsets pass 2**31.
 LARGE_SHAPE = (3, 12288, 256, 256)
 # (channels, map size, k, residual, activation, bias): SparX-T's depthwise convolutions at 224 x 224.
@@ -59,7 +61,8 @@ DTYPE_MODES = {'float32': (torch.float32, None), 'float16': (torch.float16, None
 def check_case(shape, mode, device):
     """Relative errors of y, dx, dweight, dbias of the Triton op (``mode`` in DTYPE_MODES) against the float64
     reference on the same inputs, and whether the dtypes follow the rules."""
-    b, c, h, w, k, residual, activation, has_bias = shape
+    b, c, h, w, k, residual, activation, has_bias, *rest = shape
+    stride = rest[0] if rest else 1
     dtype, autocast = DTYPE_MODES[mode]
     g = torch.Generator(device='cpu').manual_seed(c * 31 + h + k)
     x = torch.randn(b, c, h, w, generator=g).to(device, dtype)
@@ -70,13 +73,13 @@ def check_case(shape, mode, device):
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
     with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=autocast is not None):
         y = depthwise_conv2d_act(leaves[0], leaves[1], leaves[2] if has_bias else None, residual, activation,
-                                 impl='triton')
+                                 impl='triton', stride=stride)
         with torch.no_grad():
             expected_dtype = depthwise_conv2d_act_reference(*[t.detach() for t in leaves[:2]],
                                                             leaves[2].detach() if has_bias else None, residual,
-                                                            activation).dtype
+                                                            activation, stride).dtype
     y_ref = depthwise_conv2d_act_reference(ref_leaves[0], ref_leaves[1], ref_leaves[2] if has_bias else None,
-                                           residual, activation)
+                                           residual, activation, stride)
     dy = torch.randn(y.shape, generator=g).to(device, y.dtype)
     y.backward(dy)
     y_ref.backward(dy.double())

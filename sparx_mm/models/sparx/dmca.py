@@ -24,12 +24,12 @@ def _spatial_reduction(dim: int, sr_ratio: int, norm_cfg) -> nn.Module:
     """Depthwise strided conv + BN + GELU shrinking H, W by ``sr_ratio``; Identity when sr_ratio == 1."""
     if sr_ratio == 1:
         return nn.Identity()
-    return FoldingSequential(
-        nn.Conv2d(dim, dim, sr_ratio + 1, stride=sr_ratio, padding=(sr_ratio + 1) // 2, groups=dim,
-                  bias=False),
-        _bn(norm_cfg, dim),
-        nn.GELU(),
-    )
+    kernel_size = sr_ratio + 1
+    if kernel_size % 2:  # the layer operator (odd kernels only): on GPUs the Triton kernels, not cuDNN's
+        conv = DepthwiseConvAct(dim, kernel_size, bias=False, stride=sr_ratio)
+    else:
+        conv = nn.Conv2d(dim, dim, kernel_size, stride=sr_ratio, padding=kernel_size // 2, groups=dim, bias=False)
+    return FoldingSequential(conv, _bn(norm_cfg, dim), nn.GELU())
 
 
 def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int,

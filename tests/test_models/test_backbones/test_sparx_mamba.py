@@ -168,7 +168,8 @@ def test_frozen_stages_and_norm_eval():
 
 def test_inference_folds_every_batch_norm_and_the_dmca_gelus(monkeypatch):
     """SparX-T without grad: its 43 BatchNorms (stem, downsampling, DMCAs) fold into the convolutions before them
-    and 14 GELUs (each DMCA's two in its shortcut projection) run in the layer kernels; the outputs equal the
+    and 24 GELUs (each DMCA's two in its shortcut projection, and those of the query's and key's spatial
+    reductions in the five DMCAs of stages 2 and 3) run in the layer kernels; the outputs equal the
     unfolded pass's (layers.unfolded) to float32 rounding, with BatchNorm statistics and parameters away from
     their initial values."""
     from sparx_mm.models import layers
@@ -188,9 +189,9 @@ def test_inference_folds_every_batch_norm_and_the_dmca_gelus(monkeypatch):
     monkeypatch.setattr(layers, 'pointwise_conv2d', lambda *a, **k: (
         gelus.append(1) if k.get('activation') == 'gelu' else None) or real_pointwise(*a, **k))
     # A depthwise GELU of a folded weight (not the module's parameter) is one FoldingSequential added.
-    monkeypatch.setattr(layers, 'depthwise_conv2d_act', lambda *a: (
+    monkeypatch.setattr(layers, 'depthwise_conv2d_act', lambda *a, **k: (
         gelus.append(1) if a[4] == 'gelu' and not isinstance(a[1], torch.nn.Parameter) else None)
-        or real_depthwise(*a))
+        or real_depthwise(*a, **k))
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         with layers.unfolded():
@@ -199,7 +200,7 @@ def test_inference_folds_every_batch_norm_and_the_dmca_gelus(monkeypatch):
         gelus.clear()
         outputs = model(x)
     assert len(bns) == len(folds) == 43
-    assert len(gelus) == 2 * 7  # SparX-T has 7 DMCAs
+    assert len(gelus) == 2 * 7 + 2 * 5  # SparX-T has 7 DMCAs, 5 of them with spatial reductions
     for out, ref in zip(outputs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 

@@ -78,9 +78,9 @@ def test_learnable_scale_init_and_errors():
 
 
 def test_dmca_convolutions_run_through_the_layer_operators(monkeypatch):
-    """The stride-1 depthwise convs and the 1x1 convs, the grouped fusion conv included, are the layer operators
-    (Triton kernels on GPUs where they pay), the strided depthwise convs stay nn.Conv2d; the parameter keys are
-    the official ones."""
+    """The depthwise convs (the spatial reductions' strided ones included) and the 1x1 convs, the grouped fusion
+    conv included, are the layer operators (Triton kernels on GPUs where they pay); the parameter keys are the
+    official ones."""
     from sparx_mm.models import layers
     seen = []
 
@@ -97,10 +97,37 @@ def test_dmca_convolutions_run_through_the_layer_operators(monkeypatch):
         dmca(torch.randn(1, 8, 6, 6), torch.randn(1, 16, 6, 6))
     weights = {id(p): name for name, p in dmca.named_parameters()}
     assert [(op, weights[id(w)]) for op, w in seen] == [
-        ('depthwise', 'shortcut_proj.0.weight'), ('pointwise', 'shortcut_proj.3.weight'), ('pointwise', 'q.1.weight'),
+        ('depthwise', 'shortcut_proj.0.weight'), ('pointwise', 'shortcut_proj.3.weight'),
+        ('depthwise', 'q.0.0.weight'), ('pointwise', 'q.1.weight'), ('depthwise', 'k.0.0.weight'),
         ('pointwise', 'k.1.weight'), ('pointwise', 'v.0.weight'), ('depthwise', 'fuse.0.weight'),
         ('pointwise', 'fuse.2.weight')]
     assert [k for k in dmca.state_dict() if k.endswith('.weight')] == [
         'shortcut_norm.weight', 'shortcut_proj.0.weight', 'shortcut_proj.1.weight', 'shortcut_proj.3.weight',
         'q.0.0.weight', 'q.0.1.weight', 'q.1.weight', 'q.2.weight', 'k.0.0.weight', 'k.0.1.weight', 'k.1.weight',
         'k.2.weight', 'v.0.weight', 'v.1.weight', 'fuse.0.weight', 'fuse.2.weight']
+
+
+@pytest.mark.parametrize('sr', [2, 3, 4])
+def test_spatial_reduction_is_the_official_strided_conv(sr):
+    """q's and k's reduction: a depthwise (sr + 1) x (sr + 1) conv of stride sr and padding (sr + 1) // 2, as the
+    official nn.Conv2d (the layer operator where the kernel is odd, nn.Conv2d itself where it is even), then BN
+    and GELU; the same output in training and (BatchNorm folded) in inference."""
+    from sparx_mm.models.layers import DepthwiseConvAct
+    torch.manual_seed(sr)
+    dmca = DMCA(8, 16, 16, sr_ratio=sr)
+    conv = dmca.q[0][0]
+    assert isinstance(conv, DepthwiseConvAct) == (sr % 2 == 0)
+    assert (conv.kernel_size, conv.stride, conv.padding, conv.groups, conv.bias) == (
+        (sr + 1, sr + 1), (sr, sr), ((sr + 1) // 2, (sr + 1) // 2), 8, None)
+    official = torch.nn.Conv2d(8, 8, sr + 1, stride=sr, padding=(sr + 1) // 2, groups=8, bias=False)
+    official.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 8, 9, 11)
+    torch.testing.assert_close(conv(x), official(x), rtol=1e-6, atol=1e-6)
+    reduction = dmca.q[0]
+    with torch.no_grad():
+        reduction[1].running_mean.uniform_(-1, 1)
+        reduction[1].running_var.uniform_(0.5, 2)
+    expected = torch.nn.functional.gelu(reduction[1].eval()(official(x)))
+    with torch.no_grad():
+        torch.testing.assert_close(reduction.eval()(x), expected, rtol=1e-5, atol=1e-5)  # folded
+    torch.testing.assert_close(reduction.eval()(x), expected, rtol=1e-6, atol=1e-6)  # grad mode: one by one
