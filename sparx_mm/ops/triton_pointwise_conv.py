@@ -31,10 +31,12 @@ ms of a SparX-T fp16 training step's 138.6 on an H200, docs/benchmarks.md). dx =
 kernel run on dy with the transposed weight. The weight gradient, a sum over samples and positions, comes from
 ``_conv1x1_wgrad_kernel``: a program per output tile and split of the batch, dy and x tiles read with the positions (the
 product's K) contiguous, which is how Hopper's tensor cores take both operands, TF32 included; the splits' float32
-partial sums are added after it (deterministic, no atomics). The bias gradient is torch's sum of dy (see the
-kernel's docstring for why not in the kernel). Its tiling and the backward's speed against cuDNN's:
-``tools/gpu_checks/check_pointwise_conv.py --only bench wgrad-sweep``. The skip path's gradients are elementwise
-torch ops.
+partial sums are added after it (deterministic, no atomics). Its tiling and the backward's speed against cuDNN's:
+``tools/gpu_checks/check_pointwise_conv.py --only bench wgrad-sweep``. The per-channel gradients come from one
+more pass over dy, ``_channel_grads_kernel`` (not the weight-gradient kernel: Triton 3.6 miscompiled sums of
+the dy tile that fed its tensor-core product on Hopper): the bias's and the skip shift's (both dy's sum), the
+skip scale's (the sum of dy * skip) and the skip path's own (dy * scale), where torch took a pass over dy for
+each sum and each product (SparX-T's stage-3 blocks: five; docs/benchmarks.md).
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1`` (Triton's
 CPU interpreter, which the CPU tests use).
@@ -48,6 +50,7 @@ import triton.language as tl
 
 from .gpu_backends import check_triton_launchable, choice_from_environment
 from .triton_depthwise_conv import ACT_CODES, _activation
+from .triton_group_norm import _reduce_layout, _row_block, _tile_offsets
 from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
 
@@ -373,6 +376,68 @@ def bias_grad(dy: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
     return dy.to(conv_dtype).sum((0, 2, 3), dtype=torch.float32)
 
 
+@triton.jit
+def _channel_grads_kernel(dy_ptr, skip_ptr, scale_ptr, dskip_ptr, sums_ptr, rows, C, S_UNITS, chunks_per_split,
+                          SKIP_SUM: tl.constexpr, DSKIP: tl.constexpr, S_ALIGN: tl.constexpr,
+                          BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Over the columns of split ``program_id(1)`` of BLOCK_R rows (sample, channel) of dy (B*C, S): the float32
+    sums of dy and (SKIP_SUM) of dy * skip at [0, row, split] and [1, row, split] of ``sums`` (2, rows, splits);
+    with DSKIP, dskip = dy * scale[channel] rounded to dy's dtype (the scale too, as torch's product of the two
+    in that dtype), stored in dskip's dtype. S = S_UNITS * S_ALIGN."""
+    S = S_UNITS * S_ALIGN
+    r, mask_r, _, channel = _row_block(tl.program_id(0), rows, C, BLOCK_R)
+    split = tl.program_id(1)
+    start = split * chunks_per_split * BLOCK_S
+    cols = tl.arange(0, BLOCK_S)
+    if DSKIP:
+        scale = tl.load(scale_ptr + channel, mask=mask_r, other=0.0).to(dy_ptr.dtype.element_ty).to(tl.float32)
+    s1 = tl.zeros([BLOCK_R], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for i in range(tl.minimum(chunks_per_split, tl.cdiv(S - start, BLOCK_S))):
+        offsets, mask = _tile_offsets(r, mask_r, start + i * BLOCK_S + cols, S)
+        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        s1 += tl.sum(dy, axis=1)
+        if SKIP_SUM:
+            skip = tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            s2 += tl.sum(dy * skip, axis=1)
+        if DSKIP:
+            dskip = (dy * scale[:, None]).to(dy_ptr.dtype.element_ty)
+            tl.store(dskip_ptr + offsets, dskip.to(dskip_ptr.dtype.element_ty), mask=mask)
+    splits = tl.num_programs(1)
+    out = r.to(tl.int64) * splits + split
+    tl.store(sums_ptr + out, s1, mask=mask_r)
+    if SKIP_SUM:
+        tl.store(sums_ptr + tl.cast(rows, tl.int64) * splits + out, s2, mask=mask_r)
+
+
+def _channel_grads(dy: torch.Tensor, skip: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                   dskip_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """dy (B, C, H, W), skip (dy's shape) or None, scale (C,) or None, contiguous -> (dskip = dy * scale in
+    ``dskip_dtype``, or an empty (0,) tensor without ``scale``; the (2, C) float32 sums over B, H, W of dy and of
+    dy * skip (zeros without ``skip``))."""
+    batch, channels = dy.shape[:2]
+    dskip = torch.empty(dy.shape if scale is not None else (0, ), device=dy.device, dtype=dskip_dtype)
+    if not dy.numel():
+        return dskip, dy.new_zeros(2, channels, dtype=torch.float32)
+    rows, cols = batch * channels, dy.numel() // (batch * channels)
+    block_r, block_s, row_blocks, splits, per_split = _reduce_layout(rows, cols)
+    partial = torch.zeros(2, rows * splits, device=dy.device, dtype=torch.float32)  # row 1 stays 0 without skip
+    s_align = power_of_two_factor(cols)
+    launch(_channel_grads_kernel, (row_blocks, splits), dy, dy if skip is None else skip,
+           dy if scale is None else scale, dy if scale is None else dskip, partial, rows, channels,
+           cols // s_align, per_split, SKIP_SUM=skip is not None, DSKIP=scale is not None, S_ALIGN=s_align,
+           BLOCK_R=block_r, BLOCK_S=block_s, num_warps=4)
+    return dskip, partial.view(2, batch, channels, splits).sum((1, 3))
+
+
+def _channel_grads_fake(dy, skip, scale, dskip_dtype):
+    return (dy.new_empty(dy.shape if scale is not None else (0, ), dtype=dskip_dtype),
+            dy.new_empty(2, dy.shape[1], dtype=torch.float32))
+
+
+_channel_grads = TritonOp('sparx_mm::pointwise_conv_channel_grads', _channel_grads, _channel_grads_fake)
+
+
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
 # an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _pointwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], skip: Optional[torch.Tensor],
@@ -457,25 +522,35 @@ def _backward(ctx, dy):
     bias_dtype, skip_dtype, shift_dtype = ctx.dtypes
     needs = ctx.needs_input_grad
     dx = dweight = dbias = dskip = dscale = dshift = None
-    if needs[0] or needs[1] or needs[2]:
+    dy = dy.contiguous()
+    # One pass over dy for the per-channel gradients (module doc): the skip path's in dy's dtype (the output's:
+    # under autocast the autocast dtype, in which the official LayerScale conv differentiates too; otherwise at
+    # least the scale's), the sums in float32 (a float16 sum over B x H x W overflows long before its terms do).
+    # The bias's is dy's sum in the convolution dtype: here when dy has it (as always under autocast).
+    bias_in_pass = needs[2] and dy.dtype == ctx.conv_dtype
+    scaled_dskip = needs[3] and skip_scale is not None
+    if bias_in_pass or scaled_dskip or needs[4] or needs[5]:
+        dskip, sums = _channel_grads(dy, skip if needs[4] else None, skip_scale if scaled_dskip else None,
+                                     skip_dtype or dy.dtype)
+        dbias = sums[0].to(bias_dtype) if bias_in_pass else None
+        dscale = sums[1].to(skip_scale.dtype) if needs[4] else None
+        dshift = sums[0].to(shift_dtype) if needs[5] else None
+    conv_needs = (needs[0], needs[1], needs[2] and not bias_in_pass)
+    if any(conv_needs):
         positions = x.shape[2] * x.shape[3]
         if BACKWARD == 'triton' or BACKWARD == 'auto' and triton_backward_is_faster(positions, ctx.groups):
-            dx, dweight, dbias = _pointwise_bwd(dy.contiguous(), x, weight, ctx.conv_dtype, ctx.tf32, ctx.groups,
-                                                *needs[:3])
+            dx, dweight, conv_dbias = _pointwise_bwd(dy, x, weight, ctx.conv_dtype, ctx.tf32, ctx.groups,
+                                                     *conv_needs)
         else:
-            dx, dweight, dbias = _conv_grads_cudnn(dy, x, weight, ctx.conv_dtype, ctx.groups, needs[:3])
+            dx, dweight, conv_dbias = _conv_grads_cudnn(dy, x, weight, ctx.conv_dtype, ctx.groups, conv_needs)
         dx = dx.to(x.dtype) if needs[0] else None
         dweight = dweight.to(weight.dtype) if needs[1] else None
-        dbias = dbias.to(bias_dtype) if needs[2] else None
-    # The skip path's gradients in dy's dtype (the output's: under autocast the autocast dtype, in which the
-    # official LayerScale conv differentiates too; otherwise at least the scale's), their sums accumulated and
-    # returned in float32 (a float16 sum over B x H x W overflows long before its terms do).
-    if needs[3]:
-        dskip = (dy if skip_scale is None else dy * skip_scale.to(dy.dtype).view(1, -1, 1, 1)).to(skip_dtype)
-    if needs[4]:
-        dscale = (dy * skip).sum((0, 2, 3), dtype=torch.float32).to(skip_scale.dtype)
-    if needs[5]:
-        dshift = dy.sum((0, 2, 3), dtype=torch.float32).to(shift_dtype)
+        if conv_needs[2]:
+            dbias = conv_dbias.to(bias_dtype)
+    if needs[3] and skip_scale is None:
+        dskip = dy.to(skip_dtype)
+    elif not needs[3]:
+        dskip = None
     return dx, dweight, dbias, dskip, dscale, dshift, None, None, None, None, None
 
 

@@ -232,6 +232,9 @@ def check_registration():
             bwd_report = torch.library.opcheck(tpc._pointwise_bwd.op, [dy, x.detach(), w.detach(), torch.float32,
                                                                        False, groups, *needs])
             report = {**report, **{f'backward {needs} groups {groups} {k}': v for k, v in bwd_report.items()}}
+    for args in ((dy, skip.detach(), scale.detach(), torch.float32), (dy, None, None, torch.float16)):
+        sums_report = torch.library.opcheck(tpc._channel_grads.op, args)
+        report = {**report, **{f'channel grads {k}': v for k, v in sums_report.items()}}
     ok = set(report.values()) == {'SUCCESS'}
     print('OPCHECK', 'ok' if ok else report)
 
@@ -239,6 +242,42 @@ def check_registration():
         return pointwise_conv2d(*tensors, impl='triton').square().sum()
 
     return compile_matches_eager(loss, leaves, atol=1e-5) and ok
+
+
+def check_channel_grads():
+    """The per-channel gradients' pass as autocast training runs it (float16 dy and skip, float32 LayerScale
+    parameters): dskip = dy * scale in float16; the scale's, shift's and (dy in the convolution dtype) bias's
+    gradients summed in float32, finite where a float16 sum over B x H x W (2 x 64 x 64 terms of 8) overflows;
+    with the sums split between programs (a 64 x 64 map is 2 column chunks, the layout splits them)."""
+    from types import SimpleNamespace
+    dy = torch.full((2, 3, 64, 64), 8.0, dtype=torch.float16)
+    skip = torch.ones(2, 3, 64, 64, dtype=torch.float16)
+    scale = torch.tensor([0.5, 0.25, 2.0])
+    ctx = SimpleNamespace(saved_tensors=(None, None, skip, scale), dtypes=(torch.float32, torch.float16,
+                                                                           torch.float32),
+                          needs_input_grad=(False, False, True, True, True, True), conv_dtype=torch.float16)
+    grads = tpc._backward(ctx, dy)
+    dbias, dskip, dscale, dshift = grads[2:6]
+    total = torch.full((3, ), 8.0 * 2 * 64 * 64)
+    ok = (grads[:2] == (None, None) and dskip.dtype == torch.float16
+          and torch.equal(dskip, dy * scale.half().view(1, -1, 1, 1))
+          and dscale.dtype == dshift.dtype == dbias.dtype == torch.float32
+          and torch.equal(dscale, total) and torch.equal(dshift, total) and torch.equal(dbias, total)
+          and bool(torch.isinf((dy * skip).sum((0, 2, 3))).all()))  # the float16 sum, for contrast
+    # Random values, every combination of the optional parts, against torch.
+    g = torch.Generator().manual_seed(5)
+    dy, skip = torch.randn(3, 5, 7, 9, generator=g), torch.randn(3, 5, 7, 9, generator=g)
+    scale = torch.randn(5, generator=g)
+    for with_skip in (False, True):
+        for with_scale in (False, True):
+            dskip, sums = tpc._channel_grads(dy, skip if with_skip else None, scale if with_scale else None,
+                                             torch.float32)
+            expected = torch.stack([dy.sum((0, 2, 3)), (dy * skip).sum((0, 2, 3)) if with_skip else
+                                    torch.zeros(5)])
+            ok = ok and torch.allclose(sums, expected, rtol=1e-5, atol=1e-5) and (
+                torch.equal(dskip, dy * scale.view(1, -1, 1, 1)) if with_scale else dskip.shape == (0, ))
+    print('CHANNEL GRADS', 'ok' if ok else 'FAIL', flush=True)
+    return ok
 
 
 def check_model():
@@ -299,6 +338,7 @@ if __name__ == '__main__':
     ok = check_activation() and ok
     ok = check_backward_policy() and ok
     ok = check_tf32_rounding() and ok
+    ok = check_channel_grads() and ok
     ok = check_registration() and ok
     scaled, passed = check_model()
     worst, ok = max(worst, scaled), ok and passed

@@ -71,27 +71,6 @@ def test_layer_scale_under_autocast_is_the_official_depthwise_conv(x_dtype):
     assert without.dtype == torch.float32
 
 
-def test_skip_path_gradients_in_float16_sum_in_float32():
-    """The fused operator's backward, skip path only (what autocast training sends it: float16 dy, a float16
-    skip, float32 LayerScale parameters): dskip = dy * scale in float16, one pass; the scale's and shift's
-    gradients summed and returned in float32, finite where a float16 sum over B x H x W (here 2 x 64 x 64 terms
-    of 8) would overflow."""
-    from types import SimpleNamespace
-    from sparx_mm.ops import triton_pointwise_conv as tpc
-    dy = torch.full((2, 3, 64, 64), 8.0, dtype=torch.float16)
-    skip = torch.ones(2, 3, 64, 64, dtype=torch.float16)
-    scale = torch.tensor([0.5, 0.25, 2.0])
-    ctx = SimpleNamespace(saved_tensors=(None, None, skip, scale), dtypes=(None, torch.float16, torch.float32),
-                          needs_input_grad=(False, False, False, True, True, True))
-    grads = tpc._backward(ctx, dy)
-    assert grads[:3] == (None, None, None)
-    dskip, dscale, dshift = grads[3:6]
-    assert dskip.dtype == torch.float16 and torch.equal(dskip, dy * scale.half().view(1, -1, 1, 1))
-    assert dscale.dtype == dshift.dtype == torch.float32
-    assert torch.equal(dscale, torch.full((3, ), 8.0 * 2 * 64 * 64)) and torch.equal(dshift, dscale)
-    assert torch.isinf((dy * skip).sum((0, 2, 3))).all()  # the float16 sum, for contrast
-
-
 @pytest.mark.parametrize('scale,shift', [(False, False), (True, False), (False, True), (True, True)])
 def test_skip_path_forms(scale, shift):
     t = _inputs(dtype=torch.float64)
@@ -255,9 +234,11 @@ def test_triton_kernel_matches_the_reference_in_the_interpreter():
     assert 'TF32 ROUNDING ok' in stdout, stdout
     assert stdout.count('ACTIVATION ') == 3, stdout
     assert "BACKWARD POLICY ok: ['cudnn', 'triton', 'triton']" in stdout, stdout
-    # 15 cases, 6 small-tile cases, 3 with cuDNN's backward, 3 activations, the backward policy, rounding, opcheck,
-    # compile, 3 models, summary
-    assert stdout.count('\n') == 35, stdout
+    # The per-channel gradients' pass: float16 skip-path gradients, float32 sums past float16's range.
+    assert 'CHANNEL GRADS ok' in stdout, stdout
+    # 15 cases, 6 small-tile cases, 3 with cuDNN's backward, 3 activations, the backward policy, rounding, channel
+    # grads, opcheck, compile, 3 models, summary
+    assert stdout.count('\n') == 36, stdout
 
 
 @pytest.mark.parametrize('value,expected', [('', 'auto'), ('auto', 'auto'), ('triton', 'triton'),
