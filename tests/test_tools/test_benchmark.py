@@ -28,6 +28,23 @@ def test_prints_one_row_per_setting_in_channels_last(benchmark, capsys):
         assert 0 < float(row[8]) <= float(row[5])
 
 
+@pytest.mark.parametrize('optimizer, fused', [('adamw', None), ('adamw-fused', True)])
+def test_optimizer_option_builds_that_adamw(benchmark, capsys, monkeypatch, optimizer, fused):
+    built = []
+    real = torch.optim.AdamW
+
+    def adamw(params, **kwargs):
+        built.append(kwargs)
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, 'AdamW', adamw)
+    benchmark.main(['--arch', 't', '--batch', '2', '--size', '32', '--device', 'cpu', '--mode', 'train',
+                    '--warmup', '0', '--iters', '1', '--optimizer', optimizer])
+    out = capsys.readouterr().out
+    assert f'optimizer {optimizer}' in out.splitlines()[0] and float(_rows(out)[0][6]) > 0
+    assert [kwargs.get('fused') for kwargs in built] == [fused]
+
+
 def test_unfolded_times_inference_with_every_batch_norm_as_its_own_module(benchmark, capsys, monkeypatch):
     """--unfolded: the folding of FoldingSequential is off while the model runs (and back on after)."""
     from sparx_mm.models import layers

@@ -5,7 +5,9 @@
     python tools/analysis_tools/benchmark.py --arch t s b --batch 128 --dtype fp32 fp16 --mode infer train --cuda-graph
 
 Inference is timed under torch.inference_mode(); training times forward + backward + AdamW step on random
-labels. fp16 / bf16 run under autocast (the scan keeps a float32 state). Prints one row per setting.
+labels (``--optimizer``: torch's default AdamW, a multi-tensor loop of kernels per step as the official training
+scripts build it, or ``AdamW(fused=True)``, one kernel a step: the same update). fp16 / bf16 run under autocast
+(the scan keeps a float32 state). Prints one row per setting.
 
 ``--cuda-graph`` (CUDA only) replays the model's kernels from a CUDA graph instead of launching them from Python:
 inference replays one captured forward pass; training replays the model's forward and backward passes
@@ -106,8 +108,12 @@ def graph_training(model, x, dtype):
     return torch.cuda.make_graphed_callables(_AutocastForward(model, dtype), (x, ), num_warmup_iters=3)
 
 
+#: --optimizer choices: the AdamW keyword arguments they add.
+OPTIMIZERS = {'adamw': {}, 'adamw-fused': dict(fused=True)}
+
+
 def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model=False, channels_last=False,
-            backbone_options=None, cuda_graph=False):
+            backbone_options=None, cuda_graph=False, optimizer='adamw'):
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     model = Classifier(arch, **(backbone_options or {})).to(device)
@@ -122,7 +128,7 @@ def measure(arch, batch, size, device, dtype, mode, warmup, iters, compile_model
         if cuda_graph:
             model = graph_training(model, x, dtype)
         labels = torch.randint(0, 1000, (batch, ), device=device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **OPTIMIZERS[optimizer])
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == 'fp16')
 
         def step():
@@ -210,6 +216,8 @@ def main(argv=None):
     parser.add_argument('--compile', action='store_true', help='torch.compile the model first')
     parser.add_argument('--cuda-graph', action='store_true',
                         help='replay the model from CUDA graphs (CUDA only; see above)')
+    parser.add_argument('--optimizer', default='adamw', choices=sorted(OPTIMIZERS),
+                        help="training's optimizer: torch's default AdamW or AdamW(fused=True) (see above)")
     parser.add_argument('--channels-last', action='store_true',
                         help='run in channels-last memory format (weights and input)')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
@@ -233,7 +241,8 @@ def main(argv=None):
     print(f'# SparX-Mamba benchmark on {name}, torch {torch.__version__}; median of {args.iters} iterations'
           + (', torch.compile' if args.compile else '') + (', CUDA graphs' if args.cuda_graph else '')
           + (', channels-last' if args.channels_last else '') + (', BatchNorms unfolded' if args.unfolded else '')
-          + (f', backbone options {backbone_options}' if backbone_options else ''))
+          + (f', backbone options {backbone_options}' if backbone_options else '')
+          + (f', optimizer {args.optimizer}' if 'train' in args.mode else ''))
     print(f"{'arch':>4} {'mode':>5} {'dtype':>5} {'batch':>5} {'size':>5} {'ms/iter':>9} {'img/s':>9} {'peak GB':>8} "
           f"{'host ms':>8}")
     for arch in args.arch:
@@ -243,7 +252,8 @@ def main(argv=None):
                 try:
                     with unfolded() if args.unfolded else contextlib.nullcontext():
                         r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters,
-                                    args.compile, args.channels_last, backbone_options, args.cuda_graph)
+                                    args.compile, args.channels_last, backbone_options, args.cuda_graph,
+                                    args.optimizer)
                 except torch.OutOfMemoryError:
                     pass  # one setting too large for the device must not cost the rest of the table
                 if r is None:
