@@ -5,8 +5,8 @@
     python tools/analysis_tools/benchmark.py --arch t s b --batch 128 --dtype fp32 fp16 --mode infer train --cuda-graph
 
 Inference is timed under torch.inference_mode(); training times forward + backward + AdamW step on random
-labels (``--optimizer``: torch's default AdamW, a multi-tensor loop of kernels per step as the official training
-scripts build it, or ``AdamW(fused=True)``, one kernel a step: the same update). fp16 / bf16 run under autocast
+labels (``--optimizer``: torch's default AdamW, a loop of multi-tensor kernels launched from the host each step,
+or ``AdamW(fused=True)``, one kernel a step: the same update). fp16 / bf16 run under autocast
 (the scan keeps a float32 state). Prints one row per setting.
 
 ``--cuda-graph`` (CUDA only) replays the model's kernels from a CUDA graph instead of launching them from Python:
