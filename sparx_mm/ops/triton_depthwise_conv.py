@@ -155,8 +155,8 @@ def _activation_grad(z, ACT: tl.constexpr):
 
 @triton.jit
 def _dwconv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run_rows, K: tl.constexpr, ACT: tl.constexpr,
-                HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr,
-                BLOCK_W: tl.constexpr):
+                   HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_W: tl.constexpr):
     """y = act(conv(x, w) + b (+ x)) for output rows [first, first + run_rows) of the tile (grid axis 2: the
     run); rows of W = W_UNITS * W_ALIGN columns (module doc)."""
     W = W_UNITS * W_ALIGN
@@ -187,8 +187,8 @@ def _dwconv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run_rows
 
 @triton.jit
 def _dwconv_grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W_UNITS, n_planes, run_rows, n_parts,
-                 K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
-                 W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+                        K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
+                        W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     """gz = dy * act'(z) for output rows [first, first + run_rows) of the tile (written with an activation only),
     and each plane's partial sums over them of the weight gradient (entries 0 .. K*K-1, tap i*K + j) and of the
     bias gradient (entry K*K), in row ``part`` = run * column blocks + column block of ``partial_ptr``

@@ -151,10 +151,10 @@ def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_pt
 
 @triton.jit
 def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS, W_STRIDE_UNITS,
-                HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                ACT: tl.constexpr, DOT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
-                P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
-                BLOCK_K: tl.constexpr):
+                    HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                    ACT: tl.constexpr, DOT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
+                    P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
     """y[b, co, p] = act(sum_ci w[co, ci] x[b, ci, p] + bias[co]) + skip[b, co, p] * scale[co] + shift[co];
     float16, bfloat16 or exact float32 products (``DOT``). CIN = CIN_UNITS * CIN_ALIGN input channels, P = P_UNITS *
     P_ALIGN positions, weight rows W_STRIDE_UNITS * W_ALIGN apart (module doc); with GROUPS > 1, b is a (sample,
@@ -184,10 +184,10 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN
 
 @triton.jit
 def _conv1x1_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
-                     W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                     HAS_SHIFT: tl.constexpr, ACT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
-                     P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                         W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
+                         HAS_SHIFT: tl.constexpr, ACT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
+                         P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
     """``_conv1x1_kernel``'s result for float32 tensors with TF32 products, as acc (BLOCK_P, BLOCK_CO) = x^T @ w^T,
     x rounded to TF32 in registers (module doc)."""
     CIN = CIN_UNITS * CIN_ALIGN
@@ -210,8 +210,8 @@ def _conv1x1_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr
 
 @triton.jit
 def _conv1x1_wgrad_kernel(dy_ptr, x_ptr, dw_ptr, CIN, COUT, P_UNITS, SAMPLES, SAMPLES_PER_SPLIT, DOT: tl.constexpr,
-                  GROUPS: tl.constexpr, P_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
-                  BLOCK_P: tl.constexpr):
+                          GROUPS: tl.constexpr, P_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+                          BLOCK_P: tl.constexpr):
     """One split of the samples' share of the weight gradient, float32:
     dw[split, co, ci] = sum over its samples b and positions p of dy[b, co, p] x[b, ci, p]. Both operands are read
     in NCHW order with the positions, the product's K, contiguous: the K-major tiles Hopper's tensor cores take,
