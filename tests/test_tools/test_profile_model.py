@@ -68,3 +68,38 @@ def test_gpu_time_counts_each_kernel_to_its_innermost_range(profile_model):
     own, total = profile_model.gpu_time_by_range(events, {'op', 'op.in_proj'})
     assert own == {'op': 8 + 15 + 10, 'op.in_proj': 4 + 5 + 6}
     assert total == 8 + 4 + 5 + 15 + 6 + 10 + 5
+
+
+def _cpu_event(name, parent=None, stack=()):
+    return SimpleNamespace(name=name, stack=list(stack), cpu_parent=parent)
+
+
+def test_call_site_is_the_innermost_package_frame_or_the_autograd_node(profile_model):
+    import os
+    frame = os.sep.join(['', 'repo', 'sparx_mm', 'ops', 'depthwise_conv.py(95): _reference'])
+    python_call = _cpu_event(frame, _cpu_event('benchmark.py(80): forward'))
+    assert profile_model.call_site(_cpu_event('aten::copy_', _cpu_event('aten::clone', python_call))) == \
+        'ops/depthwise_conv.py(95): _reference'
+    assert profile_model.call_site(_cpu_event('aten::copy_', stack=[frame])) == 'ops/depthwise_conv.py(95): _reference'
+    node = _cpu_event('autograd::engine::evaluate_function: ConvolutionBackward0')
+    assert profile_model.call_site(_cpu_event('aten::sum', node)) == 'backward: ConvolutionBackward0'
+    assert profile_model.call_site(_cpu_event('aten::sum')) == '?'
+
+
+def test_by_site_rows_largest_first_with_forward_and_backward_sites(profile_model, capsys):
+    profile_model.main(['--device', 'cpu', '--by-site', '--train', '--batch', '2', '--size', '64', '--rows', '400'])
+    out = capsys.readouterr().out
+    assert "aten ops' own CPU time by call site" in out
+    rows = [m.groups() for m in re.finditer(r'^ *([\d.]+) +(\d+)  (aten::\S+) +(.+?) +(\[.*\])?$', out, re.M)]
+    assert len(rows) > 50
+    times = [float(ms) for ms, *_ in rows]
+    assert times == sorted(times, reverse=True) and times[-1] > 0
+    sites = {site for *_, site, _ in rows}
+    assert any(site.startswith('backward: ') for site in sites)
+    assert any(site.startswith('ops/depthwise_conv.py(') for site in sites)  # the reference path on the CPU
+
+
+def test_by_module_and_by_site_are_exclusive(profile_model, capsys):
+    with pytest.raises(SystemExit):
+        profile_model.main(['--device', 'cpu', '--by-module', '--by-site'])
+    assert '--by-module and --by-site are two different tables' in capsys.readouterr().err

@@ -3,6 +3,7 @@ time by module.
 
     python tools/gpu_checks/profile_model.py --arch t --batch 128 --dtype fp32 [--train]
     python tools/gpu_checks/profile_model.py --arch t --batch 128 --dtype fp32 --by-module
+    python tools/gpu_checks/profile_model.py --arch t --batch 128 --dtype fp16 --train --by-site
 
 ``--by-module``: the GPU time of the kernels launched inside each part of the model during one forward pass
 (inference, or a training forward with ``--train``), summed over the stage's blocks: per stage, each block part
@@ -10,6 +11,14 @@ time by module.
 out_proj, the FFN's convs), the stem, the downsampling layers and the head. Kernel time, not wall time, so the
 host's pace does not enter it. ``scan core`` is SS2D's own work outside its submodules (the x_proj GEMM, the
 fused scan kernel, the plane transposes).
+
+``--by-site``: the aten ops' own GPU time in one step (a training step with ``--train``: forward and backward), by
+(op, call site, the first two inputs' shapes): the call site is the innermost ``sparx_mm`` frame of the op's
+Python stack (or of an enclosing op's), else the autograd node that ran it in the backward pass
+('backward: ConvolutionBackward0'; a custom operator's own backward: 'backward: sparx_mm_..._fwdBackward'), else
+'?'. What finds the torch work between the Triton kernels (strided copies, reductions, cuDNN's convolutions) and
+where it comes from; the Triton kernels themselves, launched through the driver API, are not linked to the ops
+(see :func:`gpu_time_by_range`) and are left out. CPU time with ``--device cpu``.
 """
 import argparse
 import collections
@@ -139,6 +148,44 @@ def by_module_table(prof, names, on_gpu=True):
     return rows
 
 
+_BACKWARD_NODE = 'autograd::engine::evaluate_function: '
+
+
+_PACKAGE_FRAME = re.compile(r'sparx_mm/(.+\.py\(\d+\): .+)$')
+
+
+def call_site(event) -> str:
+    """--by-site's call site of a profiler event (module doc): the Python frames are the event's stack (torch
+    versions that record one) or its enclosing events (those that record Python calls as events)."""
+    node = event
+    while node is not None:
+        for frame in list(node.stack or []) + [node.name]:
+            match = _PACKAGE_FRAME.search(frame.replace(os.sep, '/'))
+            if match:
+                return match.group(1)
+        if node.name.startswith(_BACKWARD_NODE):
+            return 'backward: ' + node.name[len(_BACKWARD_NODE):]
+        node = node.cpu_parent
+    return '?'
+
+
+def by_site_table(prof, on_gpu=True):
+    """Rows (ms, calls, op, call site, input shapes) of the aten ops' own time (GPU time of the kernels they
+    launched, or CPU time), largest first (module doc)."""
+    totals = collections.defaultdict(lambda: [0.0, 0])
+    for e in prof.events():
+        if e.device_type != DeviceType.CPU or not e.name.startswith('aten::'):
+            continue
+        us = e.self_device_time_total if on_gpu else e.self_cpu_time_total
+        if us <= 0:
+            continue
+        key = (e.name, call_site(e), str(list(e.input_shapes[:2])) if e.input_shapes else '')
+        totals[key][0] += us
+        totals[key][1] += 1
+    rows = [(us / 1e3, calls, *key) for key, (us, calls) in totals.items()]
+    return sorted(rows, key=lambda row: -row[0])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', default='t')
@@ -147,13 +194,17 @@ def main(argv=None):
     parser.add_argument('--dtype', default='fp32', choices=sorted(DTYPES))
     parser.add_argument('--train', action='store_true')
     parser.add_argument('--by-module', action='store_true', help='GPU time of the forward pass by module')
-    parser.add_argument('--device', default='cuda', help='cuda, or cpu (--by-module only: CPU time)')
+    parser.add_argument('--by-site', action='store_true', help="the aten ops' GPU time by call site (see above)")
+    parser.add_argument('--device', default='cuda', help='cuda, or cpu (--by-module, --by-site: CPU time)')
     parser.add_argument('--rows', type=int, default=25)
     parser.add_argument('--name-width', type=int, default=70, help='characters of each kernel name shown')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type != 'cuda' and not args.by_module:
-        parser.error(f'the kernel table needs a CUDA device, got --device {args.device} (--by-module runs on the CPU)')
+    if args.by_module and args.by_site:
+        parser.error('--by-module and --by-site are two different tables: choose one')
+    if device.type != 'cuda' and not (args.by_module or args.by_site):
+        parser.error(f'the kernel table needs a CUDA device, got --device {args.device} (--by-module and --by-site '
+                     'run on the CPU)')
     model = Classifier(args.arch).to(device).train(args.train)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
 
@@ -166,6 +217,20 @@ def main(argv=None):
     for _ in range(2):
         step()
     synchronize(device)
+    on_gpu = device.type == 'cuda'
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    if args.by_site:
+        with profile(activities=activities, with_stack=True, record_shapes=True) as prof:
+            step()
+            synchronize(device)
+        rows = by_site_table(prof, on_gpu)
+        print(f'# SparX-{args.arch.upper()} {"training step" if args.train else "inference"}, batch {args.batch}, '
+              f'{args.size} x {args.size}, {args.dtype}, {device.type}: aten ops\' own '
+              + ('GPU' if on_gpu else 'CPU') + f' time by call site, {sum(r[0] for r in rows):.2f} ms in all')
+        print(f'{"ms":>8} {"calls":>5}  {"op":<30} {"call site":<60} input shapes')
+        for ms, calls, op, site, shapes in rows[:args.rows]:
+            print(f'{ms:>8.3f} {calls:>5}  {op:<30} {site[:60]:<60} {shapes}')
+        return
     if not args.by_module:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             step()
@@ -174,12 +239,11 @@ def main(argv=None):
                                         max_name_column_width=args.name_width))
         return
     names = annotate(model)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     with profile(activities=activities) as prof:
         with record_function(FORWARD):
             step(backward=False)
         synchronize(device)
-    rows = by_module_table(prof, names, on_gpu=device.type == 'cuda')
+    rows = by_module_table(prof, names, on_gpu=on_gpu)
     total = rows[0][2]
     print(f'# SparX-{args.arch.upper()} {"training" if args.train else "inference"} forward, batch {args.batch}, '
           f'{args.size} x {args.size}, {args.dtype}, {device.type}: ms of '

@@ -87,8 +87,9 @@ step graphed_unfolded 200 $bench --arch t s b --batch 128 --dtype fp32 fp16 --mo
 step depthwise_sweep 240 python3 "$here/check_depthwise_conv.py" --only sweep &&
   grep -E "^ *(float16|float32) " "$out/depthwise_sweep.log"
 # Where the GPU time goes in the two settings furthest from the goal: SparX-T's fp16 training step (forward and
-# backward) and SparX-B's fp32 inference pass, kernel by kernel.
-step profiles 240 bash -c "python3 $here/profile_model.py --arch t --dtype fp16 --train --rows 45 &&
+# backward; kernel by kernel, then the aten ops' share by call site) and SparX-B's fp32 inference pass.
+step profiles 300 bash -c "python3 $here/profile_model.py --arch t --dtype fp16 --train --rows 45 &&
+  python3 $here/profile_model.py --arch t --dtype fp16 --train --by-site --rows 45 &&
   python3 $here/profile_model.py --arch b --dtype fp32 --rows 45" &&
   grep -E "CUDA time total|rror" "$out/profiles.log"
 exit 0
