@@ -29,6 +29,17 @@ def test_depthwise_conv_act_is_a_conv2d_followed_by_its_residual_and_activation(
     torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_strided_depthwise_conv_act_is_the_strided_conv2d_and_refuses_a_residual():
+    fused = _seeded(DepthwiseConvAct(6, 3, activation='gelu', stride=2))
+    plain = nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6)
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 6, 7, 9)
+    torch.testing.assert_close(fused(x), F.gelu(plain(x)), rtol=1e-5, atol=1e-6)
+    assert fused(x).shape == (2, 6, 4, 5) and 'stride=(2, 2)' in repr(fused)
+    with pytest.raises(ValueError, match='residual=True needs stride 1, got stride 2'):
+        DepthwiseConvAct(6, 3, residual=True, stride=2)
+
+
 @pytest.mark.parametrize('act_layer', [nn.GELU, nn.ReLU])
 def test_conv_ffn_equals_the_official_composition(act_layer):
     """fc1 (with its bias) -> h + dwconv(h) -> act -> fc2, whichever of its steps are fused."""
