@@ -37,6 +37,22 @@ def test_training_census_takes_the_channels_last_runs_and_prints_rows(op_census,
     assert 'aten.convolution ' in out and '(1, 3, 64, 64) float32 strides (12288, 1, 192, 3)' in out
 
 
+def test_inside_ops_counts_the_wrappers_own_ops_and_restores_the_custom_ops(op_census):
+    """--inside-ops: the copies inside the fused scan's wrappers (the route-ordered projections) are rows of their
+    own, at the wrapper's call site; without it they are inside the custom ops and not seen."""
+    from sparx_mm.ops import triton_op
+    traced = triton_op._traced
+    _, outside = op_census.run_census('t', 64, 1, 'train', 'fp16')
+    _, inside = op_census.run_census('t', 64, 1, 'train', 'fp16', inside_ops=True)
+    assert triton_op._traced is traced
+
+    def sites(census):
+        return {site for _, _, site, _ in census.calls}
+
+    assert any(site.startswith('ops/triton_cross_scan.py') and '_to_route_order' in site for site in sites(inside))
+    assert not any('_to_route_order' in site for site in sites(outside))
+
+
 @pytest.mark.parametrize('argv', [['--size', '16'], ['--batch', '0'], ['--rows', '0'], ['--mode', 'eval']])
 def test_bad_arguments_are_usage_errors(op_census, argv, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -2,15 +2,18 @@
 
     python tools/analysis_tools/op_census.py --arch b --mode infer --dtype fp32
     python tools/analysis_tools/op_census.py --arch t --mode train --dtype fp16 --strided-only
+    python tools/analysis_tools/op_census.py --arch t --mode train --dtype fp16 --inside-ops
 
 The model (SparXMamba + the classification head, as benchmark.py builds it) runs on the CPU with the dispatchers
 choosing their CUDA paths (``gpu_backends.triton_usable`` answers True, the channels-last runs of
 ``layers.FoldingSequential`` included) and every Triton launch counted instead of run (the kernels' outputs stay
 uninitialised: only shapes and strides matter here). A ``TorchDispatchMode`` records every aten op outside the
-Triton operators' own wrappers: its operands' shapes, dtypes and strides, the bytes they hold and the innermost call
-site in ``sparx_mm`` ('backward' for the autograd engine's ops). Ops with a non-contiguous operand ('strided') are
-the ones a GPU runs as strided copies or as elementwise kernels that cannot vectorise (``elementwise_kernel<128,
-2>`` in a kernel profile): this finds them without a GPU. The Triton launch counts match a CUDA run's kernel counts
+Triton operators' own wrappers (``--inside-ops``: inside them too, the wrappers run as plain Python instead of as
+custom ops: their copies, transposes and reductions around the kernels): its operands' shapes, dtypes and strides,
+the bytes they hold and the innermost call site in ``sparx_mm`` ('backward' for the autograd engine's ops). Ops
+with a non-contiguous operand ('strided') are the ones a GPU runs as strided copies or as elementwise kernels that
+cannot vectorise (``elementwise_kernel<128, 2>`` (32-bit) / ``<128, 4>`` (16-bit) in a kernel profile): this finds
+them without a GPU. The Triton launch counts match a CUDA run's kernel counts
 at the same map sizes (map sizes pick some dispatch paths: use 224).
 
 Prints the Triton launches by kernel, then one row per (op, strided, call site, operand shapes), largest share of
@@ -33,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark import DTYPES, Classifier  # noqa: E402  (puts the repo root on sys.path)
 from sparx_mm.models import SparXMamba, layers  # noqa: E402
 from sparx_mm import ops  # noqa: E402
-from sparx_mm.ops import gpu_backends  # noqa: E402
+from sparx_mm.ops import gpu_backends, triton_op  # noqa: E402
 
 #: Ops that move no data (views, metadata, allocation): not rows of the census.
 NO_DATA_OPS = {'detach', 'view', '_unsafe_view', 't', 'empty', 'expand', 'slice', 'select', 'transpose', 'permute',
@@ -120,16 +123,30 @@ class OpCensus(TorchDispatchMode):
         return out
 
 
-def run_census(arch: str, size: int, batch: int, mode: str, dtype: str) -> Tuple[Counter, OpCensus]:
+@contextlib.contextmanager
+def wrappers_as_python() -> Iterator[None]:
+    """Within it, the Triton operators run their wrappers' Python (and its autograd formula) under the census's
+    dispatch mode too, where they would otherwise run as one custom op each (``triton_op._traced``)."""
+    saved = triton_op._traced
+    triton_op._traced = lambda args: False
+    try:
+        yield
+    finally:
+        triton_op._traced = saved
+
+
+def run_census(arch: str, size: int, batch: int, mode: str, dtype: str,
+               inside_ops: bool = False) -> Tuple[Counter, OpCensus]:
     """(Triton launches by kernel, the op census) of one forward pass (``mode`` 'infer', under no_grad) or one
-    forward + backward pass ('train') of the classifier on random images, the CUDA paths taken on the CPU."""
+    forward + backward pass ('train') of the classifier on random images, the CUDA paths taken on the CPU;
+    ``inside_ops``: the aten ops inside the Triton operators' wrappers counted too."""
     torch.manual_seed(0)
     model = Classifier(arch).train(mode == 'train')
     images = torch.randn(batch, 3, size, size)
     launches: Counter = collections.Counter()
     census = OpCensus()
     autocast = torch.autocast('cpu', dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None)
-    with gpu_paths_on_cpu(launches):
+    with gpu_paths_on_cpu(launches), wrappers_as_python() if inside_ops else contextlib.nullcontext():
         if mode == 'train':
             with census, autocast:
                 loss = model(images).float().square().mean()
@@ -163,12 +180,14 @@ def main(argv=None):
     parser.add_argument('--dtype', default='fp32', choices=sorted(DTYPES))
     parser.add_argument('--rows', type=int, default=40)
     parser.add_argument('--strided-only', action='store_true', help='only the ops with a non-contiguous operand')
+    parser.add_argument('--inside-ops', action='store_true',
+                        help="also the aten ops inside the Triton operators' wrappers (see above)")
     args = parser.parse_args(argv)
     if not gpu_backends.TRITON_INSTALLED:
         parser.error('the GPU code path imports triton: install it (nothing runs on a GPU here)')
     if args.size < 32 or args.batch < 1 or args.rows < 1:
         parser.error(f'--size must be >= 32 and --batch, --rows >= 1, got {args.size}, {args.batch}, {args.rows}')
-    launches, census = run_census(args.arch, args.size, args.batch, args.mode, args.dtype)
+    launches, census = run_census(args.arch, args.size, args.batch, args.mode, args.dtype, args.inside_ops)
     print(f'# SparX-{args.arch.upper()} {args.mode} {args.dtype}, batch {args.batch}, {args.size} x {args.size}: '
           'the CUDA paths on the CPU (Triton launches counted, not run)')
     print('\n'.join(format_census(launches, census, args.rows, args.strided_only)))
