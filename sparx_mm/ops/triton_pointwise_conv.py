@@ -370,18 +370,13 @@ def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf
     return dw.sum(0)
 
 
-def bias_grad(dy: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
-    """dy (B, Cout, H, W) -> the bias gradient (Cout,), float32: dy's sum in the convolution dtype, as the
-    convolution's backward sums its cast dy."""
-    return dy.to(conv_dtype).sum((0, 2, 3), dtype=torch.float32)
-
-
 @triton.jit
 def _channel_grads_kernel(dy_ptr, skip_ptr, scale_ptr, dskip_ptr, sums_ptr, rows, C, S_UNITS, chunks_per_split,
                           SKIP_SUM: tl.constexpr, DSKIP: tl.constexpr, S_ALIGN: tl.constexpr,
                           BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
     """Over the columns of split ``program_id(1)`` of BLOCK_R rows (sample, channel) of dy (B*C, S): the float32
-    sums of dy and (SKIP_SUM) of dy * skip at [0, row, split] and [1, row, split] of ``sums`` (2, rows, splits);
+    sums of dy and of dy * skip (0 without SKIP_SUM) at [0, row, split] and [1, row, split] of ``sums`` (2, rows,
+    splits);
     with DSKIP, dskip = dy * scale[channel] rounded to dy's dtype (the scale too, as torch's product of the two
     in that dtype), stored in dskip's dtype. S = S_UNITS * S_ALIGN."""
     S = S_UNITS * S_ALIGN
@@ -406,8 +401,7 @@ def _channel_grads_kernel(dy_ptr, skip_ptr, scale_ptr, dskip_ptr, sums_ptr, rows
     splits = tl.num_programs(1)
     out = r.to(tl.int64) * splits + split
     tl.store(sums_ptr + out, s1, mask=mask_r)
-    if SKIP_SUM:
-        tl.store(sums_ptr + tl.cast(rows, tl.int64) * splits + out, s2, mask=mask_r)
+    tl.store(sums_ptr + tl.cast(rows, tl.int64) * splits + out, s2, mask=mask_r)
 
 
 def _channel_grads(dy: torch.Tensor, skip: Optional[torch.Tensor], scale: Optional[torch.Tensor],
@@ -421,7 +415,7 @@ def _channel_grads(dy: torch.Tensor, skip: Optional[torch.Tensor], scale: Option
         return dskip, dy.new_zeros(2, channels, dtype=torch.float32)
     rows, cols = batch * channels, dy.numel() // (batch * channels)
     block_r, block_s, row_blocks, splits, per_split = _reduce_layout(rows, cols)
-    partial = torch.zeros(2, rows * splits, device=dy.device, dtype=torch.float32)  # row 1 stays 0 without skip
+    partial = torch.empty(2, rows * splits, device=dy.device, dtype=torch.float32)
     s_align = power_of_two_factor(cols)
     launch(_channel_grads_kernel, (row_blocks, splits), dy, dy if skip is None else skip,
            dy if scale is None else scale, dy if scale is None else dskip, partial, rows, channels,
@@ -436,6 +430,12 @@ def _channel_grads_fake(dy, skip, scale, dskip_dtype):
 
 
 _channel_grads = TritonOp('sparx_mm::pointwise_conv_channel_grads', _channel_grads, _channel_grads_fake)
+
+
+def bias_grad(dy: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
+    """dy (B, Cout, H, W) -> the bias gradient (Cout,), float32: dy's sum in the convolution dtype, as the
+    convolution's backward sums its cast dy (the per-channel gradients' pass on the cast dy)."""
+    return _channel_grads(dy.to(conv_dtype).contiguous(), None, None, conv_dtype)[1][0]
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
@@ -526,31 +526,29 @@ def _backward(ctx, dy):
     # One pass over dy for the per-channel gradients (module doc): the skip path's in dy's dtype (the output's:
     # under autocast the autocast dtype, in which the official LayerScale conv differentiates too; otherwise at
     # least the scale's), the sums in float32 (a float16 sum over B x H x W overflows long before its terms do).
-    # The bias's is dy's sum in the convolution dtype: here when dy has it (as always under autocast).
+    # The bias's is dy's sum in the convolution dtype: in the same pass when dy has it (as always under autocast).
     bias_in_pass = needs[2] and dy.dtype == ctx.conv_dtype
     scaled_dskip = needs[3] and skip_scale is not None
     if bias_in_pass or scaled_dskip or needs[4] or needs[5]:
-        dskip, sums = _channel_grads(dy, skip if needs[4] else None, skip_scale if scaled_dskip else None,
-                                     skip_dtype or dy.dtype)
+        scaled, sums = _channel_grads(dy, skip if needs[4] else None, skip_scale if scaled_dskip else None,
+                                      skip_dtype or dy.dtype)
+        dskip = scaled if scaled_dskip else None
         dbias = sums[0].to(bias_dtype) if bias_in_pass else None
         dscale = sums[1].to(skip_scale.dtype) if needs[4] else None
         dshift = sums[0].to(shift_dtype) if needs[5] else None
-    conv_needs = (needs[0], needs[1], needs[2] and not bias_in_pass)
-    if any(conv_needs):
-        positions = x.shape[2] * x.shape[3]
-        if BACKWARD == 'triton' or BACKWARD == 'auto' and triton_backward_is_faster(positions, ctx.groups):
-            dx, dweight, conv_dbias = _pointwise_bwd(dy, x, weight, ctx.conv_dtype, ctx.tf32, ctx.groups,
-                                                     *conv_needs)
-        else:
-            dx, dweight, conv_dbias = _conv_grads_cudnn(dy, x, weight, ctx.conv_dtype, ctx.groups, conv_needs)
-        dx = dx.to(x.dtype) if needs[0] else None
-        dweight = dweight.to(weight.dtype) if needs[1] else None
-        if conv_needs[2]:
-            dbias = conv_dbias.to(bias_dtype)
+    if needs[2] and not bias_in_pass:
+        dbias = bias_grad(dy, ctx.conv_dtype).to(bias_dtype)
     if needs[3] and skip_scale is None:
         dskip = dy.to(skip_dtype)
-    elif not needs[3]:
-        dskip = None
+    if needs[0] or needs[1]:
+        conv_needs = (needs[0], needs[1], False)
+        positions = x.shape[2] * x.shape[3]
+        if BACKWARD == 'triton' or BACKWARD == 'auto' and triton_backward_is_faster(positions, ctx.groups):
+            dx, dweight, _ = _pointwise_bwd(dy, x, weight, ctx.conv_dtype, ctx.tf32, ctx.groups, *conv_needs)
+        else:
+            dx, dweight, _ = _conv_grads_cudnn(dy, x, weight, ctx.conv_dtype, ctx.groups, conv_needs)
+        dx = dx.to(x.dtype) if needs[0] else None
+        dweight = dweight.to(weight.dtype) if needs[1] else None
     return dx, dweight, dbias, dskip, dscale, dshift, None, None, None, None, None
 
 

@@ -248,7 +248,8 @@ def check_channel_grads():
     """The per-channel gradients' pass as autocast training runs it (float16 dy and skip, float32 LayerScale
     parameters): dskip = dy * scale in float16; the scale's, shift's and (dy in the convolution dtype) bias's
     gradients summed in float32, finite where a float16 sum over B x H x W (2 x 64 x 64 terms of 8) overflows;
-    with the sums split between programs (a 64 x 64 map is 2 column chunks, the layout splits them)."""
+    with the sums split between programs (a 64 x 64 map is 2 column chunks, the layout splits them). Then random
+    values against torch, and the bias gradient of a dy that is not in the convolution dtype."""
     from types import SimpleNamespace
     dy = torch.full((2, 3, 64, 64), 8.0, dtype=torch.float16)
     skip = torch.ones(2, 3, 64, 64, dtype=torch.float16)
@@ -276,6 +277,10 @@ def check_channel_grads():
                                     torch.zeros(5)])
             ok = ok and torch.allclose(sums, expected, rtol=1e-5, atol=1e-5) and (
                 torch.equal(dskip, dy * scale.view(1, -1, 1, 1)) if with_scale else dskip.shape == (0, ))
+    # The bias's gradient where dy is not in the convolution dtype (a float32 output under autocast): dy's sum
+    # in that dtype, the same pass on the cast dy.
+    expected = dy.to(torch.bfloat16).sum((0, 2, 3), dtype=torch.float32)
+    ok = ok and torch.allclose(tpc.bias_grad(dy, torch.bfloat16), expected, rtol=1e-5, atol=1e-5)
     print('CHANNEL GRADS', 'ok' if ok else 'FAIL', flush=True)
     return ok
 
