@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..ops import add_skip_path, depthwise_conv2d_act, fold_batch_norm, pointwise_conv2d, scaled_skip_path
+from ..ops import (add_skip_path, convert_memory_format, depthwise_conv2d_act, fold_batch_norm, pointwise_conv2d,
+                   scaled_skip_path)
 from .recompute import recompute_saved
 
 #: Activation modules that the fused depthwise-conv kernel applies itself, by the kernel's name for them.
@@ -215,8 +216,10 @@ class FoldingSequential(nn.Sequential):
     one; in grad mode on a GPU, a sequence of nothing but plain convolutions, BatchNorms and GELUs (the stem and
     the downsampling layers: :func:`runs_channels_last`) runs on a channels-last copy of its input and returns
     NCHW-contiguous output (cuDNN's NHWC convolutions and BatchNorm kernels, where its NCHW BatchNorm backward took
-    2.3 ms for SparX-T's first stem BatchNorm at batch 128 on an H100; docs/benchmarks.md). The DMCA's spatial
-    reductions, whose convolution is a :class:`DepthwiseConvAct`, stay NCHW.
+    2.3 ms for SparX-T's first stem BatchNorm at batch 128 on an H100; docs/benchmarks.md), both conversions and
+    their gradients' by :func:`sparx_mm.ops.convert_memory_format` (one tiled transpose on GPUs; the gradients
+    come back in the layout each side works in). The DMCA's spatial reductions, whose convolution is a
+    :class:`DepthwiseConvAct`, stay NCHW.
 
     Shapes: as the children's.
     """
@@ -224,7 +227,8 @@ class FoldingSequential(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             if runs_channels_last(self, x):
-                return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+                y = super().forward(convert_memory_format(x, torch.channels_last))
+                return convert_memory_format(y, torch.contiguous_format)
             return super().forward(x)
         if not _FOLDING:
             return super().forward(x)

@@ -1,5 +1,6 @@
 """Scan operators of the SparX-Mamba blocks, and the fused layer operators of SparX's blocks (one-group
-GroupNorm, depthwise conv + activation, 1x1 conv + bias + skip path, a BatchNorm folded into a convolution).
+GroupNorm, depthwise conv + activation, 1x1 conv + bias + skip path, a BatchNorm folded into a convolution, NCHW <->
+channels-last conversion).
 
 Only torch is imported here, so the package works on CPU-only machines;
 accelerated backends (Triton, mamba-ssm) register themselves with
@@ -13,6 +14,7 @@ from .depthwise_conv import depthwise_conv2d_act, depthwise_conv2d_act_reference
 from .pointwise_conv import (add_skip_path, pointwise_conv2d, pointwise_conv2d_reference, scaled_skip_path,
                              skip_path_dtype)
 from .group_norm import OneGroupNorm, group_norm_one_group, group_norm_one_group_reference
+from .memory_format import convert_memory_format
 from .selective_scan import (available_scan_backends, check_scan_inputs,
                              register_scan_backend, selective_scan,
                              selective_scan_reference,
@@ -22,6 +24,7 @@ from . import gpu_backends  # noqa: F401,E402  (registers 'triton' and 'mamba_ss
 __all__ = [
     'OneGroupNorm',
     'add_skip_path',
+    'convert_memory_format',
     'ROUTE_COUNTS',
     'cross_selective_scan',
     'cross_selective_scan_reference',

@@ -9,7 +9,9 @@ then the backward route over the chunks in reverse order, adding to it. Every re
 an H100), no per-route output buffer is summed afterwards, and ``dt = softplus(dt_weight_k @ proj_dt + b)`` is
 computed in the kernel: with R multiply-adds a position, or with a dt rank above 8 as a tensor-core product of
 float32 accuracy (:func:`inference_tiling`, :func:`training_tiling`). The column-major pair's output is added back
-at row-major positions after the kernel.
+at row-major positions after the kernel. The transposes are ``triton_transpose.py``'s tiled kernel, which also puts
+the per-route projections in route order in one pass (the column-major routes' planes transposed, the others
+copied); the forward pass saves that copy for the backward kernel, which reads the same.
 
 The backward pass rescans each chunk from the chunk states saved by the forward pass (dt recomputed as the forward
 kernel computed it, on tensor cores above rank 16: :func:`backward_tiling`) and runs the adjoint recurrence in the
@@ -39,7 +41,7 @@ factor known a 14 x 14 map's sequences (196 positions) are read and written with
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
 """
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton
@@ -49,6 +51,7 @@ from .gpu_backends import check_triton_launchable
 from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
 from .triton_scan import _chunk_adjoint_of_route, _chunk_states, _chunk_states_reversed, _last_column
+from .triton_transpose import plane_transpose
 
 #: Tilings (BLOCK_L positions a chunk, BLOCK_D channels a program, warps), measured on an H100 (fp16, batch 128,
 #: SparX-T stage sizes; tools/gpu_checks/bench_cross_scan.py). Training: the backward kernel restarts from the
@@ -485,52 +488,12 @@ def _launch_config(x, dt_weight, A, routes, block_l, block_d, warps):
 
 def _to_route_order(t: torch.Tensor, routes: int, height: int, width: int) -> torch.Tensor:
     """(B, K, C, H*W) at row-major positions -> the same with the column-major routes (1, 3 of a four-route
-    scan) in column-major order; also its own inverse with height and width swapped."""
+    scan) in column-major order, in one pass (the transpose kernel's alternating runs: the row-major routes'
+    planes copied, the column-major ones' transposed); also its own inverse with height and width swapped."""
     if routes != 4:
         return t.contiguous()
     b, k, c, _ = t.shape
-    out = t.clone(memory_format=torch.contiguous_format)
-    out[:, 1::2] = t[:, 1::2].reshape(b, 2, c, height, width).transpose(-1, -2).reshape(b, 2, c, -1)
-    return out
-
-
-@triton.jit
-def _plane_transpose_kernel(src_ptr, add_ptr, out_ptr, H_UNITS, W_UNITS, HAS_ADD: tl.constexpr,
-                            H_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_H: tl.constexpr,
-                            BLOCK_W: tl.constexpr):
-    """out[n, w, h] = src[n, h, w] (+ add[n, w, h]) for planes n of (N, H, W) maps: a BLOCK_H x BLOCK_W tile read
-    along rows of ``src`` and written along rows of ``out``, transposed in between (both sides coalesced; torch's
-    copy of a transposed view reads or writes one element a sector), in float32 when adding, stored in out's
-    dtype. H = H_UNITS * H_ALIGN, W = W_UNITS * W_ALIGN (module doc)."""
-    H = H_UNITS * H_ALIGN
-    W = W_UNITS * W_ALIGN
-    n = tl.program_id(0).to(tl.int64)  # planes on the first grid axis: B*C passes the others' 65535
-    hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    ws = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
-    plane = n * H * W
-    tile = tl.load(src_ptr + plane + hs[:, None] * W + ws[None, :], mask=(hs[:, None] < H) & (ws[None, :] < W))
-    tile = tl.trans(tile)
-    offsets = plane + ws[:, None] * H + hs[None, :]
-    mask = (ws[:, None] < W) & (hs[None, :] < H)
-    if HAS_ADD:
-        tile = tile.to(tl.float32) + tl.load(add_ptr + offsets, mask=mask).to(tl.float32)
-    tl.store(out_ptr + offsets, tile.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _plane_transpose(src: torch.Tensor, add: Optional[torch.Tensor] = None,
-                     dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """(..., H, W) contiguous -> (..., W, H): ``src`` transposed (+ ``add``, (..., W, H)), in ``dtype`` (default
-    src's)."""
-    h, w = src.shape[-2:]
-    out = torch.empty(*src.shape[:-2], w, h, device=src.device, dtype=dtype or src.dtype)
-    block_h, block_w = min(32, next_power_of_2(h)), min(32, next_power_of_2(w))
-    grid = (src.numel() // max(h * w, 1), cdiv(h, block_h), cdiv(w, block_w))
-    if out.numel():
-        h_align, w_align = power_of_two_factor(h), power_of_two_factor(w)
-        launch(_plane_transpose_kernel, grid, src, out if add is None else add, out, h // h_align, w // w_align,
-               HAS_ADD=add is not None, H_ALIGN=h_align, W_ALIGN=w_align, BLOCK_H=block_h, BLOCK_W=block_w,
-               num_warps=4)
-    return out
+    return plane_transpose(t.contiguous().view(b * k * c, height, width), alternate_every=c).view(t.shape)
 
 
 def _merge_pairs(ys: torch.Tensor, routes: int, height: int, width: int,
@@ -538,47 +501,52 @@ def _merge_pairs(ys: torch.Tensor, routes: int, height: int, width: int,
     """(pairs, B, C, L) per-pair sums -> (B, C, H, W) at row-major positions, in ``dtype``."""
     b, c = ys.shape[1:3]
     if routes == 4:  # the column-major pair's sums, (B, C, W, H), transposed onto the row-major pair's
-        return _plane_transpose(ys[1].view(b, c, width, height), ys[0].view(b, c, height, width), dtype)
+        return plane_transpose(ys[1].view(b, c, width, height), ys[0].view(b, c, height, width), dtype)
     return ys[0].view(b, c, height, width).to(dtype)
 
 
 def _transposed_copy(x: torch.Tensor, routes: int) -> torch.Tensor:
-    return _plane_transpose(x) if routes == 4 else x
+    return plane_transpose(x) if routes == 4 else x
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
 # an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _cross_scan_fwd(x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor,
                     D: torch.Tensor, dt_bias: torch.Tensor, routes: int, block_l: int, block_d: int,
-                    warps: int, dt_dot: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                    warps: int, dt_dot: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> y (B, D, H, W) float32, the states entering each chunk of ``block_l`` positions (B, K*D, N, chunks)
-    float32. ``dt_dot``: the dt projection on tensor cores (:func:`inference_tiling`, :func:`training_tiling`)."""
+    float32, and ``proj`` in route order (:func:`_to_route_order`) as the kernel read it, for the backward pass
+    (an empty tensor for routes 1 and 2: proj itself is in route order). ``dt_dot``: the dt projection on tensor
+    cores (:func:`inference_tiling`, :func:`training_tiling`)."""
     meta, grid = _launch_config(x, dt_weight, A, routes, block_l, block_d, warps)
     r_pad = _padded_rank(meta['R'], block_d, block_l, proj.dtype, dt_dot)
     b, d, h, w = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
     ys = torch.empty(_num_pairs(routes), b, d, h * w, **f32)
     states = torch.empty(b, A.shape[0], meta['N'], meta['num_chunks'], **f32)
-    launch(_cross_scan_fwd_kernel, grid, x, _transposed_copy(x, routes), _to_route_order(proj, routes, h, w),
-           dt_weight, A, D, dt_bias, ys, states, R_PAD=r_pad, **meta)
-    return _merge_pairs(ys, routes, h, w), states
+    proj_routes = _to_route_order(proj, routes, h, w)
+    launch(_cross_scan_fwd_kernel, grid, x, _transposed_copy(x, routes), proj_routes, dt_weight, A, D, dt_bias,
+           ys, states, R_PAD=r_pad, **meta)
+    # A custom op's outputs must not alias its inputs: routes 1 and 2 hand back an empty tensor, not proj.
+    return _merge_pairs(ys, routes, h, w), states, proj_routes if routes == 4 else proj.new_empty(0)
 
 
 def _cross_scan_fwd_fake(x, proj, dt_weight, A, D, dt_bias, routes, block_l, block_d, warps, dt_dot):
     b, d, h, w = x.shape
     return (x.new_empty(b, d, h, w, dtype=torch.float32),
-            x.new_empty(b, A.shape[0], A.shape[1], cdiv(h * w, block_l), dtype=torch.float32))
+            x.new_empty(b, A.shape[0], A.shape[1], cdiv(h * w, block_l), dtype=torch.float32),
+            proj.new_empty(proj.shape if routes == 4 else (0, )))
 
 
-def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor,
+def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj_routes: torch.Tensor, dt_weight: torch.Tensor,
                     A: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor, states: torch.Tensor,
                     routes: int, block_l: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                         torch.Tensor, torch.Tensor]:
-    """-> dx, dproj (in the inputs' dtypes), d dt_weight, dA, dD, d dt_bias (float32); ``states`` saved by a
-    forward pass with chunks of ``block_l``."""
+    """-> dx, dproj (in the inputs' dtypes; dproj at row-major positions), d dt_weight, dA, dD, d dt_bias
+    (float32); ``proj_routes`` (proj in route order) and ``states`` saved by a forward pass with chunks of
+    ``block_l``."""
     b, d, h, w = x.shape
     rank = dt_weight.shape[2]
-    proj_routes = _to_route_order(proj, routes, h, w)
     dxs, ddt, dbc, dA, dD, dbias = _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, routes,
                                                       block_l)
     # dt_k = dt_weight[k] @ proj_dt: both gradients are GEMMs over the raw-dt gradient (B, K, D, L) batched over
@@ -588,7 +556,7 @@ def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj: torch.Tensor, dt_we
     proj_dt = proj_routes[:, :, :rank].to(ddt.dtype).reshape(b * routes, rank, h * w)
     d_dt_weight = torch.bmm(ddt, proj_dt.transpose(1, 2)).view(b, routes, d, rank).sum(0, dtype=torch.float32)
     dproj_dt = torch.matmul(dt_weight.transpose(1, 2).to(ddt.dtype), ddt.view(b, routes, d, h * w))
-    dproj = torch.cat([dproj_dt.to(proj.dtype), dbc.sum(2).to(proj.dtype)], dim=2)
+    dproj = torch.cat([dproj_dt.to(proj_routes.dtype), dbc.sum(2).to(proj_routes.dtype)], dim=2)
     dx = _merge_pairs(dxs, routes, h, w, x.dtype)
     return (dx, _to_route_order(dproj, routes, w, h), d_dt_weight, dA.sum(0), dD.sum(0), dbias.sum(0))
 
@@ -613,9 +581,9 @@ def _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, rou
     return dxs, ddt, dbc, dA, dD, dbias
 
 
-def _cross_scan_bwd_fake(dy, x, proj, dt_weight, A, D, dt_bias, states, routes, block_l):
+def _cross_scan_bwd_fake(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, routes, block_l):
     f32 = dict(dtype=torch.float32)
-    return (torch.empty_like(x), torch.empty_like(proj), torch.empty_like(dt_weight, **f32),
+    return (torch.empty_like(x), torch.empty_like(proj_routes), torch.empty_like(dt_weight, **f32),
             torch.empty_like(A, **f32), torch.empty_like(D, **f32), torch.empty_like(dt_bias, **f32))
 
 
@@ -624,13 +592,14 @@ _cross_scan_bwd = TritonOp('sparx_mm::cross_scan_bwd', _cross_scan_bwd, _cross_s
 
 def _setup_context(ctx, inputs, output):
     x, proj, dt_weight, A, D, dt_bias, routes, block_l, _block_d, _warps, _dt_dot = inputs
-    ctx.save_for_backward(x, proj, dt_weight, A, D, dt_bias, output[1])
+    # proj in route order (what the backward kernel reads) in place of proj: no second reordering, no more memory.
+    ctx.save_for_backward(x, output[2] if routes == 4 else proj, dt_weight, A, D, dt_bias, output[1])
     ctx.routes, ctx.block_l = routes, block_l
 
 
-def _backward(ctx, dy, _dstates):
-    x, proj, dt_weight, A, D, dt_bias, states = ctx.saved_tensors
-    grads = _cross_scan_bwd(dy, x, proj, dt_weight, A, D, dt_bias, states, ctx.routes, ctx.block_l)
+def _backward(ctx, dy, _dstates, _dproj_routes):
+    x, proj_routes, dt_weight, A, D, dt_bias, states = ctx.saved_tensors
+    grads = _cross_scan_bwd(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, ctx.routes, ctx.block_l)
     return (*grads, None, None, None, None, None)
 
 
@@ -651,6 +620,6 @@ def cross_selective_scan_triton(x, proj, dt_weight, A, D=None, dt_bias=None, rou
     dt_bias = dt_bias.float() if dt_bias is not None else x.new_zeros(kd, dtype=torch.float32)
     tiling = (training_tiling(dt_weight.shape[2], proj.dtype) if needs_grad
               else inference_tiling(x.shape[2] * x.shape[3], dt_weight.shape[2], proj.dtype))
-    y, _ = _cross_scan_fwd(x.contiguous(), proj.contiguous(), dt_weight.float().contiguous(),
-                           A.float().contiguous(), D.contiguous(), dt_bias.contiguous(), routes, *tiling)
+    y, _, _ = _cross_scan_fwd(x.contiguous(), proj.contiguous(), dt_weight.float().contiguous(),
+                              A.float().contiguous(), D.contiguous(), dt_bias.contiguous(), routes, *tiling)
     return y

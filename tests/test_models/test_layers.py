@@ -150,7 +150,9 @@ def test_folding_sequential_runs_plain_conv_norm_sequences_channels_last_in_grad
     """In grad mode on a CHANNELS_LAST_DEVICES device (CUDA; here the CPU, patched in), a sequence of plain convs,
     BatchNorms and GELUs (SparX's stem) runs on a channels-last copy of its input: NCHW-contiguous output, and the
     outputs and gradients of the NCHW run. No-grad inference folds in NCHW as before; sequences with a layer
-    operator or a norm subclass (SyncBatchNorm) stay NCHW; without the patch the CPU is not such a device."""
+    operator or a norm subclass (SyncBatchNorm) stay NCHW; without the patch the CPU is not such a device. The
+    conversions hand the gradients back in each side's layout: channels-last into the sequence's last child, NCHW
+    out of it (convert_memory_format)."""
     def stem():
         return FoldingSequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4), nn.GELU(),
                                  nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8))
@@ -163,11 +165,16 @@ def test_folding_sequential_runs_plain_conv_norm_sequences_channels_last_in_grad
     monkeypatch.setattr(layers, 'CHANNELS_LAST_DEVICES', ('cpu', ))
     channels_last = _seeded(stem())
     layouts = _input_layouts(channels_last)
+    grad_layouts = []
+    channels_last[-1].register_full_backward_hook(
+        lambda module, grad_input, grad_output: grad_layouts.append(
+            grad_output[0].is_contiguous(memory_format=torch.channels_last)))
     x2 = x.detach().clone().requires_grad_()
     out = channels_last(x2)
     assert layouts == [True] and out.is_contiguous()
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     out.square().sum().backward()
+    assert grad_layouts == [True] and x2.grad.is_contiguous()
     torch.testing.assert_close(x2.grad, x.grad, rtol=1e-5, atol=1e-5)
     for p, p2 in zip(nchw.parameters(), channels_last.parameters()):
         torch.testing.assert_close(p2.grad, p.grad, rtol=1e-5, atol=1e-5)

@@ -110,18 +110,24 @@ if __name__ == '__main__':
     worst = max(worst, *errors)
     print('selective_scan_triton', ' '.join(f'{e:.1e}' for e in errors), flush=True)
     # The plane transpose (the column-major pair's copies and the merge of the pairs' sums): exact, tiles past
-    # both edges (37 x 70 with 32 x 32 tiles), a 1 x 1 map, adding in float32 and storing in another dtype.
-    from sparx_mm.ops.triton_cross_scan import _plane_transpose
+    # both edges (37 x 70 with 32 x 32 tiles), a 1 x 1 map, adding in float32 and storing in another dtype; its
+    # alternating runs (the routes' projections in route order: runs of planes copied and transposed in turn).
+    from sparx_mm.ops.triton_transpose import plane_transpose
     g = torch.Generator().manual_seed(5)
     exact = []
     for shape in [(2, 3, 37, 70), (1, 2, 1, 1), (1, 1, 5, 3)]:
         src = torch.randn(shape, generator=g).half()
         add = torch.randn(shape[:-2] + shape[-2:][::-1], generator=g)
-        exact.append(torch.equal(_plane_transpose(src), src.transpose(-1, -2)))
-        exact.append(torch.equal(_plane_transpose(src, add, torch.float16),
+        exact.append(torch.equal(plane_transpose(src), src.transpose(-1, -2)))
+        exact.append(torch.equal(plane_transpose(src, add, torch.float16),
                                  (src.transpose(-1, -2).float() + add).half()))
+    src = torch.randn(4, 3, 37, 40, generator=g)
+    runs = plane_transpose(src, alternate_every=3)
+    exact.append(runs.shape == src.shape and torch.equal(runs[0::2], src[0::2])
+                 and torch.equal(runs[1::2].view(2, 3, 40, 37), src[1::2].transpose(-1, -2)))
     # The helpers around the kernels agree with the route definitions: x^T is the column-major route's sequence,
-    # and merging a map read in both orders gives twice the map.
+    # merging a map read in both orders gives twice the map, and each route's projections in route order are
+    # its pair's sequence (forwards over rows of x, or of x^T for routes 1 and 3), the reordering its own inverse.
     from sparx_mm.ops import route_sequence, triton_cross_scan as tcs
     x = torch.randn(2, 3, 4, 5, generator=g)
     for routes in (1, 2, 4):
@@ -129,6 +135,12 @@ if __name__ == '__main__':
                                  route_sequence(x, 1 if routes == 4 else 0, routes)))
         pairs = torch.stack([x.flatten(2), x.transpose(-1, -2).flatten(2)])[:tcs._num_pairs(routes)]
         exact.append(torch.equal(tcs._merge_pairs(pairs, routes, 4, 5), x * (2 if routes == 4 else 1)))
+        proj = torch.randn(2, routes, 3, 20, generator=g).half()
+        ordered = tcs._to_route_order(proj, routes, 4, 5)
+        maps = proj.view(2, routes, 3, 4, 5)
+        exact.extend(torch.equal(ordered[:, k], route_sequence(maps[:, k], k % 2 if routes == 4 else 0, routes))
+                     for k in range(routes))
+        exact.append(torch.equal(tcs._to_route_order(ordered, routes, 5, 4), proj))
     print('TRANSPOSE', 'ok' if all(exact) else exact, flush=True)
     # The custom-op registration (schema, fake tensors for torch.compile, autograd) on a tiny case.
     from sparx_mm.ops import triton_cross_scan

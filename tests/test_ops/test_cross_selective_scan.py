@@ -176,21 +176,15 @@ def test_automatic_choice_where_triton_runs(grad, size, dtype, expected, monkeyp
             assert args[0].grad is not None
 
 
-@pytest.mark.parametrize('routes', [1, 2, 4])
+@pytest.mark.parametrize('routes', [1, 2])
 def test_pair_layout_helpers_of_the_fused_kernels(routes):
-    """The fused kernels read the column-major routes from x^T and their projections in column order, and
-    write per-pair outputs: the helpers that prepare and merge them agree with the route definitions."""
+    """The fused kernels read the routes' projections in route order: with one or two routes that is proj itself
+    (four routes: a Triton kernel reorders them, as _triton_interpreter_cases.py checks, with x^T and the merge
+    of the pairs' outputs)."""
     from sparx_mm.ops import triton_cross_scan as tcs
-    b, c, h, w = 2, 3, 4, 5
-    proj = torch.randn(b, routes, c, h * w)
-    ordered = tcs._to_route_order(proj, routes, h, w)
-    maps = proj.view(b, routes, c, h, w)
-    for k in range(routes):
-        # Route k's projections as its pair reads them: forwards over rows of x, or of x^T for routes 1 and 3.
-        pair_sequence = route_sequence(maps[:, k], k % 2 if routes == 4 else 0, routes)
-        assert torch.equal(ordered[:, k], pair_sequence)
-    assert torch.equal(tcs._to_route_order(ordered, routes, w, h), proj)  # its own inverse, sizes swapped
-    # (x^T and the merge of the pairs' outputs are Triton kernels: _triton_interpreter_cases.py checks them.)
+    proj = torch.randn(2, routes, 3, 20)
+    assert torch.equal(tcs._to_route_order(proj, routes, 4, 5), proj)
+    assert torch.equal(tcs._to_route_order(proj.transpose(2, 3).contiguous().transpose(2, 3), routes, 4, 5), proj)
 
 
 def test_inference_tilings_project_dt_on_tensor_cores_only_where_the_kernel_can():

@@ -15,11 +15,12 @@ def op_census():
 
 
 def test_census_counts_the_gpu_paths_kernels_and_finds_the_strided_ops(op_census):
-    """SparX-T at 64 x 64 on the GPU path: one fused scan a SS2D block (13), its plane transposes, the layer kernels;
+    """SparX-T at 64 x 64 on the GPU path: one fused scan a SS2D block (13), its plane transposes (x^T, the routes'
+    projections, the merge), the layer kernels;
     the DMCA's channel shuffle is a strided copy; SS2D itself makes none (its x_proj once copied x transposed)."""
     usable, launch = gpu_backends.triton_usable, triton_cross_scan.launch
     launches, census = op_census.run_census('t', 64, 1, 'infer', 'fp32')
-    assert launches['_cross_scan_fwd_kernel'] == 13 and launches['_plane_transpose_kernel'] == 26
+    assert launches['_cross_scan_fwd_kernel'] == 13 and launches['_plane_transpose_kernel'] == 39
     assert launches['_normalize_kernel'] > 0 and launches['_dwconv_kernel'] > 0
     strided_sites = {site for op, strided, site, _ in census.calls if strided}
     assert any('shuffle_three_groups' in site for site in strided_sites)
@@ -38,7 +39,7 @@ def test_training_census_takes_the_channels_last_runs_and_prints_rows(op_census,
 
 
 def test_inside_ops_counts_the_wrappers_own_ops_and_restores_the_custom_ops(op_census):
-    """--inside-ops: the copies inside the fused scan's wrappers (the route-ordered projections) are rows of their
+    """--inside-ops: the ops inside the fused scan's wrappers (the backward's dt-projection GEMMs) are rows of their
     own, at the wrapper's call site; without it they are inside the custom ops and not seen."""
     from sparx_mm.ops import triton_op
     traced = triton_op._traced
@@ -49,8 +50,8 @@ def test_inside_ops_counts_the_wrappers_own_ops_and_restores_the_custom_ops(op_c
     def sites(census):
         return {site for _, _, site, _ in census.calls}
 
-    assert any(site.startswith('ops/triton_cross_scan.py') and '_to_route_order' in site for site in sites(inside))
-    assert not any('_to_route_order' in site for site in sites(outside))
+    assert any(site.startswith('ops/triton_cross_scan.py') and '_cross_scan_bwd' in site for site in sites(inside))
+    assert not any('_cross_scan_bwd' in site for site in sites(outside))
 
 
 @pytest.mark.parametrize('argv', [['--size', '16'], ['--batch', '0'], ['--rows', '0'], ['--mode', 'eval']])

@@ -1,6 +1,6 @@
 """GPU check of the Triton kernels against the PyTorch reference (run on a CUDA machine).
 
-    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute launch graph]
+    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute launch graph layout]
 
 Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
 projection, scan, merge), forward and every gradient, and its forward pass without autograd (the inference
@@ -13,8 +13,9 @@ scan core, fused scan core + the layer kernels) against the reference, a trainin
 pass recomputing normalised / hidden maps against one keeping them (bit-identical gradients), the model with
 the kernels launched from the cache of compiled kernels against Triton's own launch (bit-identical outputs and
 gradients), and the classifier that benchmark.py times replayed from CUDA graphs (``--cuda-graph``) against
-eager mode (bit-identical outputs and gradients). Prints the largest relative errors and exits non-zero when
-one exceeds its tolerance. The layer kernels' own checks:
+eager mode (bit-identical outputs and gradients); and the NCHW <-> channels-last conversions
+(``convert_memory_format``: the transpose kernel against torch's copy, bit for bit, with both one's GPU times).
+Prints the largest relative errors and exits non-zero when one exceeds its tolerance. The layer kernels' own checks:
 check_group_norm.py, check_depthwise_conv.py, check_pointwise_conv.py.
 """
 import argparse
@@ -341,24 +342,61 @@ def check_graph(device, batch=8):
     return ok
 
 
-PARTS = ('scan', 'cross', 'model', 'recompute', 'launch', 'graph')
+# convert_memory_format: (batch, channels, H, W, dtype): the maps of SparX-T's stem and downsampling layers at
+# batch 128 (the input image in float32), and ones whose C and H*W are no multiple of the 32 x 32 tiles.
+LAYOUT_SHAPES = [(128, 3, 224, 224, torch.float32), (128, 96, 56, 56, torch.float16),
+                 (128, 192, 28, 28, torch.float16), (128, 320, 14, 14, torch.float16),
+                 (128, 512, 7, 7, torch.bfloat16), (2, 70, 13, 11, torch.float32), (3, 5, 9, 37, torch.float16)]
+
+
+def check_layout(device):
+    """convert_memory_format (the transpose kernel) against torch's copy, NCHW -> channels-last and back:
+    bit-identical values, the requested layout, the gradient bit-identical in the input's layout; and the GPU
+    time of both (the conversions the channels-last stem and downsampling layers run)."""
+    from sparx_mm.ops import convert_memory_format
+    from gpu_common import timed
+    ok = True
+    for *shape, dtype in LAYOUT_SHAPES:
+        g = torch.Generator(device='cpu').manual_seed(sum(shape))
+        base = torch.randn(*shape, generator=g).to(device, dtype)
+        for target in (torch.channels_last, torch.contiguous_format):
+            source = torch.contiguous_format if target == torch.channels_last else torch.channels_last
+            x = base.contiguous(memory_format=source).detach().requires_grad_()
+            y = convert_memory_format(x, target)
+            grad = torch.randn(*shape, generator=g).to(device, dtype).contiguous(memory_format=target)
+            y.backward(grad)
+            passed = (torch.equal(y, x) and y.is_contiguous(memory_format=target) and torch.equal(x.grad, grad)
+                      and x.grad.is_contiguous(memory_format=source))
+            detached = x.detach()
+            kernel_ms = timed(lambda: convert_memory_format(detached, target))[0]
+            torch_ms = timed(lambda: detached.contiguous(memory_format=target))[0]
+            name = 'channels-last' if target == torch.channels_last else 'NCHW'
+            print(f'layout {tuple(shape)} {str(dtype)[6:]} -> {name}: {"exact" if passed else "FAIL"}; '
+                  f'kernel {kernel_ms:.3f} ms, torch\'s copy {torch_ms:.3f} ms', flush=True)
+            ok &= passed
+    return ok
+
+
+PARTS = ('scan', 'cross', 'model', 'recompute', 'launch', 'graph', 'layout')
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', action='store_true', help='also compare whole-model outputs')
     parser.add_argument('--only', nargs='+', choices=PARTS, default=None,
-                        help='run only these parts (default: scan and cross, plus model, recompute, launch and '
-                             'graph with --model)')
+                        help='run only these parts (default: scan, cross and layout, plus model, recompute, launch '
+                             'and graph with --model)')
     args = parser.parse_args()
-    parts = set(args.only or ['scan', 'cross'] + (['model', 'recompute', 'launch', 'graph'] if args.model else []))
+    parts = set(args.only or ['scan', 'cross', 'layout']
+                + (['model', 'recompute', 'launch', 'graph'] if args.model else []))
     if not torch.cuda.is_available():
         sys.exit('check_kernels.py needs a CUDA GPU')
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
     for part, check in (('scan', check_scan), ('cross', check_cross_scan), ('model', check_model),
-                        ('recompute', check_recompute), ('launch', check_launch), ('graph', check_graph)):
+                        ('recompute', check_recompute), ('launch', check_launch), ('graph', check_graph),
+                        ('layout', check_layout)):
         if part in parts:
             ok &= check(device)
     print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')

@@ -1,0 +1,117 @@
+"""Triton kernel of batched plane transposes: (N, H, W) maps -> (N, W, H), each plane read and written in tiles.
+
+Users: the cross scan's column-major routes (x^T, dy^T, the merge of the pairs' sums, the projections in route
+order; ``triton_cross_scan.py``) and the NCHW <-> channels-last conversions (``memory_format.py``: a (B, C, H, W)
+map is B planes (C, H*W) in NCHW memory and B planes (H*W, C) in channels-last memory). A BLOCK_H x BLOCK_W tile
+is read along the rows of the source and written along the rows of the destination, transposed in between, so
+both sides are coalesced; torch's copy of a transposed view reads or writes one element a 32-byte sector (an
+H100, batch 128, SparX-T: its NCHW <-> channels-last copies of the 96 x 56 x 56 float16 maps around the
+downsampling layers took 0.24-0.30 ms each, ~0.5 TB/s; docs/benchmarks.md).
+
+H and W are passed divided by their largest power-of-two factor up to 8 (``H_ALIGN``, ``W_ALIGN``, multiplied back
+in the kernel; ``triton_launch.power_of_two_factor``): Triton specialises integers on divisibility by 16 only,
+and with the factor known a 14 x 14 map's rows are read and written with vector accesses.
+
+Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1`` (Triton's
+CPU interpreter, which the CPU tests use).
+"""
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
+from .triton_op import TritonOp
+
+#: Largest extent of a CUDA grid's y and z axes (the tiles along H and along W).
+MAX_GRID_YZ = 65535
+#: The tile edge (elements) of both axes.
+TILE = 32
+
+
+@triton.jit
+def _plane_transpose_kernel(src_ptr, add_ptr, out_ptr, H_UNITS, W_UNITS, run_planes, HAS_ADD: tl.constexpr,
+                            ALTERNATE: tl.constexpr, H_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr,
+                            BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[n, w, h] = src[n, h, w] (+ add[n, w, h]) for planes n of (N, H, W) maps, in float32 when adding,
+    stored in out's dtype. ALTERNATE: the planes come in runs of ``run_planes``, copied unchanged (out[n, h, w] =
+    src[n, h, w]) in even runs and transposed in odd ones. H = H_UNITS * H_ALIGN, W = W_UNITS * W_ALIGN (module
+    doc)."""
+    H = H_UNITS * H_ALIGN
+    W = W_UNITS * W_ALIGN
+    n = tl.program_id(0).to(tl.int64)  # planes on the first grid axis: B*C passes the others' 65535
+    hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ws = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+    plane = n * H * W
+    src_mask = (hs[:, None] < H) & (ws[None, :] < W)
+    tile = tl.load(src_ptr + plane + hs[:, None] * W + ws[None, :], mask=src_mask)
+    copied = False
+    if ALTERNATE:
+        copied = (n // run_planes) % 2 == 0
+    if copied:
+        tl.store(out_ptr + plane + hs[:, None] * W + ws[None, :], tile.to(out_ptr.dtype.element_ty), mask=src_mask)
+    else:
+        tile = tl.trans(tile)
+        offsets = plane + ws[:, None] * H + hs[None, :]
+        mask = (ws[:, None] < W) & (hs[None, :] < H)
+        if HAS_ADD:
+            tile = tile.to(tl.float32) + tl.load(add_ptr + offsets, mask=mask).to(tl.float32)
+        tl.store(out_ptr + offsets, tile.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def plane_transpose_fits(height: int, width: int) -> bool:
+    """Whether (.., H, W) planes fit the kernel's grid (cdiv(H, 32) and cdiv(W, 32) tiles at most 65535 each, i.e.
+    H and W up to 2,097,120)."""
+    return max(cdiv(height, TILE), cdiv(width, TILE)) <= MAX_GRID_YZ
+
+
+def plane_transpose(src: torch.Tensor, add: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None,
+                    alternate_every: int = 0) -> torch.Tensor:
+    """(..., H, W) contiguous -> (..., W, H): ``src`` transposed (+ ``add``, (..., W, H)), in ``dtype`` (default
+    src's). ``alternate_every`` = r > 0 (without ``add``): the planes (src viewed as (N, H, W)) in runs of r,
+    the even runs copied as they are and the odd ones transposed, into a buffer of src's shape (each transposed
+    plane's W x H elements in its plane's H * W places)."""
+    h, w = src.shape[-2:]
+    if not plane_transpose_fits(h, w):
+        raise ValueError(f'plane_transpose: {h} x {w} planes need a grid beyond CUDA\'s {MAX_GRID_YZ} tiles of '
+                         f'{TILE} along an axis; use torch\'s copy for such maps')
+    if alternate_every and add is not None:
+        raise ValueError('plane_transpose: alternate_every does not take an add')
+    shape = src.shape if alternate_every else (*src.shape[:-2], w, h)
+    out = torch.empty(shape, device=src.device, dtype=dtype or src.dtype)
+    block_h, block_w = min(TILE, next_power_of_2(h)), min(TILE, next_power_of_2(w))
+    grid = (src.numel() // max(h * w, 1), cdiv(h, block_h), cdiv(w, block_w))
+    if out.numel():
+        h_align, w_align = power_of_two_factor(h), power_of_two_factor(w)
+        launch(_plane_transpose_kernel, grid, src, out if add is None else add, out, h // h_align, w // w_align,
+               max(alternate_every, 1), HAS_ADD=add is not None, ALTERNATE=alternate_every > 0, H_ALIGN=h_align,
+               W_ALIGN=w_align, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4)
+    return out
+
+
+def _layout_transpose(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """(B, C, H, W) dense in NCHW memory -> the same in channels-last memory (``channels_last``), or back: the
+    (B, C, H*W) planes transposed to (B, H*W, C) or back (:func:`sparx_mm.ops.convert_memory_format`)."""
+    b, c, h, w = x.shape
+    if channels_last:  # the (B, H*W, C) result seen as (B, C, H, W) with channels-last strides
+        return plane_transpose(x.view(b, c, h * w)).view(b, h, w, c).permute(0, 3, 1, 2)
+    return plane_transpose(x.permute(0, 2, 3, 1).reshape(b, h * w, c)).view(b, c, h, w)
+
+
+def _layout_transpose_fake(x, channels_last):
+    return torch.empty_like(x, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _layout_setup_context(ctx, inputs, output):
+    ctx.channels_last = inputs[1]
+
+
+def _layout_backward(ctx, grad):
+    from .memory_format import convert_memory_format  # x was dense in the other format: the gradient goes back to it
+    return convert_memory_format(grad, torch.contiguous_format if ctx.channels_last else torch.channels_last), None
+
+
+# A TritonOp (triton_op.py): a custom op under torch.compile, a direct call (or autograd.Function) in eager mode.
+layout_transpose = TritonOp('sparx_mm::layout_transpose', _layout_transpose, _layout_transpose_fake,
+                            _layout_setup_context, _layout_backward)
