@@ -1,4 +1,6 @@
 """tools/analysis_tools/op_census.py: the GPU code path's aten ops on the CPU, Triton launches counted."""
+import re
+
 import pytest
 
 from sparx_mm.models import layers
@@ -17,13 +19,15 @@ def op_census():
 def test_census_counts_the_gpu_paths_kernels_and_finds_the_strided_ops(op_census):
     """SparX-T at 64 x 64 on the GPU path: one fused scan a SS2D block (13), its plane transposes (x^T, the routes'
     projections, the merge), the layer kernels;
-    the DMCA's channel shuffle is a strided copy; SS2D itself makes none (its x_proj once copied x transposed)."""
+    the DMCA's shuffled concatenation reads strided channel slices; SS2D itself makes none (its x_proj once copied x
+    transposed)."""
     usable, launch = gpu_backends.triton_usable, triton_cross_scan.launch
     launches, census = op_census.run_census('t', 64, 1, 'infer', 'fp32')
     assert launches['_cross_scan_fwd_kernel'] == 13 and launches['_plane_transpose_kernel'] == 39
     assert launches['_normalize_kernel'] > 0 and launches['_dwconv_kernel'] > 0
     strided_sites = {site for op, strided, site, _ in census.calls if strided}
-    assert any('shuffle_three_groups' in site for site in strided_sites)
+    assert any(site.startswith('models/sparx/dmca.py') and site.endswith(' forward') for site in strided_sites), \
+        strided_sites
     assert not any('ss2d.py' in site for site in strided_sites), strided_sites
     # Everything patched is restored.
     assert gpu_backends.triton_usable is usable and triton_cross_scan.launch is launch
@@ -34,6 +38,9 @@ def test_training_census_takes_the_channels_last_runs_and_prints_rows(op_census,
     op_census.main(['--arch', 't', '--size', '64', '--batch', '1', '--mode', 'train', '--rows', '500'])
     out = capsys.readouterr().out
     assert '_cross_scan_bwd_kernel 13' in out and 'aten.convolution_backward' in out
+    totals = re.search(r'# (\d+) aten op calls, ([\d.]+) MB of operands \+ outputs; with a strided operand (\d+) '
+                       r'calls, ([\d.]+) MB', out)
+    assert totals and 0 < int(totals[3]) < int(totals[1]) and 0 < float(totals[4]) < float(totals[2]), out[:600]
     # The stem's input reaches its first conv channels-last (as on a GPU in grad mode).
     assert 'aten.convolution ' in out and '(1, 3, 64, 64) float32 strides (12288, 1, 192, 3)' in out
 

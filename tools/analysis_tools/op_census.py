@@ -16,8 +16,9 @@ cannot vectorise (``elementwise_kernel<128, 2>`` (32-bit) / ``<128, 4>`` (16-bit
 them without a GPU. The Triton launch counts match a CUDA run's kernel counts
 at the same map sizes (map sizes pick some dispatch paths: use 224).
 
-Prints the Triton launches by kernel, then one row per (op, strided, call site, operand shapes), largest share of
-bytes first.
+Prints the Triton launches by kernel, the totals (aten op calls and the bytes of their operands and outputs, all and
+strided: a measure of the data the torch work between the kernels moves, to compare code versions without a GPU),
+then one row per (op, strided, call site, operand shapes), largest share of bytes first.
 """
 import argparse
 import collections
@@ -30,6 +31,7 @@ import traceback
 from typing import Counter, Iterator, List, Tuple
 
 import torch
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -113,8 +115,7 @@ class OpCensus(TorchDispatchMode):
         name = func.__name__.split('.')[0]
         if name in NO_DATA_OPS:
             return out
-        outputs = out if isinstance(out, (tuple, list)) else [out]
-        tensors = [a for a in (*args, *kwargs.values(), *outputs) if isinstance(a, torch.Tensor)]
+        tensors = [a for a in pytree.tree_leaves((args, kwargs, out)) if isinstance(a, torch.Tensor)]  # lists too
         strided = any(not t.is_contiguous() and t.numel() > 1 for t in tensors)
         row = (str(getattr(func, 'overloadpacket', func)), strided, _call_site(),
                ', '.join(_operand_text(t) for t in tensors[:3]))
@@ -161,6 +162,10 @@ def run_census(arch: str, size: int, batch: int, mode: str, dtype: str,
 def format_census(launches: Counter, census: OpCensus, rows: int, strided_only: bool) -> List[str]:
     lines = ['# Triton launches: ' + ', '.join(f'{name} {n}' for name, n in launches.most_common())]
     total = sum(census.bytes.values()) or 1
+    strided = [row for row in census.bytes if row[1]]
+    lines.append(f'# {sum(census.calls.values())} aten op calls, {total / 1e6:.1f} MB of operands + outputs; with a '
+                 f'strided operand {sum(census.calls[row] for row in strided)} calls, '
+                 f'{sum(census.bytes[row] for row in strided) / 1e6:.1f} MB')
     lines.append('# aten ops, largest share of bytes (operands + outputs) first; strided: a non-contiguous operand')
     lines.append(f'{"share":>6} {"calls":>5}  {"op":<32} {"strided":<7} {"call site":<48} operands')
     shown = [row for row, _ in census.bytes.most_common() if row[1] or not strided_only][:rows]

@@ -18,20 +18,13 @@ from mmcv.cnn import build_norm_layer
 from torch import nn
 
 from ...ops import OneGroupNorm
-from ..sparx.dmca import ATTN_GROUPS, DMCA, channel_attention, pad_channels_by_pooling
+from ..sparx.dmca import ATTN_GROUPS, DMCA, channel_attention, concat_shuffled, pad_channels_by_pooling
 
 AGGREGATORS = ('dmca', 'concat', 'no_cgca', 'no_skip')
 
 
 def _bn(norm_cfg, channels):
     return build_norm_layer(norm_cfg, channels)[1]
-
-
-def shuffle_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B, g*C, H, W) made of g blocks -> new channel j*C + c = old channel g*c + j, so each of g groups of
-    a following grouped conv sees channels of every block in rotation (the DMCA's shuffle for any g)."""
-    b, channels, h, w = x.shape
-    return x.reshape(b, channels // groups, groups, h, w).transpose(1, 2).reshape(b, channels, h, w)
 
 
 def _grouped_fuse(channels: int, out_channels: int, groups: int) -> nn.Sequential:
@@ -94,7 +87,7 @@ class NoCGCAAggregator(nn.Module):
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         v = self.v(self.shortcut_proj(self.shortcut_norm(shortcut)))
-        y = shuffle_groups(torch.cat([self.q(x), v], dim=1), 2)
+        y = concat_shuffled([self.q(x), v], 2)
         return pad_channels_by_pooling(self.fuse(y), self.channel_padding)
 
     def extra_repr(self) -> str:

@@ -1,5 +1,5 @@
 """DMCA: the Dynamic Multi-layer Channel Aggregator run by ganglion layers."""
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -58,11 +58,86 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups:
     return attn.reshape(b, c, height, width)
 
 
-def shuffle_three_groups(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3C, H, W) -> (B, 3C, H, W) with new channel g*C + c = old channel 3c + g (g = 0, 1, 2), so each
-    of the three groups of the following grouped conv sees x, attention and value channels in rotation."""
-    b, c3, h, w = x.shape
-    return x.reshape(b, c3 // 3, 3, h, w).transpose(1, 2).reshape(b, c3, h, w)
+def shuffle_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, N, H, W) -> (B, N, H, W) with new channel j*(N/groups) + c = old channel groups*c + j (j < groups), so
+    each of ``groups`` groups of a following grouped conv sees the blocks of a concatenation in rotation (the
+    DMCA's x, attention and value channels: ``groups=3``). The definition; :func:`concat_shuffled` computes it
+    of a concatenation in one pass."""
+    b, channels, h, w = x.shape
+    return x.reshape(b, channels // groups, groups, h, w).transpose(1, 2).reshape(b, channels, h, w)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _shuffle_runs(channels: Sequence[int], groups: int) -> List[Tuple[int, int, int]]:
+    """``shuffle_groups(torch.cat(tensors, 1), groups)`` for tensors of ``channels`` channels, as runs in output
+    order: (tensor, first channel, count), the run being the tensor's channels first, first + groups, ..."""
+    per_group = sum(channels) // groups
+    starts = [sum(channels[:i]) for i in range(len(channels))]
+    runs = []
+    for j in range(groups):  # output group j: concatenated channels groups*c + j, c = 0 .. per_group - 1
+        for source, (start, count) in enumerate(zip(starts, channels)):
+            first = max(0, _ceil_div(start - j, groups))
+            last = min(per_group, _ceil_div(start + count - j, groups))
+            if last > first:
+                runs.append((source, groups * first + j - start, last - first))
+    return runs
+
+
+class _ConcatShuffled(torch.autograd.Function):
+    """Forward: one torch.cat of strided channel slices (each plane still contiguous); backward: each input's
+    gradient gathered from the output's, contiguous."""
+
+    @staticmethod
+    def forward(ctx, groups, *tensors):
+        runs = _shuffle_runs([t.shape[1] for t in tensors], groups)
+        ctx.groups, ctx.runs = groups, runs
+        ctx.inputs = [(t.shape, t.dtype) for t in tensors]
+        step = groups
+        return torch.cat([tensors[s][:, first:first + step * (count - 1) + 1:step] for s, first, count in runs], 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grads = [grad.new_empty(shape, dtype=dtype) if needed else None
+                 for (shape, dtype), needed in zip(ctx.inputs, ctx.needs_input_grad[1:])]
+        offset, step = 0, ctx.groups
+        for s, first, count in ctx.runs:
+            if grads[s] is not None:
+                grads[s][:, first:first + step * (count - 1) + 1:step] = grad[:, offset:offset + count]
+            offset += count
+        return (None, *grads)
+
+
+def concat_shuffled(tensors: Sequence[torch.Tensor], groups: int) -> torch.Tensor:
+    """``shuffle_groups(torch.cat(tensors, dim=1), groups)`` in one pass over memory, forward and backward (the
+    concatenation and the shuffle were a copy each, and the shuffle's gradient a third; the inputs' gradients
+    come back contiguous instead of as channel slices of one tensor). Same values, dtype and gradients.
+
+    Shapes: tensors (B, C_i, H, W), sum of C_i a multiple of ``groups`` -> (B, sum C_i, H, W).
+    """
+    total = sum(t.shape[1] for t in tensors)
+    if total % groups:
+        raise ValueError(f'concat_shuffled: the {total} concatenated channels do not split into {groups} groups')
+    return _ConcatShuffled.apply(groups, *tensors)
+
+
+class _PadWithChannelMean(torch.autograd.Function):
+    """x (B, C, H, W) -> (B, C + 1, H, W), the last channel the mean over x's channels; the gradient one pass."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.channels = x.shape[1]
+        out = x.new_empty(x.shape[0], x.shape[1] + 1, *x.shape[2:])
+        out[:, :-1] = x
+        out[:, -1:] = x.mean(dim=1, keepdim=True)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        # As autograd differentiates torch.cat([x, x.mean(1, keepdim=True)], 1): the mean's gradient divided by C.
+        return grad[:, :-1] + grad[:, -1:] / ctx.channels
 
 
 def pad_channels_by_pooling(x: torch.Tensor, extra: int) -> torch.Tensor:
@@ -73,8 +148,9 @@ def pad_channels_by_pooling(x: torch.Tensor, extra: int) -> torch.Tensor:
     """
     if extra == 0:
         return x
-    if extra == 1:  # the one bin is the mean; a plain reduction is much faster than adaptive pooling on GPUs
-        return torch.cat([x, x.mean(dim=1, keepdim=True)], dim=1)
+    if extra == 1:  # the one bin is the mean: a plain reduction (much faster than adaptive pooling on GPUs), its
+        # copy and gradient one pass each (torch.cat's gradient slices, the mean's expanded quotient, their sum)
+        return _PadWithChannelMean.apply(x)
     h, w = x.shape[-2:]
     pad = F.adaptive_avg_pool3d(x.unsqueeze(1), (extra, h, w)).squeeze(1)
     return torch.cat([x, pad], dim=1)
@@ -157,7 +233,7 @@ class DMCA(nn.Module):
             # Quirk of the official models (and their checkpoints): without spatial reduction the
             # projected query stands in for x.
             x = q
-        y = shuffle_three_groups(torch.cat([x, attn, v], dim=1))
+        y = concat_shuffled([x, attn, v], 3)
         return pad_channels_by_pooling(self.fuse(y), self.channel_padding)
 
     def extra_repr(self) -> str:

@@ -4,14 +4,37 @@ import pytest
 import torch
 
 from sparx_mm.models.sparx import DMCA, LEARNABLE_SCALE_INIT, channel_attention
-from sparx_mm.models.sparx.dmca import pad_channels_by_pooling, shuffle_three_groups
+from sparx_mm.models.sparx.dmca import concat_shuffled, pad_channels_by_pooling, shuffle_groups
 
 
-def test_shuffle_three_groups_rotates_channels():
+def test_shuffle_groups_rotates_channels():
     x = torch.arange(12.).view(1, 12, 1, 1)  # C = 4: [x0..x3, a0..a3, v0..v3]
-    out = shuffle_three_groups(x).flatten().tolist()
+    out = shuffle_groups(x, 3).flatten().tolist()
     # new channel g*C + c = old channel 3c + g
     assert out == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]
+    assert shuffle_groups(torch.arange(4.).view(1, 4, 1, 1), 2).flatten().tolist() == [0, 2, 1, 3]
+
+
+@pytest.mark.parametrize('channels, groups', [([4, 4, 4], 3), ([320, 320, 320], 3), ([7, 7, 7], 3), ([6, 6], 2),
+                                              ([3, 9], 3), ([1, 2, 3, 6], 4)])
+def test_concat_shuffled_is_the_shuffled_concatenation_with_contiguous_gradients(channels, groups):
+    """One pass (the DMCA's x, attention and values, 320 channels each at SparX-T's stage 3; channel counts that
+    do not divide by the groups; blocks of unequal size): the values, dtype and gradients of
+    shuffle_groups(torch.cat(...)), bit for bit, each input's gradient contiguous (not a slice of one tensor)."""
+    tensors = [torch.randn(2, c, 3, 5, requires_grad=True) for c in channels]
+    tensors[0] = tensors[0].detach().double().requires_grad_()  # torch.cat's dtype promotion, kept
+    out = concat_shuffled(tensors, groups)
+    expected = shuffle_groups(torch.cat(tensors, dim=1), groups)
+    assert out.dtype == expected.dtype == torch.float64 and torch.equal(out, expected)
+    upstream = torch.randn_like(out)
+    grads = torch.autograd.grad(out, tensors, upstream)
+    for grad, reference, t in zip(grads, torch.autograd.grad(expected, tensors, upstream), tensors):
+        assert torch.equal(grad, reference) and grad.is_contiguous() and grad.dtype == t.dtype
+    # Inputs that need no gradient get none.
+    frozen = [tensors[0].detach()] + list(tensors[1:])
+    assert torch.autograd.grad(concat_shuffled(frozen, groups).sum(), frozen[1:])[0] is not None
+    with pytest.raises(ValueError, match='do not split into 4 groups'):
+        concat_shuffled([torch.randn(1, 3, 2, 2), torch.randn(1, 2, 2, 2)], 4)
 
 
 def test_channel_padding_means_of_adaptive_bins():
@@ -23,6 +46,12 @@ def test_channel_padding_means_of_adaptive_bins():
     torch.testing.assert_close(two[:, 5], x[:, 0:3].mean(1))
     torch.testing.assert_close(two[:, 6], x[:, 2:5].mean(1))
     assert pad_channels_by_pooling(x, 0) is x
+    # The one-channel padding's own gradient: torch.cat([x, x.mean(1, keepdim=True)], 1)'s, bit for bit (float16).
+    x = torch.randn(2, 639, 3, 4).half().requires_grad_()
+    upstream = torch.randn(2, 640, 3, 4).half()
+    grad, = torch.autograd.grad(pad_channels_by_pooling(x, 1), x, upstream)
+    expected, = torch.autograd.grad(torch.cat([x, x.mean(1, keepdim=True)], 1), x, upstream)
+    assert torch.equal(grad, expected) and grad.is_contiguous()
 
 
 def test_channel_attention_is_grouped_softmax_over_channels():
