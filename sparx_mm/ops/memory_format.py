@@ -93,11 +93,7 @@ def convert_memory_format(x: Tensor, memory_format: torch.memory_format, impl: O
     Shapes: (B, C, H, W) -> (B, C, H, W), same dtype and values.
     """
     _check(x, memory_format)
-    if x.is_contiguous(memory_format=memory_format):
-        return x
-    if _use_kernel(x, memory_format, impl):
-        from .triton_transpose import layout_transpose
-        return layout_transpose(x, memory_format == torch.channels_last)
-    if gpu_backends.gradient_needed(x):
+    if gpu_backends.gradient_needed(x) and not x.is_contiguous(memory_format=memory_format) \
+            and not _use_kernel(x, memory_format, impl):
         return _ConvertMemoryFormat.apply(x, memory_format)
-    return x.contiguous(memory_format=memory_format)
+    return _converted(x, memory_format, impl)

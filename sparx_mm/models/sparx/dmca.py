@@ -95,17 +95,17 @@ class _ConcatShuffled(torch.autograd.Function):
         runs = _shuffle_runs([t.shape[1] for t in tensors], groups)
         ctx.groups, ctx.runs = groups, runs
         ctx.inputs = [(t.shape, t.dtype) for t in tensors]
-        step = groups
-        return torch.cat([tensors[s][:, first:first + step * (count - 1) + 1:step] for s, first, count in runs], 1)
+        return torch.cat([tensors[s][:, first:first + groups * (count - 1) + 1:groups] for s, first, count in runs],
+                         1)
 
     @staticmethod
     def backward(ctx, grad):
         grads = [grad.new_empty(shape, dtype=dtype) if needed else None
                  for (shape, dtype), needed in zip(ctx.inputs, ctx.needs_input_grad[1:])]
-        offset, step = 0, ctx.groups
+        offset, groups = 0, ctx.groups
         for s, first, count in ctx.runs:
             if grads[s] is not None:
-                grads[s][:, first:first + step * (count - 1) + 1:step] = grad[:, offset:offset + count]
+                grads[s][:, first:first + groups * (count - 1) + 1:groups] = grad[:, offset:offset + count]
             offset += count
         return (None, *grads)
 
