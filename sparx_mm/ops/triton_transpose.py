@@ -52,12 +52,13 @@ def _plane_transpose_kernel(src_ptr, add_ptr, out_ptr, H_UNITS, W_UNITS, run_pla
     if copied:
         tl.store(out_ptr + plane + hs[:, None] * W + ws[None, :], tile.to(out_ptr.dtype.element_ty), mask=src_mask)
     else:
-        tile = tl.trans(tile)
+        # A new name: Triton 3.6 refuses a branch that redefines ``tile`` with another shape (the transposed one).
+        transposed = tl.trans(tile)
         offsets = plane + ws[:, None] * H + hs[None, :]
         mask = (ws[:, None] < W) & (hs[None, :] < H)
         if HAS_ADD:
-            tile = tile.to(tl.float32) + tl.load(add_ptr + offsets, mask=mask).to(tl.float32)
-        tl.store(out_ptr + offsets, tile.to(out_ptr.dtype.element_ty), mask=mask)
+            transposed = transposed.to(tl.float32) + tl.load(add_ptr + offsets, mask=mask).to(tl.float32)
+        tl.store(out_ptr + offsets, transposed.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def plane_transpose_fits(height: int, width: int) -> bool:
