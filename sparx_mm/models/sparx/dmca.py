@@ -1,4 +1,5 @@
 """DMCA: the Dynamic Multi-layer Channel Aggregator run by ganglion layers."""
+import itertools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -67,22 +68,17 @@ def shuffle_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(b, channels // groups, groups, h, w).transpose(1, 2).reshape(b, channels, h, w)
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _shuffle_runs(channels: Sequence[int], groups: int) -> List[Tuple[int, int, int]]:
+def _shuffle_runs(channels: Sequence[int], groups: int) -> List[Tuple[int, slice, int]]:
     """``shuffle_groups(torch.cat(tensors, 1), groups)`` for tensors of ``channels`` channels, as runs in output
-    order: (tensor, first channel, count), the run being the tensor's channels first, first + groups, ..."""
-    per_group = sum(channels) // groups
-    starts = [sum(channels[:i]) for i in range(len(channels))]
-    runs = []
-    for j in range(groups):  # output group j: concatenated channels groups*c + j, c = 0 .. per_group - 1
+    order: (tensor, its channels first, first + groups, ... as a slice, their count)."""
+    runs, starts = [], [0, *itertools.accumulate(channels)][:-1]
+    for j in range(groups):  # output group j: concatenated channels j, j + groups, j + 2 groups, ...
         for source, (start, count) in enumerate(zip(starts, channels)):
-            first = max(0, _ceil_div(start - j, groups))
-            last = min(per_group, _ceil_div(start + count - j, groups))
+            # Output group j's channels before this tensor's, and up to its end: len(range(j, bound, groups)).
+            first, last = len(range(j, start, groups)), len(range(j, start + count, groups))
             if last > first:
-                runs.append((source, groups * first + j - start, last - first))
+                offset = groups * first + j - start
+                runs.append((source, slice(offset, offset + groups * (last - first - 1) + 1, groups), last - first))
     return runs
 
 
@@ -92,20 +88,18 @@ class _ConcatShuffled(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, groups, *tensors):
-        runs = _shuffle_runs([t.shape[1] for t in tensors], groups)
-        ctx.groups, ctx.runs = groups, runs
+        ctx.runs = _shuffle_runs([t.shape[1] for t in tensors], groups)
         ctx.inputs = [(t.shape, t.dtype) for t in tensors]
-        return torch.cat([tensors[s][:, first:first + groups * (count - 1) + 1:groups] for s, first, count in runs],
-                         1)
+        return torch.cat([tensors[s][:, channels] for s, channels, _ in ctx.runs], 1)
 
     @staticmethod
     def backward(ctx, grad):
         grads = [grad.new_empty(shape, dtype=dtype) if needed else None
                  for (shape, dtype), needed in zip(ctx.inputs, ctx.needs_input_grad[1:])]
-        offset, groups = 0, ctx.groups
-        for s, first, count in ctx.runs:
+        offset = 0
+        for s, channels, count in ctx.runs:
             if grads[s] is not None:
-                grads[s][:, first:first + groups * (count - 1) + 1:groups] = grad[:, offset:offset + count]
+                grads[s][:, channels] = grad[:, offset:offset + count]
             offset += count
         return (None, *grads)
 
