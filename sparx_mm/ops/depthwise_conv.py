@@ -11,9 +11,9 @@ SiLU (``'silu'``). SparX's blocks use it as ``x + dw3x3(x)`` (positional embeddi
 
 ``stride`` s > 1 (no residual) gives ``conv2d(..., stride=s, padding=k // 2)``: the same convolution at every
 s-th row and column, (B, C, ceil(H / s), ceil(W / s)), as the DMCA's spatial reductions (k = s + 1) use it. The
-Triton path computes the stride-1 map and keeps those positions (its backward pass: the stride-1 kernels on the
-zero-filled gradient), where cuDNN's strided depthwise backward was slow (``dgrad2d_c1_k1_nhwc``: 0.7 ms a call
-for SparX-T's 28 x 28, stride-4 reduction at batch 128 on an H100; docs/benchmarks.md).
+Triton path has strided kernels of its own (forward, gradient, and dx by the adjoint), where cuDNN's strided
+depthwise backward was slow (``dgrad2d_c1_k1_nhwc``: 0.7 ms a call for SparX-T's 28 x 28, stride-4 reduction at
+batch 128 on an H100; docs/benchmarks.md).
 
 Output dtype (both implementations): the convolution runs in ``conv_dtype`` = the autocast dtype when
 autocast is enabled for x's device type and x is not float64 (autocast leaves float64 alone), else x's
@@ -127,6 +127,4 @@ def depthwise_conv2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     if gpu_backends.layer_kernel_impl(x, impl, 'depthwise_conv2d_act') == 'reference':
         return _reference(x, weight, bias, residual, activation, stride)
     from .triton_depthwise_conv import depthwise_conv2d_act_triton
-    y = depthwise_conv2d_act_triton(x, weight, bias, residual, activation, _output_dtype(x, residual))
-    # Copied: a view would keep the whole stride-1 map alive wherever autograd saves the output.
-    return y if stride == 1 else y[:, :, ::stride, ::stride].contiguous()
+    return depthwise_conv2d_act_triton(x, weight, bias, residual, activation, _output_dtype(x, residual), stride)

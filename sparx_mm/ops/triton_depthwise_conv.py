@@ -24,6 +24,14 @@ bias); each program reduces them across its columns once, at the end, into one r
 which torch adds up over the batch and the runs (no atomics: deterministic). Then dx = conv(gz, weight flipped
 in both axes) + (gz if residual): the forward kernel without bias or activation.
 
+Strided (stride s > 1, no residual; the DMCA's spatial reductions): ``_dwconv_strided_kernel`` computes output row
+r from input rows r*s - k//2 .. r*s + k//2 at columns c*s - k//2 .. c*s + k//2 (k*k loads an output position, a
+1/s**2 of the input's positions); ``_dwconv_strided_grad_kernel`` its gz and the weight / bias partial sums the same
+way; ``_dwconv_transposed_kernel`` dx, the adjoint: an input position takes weight[i, j] * gz[r, c] from the taps
+whose h + k//2 - i = r*s and w + k//2 - j = c*s (masked loads; about k*k / s**2 of them valid). Before, the
+stride-1 map was computed and subsampled, and its backward ran the stride-1 kernels on a zero-filled gradient: s**2
+times the positions.
+
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
 """
@@ -236,11 +244,112 @@ def _dwconv_grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, 
     tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
 
 
-def _tiling(x: torch.Tensor, values_warps: Tuple[int, int], values_a_position: int, min_programs: int):
-    """(warps, BLOCK_P, BLOCK_W, rows a run, grid) for a (values a thread holds, warps) tiling whose kernel
-    holds ``values_a_position`` values a position, aiming at about ``min_programs`` programs (the rows cut
-    into runs when the tiles are fewer). Grid: (plane blocks, column blocks, runs)."""
-    b, c, h, w = x.shape
+@triton.jit
+def _strided_window(x_ptr, in_offs, plane_ok, r, H, W, in_cols, K: tl.constexpr, STRIDE: tl.constexpr):
+    """The K*K taps of output row ``r`` of a stride-STRIDE convolution: input row r * STRIDE - K//2 + i at the K
+    column shifts of ``in_cols`` (the output columns times STRIDE), tap i*K + j a float32 (BLOCK_P, BLOCK_W)
+    tile; 0 outside the map."""
+    window = ()
+    for i in tl.static_range(K):
+        window = window + _shifted_row(x_ptr, in_offs, plane_ok, r * STRIDE - K // 2 + i, H, W, in_cols, K)
+    return window
+
+
+@triton.jit
+def _dwconv_strided_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, OH, OW, n_planes, run_rows, K: tl.constexpr,
+                           ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr,
+                           BLOCK_W: tl.constexpr):
+    """y = act(conv(x, w, stride=STRIDE) + b), (H, W) -> (OH, OW), for output rows [first, first + run_rows) of
+    the tile (grid axis 2: the run)."""
+    n, ch, plane_ok, out_offs, cols, tile_ok, first, last = _program_tile(C, OH, OW, n_planes, run_rows, BLOCK_P,
+                                                                          BLOCK_W)
+    in_offs = n.to(tl.int64) * (H * W)
+    taps = _channel_taps(w_ptr, ch, plane_ok, K, False)
+    bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
+    # The loads of row r + 1 are issued before the arithmetic of row r.
+    next_window = _strided_window(x_ptr, in_offs, plane_ok, first, H, W, cols * STRIDE, K, STRIDE)
+    for r in range(first, last):
+        window = next_window
+        next_window = _strided_window(x_ptr, in_offs, plane_ok, r + 1, H, W, cols * STRIDE, K, STRIDE)
+        z = bias
+        for t in tl.static_range(K * K):
+            z = z + taps[t] * window[t]
+        tl.store(y_ptr + (out_offs + r * OW)[:, None] + cols[None, :], _activation(z, ACT).to(y_ptr.dtype.element_ty),
+                 mask=tile_ok)
+
+
+@triton.jit
+def _dwconv_strided_grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, W, OH, OW, n_planes, run_rows,
+                                n_parts, K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """``_dwconv_grad_kernel`` for a stride-STRIDE convolution: gz = dy * act'(z) at the (OH, OW) output rows
+    [first, first + run_rows) of the tile (written with an activation only) and each plane's partial sums of the
+    weight and bias gradients over them, in the same layout."""
+    n, ch, plane_ok, out_offs, cols, tile_ok, first, last = _program_tile(C, OH, OW, n_planes, run_rows, BLOCK_P,
+                                                                          BLOCK_W)
+    in_offs = n.to(tl.int64) * (H * W)
+    if ACT != 0:
+        taps = _channel_taps(w_ptr, ch, plane_ok, K, False)
+        bias = _channel_bias(b_ptr, ch, plane_ok, HAS_BIAS)
+    sums = _zero_tiles(K * K, BLOCK_P, BLOCK_W)
+    bias_sum = tl.zeros([BLOCK_P, BLOCK_W], dtype=tl.float32)
+    # Out-of-tile positions load dy = 0, so their gz is 0 and they add nothing to the sums.
+    for r in range(first, last):
+        offs = (out_offs + r * OW)[:, None] + cols[None, :]
+        gz = tl.load(dy_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32)
+        window = _strided_window(x_ptr, in_offs, plane_ok, r, H, W, cols * STRIDE, K, STRIDE)
+        if ACT != 0:
+            z = bias
+            for t in tl.static_range(K * K):
+                z = z + taps[t] * window[t]
+            gz *= _activation_grad(z, ACT)
+            tl.store(gz_ptr + offs, gz.to(gz_ptr.dtype.element_ty), mask=tile_ok)
+        summed = ()
+        for t in tl.static_range(K * K):
+            summed = summed + (sums[t] + gz * window[t], )
+        sums = summed
+        bias_sum += gz
+    part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+    out = partial_ptr + (n.to(tl.int64) * n_parts + part) * (K * K + 1)
+    for t in tl.static_range(K * K):
+        tl.store(out + t, tl.sum(sums[t], axis=1), mask=plane_ok)
+    tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
+
+
+@triton.jit
+def _dwconv_transposed_kernel(g_ptr, w_ptr, dx_ptr, C, H, W, OH, OW, n_planes, run_rows, K: tl.constexpr,
+                              STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """dx (H, W) = the adjoint of a stride-STRIDE convolution applied to g (OH, OW), for input rows [first, first +
+    run_rows) of the tile: dx[h, w] = sum of weight[i, j] * g[r, c] over the taps with h + K//2 - i = r * STRIDE
+    and w + K//2 - j = c * STRIDE inside g's map."""
+    n, ch, plane_ok, in_offs, cols, tile_ok, first, last = _program_tile(C, H, W, n_planes, run_rows, BLOCK_P,
+                                                                         BLOCK_W)
+    g_offs = n.to(tl.int64) * (OH * OW)
+    taps = _channel_taps(w_ptr, ch, plane_ok, K, False)
+    # Shifted by STRIDE * K so that the numerators are never negative: // and % then agree with Python's on
+    # every backend (C's truncation and Python's floor differ below zero).
+    col_num = cols + (K // 2 + STRIDE * K)
+    for h in range(first, last):
+        acc = tl.zeros([BLOCK_P, BLOCK_W], dtype=tl.float32)
+        for i in tl.static_range(K):
+            row_num = h + (K // 2 - i + STRIDE * K)
+            r = row_num // STRIDE - K
+            row_ok = plane_ok & (row_num % STRIDE == 0) & (r >= 0) & (r < OH)
+            for j in tl.static_range(K):
+                c = (col_num - j) // STRIDE - K
+                col_ok = ((col_num - j) % STRIDE == 0) & (c >= 0) & (c < OW)
+                g = tl.load(g_ptr + (g_offs + r * OW)[:, None] + c[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                            other=0.0)
+                acc += taps[i * K + j] * g.to(tl.float32)
+        tl.store(dx_ptr + (in_offs + h * W)[:, None] + cols[None, :], acc.to(dx_ptr.dtype.element_ty), mask=tile_ok)
+
+
+def _tiling(shape, values_warps: Tuple[int, int], values_a_position: int, min_programs: int):
+    """(warps, BLOCK_P, BLOCK_W, rows a run, grid) over the map of ``shape`` (B, C, H, W) for a (values a thread
+    holds, warps) tiling whose kernel holds ``values_a_position`` values a position, aiming at about
+    ``min_programs`` programs (the rows cut into runs when the tiles are fewer). Grid: (plane blocks, column
+    blocks, runs)."""
+    b, c, h, w = shape
     values, warps = values_warps
     per_thread = max(1, values // values_a_position)
     elements = 32 * warps << (per_thread.bit_length() - 1)
@@ -251,55 +360,76 @@ def _tiling(x: torch.Tensor, values_warps: Tuple[int, int], values_a_position: i
     return warps, block_p, block_w, run_rows, tiles + (cdiv(h, run_rows), )
 
 
-def _fwd_tiling(x: torch.Tensor, k: int):
-    """_tiling's tuple for the forward kernel (FWD_TILING's doc)."""
-    return _tiling(x, FWD_TILING, k * k, MIN_PROGRAMS[0])
+def _fwd_tiling(shape, k: int):
+    """_tiling's tuple for the forward kernel over an output map of ``shape`` (FWD_TILING's doc); also the
+    strided kernel's, and the transposed kernel's over dx's map."""
+    return _tiling(shape, FWD_TILING, k * k, MIN_PROGRAMS[0])
 
 
-def _grad_tiling(x: torch.Tensor, k: int):
-    """_tiling's tuple for the gradient kernel (BWD_TILING's doc)."""
-    return _tiling(x, BWD_TILING, 2 * k * k, MIN_PROGRAMS[1])
+def _grad_tiling(shape, k: int):
+    """_tiling's tuple for the gradient kernels over an output map of ``shape`` (BWD_TILING's doc)."""
+    return _tiling(shape, BWD_TILING, 2 * k * k, MIN_PROGRAMS[1])
 
 
-def _launch_fwd(x, weight, bias, y, residual, act_code):
+def strided_shape(shape, stride: int) -> Tuple[int, int, int, int]:
+    """(B, C, H, W) -> the output shape of a stride-``stride`` 'same'-padded convolution, (B, C, ceil(H / stride),
+    ceil(W / stride))."""
+    b, c, h, w = shape
+    return b, c, cdiv(h, stride), cdiv(w, stride)
+
+
+def _launch_fwd(x, weight, bias, y, residual, act_code, stride):
     b, c, h, w = x.shape
-    warps, block_p, block_w, run_rows, grid = _fwd_tiling(x, weight.shape[-1])
-    w_align = power_of_two_factor(w)
-    launch(_dwconv_kernel, grid, x, weight, weight if bias is None else bias, y, c, h, w // w_align, b * c, run_rows,
-           K=weight.shape[-1], ACT=act_code, HAS_BIAS=bias is not None, RESIDUAL=residual, W_ALIGN=w_align,
-           BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
+    k = weight.shape[-1]
+    warps, block_p, block_w, run_rows, grid = _fwd_tiling(y.shape, k)
+    common = dict(K=k, ACT=act_code, HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
+    bias_or_weight = weight if bias is None else bias
+    if stride == 1:
+        w_align = power_of_two_factor(w)
+        launch(_dwconv_kernel, grid, x, weight, bias_or_weight, y, c, h, w // w_align, b * c, run_rows,
+               RESIDUAL=residual, W_ALIGN=w_align, **common)
+    else:
+        launch(_dwconv_strided_kernel, grid, x, weight, bias_or_weight, y, c, h, w, y.shape[2], y.shape[3], b * c,
+               run_rows, STRIDE=stride, **common)
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
 # an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], residual: bool,
-                activation: str, out_dtype: torch.dtype) -> torch.Tensor:
-    """x (B, C, H, W), weight (C, 1, k, k), bias (C,) or None -> act(conv + bias (+ x)) (B, C, H, W) in
-    ``out_dtype``; ``activation`` is 'none', 'gelu' or 'silu'; all inputs contiguous."""
-    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    _launch_fwd(x, weight, bias, y, residual, ACT_CODES[activation])
+                activation: str, out_dtype: torch.dtype, stride: int) -> torch.Tensor:
+    """x (B, C, H, W), weight (C, 1, k, k), bias (C,) or None -> act(conv + bias (+ x)) (B, C, ceil(H / stride),
+    ceil(W / stride)) in ``out_dtype``; ``activation`` is 'none', 'gelu' or 'silu'; all inputs contiguous; no
+    residual with stride > 1."""
+    y = torch.empty(strided_shape(x.shape, stride), dtype=out_dtype, device=x.device)
+    _launch_fwd(x, weight, bias, y, residual, ACT_CODES[activation], stride)
     return y
 
 
-def _dwconv_fwd_fake(x, weight, bias, residual, activation, out_dtype):
-    return x.new_empty(x.shape, dtype=out_dtype)
+def _dwconv_fwd_fake(x, weight, bias, residual, activation, out_dtype, stride):
+    return x.new_empty(strided_shape(x.shape, stride), dtype=out_dtype)
 
 
 def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                 residual: bool, activation: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> gz = dy * act'(z) (B, C, H, W) in dy's dtype (with ``activation`` 'none' gz is dy, not copied: an empty
-    (0,) tensor instead), the weight gradient (C, 1, k, k) in weight's dtype, the bias gradient (C,) in bias's
-    dtype (weight's without a bias)."""
+                 residual: bool, activation: str, stride: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dy (B, C, ceil(H / stride), ceil(W / stride)), x (B, C, H, W) -> gz = dy * act'(z) (dy's shape) in dy's
+    dtype (with ``activation`` 'none' gz is dy, not copied: an empty (0,) tensor instead), the weight gradient
+    (C, 1, k, k) in weight's dtype, the bias gradient (C,) in bias's dtype (weight's without a bias)."""
     b, c, h, w = x.shape
     k = weight.shape[-1]
-    warps, block_p, block_w, run_rows, grid = _grad_tiling(x, k)
-    gz = torch.empty(x.shape if activation != 'none' else (0, ), dtype=dy.dtype, device=x.device)
+    warps, block_p, block_w, run_rows, grid = _grad_tiling(dy.shape, k)
+    gz = torch.empty(dy.shape if activation != 'none' else (0, ), dtype=dy.dtype, device=x.device)
     n_parts = grid[1] * grid[2]
     partial = torch.empty(b * c, n_parts, k * k + 1, dtype=torch.float32, device=x.device)
-    w_align = power_of_two_factor(w)
-    launch(_dwconv_grad_kernel, grid, x, weight, weight if bias is None else bias, dy, gz, partial, c, h, w // w_align,
-           b * c, run_rows, n_parts, K=k, ACT=ACT_CODES[activation], HAS_BIAS=bias is not None,
-           RESIDUAL=residual, W_ALIGN=w_align, BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
+    common = dict(K=k, ACT=ACT_CODES[activation], HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_W=block_w,
+                  num_warps=warps)
+    bias_or_weight = weight if bias is None else bias
+    if stride == 1:
+        w_align = power_of_two_factor(w)
+        launch(_dwconv_grad_kernel, grid, x, weight, bias_or_weight, dy, gz, partial, c, h, w // w_align, b * c,
+               run_rows, n_parts, RESIDUAL=residual, W_ALIGN=w_align, **common)
+    else:
+        launch(_dwconv_strided_grad_kernel, grid, x, weight, bias_or_weight, dy, gz, partial, c, h, w, dy.shape[2],
+               dy.shape[3], b * c, run_rows, n_parts, STRIDE=stride, **common)
     sums = partial.view(b, c, n_parts, k * k + 1).sum((0, 2))
     # Copies: a custom op's outputs may not be views of one another.
     dweight = sums[:, :k * k].reshape(weight.shape).to(weight.dtype, copy=True)
@@ -307,45 +437,69 @@ def _dwconv_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
     return gz, dweight, dbias
 
 
-def _dwconv_grad_fake(dy, x, weight, bias, residual, activation):
-    return (dy.new_empty(x.shape if activation != 'none' else (0, )), torch.empty_like(weight),
+def _dwconv_grad_fake(dy, x, weight, bias, residual, activation, stride):
+    return (dy.new_empty(dy.shape if activation != 'none' else (0, )), torch.empty_like(weight),
             weight.new_empty(x.shape[1], dtype=weight.dtype if bias is None else bias.dtype))
 
 
 _dwconv_grad = TritonOp('sparx_mm::depthwise_conv_act_grad', _dwconv_grad, _dwconv_grad_fake)
 
 
+def _dwconv_transposed(g: torch.Tensor, weight: torch.Tensor, height: int, width: int, stride: int,
+                       out_dtype: torch.dtype) -> torch.Tensor:
+    """g (B, C, ceil(height / stride), ceil(width / stride)), weight (C, 1, k, k) -> the adjoint of the strided
+    convolution, (B, C, height, width) in ``out_dtype`` (the input gradient of a stride-``stride`` conv)."""
+    b, c = g.shape[:2]
+    k = weight.shape[-1]
+    dx = torch.empty(b, c, height, width, dtype=out_dtype, device=g.device)
+    warps, block_p, block_w, run_rows, grid = _fwd_tiling(dx.shape, k)
+    launch(_dwconv_transposed_kernel, grid, g, weight, dx, c, height, width, g.shape[2], g.shape[3], b * c, run_rows,
+           K=k, STRIDE=stride, BLOCK_P=block_p, BLOCK_W=block_w, num_warps=warps)
+    return dx
+
+
+def _dwconv_transposed_fake(g, weight, height, width, stride, out_dtype):
+    return g.new_empty(g.shape[0], g.shape[1], height, width, dtype=out_dtype)
+
+
+_dwconv_transposed = TritonOp('sparx_mm::depthwise_conv_transposed', _dwconv_transposed, _dwconv_transposed_fake)
+
+
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, residual, activation, _ = inputs
+    x, weight, bias, residual, activation, _, stride = inputs
     ctx.save_for_backward(x, weight, bias)
-    ctx.residual, ctx.activation = residual, activation
+    ctx.residual, ctx.activation, ctx.stride = residual, activation, stride
 
 
 def _backward(ctx, dy):
     x, weight, bias = ctx.saved_tensors
     dy = dy.contiguous()
-    gz, dweight, dbias = _dwconv_grad(dy, x, weight, bias, ctx.residual, ctx.activation)
+    gz, dweight, dbias = _dwconv_grad(dy, x, weight, bias, ctx.residual, ctx.activation, ctx.stride)
     if ctx.activation == 'none':
         gz = dy
     dx = None
     if ctx.needs_input_grad[0]:
-        # The adjoint of a 'same' convolution is the convolution with the kernel flipped in both axes; the
-        # residual's gradient is gz itself (the forward kernel's centre weight + 1).
-        dx = _dwconv_fwd(gz, weight.flip((-2, -1)).contiguous(), None, ctx.residual, 'none', x.dtype)
-    return dx, dweight, None if bias is None else dbias, None, None, None
+        if ctx.stride == 1:
+            # The adjoint of a 'same' convolution is the convolution with the kernel flipped in both axes; the
+            # residual's gradient is gz itself (the forward kernel's centre weight + 1).
+            dx = _dwconv_fwd(gz, weight.flip((-2, -1)).contiguous(), None, ctx.residual, 'none', x.dtype, 1)
+        else:
+            dx = _dwconv_transposed(gz, weight, x.shape[2], x.shape[3], ctx.stride, x.dtype)
+    return dx, dweight, None if bias is None else dbias, None, None, None, None
 
 
 _dwconv_fwd = TritonOp('sparx_mm::depthwise_conv_act_fwd', _dwconv_fwd, _dwconv_fwd_fake, _setup_context, _backward)
 
 
 def depthwise_conv2d_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                                residual: bool, activation: Optional[str], out_dtype: torch.dtype) -> torch.Tensor:
+                                residual: bool, activation: Optional[str], out_dtype: torch.dtype,
+                                stride: int = 1) -> torch.Tensor:
     """Fused Triton implementation of :func:`sparx_mm.ops.depthwise_conv2d_act` (inputs already checked).
 
-    Shapes: x (B, C, H, W), weight (C, 1, k, k), bias (C,) or None -> (B, C, H, W) in ``out_dtype``. Inputs
-    that are not contiguous in NCHW order (channels_last) are copied first. Needs CUDA tensors (or
-    ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests).
+    Shapes: x (B, C, H, W), weight (C, 1, k, k), bias (C,) or None -> (B, C, ceil(H / stride), ceil(W / stride))
+    in ``out_dtype``. Inputs that are not contiguous in NCHW order (channels_last) are copied first. Needs CUDA
+    tensors (or ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests).
     """
     check_triton_launchable(x, 'depthwise_conv2d_act_triton')
     return _dwconv_fwd(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
-                       residual, activation or 'none', out_dtype)
+                       residual, activation or 'none', out_dtype, stride)

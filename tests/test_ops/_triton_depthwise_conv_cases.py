@@ -38,13 +38,16 @@ CASES = [(2, 3, 9, 7, 3, True, None, False, torch.float32),
 # does not divide among them.
 STRIDED_CASES = [((2, 3, 9, 7, 5, False, None, False, torch.float32), 4),
                  ((2, 4, 6, 7, 3, False, 'gelu', True, torch.float16), 2),
-                 ((1, 3, 8, 8, 3, False, None, False, 'autocast'), 2)]
+                 ((1, 3, 8, 8, 3, False, None, False, 'autocast'), 2),
+                 ((2, 2, 7, 10, 5, False, 'silu', True, torch.float32), 3),
+                 ((1, 2, 3, 2, 3, False, None, True, torch.float32), 4)]
 # Tiles small enough that every map has several column blocks and every tile several planes, across two
 # samples, and rows cut into runs (checked below): what the defaults do at SparX's sizes, scaled down. One
 # position a thread of one warp: 32-element tiles.
 SMALL_TILING = dict(FWD_TILING=(1, 1), BWD_TILING=(1, 1), MAX_BLOCK_W=4, MIN_PROGRAMS=(16, 16))
-LOOP_CASES = [(3, 5, 7, 6, 3, True, 'gelu', True, torch.float32),
-              (4, 3, 5, 9, 5, False, 'silu', True, torch.float32)]
+LOOP_CASES = [((3, 5, 7, 6, 3, True, 'gelu', True, torch.float32), 1),
+              ((4, 3, 5, 9, 5, False, 'silu', True, torch.float32), 1),
+              ((3, 5, 17, 18, 3, False, 'gelu', True, torch.float32), 2)]
 
 
 def relative_errors(case, stride=1):
@@ -92,14 +95,16 @@ def check_small_tiles():
     try:
         for name, value in SMALL_TILING.items():
             setattr(tdc, name, value)
-        for case in LOOP_CASES:
+        for case, stride in LOOP_CASES:
             b, c, h, w, k = case[:5]
-            x = torch.empty(b, c, h, w)
-            for _, block_p, _, run_rows, grid in (tdc._fwd_tiling(x, k), tdc._grad_tiling(x, k)):
+            out_shape = tdc.strided_shape((b, c, h, w), stride)
+            # The strided backward's dx kernel tiles the input's map.
+            for _, block_p, _, run_rows, grid in (tdc._fwd_tiling(out_shape, k), tdc._grad_tiling(out_shape, k),
+                                                  tdc._fwd_tiling((b, c, h, w), k)):
                 assert grid[0] > 1 and grid[1] > 1 and grid[2] > 1 and run_rows > 1, \
                     'the tiling must split planes, columns and rows'
                 assert c % block_p, 'some tiles must hold planes of two samples'
-            scaled, passed = run_case(case, label='small tiles ')
+            scaled, passed = run_case(case, f'small tiles stride {stride} ', stride)
             worst, ok = max(worst, scaled), ok and passed
     finally:
         for name, value in defaults.items():
@@ -114,15 +119,20 @@ def check_registration():
     x, weight, bias = torch.randn(2, 3, 4, 5, generator=g), torch.randn(3, 1, 3, 3, generator=g), \
         torch.randn(3, generator=g)
     reports = [torch.library.opcheck(tdc._dwconv_fwd.op, [t.clone().requires_grad_() for t in (x, weight, bias)] +
-                                     [True, 'gelu', torch.float32])]
-    for activation in ('none', 'silu'):
-        reports.append(torch.library.opcheck(tdc._dwconv_grad.op, (torch.randn(2, 3, 4, 5, generator=g), x, weight,
-                                                                   None, False, activation)))
+                                     [residual, 'gelu', torch.float32, stride])
+               for residual, stride in ((True, 1), (False, 2))]
+    for activation, dy_shape, stride in (('none', (2, 3, 4, 5), 1), ('silu', (2, 3, 4, 5), 1),
+                                         ('gelu', (2, 3, 2, 3), 2)):
+        reports.append(torch.library.opcheck(tdc._dwconv_grad.op, (torch.randn(dy_shape, generator=g), x, weight,
+                                                                   None, False, activation, stride)))
+    reports.append(torch.library.opcheck(tdc._dwconv_transposed.op, (torch.randn(2, 3, 2, 3, generator=g), weight,
+                                                                     4, 5, 2, torch.float32)))
     ok = all(set(report.values()) == {'SUCCESS'} for report in reports)
     print('OPCHECK', 'ok' if ok else reports)
 
     def loss(x, weight, bias):
-        return depthwise_conv2d_act(x, weight, bias, True, 'silu', impl='triton').square().sum()
+        y = depthwise_conv2d_act(x, weight, bias, True, 'silu', impl='triton')
+        return (y.square().sum() + depthwise_conv2d_act(y, weight, bias, False, 'gelu', impl='triton', stride=2).sum())
 
     leaves = [t.requires_grad_() for t in (x, weight, bias)]
     return compile_matches_eager(loss, leaves, atol=1e-6) and ok

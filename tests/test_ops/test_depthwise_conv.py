@@ -137,7 +137,7 @@ def test_dispatch_where_triton_runs(dtype, impl, expected, monkeypatch):
     if expected == 'triton':
         with pytest.raises(TritonCalled):
             depthwise_conv2d_act(x, weight, bias, True, 'gelu', impl=impl)
-        assert calls[0][3:] == (True, 'gelu', dtype)
+        assert calls[0][3:] == (True, 'gelu', dtype, 1)
     else:
         y = depthwise_conv2d_act(x, weight, bias, True, 'gelu', impl=impl)
         assert torch.equal(y, depthwise_conv2d_act_reference(x, weight, bias, True, 'gelu'))
@@ -147,5 +147,5 @@ def test_triton_kernels_match_the_reference_in_the_interpreter():
     stdout = run_in_triton_interpreter('_triton_depthwise_conv_cases.py', 600)
     assert float(re.search(r'WORST (\S+) of tolerance', stdout).group(1)) <= 1, stdout
     assert 'OPCHECK ok' in stdout and 'COMPILE graphs 1 breaks 0 matches eager' in stdout, stdout
-    assert stdout.count('small tiles') == 2 and stdout.count('stride ') == 3, stdout
-    assert stdout.count('\n') == 21, stdout  # 13 cases, 3 strided, 2 small-tile cases, opcheck, compile, summary
+    assert stdout.count('small tiles') == 3 and stdout.count('stride ') == 8, stdout
+    assert stdout.count('\n') == 24, stdout  # 13 cases, 5 strided, 3 small-tile cases, opcheck, compile, summary

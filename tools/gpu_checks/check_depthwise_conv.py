@@ -48,10 +48,13 @@ CHECK_SHAPES = [(2, 96, 56, 56, 3, True, None, False), (2, 64, 28, 28, 3, True, 
                 (3, 40, 14, 13, 3, False, None, False, 2), (4, 24, 9, 11, 3, False, 'gelu', True, 2)]
 # --large: 2.4e9 float16 elements (4.5 GiB a tensor, ~35 GiB in all), so that element offsets pass 2**31.
 LARGE_SHAPE = (3, 12288, 256, 256)
-# (channels, map size, k, residual, activation, bias): SparX-T's depthwise convolutions at 224 x 224.
+# (channels, map size, k, residual, activation, bias[, stride]): SparX-T's depthwise convolutions at 224 x 224;
+# --only bench also times the DMCA's spatial reductions (strided, after them), --only sweep the others.
 BENCH_CONFIGS = [(96, 56, 3, True, None, False), (384, 56, 3, True, 'gelu', False),
                  (192, 56, 5, False, 'silu', True), (576, 28, 3, False, 'gelu', True),
                  (1280, 14, 3, True, 'gelu', False), (2048, 7, 3, True, 'gelu', False)]
+STRIDED_BENCH_CONFIGS = [(96, 56, 9, False, None, False, 8), (192, 28, 5, False, None, False, 4),
+                         (320, 14, 3, False, None, False, 2)]
 # (values a thread holds, warps) tried by --only sweep, for either kernel.
 SWEEP_TILINGS = [(9, 4), (18, 2), (18, 4), (36, 2), (36, 4), (36, 8), (72, 4)]
 DTYPE_MODES = {'float32': (torch.float32, None), 'float16': (torch.float16, None), 'bfloat16': (torch.bfloat16, None),
@@ -137,10 +140,12 @@ def graph_replay(step):
 
 def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs):
     """ms of the Triton op's forward, the composition's, then both again with the backward pass."""
-    dy = torch.randn_like(x)
+    from sparx_mm.ops.triton_depthwise_conv import strided_shape
+    dy = torch.randn(strided_shape(x.shape, conv.stride[0]), device=x.device, dtype=x.dtype)
 
     def fused():
-        return depthwise_conv2d_act(x, conv.weight, conv.bias, residual, activation, impl='triton')
+        return depthwise_conv2d_act(x, conv.weight, conv.bias, residual, activation, impl='triton',
+                                    stride=conv.stride[0])
 
     def composition():
         y = conv(x)
@@ -168,14 +173,17 @@ def bench(device, batch, cuda_graphs):
     print(f'{"C":>5} {"HxW":>5} {"k":>1} {"op":>12} {"dtype":>5} {"triton fwd":>10} {"torch fwd":>9} {"speedup":>7} '
           f'{"GB/s":>5} {"triton f+b":>10} {"torch f+b":>9} {"speedup":>7}')
     acts = {None: nn.Identity(), 'gelu': nn.GELU(), 'silu': nn.SiLU()}
-    for channels, size, k, residual, activation, has_bias in BENCH_CONFIGS:
-        conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=has_bias).to(device)
-        op = ('x+' if residual else '') + f'dw{k}' + ('+b' if has_bias else '') + (f' {activation}' if activation
-                                                                                 else '')
+    for channels, size, k, residual, activation, has_bias, *rest in BENCH_CONFIGS + STRIDED_BENCH_CONFIGS:
+        stride = rest[0] if rest else 1
+        conv = nn.Conv2d(channels, channels, k, stride=stride, padding=k // 2, groups=channels,
+                         bias=has_bias).to(device)
+        op = ('x+' if residual else '') + f'dw{k}' + (f'/{stride}' if stride > 1 else '') + ('+b' if has_bias else '') \
+            + (f' {activation}' if activation else '')
         for mode, dtype, autocast in (('fp16', torch.float16, True), ('fp32', torch.float32, False)):
             x = torch.randn(batch, channels, size, size, device=device, dtype=dtype).requires_grad_()
             row = bench_row(conv, acts[activation], residual, activation, x, autocast, cuda_graphs)
-            gbps = 2 * x.numel() * x.element_size() / (row[0] * 1e-3) / 1e9
+            out_numel = x.numel() // size ** 2 * (-(-size // stride)) ** 2
+            gbps = (x.numel() + out_numel) * x.element_size() / (row[0] * 1e-3) / 1e9
             print(f'{channels:>5} {size:>2}x{size:<2} {k:>1} {op:>12} {mode:>5} {row[0]:>10.3f} {row[1]:>9.3f} '
                   f'{row[1] / row[0]:>6.2f}x {gbps:>5.0f} {row[2]:>10.3f} {row[3]:>9.3f} {row[3] / row[2]:>6.2f}x',
                   flush=True)
@@ -199,9 +207,9 @@ def sweep(device, batch):
                 times = []
                 for x, weight, bias, dy, residual, activation in data:
                     if kernel == 'forward':
-                        step = lambda: tdc._dwconv_fwd(x, weight, bias, residual, activation, x.dtype)  # noqa: E731
+                        step = lambda: tdc._dwconv_fwd(x, weight, bias, residual, activation, x.dtype, 1)  # noqa: E731
                     else:
-                        step = lambda: tdc._dwconv_grad(dy, x, weight, bias, residual, activation)  # noqa: E731
+                        step = lambda: tdc._dwconv_grad(dy, x, weight, bias, residual, activation, 1)  # noqa: E731
                     times.append(timed(step)[0])
                 label = 'default ' if tiling == defaults[kernel] else ''
                 print(f'{str(dtype)[6:]:>7} {kernel:>8} {label}{tiling}: ' + ' '.join(f'{t:.3f}' for t in times)
