@@ -28,34 +28,40 @@ from .triton_op import TritonOp
 MAX_GRID_YZ = 65535
 #: The tile edge (elements) of both axes.
 TILE = 32
+#: Elements a program moves: planes smaller than a TILE x TILE tile go several to a program (``plane_tiling``).
+TILE_ELEMENTS = TILE * TILE
 
 
 @triton.jit
-def _plane_transpose_kernel(src_ptr, add_ptr, out_ptr, H_UNITS, W_UNITS, run_planes, HAS_ADD: tl.constexpr,
+def _plane_transpose_kernel(src_ptr, add_ptr, out_ptr, N, H_UNITS, W_UNITS, run_planes, HAS_ADD: tl.constexpr,
                             ALTERNATE: tl.constexpr, H_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr,
-                            BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """out[n, w, h] = src[n, h, w] (+ add[n, w, h]) for planes n of (N, H, W) maps, in float32 when adding,
-    stored in out's dtype. ALTERNATE: the planes come in runs of ``run_planes``, copied unchanged (out[n, h, w] =
-    src[n, h, w]) in even runs and transposed in odd ones. H = H_UNITS * H_ALIGN, W = W_UNITS * W_ALIGN (module
-    doc)."""
+                            BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[n, w, h] = src[n, h, w] (+ add[n, w, h]) for the N planes of (N, H, W) maps, in float32 when adding,
+    stored in out's dtype; a program takes a BLOCK_H x BLOCK_W tile of BLOCK_N planes. ALTERNATE: the planes come
+    in runs of ``run_planes`` (a multiple of BLOCK_N: a program's planes are in one run), copied unchanged
+    (out[n, h, w] = src[n, h, w]) in even runs and transposed in odd ones. H = H_UNITS * H_ALIGN, W = W_UNITS *
+    W_ALIGN (module doc)."""
     H = H_UNITS * H_ALIGN
     W = W_UNITS * W_ALIGN
-    n = tl.program_id(0).to(tl.int64)  # planes on the first grid axis: B*C passes the others' 65535
+    first = tl.program_id(0).to(tl.int64) * BLOCK_N  # planes on the first grid axis: B*C passes the others' 65535
+    ns = first + tl.arange(0, BLOCK_N)
     hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     ws = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
-    plane = n * H * W
-    src_mask = (hs[:, None] < H) & (ws[None, :] < W)
-    tile = tl.load(src_ptr + plane + hs[:, None] * W + ws[None, :], mask=src_mask)
+    planes = (ns * H * W)[:, None, None]
+    plane_ok = (ns < N)[:, None, None]
+    src_mask = plane_ok & (hs < H)[None, :, None] & (ws < W)[None, None, :]
+    src_offsets = planes + hs[None, :, None] * W + ws[None, None, :]
+    tile = tl.load(src_ptr + src_offsets, mask=src_mask)
     copied = False
     if ALTERNATE:
-        copied = (n // run_planes) % 2 == 0
+        copied = (first // run_planes) % 2 == 0
     if copied:
-        tl.store(out_ptr + plane + hs[:, None] * W + ws[None, :], tile.to(out_ptr.dtype.element_ty), mask=src_mask)
+        tl.store(out_ptr + src_offsets, tile.to(out_ptr.dtype.element_ty), mask=src_mask)
     else:
         # A new name: Triton 3.6 refuses a branch that redefines ``tile`` with another shape (the transposed one).
-        transposed = tl.trans(tile)
-        offsets = plane + ws[:, None] * H + hs[None, :]
-        mask = (ws[:, None] < W) & (hs[None, :] < H)
+        transposed = tl.permute(tile, (0, 2, 1))
+        offsets = planes + ws[None, :, None] * H + hs[None, None, :]
+        mask = plane_ok & (ws < W)[None, :, None] & (hs < H)[None, None, :]
         if HAS_ADD:
             transposed = transposed.to(tl.float32) + tl.load(add_ptr + offsets, mask=mask).to(tl.float32)
         tl.store(out_ptr + offsets, transposed.to(out_ptr.dtype.element_ty), mask=mask)
@@ -65,6 +71,18 @@ def plane_transpose_fits(height: int, width: int) -> bool:
     """Whether (.., H, W) planes fit the kernel's grid (cdiv(H, 32) and cdiv(W, 32) tiles at most 65535 each, i.e.
     H and W up to 2,097,120)."""
     return max(cdiv(height, TILE), cdiv(width, TILE)) <= MAX_GRID_YZ
+
+
+def plane_tiling(planes: int, height: int, width: int, run_planes: int = 0):
+    """(BLOCK_N, BLOCK_H, BLOCK_W, grid) of the kernel for ``planes`` (height, width) planes: tiles of up to
+    TILE x TILE elements, and planes smaller than that several to a program, up to TILE_ELEMENTS elements (a
+    14 x 14 plane's 392 float16 bytes alone gave each program too little to move); with ``run_planes`` (the
+    alternating runs) a power of two that divides it."""
+    block_h, block_w = min(TILE, next_power_of_2(height)), min(TILE, next_power_of_2(width))
+    block_n = max(1, TILE_ELEMENTS // (block_h * block_w))
+    if run_planes:
+        block_n = min(block_n, run_planes & -run_planes)  # the largest power of two dividing run_planes
+    return block_n, block_h, block_w, (cdiv(planes, block_n), cdiv(height, block_h), cdiv(width, block_w))
 
 
 def plane_transpose(src: torch.Tensor, add: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None,
@@ -81,13 +99,13 @@ def plane_transpose(src: torch.Tensor, add: Optional[torch.Tensor] = None, dtype
         raise ValueError('plane_transpose: alternate_every does not take an add')
     shape = src.shape if alternate_every else (*src.shape[:-2], w, h)
     out = torch.empty(shape, device=src.device, dtype=dtype or src.dtype)
-    block_h, block_w = min(TILE, next_power_of_2(h)), min(TILE, next_power_of_2(w))
-    grid = (src.numel() // max(h * w, 1), cdiv(h, block_h), cdiv(w, block_w))
     if out.numel():
+        planes = src.numel() // (h * w)
+        block_n, block_h, block_w, grid = plane_tiling(planes, h, w, alternate_every)
         h_align, w_align = power_of_two_factor(h), power_of_two_factor(w)
-        launch(_plane_transpose_kernel, grid, src, out if add is None else add, out, h // h_align, w // w_align,
-               max(alternate_every, 1), HAS_ADD=add is not None, ALTERNATE=alternate_every > 0, H_ALIGN=h_align,
-               W_ALIGN=w_align, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4)
+        launch(_plane_transpose_kernel, grid, src, out if add is None else add, out, planes, h // h_align,
+               w // w_align, max(alternate_every, 1), HAS_ADD=add is not None, ALTERNATE=alternate_every > 0,
+               H_ALIGN=h_align, W_ALIGN=w_align, BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4)
     return out
 
 

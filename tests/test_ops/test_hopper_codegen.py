@@ -91,8 +91,8 @@ def test_cross_scan_reads_a_196_position_sequence_with_vector_accesses():
 
 
 def test_group_norm_and_plane_transpose_rows_of_196_are_vector_accesses():
-    """GroupNorm's normalise kernel on 196-column rows, and the plane transpose of 14 x 14 planes: vector accesses
-    with the factors known, scalar ones in the controls."""
+    """GroupNorm's normalise kernel on 196-column rows, and the plane transpose of 14 x 14 planes (several a
+    program): vector accesses with the factors known, scalar ones in the controls."""
     from sparx_mm.ops import triton_group_norm as tgn
     from sparx_mm.ops import triton_transpose
     arg_types = dict(_fp32_pointers('x_ptr', 'y_ptr', 'w_ptr', 'b_ptr', 'stats_ptr'), rows='i32', C='i32',
@@ -106,10 +106,13 @@ def test_group_norm_and_plane_transpose_rows_of_196_are_vector_accesses():
     aligned, control = normalise(4), normalise(1)
     assert aligned.get('st.global.v4.b32', 0) > 0 and control.get('st.global.v4.b32', 0) == 0, (aligned, control)
 
-    arg_types = dict(_fp32_pointers('src_ptr', 'add_ptr', 'out_ptr'), H_UNITS='i32', W_UNITS='i32', run_planes='i32')
+    arg_types = dict(_fp32_pointers('src_ptr', 'add_ptr', 'out_ptr'), N='i32', H_UNITS='i32', W_UNITS='i32',
+                     run_planes='i32')
+    block_n, block_h, block_w, _ = triton_transpose.plane_tiling(128 * 640, 14, 14)  # four planes a program
 
     def transpose(align):
-        constexprs = dict(HAS_ADD=True, ALTERNATE=False, H_ALIGN=align, W_ALIGN=align, BLOCK_H=16, BLOCK_W=16)
+        constexprs = dict(HAS_ADD=True, ALTERNATE=False, H_ALIGN=align, W_ALIGN=align, BLOCK_N=block_n,
+                          BLOCK_H=block_h, BLOCK_W=block_w)
         return global_copies(hopper_ptx(triton_transpose._plane_transpose_kernel, arg_types, constexprs,
                                         ('src_ptr', 'add_ptr', 'out_ptr')))
 
