@@ -374,6 +374,41 @@ def check_layout(device):
             print(f'layout {tuple(shape)} {str(dtype)[6:]} -> {name}: {"exact" if passed else "FAIL"}; '
                   f'kernel {kernel_ms:.3f} ms, torch\'s copy {torch_ms:.3f} ms', flush=True)
             ok &= passed
+    return ok & check_scan_transposes(device)
+
+
+# The cross scan's plane transposes at SparX-T's four stages, batch 128: (d_inner, map size, projection channels
+# rank + 2). Each stage's three uses: x^T (float16), the merge of the pairs' sums (a float32 add), the projections
+# in route order (alternating runs of the four routes' planes).
+SCAN_TRANSPOSE_STAGES = [(192, 56, 8), (384, 28, 14), (640, 14, 22), (1024, 7, 34)]
+
+
+def check_scan_transposes(device, batch=128):
+    """plane_transpose against torch's copy of the transposed view (exact) and the GPU time of both."""
+    from sparx_mm.ops.triton_transpose import plane_tiling, plane_transpose
+    from gpu_common import timed
+    ok, total = True, [0.0, 0.0]
+    for d_inner, size, proj_channels in SCAN_TRANSPOSE_STAGES:
+        g = torch.Generator(device='cpu').manual_seed(size)
+        x = torch.randn(batch, d_inner, size, size, generator=g).to(device, torch.float16)
+        add = torch.randn(batch, d_inner, size, size, generator=g).to(device)
+        proj = torch.randn(batch * 4, proj_channels, size, size, generator=g).to(device, torch.float16)
+        uses = (('x^T', lambda: plane_transpose(x), lambda: x.transpose(-1, -2).contiguous()),
+                ('merge', lambda: plane_transpose(x, add, torch.float32),
+                 lambda: x.transpose(-1, -2).float() + add),
+                ('route order', lambda: plane_transpose(proj, alternate_every=proj_channels),
+                 lambda: torch.stack([proj[0::2], proj[1::2].transpose(-1, -2)], 1).view(proj.shape)))
+        for name, kernel, reference in uses:
+            passed = torch.equal(kernel(), reference())
+            kernel_ms, torch_ms = timed(kernel)[0], timed(reference)[0]
+            total[0] += kernel_ms
+            total[1] += torch_ms
+            tiling = plane_tiling(x.numel() // size ** 2, size, size, proj_channels if name == 'route order' else 0)
+            print(f'scan transpose {d_inner} x {size} x {size} {name} (planes, rows, columns a program '
+                  f'{tiling[:3]}): {"exact" if passed else "FAIL"}; kernel {kernel_ms:.3f} ms, torch {torch_ms:.3f} ms',
+                  flush=True)
+            ok &= passed
+    print(f'scan transposes, all stages: kernel {total[0]:.3f} ms, torch {total[1]:.3f} ms', flush=True)
     return ok
 
 
