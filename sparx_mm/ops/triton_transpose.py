@@ -26,9 +26,16 @@ from .triton_op import TritonOp
 
 #: Largest extent of a CUDA grid's y and z axes (the tiles along H and along W).
 MAX_GRID_YZ = 65535
-#: The tile edge (elements) of both axes.
+#: The tile edge (elements) along an axis longer than WHOLE_AXIS.
 TILE = 32
-#: Elements a program moves: planes smaller than a TILE x TILE tile go several to a program (``plane_tiling``).
+#: Axes up to this long are covered whole by one tile (the next power of two). Not yet timed above TILE: on an
+#: H100, SparX-T's 128 x 192 float16 planes of 56 x 56 in 32 x 32 tiles (rows of 64 bytes, every other one
+#: starting mid-sector) moved ~1.1 TB/s, torch's copy ~1.7, where the 32-aligned (96, 3136) planes of the layout
+#: conversions moved ~2.4; 64 (a 56 x 56 plane whole in one program) is the candidate that
+#: ``check_kernels.py --only layout --whole-axis 32 64`` compares.
+WHOLE_AXIS = TILE
+#: Elements a program moves at least: planes smaller than that go several to a program (``plane_tiling``; 14 x 14
+#: float16 planes: 0.026 against 0.053 ms one a program).
 TILE_ELEMENTS = TILE * TILE
 
 
@@ -73,12 +80,16 @@ def plane_transpose_fits(height: int, width: int) -> bool:
     return max(cdiv(height, TILE), cdiv(width, TILE)) <= MAX_GRID_YZ
 
 
+def _tile_edge(length: int) -> int:
+    edge = next_power_of_2(length)
+    return edge if edge <= WHOLE_AXIS else TILE
+
+
 def plane_tiling(planes: int, height: int, width: int, run_planes: int = 0):
-    """(BLOCK_N, BLOCK_H, BLOCK_W, grid) of the kernel for ``planes`` (height, width) planes: tiles of up to
-    TILE x TILE elements, and planes smaller than that several to a program, up to TILE_ELEMENTS elements (a
-    14 x 14 plane's 392 float16 bytes alone gave each program too little to move); with ``run_planes`` (the
-    alternating runs) a power of two that divides it."""
-    block_h, block_w = min(TILE, next_power_of_2(height)), min(TILE, next_power_of_2(width))
+    """(BLOCK_N, BLOCK_H, BLOCK_W, grid) of the kernel for ``planes`` (height, width) planes: an axis whole
+    when it is at most WHOLE_AXIS long, else in TILE-element pieces; planes of fewer than TILE_ELEMENTS elements
+    several to a program, and with ``run_planes`` (the alternating runs) a power of two that divides it."""
+    block_h, block_w = _tile_edge(height), _tile_edge(width)
     block_n = max(1, TILE_ELEMENTS // (block_h * block_w))
     if run_planes:
         block_n = min(block_n, run_planes & -run_planes)  # the largest power of two dividing run_planes

@@ -110,25 +110,33 @@ if __name__ == '__main__':
     worst = max(worst, *errors)
     print('selective_scan_triton', ' '.join(f'{e:.1e}' for e in errors), flush=True)
     # The plane transpose (the column-major pair's copies and the merge of the pairs' sums): exact, tiles past
-    # both edges (37 x 70 with 32 x 32 tiles), a 1 x 1 map, small planes several to a program (15 planes of 14 x
-    # 14, four a program: the last program's partly past the end), adding in float32 and storing in another dtype;
-    # its alternating runs (the routes' projections in route order: runs of planes copied and transposed in turn),
-    # of large planes and of small ones two to a program.
+    # both edges (70 x 75 in 32 x 32 tiles), a 1 x 1 map, small planes several to a program (15 planes of 14 x 14,
+    # four a program: the last program's partly past the end), adding in float32 and storing in another dtype; its
+    # alternating runs (the routes' projections in route order: runs of planes copied and transposed in turn), of
+    # large planes and of small ones two to a program. With the default WHOLE_AXIS and with 64, the candidate (an
+    # axis whole in one tile past its end: 37 of 64).
+    from sparx_mm.ops import triton_transpose
     from sparx_mm.ops.triton_transpose import plane_tiling, plane_transpose
-    assert plane_tiling(15, 14, 14)[0] == 4 and plane_tiling(24, 5, 7, 6)[0] == 2
     g = torch.Generator().manual_seed(5)
     exact = []
-    for shape in [(2, 3, 37, 70), (1, 2, 1, 1), (1, 1, 5, 3), (3, 5, 14, 14)]:
-        src = torch.randn(shape, generator=g).half()
-        add = torch.randn(shape[:-2] + shape[-2:][::-1], generator=g)
-        exact.append(torch.equal(plane_transpose(src), src.transpose(-1, -2)))
-        exact.append(torch.equal(plane_transpose(src, add, torch.float16),
-                                 (src.transpose(-1, -2).float() + add).half()))
-    src = torch.randn(4, 3, 37, 40, generator=g)
-    for src, h, w in ((src, 37, 40), (torch.randn(4, 6, 5, 7, generator=g).half(), 5, 7)):
-        runs = plane_transpose(src, alternate_every=src.shape[1])
-        exact.append(runs.shape == src.shape and torch.equal(runs[0::2], src[0::2])
-                     and torch.equal(runs[1::2].view(2, src.shape[1], w, h), src[1::2].transpose(-1, -2)))
+    default = triton_transpose.WHOLE_AXIS
+    for whole_axis in sorted({default, 64}):
+        triton_transpose.WHOLE_AXIS = whole_axis
+        assert plane_tiling(15, 14, 14)[0] == 4 and plane_tiling(24, 5, 7, 6)[0] == 2
+        assert plane_tiling(6, 37, 70)[1:3] == (64 if whole_axis == 64 else 32, 32)
+        assert plane_tiling(2, 70, 75)[3] == (2, 3, 3)
+        for shape in [(1, 2, 70, 75), (2, 3, 37, 70), (1, 2, 1, 1), (1, 1, 5, 3), (3, 5, 14, 14)]:
+            src = torch.randn(shape, generator=g).half()
+            add = torch.randn(shape[:-2] + shape[-2:][::-1], generator=g)
+            exact.append(torch.equal(plane_transpose(src), src.transpose(-1, -2)))
+            exact.append(torch.equal(plane_transpose(src, add, torch.float16),
+                                     (src.transpose(-1, -2).float() + add).half()))
+        for src, h, w in ((torch.randn(4, 3, 37, 40, generator=g), 37, 40),
+                          (torch.randn(4, 6, 5, 7, generator=g).half(), 5, 7)):
+            runs = plane_transpose(src, alternate_every=src.shape[1])
+            exact.append(runs.shape == src.shape and torch.equal(runs[0::2], src[0::2])
+                         and torch.equal(runs[1::2].view(2, src.shape[1], w, h), src[1::2].transpose(-1, -2)))
+    triton_transpose.WHOLE_AXIS = default
     # The helpers around the kernels agree with the route definitions: x^T is the column-major route's sequence,
     # merging a map read in both orders gives twice the map, and each route's projections in route order are
     # its pair's sequence (forwards over rows of x, or of x^T for routes 1 and 3), the reordering its own inverse.

@@ -1,6 +1,7 @@
 """GPU check of the Triton kernels against the PyTorch reference (run on a CUDA machine).
 
     python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute launch graph layout]
+        [--whole-axis N [N ...]]
 
 Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
 projection, scan, merge), forward and every gradient, and its forward pass without autograd (the inference
@@ -349,7 +350,7 @@ LAYOUT_SHAPES = [(128, 3, 224, 224, torch.float32), (128, 96, 56, 56, torch.floa
                  (128, 512, 7, 7, torch.bfloat16), (2, 70, 13, 11, torch.float32), (3, 5, 9, 37, torch.float16)]
 
 
-def check_layout(device):
+def check_layout(device, whole_axis=None):
     """convert_memory_format (the transpose kernel) against torch's copy, NCHW -> channels-last and back:
     bit-identical values, the requested layout, the gradient bit-identical in the input's layout; and the GPU
     time of both (the conversions the channels-last stem and downsampling layers run)."""
@@ -374,7 +375,16 @@ def check_layout(device):
             print(f'layout {tuple(shape)} {str(dtype)[6:]} -> {name}: {"exact" if passed else "FAIL"}; '
                   f'kernel {kernel_ms:.3f} ms, torch\'s copy {torch_ms:.3f} ms', flush=True)
             ok &= passed
-    return ok & check_scan_transposes(device)
+    from sparx_mm.ops import triton_transpose
+    default = triton_transpose.WHOLE_AXIS
+    try:
+        for value in whole_axis or [default]:
+            triton_transpose.WHOLE_AXIS = value
+            print(f'scan transposes, axes up to {value} whole in a tile (WHOLE_AXIS; default {default}):', flush=True)
+            ok &= check_scan_transposes(device)
+    finally:
+        triton_transpose.WHOLE_AXIS = default
+    return ok
 
 
 # The cross scan's plane transposes at SparX-T's four stages, batch 128: (d_inner, map size, projection channels
@@ -421,6 +431,9 @@ def main():
     parser.add_argument('--only', nargs='+', choices=PARTS, default=None,
                         help='run only these parts (default: scan, cross and layout, plus model, recompute, launch '
                              'and graph with --model)')
+    parser.add_argument('--whole-axis', type=int, nargs='+', default=None, metavar='N',
+                        help='layout part: time the scan\'s transposes with each of these WHOLE_AXIS values '
+                             '(triton_transpose.py: axes up to N long in one tile; default the module\'s)')
     args = parser.parse_args()
     parts = set(args.only or ['scan', 'cross', 'layout']
                 + (['model', 'recompute', 'launch', 'graph'] if args.model else []))
@@ -433,7 +446,7 @@ def main():
                         ('recompute', check_recompute), ('launch', check_launch), ('graph', check_graph),
                         ('layout', check_layout)):
         if part in parts:
-            ok &= check(device)
+            ok &= check(device, args.whole_axis) if part == 'layout' else check(device)
     print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')
     sys.exit(0 if ok else 1)
 
