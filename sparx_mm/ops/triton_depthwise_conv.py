@@ -162,6 +162,35 @@ def _activation_grad(z, ACT: tl.constexpr):
 
 
 @triton.jit
+def _window_conv(window, taps, bias, K: tl.constexpr):
+    """bias + the sum over the K*K taps of weight * shifted input (``window``: tap i*K + j's tile)."""
+    z = bias
+    for t in tl.static_range(K * K):
+        z = z + taps[t] * window[t]
+    return z
+
+
+@triton.jit
+def _add_products(sums, gz, window, K: tl.constexpr):
+    """The K*K running weight-gradient products with gz * each tap's shifted input added."""
+    summed = ()
+    for t in tl.static_range(K * K):
+        summed = summed + (sums[t] + gz * window[t], )
+    return summed
+
+
+@triton.jit
+def _store_partial_sums(partial_ptr, n, plane_ok, n_parts, sums, bias_sum, K: tl.constexpr):
+    """Each plane's sums over the tile's columns, into row ``part`` = run * column blocks + column block of
+    ``partial_ptr`` (n_planes, n_parts, K*K + 1): the weight gradient's taps, then the bias's."""
+    part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+    out = partial_ptr + (n.to(tl.int64) * n_parts + part) * (K * K + 1)
+    for t in tl.static_range(K * K):
+        tl.store(out + t, tl.sum(sums[t], axis=1), mask=plane_ok)
+    tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
+
+
+@triton.jit
 def _dwconv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W_UNITS, n_planes, run_rows, K: tl.constexpr, ACT: tl.constexpr,
                    HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_P: tl.constexpr,
                    BLOCK_W: tl.constexpr):
@@ -224,24 +253,14 @@ def _dwconv_grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr, C, H, 
         next_row = _shifted_row(x_ptr, plane_offs, plane_ok, r + 1 + K // 2, H, W, cols, K)
         next_dy = tl.load(dy_ptr + offs + W, mask=tile_ok & (r + 1 < last), other=0.0)
         if ACT != 0:
-            z = bias
-            for t in tl.static_range(K * K):
-                z = z + taps[t] * full[t]
-            gz *= _activation_grad(z, ACT)
+            gz *= _activation_grad(_window_conv(full, taps, bias, K), ACT)
             tl.store(gz_ptr + offs, gz.to(gz_ptr.dtype.element_ty), mask=tile_ok)
-        summed = ()
-        for t in tl.static_range(K * K):
-            summed = summed + (sums[t] + gz * full[t], )
-        sums = summed
+        sums = _add_products(sums, gz, full, K)
         bias_sum += gz
         window = ()
         for t in tl.static_range(K, K * K):
             window = window + (full[t], )
-    part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
-    out = partial_ptr + (n.to(tl.int64) * n_parts + part) * (K * K + 1)
-    for t in tl.static_range(K * K):
-        tl.store(out + t, tl.sum(sums[t], axis=1), mask=plane_ok)
-    tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
+    _store_partial_sums(partial_ptr, n, plane_ok, n_parts, sums, bias_sum, K)
 
 
 @triton.jit
@@ -271,11 +290,8 @@ def _dwconv_strided_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, OH, OW, n_planes
     for r in range(first, last):
         window = next_window
         next_window = _strided_window(x_ptr, in_offs, plane_ok, r + 1, H, W, cols * STRIDE, K, STRIDE)
-        z = bias
-        for t in tl.static_range(K * K):
-            z = z + taps[t] * window[t]
-        tl.store(y_ptr + (out_offs + r * OW)[:, None] + cols[None, :], _activation(z, ACT).to(y_ptr.dtype.element_ty),
-                 mask=tile_ok)
+        tl.store(y_ptr + (out_offs + r * OW)[:, None] + cols[None, :],
+                 _activation(_window_conv(window, taps, bias, K), ACT).to(y_ptr.dtype.element_ty), mask=tile_ok)
 
 
 @triton.jit
@@ -299,21 +315,11 @@ def _dwconv_strided_grad_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, gz_ptr, partial_ptr
         gz = tl.load(dy_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32)
         window = _strided_window(x_ptr, in_offs, plane_ok, r, H, W, cols * STRIDE, K, STRIDE)
         if ACT != 0:
-            z = bias
-            for t in tl.static_range(K * K):
-                z = z + taps[t] * window[t]
-            gz *= _activation_grad(z, ACT)
+            gz *= _activation_grad(_window_conv(window, taps, bias, K), ACT)
             tl.store(gz_ptr + offs, gz.to(gz_ptr.dtype.element_ty), mask=tile_ok)
-        summed = ()
-        for t in tl.static_range(K * K):
-            summed = summed + (sums[t] + gz * window[t], )
-        sums = summed
+        sums = _add_products(sums, gz, window, K)
         bias_sum += gz
-    part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
-    out = partial_ptr + (n.to(tl.int64) * n_parts + part) * (K * K + 1)
-    for t in tl.static_range(K * K):
-        tl.store(out + t, tl.sum(sums[t], axis=1), mask=plane_ok)
-    tl.store(out + K * K, tl.sum(bias_sum, axis=1), mask=plane_ok)
+    _store_partial_sums(partial_ptr, n, plane_ok, n_parts, sums, bias_sum, K)
 
 
 @triton.jit
