@@ -23,6 +23,7 @@ sweep: the forward kernel's and the gradient kernel's GPU milliseconds alone (no
 float16 and float32 tensors, for each of a set of (values, warps) tilings and the default: what FWD_TILING and
 BWD_TILING were chosen by.
 """
+import math
 import os
 import sys
 
@@ -31,6 +32,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import depthwise_conv2d_act, depthwise_conv2d_act_reference  # noqa: E402
+from sparx_mm.ops.triton_depthwise_conv import strided_shape  # noqa: E402
 from gpu_common import (check_and_bench_parser, override_constants, rel_err, require_cuda,  # noqa: E402
                         run_check_grid, timed)
 
@@ -140,7 +142,6 @@ def graph_replay(step):
 
 def bench_row(conv, act, residual, activation, x, autocast, cuda_graphs):
     """ms of the Triton op's forward, the composition's, then both again with the backward pass."""
-    from sparx_mm.ops.triton_depthwise_conv import strided_shape
     dy = torch.randn(strided_shape(x.shape, conv.stride[0]), device=x.device, dtype=x.dtype)
 
     def fused():
@@ -182,8 +183,7 @@ def bench(device, batch, cuda_graphs):
         for mode, dtype, autocast in (('fp16', torch.float16, True), ('fp32', torch.float32, False)):
             x = torch.randn(batch, channels, size, size, device=device, dtype=dtype).requires_grad_()
             row = bench_row(conv, acts[activation], residual, activation, x, autocast, cuda_graphs)
-            out_numel = x.numel() // size ** 2 * (-(-size // stride)) ** 2
-            gbps = (x.numel() + out_numel) * x.element_size() / (row[0] * 1e-3) / 1e9
+            gbps = (x.numel() + math.prod(strided_shape(x.shape, stride))) * x.element_size() / (row[0] * 1e-3) / 1e9
             print(f'{channels:>5} {size:>2}x{size:<2} {k:>1} {op:>12} {mode:>5} {row[0]:>10.3f} {row[1]:>9.3f} '
                   f'{row[1] / row[0]:>6.2f}x {gbps:>5.0f} {row[2]:>10.3f} {row[3]:>9.3f} {row[3] / row[2]:>6.2f}x',
                   flush=True)

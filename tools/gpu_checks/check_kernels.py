@@ -413,7 +413,9 @@ def check_scan_transposes(device, batch=128):
             kernel_ms, torch_ms = timed(kernel)[0], timed(reference)[0]
             total[0] += kernel_ms
             total[1] += torch_ms
-            tiling = plane_tiling(x.numel() // size ** 2, size, size, proj_channels if name == 'route order' else 0)
+            planes, run_planes = (proj.shape[0] * proj_channels, proj_channels) if name == 'route order' else \
+                (batch * d_inner, 0)
+            tiling = plane_tiling(planes, size, size, run_planes)
             print(f'scan transpose {d_inner} x {size} x {size} {name} (planes, rows, columns a program '
                   f'{tiling[:3]}): {"exact" if passed else "FAIL"}; kernel {kernel_ms:.3f} ms, torch {torch_ms:.3f} ms',
                   flush=True)
