@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import (add_skip_path, convert_memory_format, depthwise_conv2d_act, fold_batch_norm, pointwise_conv2d,
-                   scaled_skip_path)
+                   scale_samples, scaled_skip_path)
 from .recompute import recompute_saved
 
 #: Activation modules that the fused depthwise-conv kernel applies itself, by the kernel's name for them.
@@ -42,23 +42,28 @@ class LayerScale(nn.Module):
 
 class SkipPath(NamedTuple):
     """A residual block's skip path ``x * scale + shift`` (``scale`` / ``shift``: LayerScale's (C,) parameters, or
-    None for a plain ``x``), handed to the branch whose last 1x1 convolution adds it (:class:`PointwiseConv`)."""
+    None for a plain ``x``), handed to the branch whose last 1x1 convolution adds it (:class:`PointwiseConv`), with
+    stochastic depth's per-sample factors of the branch (``branch_scale`` (B,): 0 or 1 / keep probability; None
+    without stochastic depth): the block's ``LS(x) + drop_path(branch)``. Unpacks into :func:`~sparx_mm.ops.
+    pointwise_conv2d`'s (skip, skip_scale, skip_shift, branch_scale)."""
     x: torch.Tensor
     scale: Optional[torch.Tensor] = None
     shift: Optional[torch.Tensor] = None
+    branch_scale: Optional[torch.Tensor] = None
 
     @classmethod
-    def of(cls, x: torch.Tensor, layer_scale: nn.Module) -> 'SkipPath':
+    def of(cls, x: torch.Tensor, layer_scale: nn.Module, branch_scale: Optional[torch.Tensor] = None) -> 'SkipPath':
         """The skip path ``layer_scale(x)``, for a :class:`LayerScale` or an ``nn.Identity``."""
         if isinstance(layer_scale, LayerScale):
-            return cls(x, layer_scale.weight.view(-1), layer_scale.bias)
+            return cls(x, layer_scale.weight.view(-1), layer_scale.bias, branch_scale)
         if isinstance(layer_scale, nn.Identity):
-            return cls(x)
+            return cls(x, branch_scale=branch_scale)
         raise TypeError(f'SkipPath.of: expected a LayerScale or nn.Identity, got {type(layer_scale).__name__}')
 
     def add_to(self, y: torch.Tensor) -> torch.Tensor:
-        """``x * scale + shift + y`` with plain torch ops (for branches that cannot fold it into a conv)."""
-        return add_skip_path(y, self.x, self.scale, self.shift)
+        """``x * scale + shift + y * branch_scale[b]`` with plain torch ops (for branches that cannot fold it into a
+        conv)."""
+        return add_skip_path(scale_samples(y, self.branch_scale), self.x, self.scale, self.shift)
 
 
 class PointwiseConv(nn.Conv2d):
@@ -77,7 +82,7 @@ class PointwiseConv(nn.Conv2d):
     def forward(self, x: torch.Tensor, skip: Optional[SkipPath] = None) -> torch.Tensor:
         if skip is None:
             return pointwise_conv2d(x, self.weight, self.bias, groups=self.groups)
-        return pointwise_conv2d(x, self.weight, self.bias, skip.x, skip.scale, skip.shift, groups=self.groups)
+        return pointwise_conv2d(x, self.weight, self.bias, *skip, groups=self.groups)
 
 
 class DepthwiseConvAct(nn.Conv2d):
@@ -154,18 +159,34 @@ class ConvFFN(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: zero a sample's residual branch with probability ``drop_prob`` while training."""
+    """Stochastic depth: zero a sample's residual branch with probability ``drop_prob`` while training, scaling the
+    kept ones by 1 / (1 - drop_prob).
+
+    ``forward(x)`` applies it; :meth:`sample_scale` draws the per-sample factors alone, for a branch that applies
+    them itself (:class:`SkipPath`: the 1x1 conv's kernel).
+    """
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         self.drop_prob = float(drop_prob)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
+    @property
+    def active(self) -> bool:
+        return self.drop_prob > 0.0 and self.training
+
+    def sample_scale(self, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(batch,) ``dtype`` factors: 0 (dropped, with probability drop_prob) or 1 / (1 - drop_prob); ones when
+        inactive. One float32 Bernoulli draw a sample whatever the dtype (the same draws for float16, float32 and
+        float64 models)."""
+        if not self.active:
+            return torch.ones(batch, device=device, dtype=dtype)
         keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return torch.empty(batch, device=device).bernoulli_(keep).to(dtype) / keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        return scale_samples(x, self.sample_scale(x.shape[0], x.device, x.dtype))
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'

@@ -8,7 +8,13 @@ For ``x`` (B, Cin, H, W), ``weight`` (Cout, Cin / groups, 1, 1), ``bias`` (Cout,
     pointwise_conv2d(x, weight, bias, groups=groups, activation=act)
         = act(conv2d(x, weight, bias, groups=groups))
 
-(an activation, 'gelu' (exact) or 'silu', or a skip path, not both).
+(an activation, 'gelu' (exact) or 'silu', or a skip path, not both). A per-sample ``branch_scale`` (B,) scales the
+convolution (bias included) before the skip path is added, stochastic depth's ``drop_path(branch) + LS(x)``::
+
+    pointwise_conv2d(x, weight, bias, skip, skip_scale, skip_shift, branch_scale=s)
+        = conv2d(x, weight, bias) * s[b] + (skip * skip_scale + skip_shift)
+
+(``s``: 0 for a dropped sample, 1 / keep probability for a kept one; a constant, no gradient).
 
 SparX uses it for every 1x1 convolution of a block: SS2D's ``in_proj`` and ConvFFN's ``fc1`` (no skip), and
 SS2D's ``out_proj`` and ConvFFN's ``fc2`` with the block's residual ``LS(x) + branch(...)`` folded in (LayerScale
@@ -42,12 +48,13 @@ from . import gpu_backends
 from .conv_inputs import autocast_on, check_conv_tensors, conv_dtype, shape_text
 from .depthwise_conv import ACTIVATIONS, activation_fn
 
-__all__ = ['add_skip_path', 'pointwise_conv2d', 'pointwise_conv2d_reference', 'scaled_skip_path', 'skip_path_dtype']
+__all__ = ['add_skip_path', 'pointwise_conv2d', 'pointwise_conv2d_reference', 'scale_samples', 'scaled_skip_path',
+           'skip_path_dtype']
 
 _NAME = 'pointwise_conv2d'
 
 
-def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation=None):
+def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation=None, branch_scale=None):
     if type(groups) is not int or groups < 1:
         raise ValueError(f'{_NAME}: groups must be a positive int, got {groups!r}')
     if activation not in ACTIVATIONS:
@@ -55,6 +62,8 @@ def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activat
     if activation is not None and skip is not None:
         raise ValueError(f'{_NAME}: an activation ({activation!r}) applies to the convolution without a skip path; '
                          'pass one or the other')
+    if branch_scale is not None:
+        _check_branch_scale(x, branch_scale, activation)
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f'{_NAME}: x must be a 4-D tensor (B, Cin, H, W), got {shape_text(x)}')
     if not x.is_floating_point():
@@ -82,8 +91,23 @@ def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activat
         if not skip.is_floating_point():
             raise TypeError(f'{_NAME}: skip must be a floating-point tensor, got {skip.dtype}')
     params = (('weight', weight), ('bias', bias))
-    check_conv_tensors(_NAME, x, params + (('skip', skip), ('skip_scale', skip_scale), ('skip_shift', skip_shift)),
-                       params)
+    check_conv_tensors(_NAME, x, params + (('skip', skip), ('skip_scale', skip_scale), ('skip_shift', skip_shift),
+                                           ('branch_scale', branch_scale)), params)
+
+
+def _check_branch_scale(x, branch_scale, activation):
+    if activation is not None:
+        raise ValueError(f'{_NAME}: branch_scale scales the convolution before a skip path is added; it does not '
+                         f'combine with an activation ({activation!r})')
+    batch = x.shape[0] if isinstance(x, Tensor) and x.dim() == 4 else None
+    if not isinstance(branch_scale, Tensor) or branch_scale.dim() != 1 or branch_scale.shape[0] != batch:
+        raise ValueError(f'{_NAME}: branch_scale must be a (B,) = ({batch},) tensor, one factor a sample, got '
+                         f'{shape_text(branch_scale)}')
+    if not branch_scale.is_floating_point():
+        raise TypeError(f'{_NAME}: branch_scale must be a floating-point tensor, got {branch_scale.dtype}')
+    if branch_scale.requires_grad:
+        raise ValueError(f'{_NAME}: branch_scale is a constant (stochastic depth\'s per-sample factors) and takes no '
+                         'gradient; pass it detached')
 
 
 def skip_path_dtype(skip: Tensor, skip_scale: Optional[Tensor] = None,
@@ -129,25 +153,37 @@ def add_skip_path(y: Tensor, skip: Tensor, skip_scale: Optional[Tensor] = None,
     return scaled_skip_path(skip, skip_scale, skip_shift) + y
 
 
-def _reference(x, weight, bias, skip, skip_scale, skip_shift, groups=1, activation=None):
+def scale_samples(y: Tensor, branch_scale: Optional[Tensor]) -> Tensor:
+    """``y * branch_scale[b]`` in y's dtype (stochastic depth's product), or y itself without a scale.
+
+    Shapes: y (B, ...), branch_scale (B,) or None -> y's shape.
+    """
+    if branch_scale is None:
+        return y
+    return y * branch_scale.to(y.dtype).view((-1, ) + (1, ) * (y.dim() - 1))
+
+
+def _reference(x, weight, bias, skip, skip_scale, skip_shift, groups=1, activation=None, branch_scale=None):
     y = F.conv2d(x, weight, bias, groups=groups)
     if activation is not None:
         return activation_fn(activation)(y)
+    y = scale_samples(y, branch_scale)
     return y if skip is None else add_skip_path(y, skip, skip_scale, skip_shift)
 
 
 def pointwise_conv2d_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                                skip: Optional[Tensor] = None, skip_scale: Optional[Tensor] = None,
-                               skip_shift: Optional[Tensor] = None, groups: int = 1,
-                               activation: Optional[str] = None) -> Tensor:
-    """The operator (module doc) with plain torch ops: ``F.conv2d``, LayerScale's addcmul, an add; or the
-    activation.
+                               skip_shift: Optional[Tensor] = None, branch_scale: Optional[Tensor] = None,
+                               groups: int = 1, activation: Optional[str] = None) -> Tensor:
+    """The operator (module doc) with plain torch ops: ``F.conv2d``, the per-sample product, LayerScale's addcmul,
+    an add; or the activation.
 
     Shapes: x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None,
-    skip (B, Cout, H, W) or None -> (B, Cout, H, W), in the dtype of the module doc's rule.
+    skip (B, Cout, H, W) or None, branch_scale (B,) or None -> (B, Cout, H, W), in the dtype of the module doc's
+    rule.
     """
-    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation)
-    return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups, activation)
+    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation, branch_scale)
+    return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups, activation, branch_scale)
 
 
 def _dtypes(x, skip, skip_scale, skip_shift):
@@ -173,8 +209,10 @@ def triton_is_faster(positions: int) -> bool:
 
 def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: Optional[Tensor] = None,
                      skip_scale: Optional[Tensor] = None, skip_shift: Optional[Tensor] = None,
-                     impl: Optional[str] = None, groups: int = 1, activation: Optional[str] = None) -> Tensor:
-    """``conv1x1(x) + bias + (skip * skip_scale + skip_shift)`` in one pass (module doc), differentiable.
+                     branch_scale: Optional[Tensor] = None, impl: Optional[str] = None, groups: int = 1,
+                     activation: Optional[str] = None) -> Tensor:
+    """``(conv1x1(x) + bias) * branch_scale[b] + (skip * skip_scale + skip_shift)`` in one pass (module doc),
+    differentiable (branch_scale excepted: a constant).
 
     ``impl`` (else the ``SPARX_LAYER_KERNELS`` variable, else automatic): 'triton' runs the fused Triton kernel
     (CUDA tensors; float32 / float16 / bfloat16 inputs), 'reference' the torch composition. Automatic: Triton for
@@ -187,18 +225,22 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     'gelu', 'silu'; not with a skip path): applied to the convolution in the kernel's epilogue when no gradient is
     needed, as a torch op after it otherwise (the kernels' backward pass does not differentiate it).
 
+    ``branch_scale`` (B,) or None: per-sample factors of the convolution (module doc; stochastic depth), applied in
+    the kernel's epilogue, and to dy in the backward pass's per-channel pass. A :class:`~sparx_mm.models.layers.
+    SkipPath` unpacks into (skip, skip_scale, skip_shift, branch_scale).
+
     Shapes: x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None,
-    skip (B, Cout, H, W) or None -> (B, Cout, H, W), in the dtype of the module doc's rule; gradients come back in
-    the inputs' dtypes.
+    skip (B, Cout, H, W) or None, branch_scale (B,) or None -> (B, Cout, H, W), in the dtype of the module doc's
+    rule; gradients come back in the inputs' dtypes.
     """
-    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation)
+    _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation, branch_scale)
     dtype, out_dtype = _dtypes(x, skip, skip_scale, skip_shift)
     faster = triton_is_faster(x.shape[2] * x.shape[3])
     if gpu_backends.layer_kernel_impl(x, impl, _NAME, faster) == 'reference' or x.numel() == 0:
-        return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups, activation)
+        return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups, activation, branch_scale)
     from .triton_pointwise_conv import pointwise_conv2d_triton
     if activation is not None and gpu_backends.gradient_needed(x, weight, bias):
-        y = pointwise_conv2d_triton(x, weight, bias, None, None, None, dtype, out_dtype, groups)
+        y = pointwise_conv2d_triton(x, weight, bias, None, None, None, None, dtype, out_dtype, groups)
         return activation_fn(activation)(y)
-    return pointwise_conv2d_triton(x, weight, bias, skip, skip_scale, skip_shift, dtype, out_dtype, groups,
-                                   activation)
+    return pointwise_conv2d_triton(x, weight, bias, skip, skip_scale, skip_shift, branch_scale, dtype, out_dtype,
+                                   groups, activation)

@@ -126,18 +126,22 @@ def _group_params(w_ptr, b_ptr, scale_ptr, shift_ptr, COUT, W_STRIDE, GROUPS: tl
 
 
 @triton.jit
-def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr,
+def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_ptr, y_ptr,
                              HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                             HAS_SHIFT: tl.constexpr, ACT: tl.constexpr):
-    """y[sample, co, p] = act(acc + bias[co]) + skip[sample, co, p] * scale[co] + shift[co] (``ACT``: the depthwise
-    kernels' activation codes; the wrapper passes no skip path with an activation); ``co`` and ``p`` are 2-D index
-    tensors broadcasting to acc's shape (either orientation)."""
+                             HAS_SHIFT: tl.constexpr, HAS_BRANCH_SCALE: tl.constexpr, ACT: tl.constexpr,
+                             GROUPS: tl.constexpr):
+    """y[sample, co, p] = act(acc + bias[co]) * branch_scale[sample] + skip[sample, co, p] * scale[co] + shift[co]
+    (``ACT``: the depthwise kernels' activation codes; the wrapper passes neither a skip path nor a branch scale
+    with an activation; the branch scale is the true sample's, grid axis 2 divided by GROUPS); ``co`` and ``p`` are
+    2-D index tensors broadcasting to acc's shape (either orientation)."""
     co_ok = co < COUT
     mask = co_ok & (p < P)
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
     if ACT != 0:
         acc = _activation(acc, ACT)
+    if HAS_BRANCH_SCALE:
+        acc *= tl.load(bs_ptr + tl.program_id(2) // GROUPS).to(tl.float32)
     offs = sample * COUT * P + co * P + p
     if HAS_SKIP:
         skip = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -150,12 +154,13 @@ def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_pt
 
 
 @triton.jit
-def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS, W_STRIDE_UNITS,
-                    HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                    ACT: tl.constexpr, DOT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
-                    P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
-    """y[b, co, p] = act(sum_ci w[co, ci] x[b, ci, p] + bias[co]) + skip[b, co, p] * scale[co] + shift[co];
+def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
+                    W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
+                    HAS_SHIFT: tl.constexpr, HAS_BRANCH_SCALE: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
+                    GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr, P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr,
+                    BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """y[b, co, p] = act(sum_ci w[co, ci] x[b, ci, p] + bias[co]) * branch_scale[b] + skip[b, co, p] * scale[co]
+    + shift[co];
     float16, bfloat16 or exact float32 products (``DOT``). CIN = CIN_UNITS * CIN_ALIGN input channels, P = P_UNITS *
     P_ALIGN positions, weight rows W_STRIDE_UNITS * W_ALIGN apart (module doc); with GROUPS > 1, b is a (sample,
     group) pair and CIN / COUT a group's channels (``_group_params``)."""
@@ -179,15 +184,16 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN
         else:
             acc = tl.dot(wt.to(tl.float32), xt.to(tl.float32), acc, input_precision='ieee')
     _add_bias_skip_and_store(acc, offs_co[:, None], offs_p[None, :], sample, COUT, P, b_ptr, s_ptr, scale_ptr,
-                             shift_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT, ACT)
+                             shift_ptr, bs_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT, HAS_BRANCH_SCALE,
+                             ACT, GROUPS)
 
 
 @triton.jit
-def _conv1x1_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
+def _conv1x1_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
                          W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                         HAS_SHIFT: tl.constexpr, ACT: tl.constexpr, GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr,
-                         P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
-                         BLOCK_K: tl.constexpr):
+                         HAS_SHIFT: tl.constexpr, HAS_BRANCH_SCALE: tl.constexpr, ACT: tl.constexpr,
+                         GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr, P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr,
+                         BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     """``_conv1x1_kernel``'s result for float32 tensors with TF32 products, as acc (BLOCK_P, BLOCK_CO) = x^T @ w^T,
     x rounded to TF32 in registers (module doc)."""
     CIN = CIN_UNITS * CIN_ALIGN
@@ -205,7 +211,8 @@ def _conv1x1_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, y_ptr
                      other=0.0)
         acc = tl.dot(_round_to_tf32(xt.to(tl.float32)), wt.to(tl.float32), acc, input_precision='tf32')
     _add_bias_skip_and_store(acc, offs_co[None, :], offs_p[:, None], sample, COUT, P, b_ptr, s_ptr, scale_ptr,
-                             shift_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT, ACT)
+                             shift_ptr, bs_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT, HAS_BRANCH_SCALE,
+                             ACT, GROUPS)
 
 
 @triton.jit
@@ -299,7 +306,8 @@ def _weight_rows(weight: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
     return weight.contiguous()
 
 
-def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, groups=1, activation='none'):
+def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, groups=1, activation='none',
+            branch_scale=None):
     """``_conv1x1_kernel`` or ``_conv1x1_tf32_kernel`` writing y; ``weight``: the (Cout, Cin / groups) matrix, any
     strides."""
     b, cin, h, w = x.shape
@@ -317,11 +325,13 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, 
     dummy = weight
     kernel, dot = (_conv1x1_tf32_kernel, {}) if tf32 else (_conv1x1_kernel, dict(DOT=_DOT_CODES[conv_dtype]))
     launch(kernel, grid, x, weight, dummy if bias is None else bias, dummy if skip is None else skip,
-           dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift, y,
-           cin // cin_align, cout, positions // p_align, weight.stride(0) // w_align, HAS_BIAS=bias is not None,
-           HAS_SKIP=skip is not None, HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
-           ACT=ACT_CODES[activation], GROUPS=groups, CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=w_align,
-           BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **dot)
+           dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift,
+           dummy if branch_scale is None else branch_scale, y, cin // cin_align, cout, positions // p_align,
+           weight.stride(0) // w_align, HAS_BIAS=bias is not None, HAS_SKIP=skip is not None,
+           HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
+           HAS_BRANCH_SCALE=branch_scale is not None, ACT=ACT_CODES[activation], GROUPS=groups, CIN_ALIGN=cin_align,
+           P_ALIGN=p_align, W_ALIGN=w_align, BLOCK_CO=block_co, BLOCK_P=block_p, BLOCK_K=block_k, num_warps=warps,
+           num_stages=stages, **dot)
 
 
 def wgrad_tiling(cin: int, cout: int, conv_dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
@@ -371,21 +381,24 @@ def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf
 
 
 @triton.jit
-def _channel_grads_kernel(dy_ptr, skip_ptr, scale_ptr, dskip_ptr, sums_ptr, rows, C, S_UNITS, chunks_per_split,
-                          SKIP_SUM: tl.constexpr, DSKIP: tl.constexpr, S_ALIGN: tl.constexpr,
-                          BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+def _channel_grads_kernel(dy_ptr, skip_ptr, scale_ptr, dskip_ptr, bs_ptr, dbranch_ptr, sums_ptr, rows, C, S_UNITS,
+                          chunks_per_split, SKIP_SUM: tl.constexpr, DSKIP: tl.constexpr, DBRANCH: tl.constexpr,
+                          S_ALIGN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
     """Over the columns of split ``program_id(1)`` of BLOCK_R rows (sample, channel) of dy (B*C, S): the float32
     sums of dy and of dy * skip (0 without SKIP_SUM) at [0, row, split] and [1, row, split] of ``sums`` (2, rows,
     splits);
     with DSKIP, dskip = dy * scale[channel] rounded to dy's dtype (the scale too, as torch's product of the two
-    in that dtype), stored in dskip's dtype. S = S_UNITS * S_ALIGN."""
+    in that dtype), stored in dskip's dtype; with DBRANCH, dbranch = dy * branch_scale[sample] (float32 factors)
+    in dy's dtype. S = S_UNITS * S_ALIGN."""
     S = S_UNITS * S_ALIGN
-    r, mask_r, _, channel = _row_block(tl.program_id(0), rows, C, BLOCK_R)
+    r, mask_r, sample, channel = _row_block(tl.program_id(0), rows, C, BLOCK_R)
     split = tl.program_id(1)
     start = split * chunks_per_split * BLOCK_S
     cols = tl.arange(0, BLOCK_S)
     if DSKIP:
         scale = tl.load(scale_ptr + channel, mask=mask_r, other=0.0).to(dy_ptr.dtype.element_ty).to(tl.float32)
+    if DBRANCH:
+        branch_scale = tl.load(bs_ptr + sample, mask=mask_r, other=0.0).to(tl.float32)
     s1 = tl.zeros([BLOCK_R], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_R], dtype=tl.float32)
     for i in range(tl.minimum(chunks_per_split, tl.cdiv(S - start, BLOCK_S))):
@@ -398,6 +411,9 @@ def _channel_grads_kernel(dy_ptr, skip_ptr, scale_ptr, dskip_ptr, sums_ptr, rows
         if DSKIP:
             dskip = (dy * scale[:, None]).to(dy_ptr.dtype.element_ty)
             tl.store(dskip_ptr + offsets, dskip.to(dskip_ptr.dtype.element_ty), mask=mask)
+        if DBRANCH:
+            dbranch = dy * branch_scale[:, None]
+            tl.store(dbranch_ptr + offsets, dbranch.to(dbranch_ptr.dtype.element_ty), mask=mask)
     splits = tl.num_programs(1)
     out = r.to(tl.int64) * splits + split
     tl.store(sums_ptr + out, s1, mask=mask_r)
@@ -405,28 +421,37 @@ def _channel_grads_kernel(dy_ptr, skip_ptr, scale_ptr, dskip_ptr, sums_ptr, rows
 
 
 def _channel_grads(dy: torch.Tensor, skip: Optional[torch.Tensor], scale: Optional[torch.Tensor],
-                   dskip_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """dy (B, C, H, W), skip (dy's shape) or None, scale (C,) or None, contiguous -> (dskip = dy * scale in
-    ``dskip_dtype``, or an empty (0,) tensor without ``scale``; the (2, C) float32 sums over B, H, W of dy and of
-    dy * skip (zeros without ``skip``))."""
+                   dskip_dtype: torch.dtype,
+                   branch_scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dy (B, C, H, W), skip (dy's shape) or None, scale (C,) or None, branch_scale (B,) or None, contiguous ->
+    (dskip = dy * scale in ``dskip_dtype``, or an empty (0,) tensor without ``scale``; dbranch = dy *
+    branch_scale[b] in dy's dtype, or an empty (0,) tensor without ``branch_scale``; the (3, C) float32 sums over
+    B, H, W of dy, of dy * skip (zeros without ``skip``) and of dy * branch_scale[b] (dy's without
+    ``branch_scale``): the skip shift's, the skip scale's and the bias's gradients)."""
     batch, channels = dy.shape[:2]
-    dskip = torch.empty(dy.shape if scale is not None else (0, ), device=dy.device, dtype=dskip_dtype)
+    dskip, dbranch = _channel_grads_fake(dy, skip, scale, dskip_dtype, branch_scale)[:2]
     if not dy.numel():
-        return dskip, dy.new_zeros(2, channels, dtype=torch.float32)
+        return dskip, dbranch, dy.new_zeros(3, channels, dtype=torch.float32)
     rows, cols = batch * channels, dy.numel() // (batch * channels)
     block_r, block_s, row_blocks, splits, per_split = _reduce_layout(rows, cols)
     partial = torch.empty(2, rows * splits, device=dy.device, dtype=torch.float32)
     s_align = power_of_two_factor(cols)
     launch(_channel_grads_kernel, (row_blocks, splits), dy, dy if skip is None else skip,
-           dy if scale is None else scale, dy if scale is None else dskip, partial, rows, channels,
-           cols // s_align, per_split, SKIP_SUM=skip is not None, DSKIP=scale is not None, S_ALIGN=s_align,
-           BLOCK_R=block_r, BLOCK_S=block_s, num_warps=4)
-    return dskip, partial.view(2, batch, channels, splits).sum((1, 3))
+           dy if scale is None else scale, dy if scale is None else dskip,
+           dy if branch_scale is None else branch_scale, dy if branch_scale is None else dbranch, partial, rows,
+           channels, cols // s_align, per_split, SKIP_SUM=skip is not None, DSKIP=scale is not None,
+           DBRANCH=branch_scale is not None, S_ALIGN=s_align, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=4)
+    per_sample = partial.view(2, batch, channels, splits).sum(3)
+    sums = per_sample.sum(1)
+    # The bias's gradient is dbranch's sum: the per-sample sums of dy weighted by the (exact, float32) factors.
+    weighted = sums[0] if branch_scale is None else (per_sample[0] * branch_scale.float()[:, None]).sum(0)
+    return dskip, dbranch, torch.cat([sums, weighted[None]])
 
 
-def _channel_grads_fake(dy, skip, scale, dskip_dtype):
+def _channel_grads_fake(dy, skip, scale, dskip_dtype, branch_scale=None):
     return (dy.new_empty(dy.shape if scale is not None else (0, ), dtype=dskip_dtype),
-            dy.new_empty(2, dy.shape[1], dtype=torch.float32))
+            dy.new_empty(dy.shape if branch_scale is not None else (0, )),
+            dy.new_empty(3, dy.shape[1], dtype=torch.float32))
 
 
 _channel_grads = TritonOp('sparx_mm::pointwise_conv_channel_grads', _channel_grads, _channel_grads_fake)
@@ -435,26 +460,27 @@ _channel_grads = TritonOp('sparx_mm::pointwise_conv_channel_grads', _channel_gra
 def bias_grad(dy: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
     """dy (B, Cout, H, W) -> the bias gradient (Cout,), float32: dy's sum in the convolution dtype, as the
     convolution's backward sums its cast dy (the per-channel gradients' pass on the cast dy)."""
-    return _channel_grads(dy.to(conv_dtype).contiguous(), None, None, conv_dtype)[1][0]
+    return _channel_grads(dy.to(conv_dtype).contiguous(), None, None, conv_dtype)[2][0]
 
 
 # The kernels run as TritonOps (triton_op.py): torch.library custom ops, with shape-only "fake" versions and
 # an autograd formula, under torch.compile (no graph breaks around them); direct calls in eager mode.
 def _pointwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], skip: Optional[torch.Tensor],
-                   skip_scale: Optional[torch.Tensor], skip_shift: Optional[torch.Tensor], conv_dtype: torch.dtype,
-                   out_dtype: torch.dtype, tf32: bool, groups: int, activation: str) -> torch.Tensor:
+                   skip_scale: Optional[torch.Tensor], skip_shift: Optional[torch.Tensor],
+                   branch_scale: Optional[torch.Tensor], conv_dtype: torch.dtype, out_dtype: torch.dtype, tf32: bool,
+                   groups: int, activation: str) -> torch.Tensor:
     """x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None, skip
-    (B, Cout, H, W) or None, all contiguous -> (B, Cout, H, W) in ``out_dtype``; ``activation`` ('none', 'gelu',
-    'silu'; only without a skip path, and without gradients: the backward pass does not differentiate it) applied
-    to conv + bias."""
+    (B, Cout, H, W) or None, branch_scale (B,) or None, all contiguous -> (B, Cout, H, W) in ``out_dtype``;
+    ``activation`` ('none', 'gelu', 'silu'; only without a skip path and a branch scale, and without gradients:
+    the backward pass does not differentiate it) applied to conv + bias."""
     y = torch.empty((x.shape[0], weight.shape[0]) + tuple(x.shape[2:]), dtype=out_dtype, device=x.device)
     _launch(x, weight.view(weight.shape[:2]), bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, groups,
-            activation)
+            activation, branch_scale)
     return y
 
 
-def _pointwise_fwd_fake(x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, out_dtype, tf32, groups,
-                        activation):
+def _pointwise_fwd_fake(x, weight, bias, skip, skip_scale, skip_shift, branch_scale, conv_dtype, out_dtype, tf32,
+                        groups, activation):
     return x.new_empty((x.shape[0], weight.shape[0]) + tuple(x.shape[2:]), dtype=out_dtype)
 
 
@@ -498,12 +524,12 @@ _pointwise_bwd = TritonOp('sparx_mm::pointwise_conv_bwd', _pointwise_bwd, _point
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, skip, skip_scale, skip_shift, conv_dtype, _, tf32, groups, activation = inputs
+    x, weight, bias, skip, skip_scale, skip_shift, branch_scale, conv_dtype, _, tf32, groups, activation = inputs
     if activation != 'none':  # pointwise_conv2d composes the activation when a gradient is needed
         raise RuntimeError('pointwise_conv_fwd: the fused activation has no backward pass; apply it after the '
                            'convolution when gradients are needed')
     # skip is needed only for skip_scale's gradient; it is the block's residual stream, kept anyway.
-    ctx.save_for_backward(x, weight, skip if skip_scale is not None else None, skip_scale)
+    ctx.save_for_backward(x, weight, skip if skip_scale is not None else None, skip_scale, branch_scale)
     ctx.conv_dtype, ctx.tf32, ctx.groups = conv_dtype, tf32, groups
     # needs_input_grad is False for absent (None) inputs: only the dtypes of the present ones are kept.
     ctx.dtypes = tuple(None if t is None else t.dtype for t in (bias, skip, skip_shift))
@@ -518,7 +544,7 @@ def _conv_grads_cudnn(dy, x, weight, conv_dtype, groups, needs):
 
 
 def _backward(ctx, dy):
-    x, weight, skip, skip_scale = ctx.saved_tensors
+    x, weight, skip, skip_scale, branch_scale = ctx.saved_tensors
     bias_dtype, skip_dtype, shift_dtype = ctx.dtypes
     needs = ctx.needs_input_grad
     dx = dweight = dbias = dskip = dscale = dshift = None
@@ -527,29 +553,34 @@ def _backward(ctx, dy):
     # under autocast the autocast dtype, in which the official LayerScale conv differentiates too; otherwise at
     # least the scale's), the sums in float32 (a float16 sum over B x H x W overflows long before its terms do).
     # The bias's is dy's sum in the convolution dtype: in the same pass when dy has it (as always under autocast).
+    # With a branch scale the convolution's gradients start from dbranch = dy * branch_scale[b], from the same pass
+    # (in dy's dtype, as stochastic depth's product differentiates).
     bias_in_pass = needs[2] and dy.dtype == ctx.conv_dtype
     scaled_dskip = needs[3] and skip_scale is not None
-    if bias_in_pass or scaled_dskip or needs[4] or needs[5]:
-        scaled, sums = _channel_grads(dy, skip if needs[4] else None, skip_scale if scaled_dskip else None,
-                                      skip_dtype or dy.dtype)
+    branch = branch_scale is not None and (needs[0] or needs[1] or needs[2])
+    conv_dy = dy
+    if bias_in_pass or scaled_dskip or needs[4] or needs[5] or branch:
+        scaled, dbranch, sums = _channel_grads(dy, skip if needs[4] else None, skip_scale if scaled_dskip else None,
+                                               skip_dtype or dy.dtype, branch_scale if branch else None)
         dskip = scaled if scaled_dskip else None
-        dbias = sums[0].to(bias_dtype) if bias_in_pass else None
+        dbias = sums[2].to(bias_dtype) if bias_in_pass else None
         dscale = sums[1].to(skip_scale.dtype) if needs[4] else None
         dshift = sums[0].to(shift_dtype) if needs[5] else None
+        conv_dy = dbranch if branch else dy
     if needs[2] and not bias_in_pass:
-        dbias = bias_grad(dy, ctx.conv_dtype).to(bias_dtype)
+        dbias = bias_grad(conv_dy, ctx.conv_dtype).to(bias_dtype)
     if needs[3] and skip_scale is None:
         dskip = dy.to(skip_dtype)
     if needs[0] or needs[1]:
         conv_needs = (needs[0], needs[1], False)
         positions = x.shape[2] * x.shape[3]
         if BACKWARD == 'triton' or BACKWARD == 'auto' and triton_backward_is_faster(positions, ctx.groups):
-            dx, dweight, _ = _pointwise_bwd(dy, x, weight, ctx.conv_dtype, ctx.tf32, ctx.groups, *conv_needs)
+            dx, dweight, _ = _pointwise_bwd(conv_dy, x, weight, ctx.conv_dtype, ctx.tf32, ctx.groups, *conv_needs)
         else:
-            dx, dweight, _ = _conv_grads_cudnn(dy, x, weight, ctx.conv_dtype, ctx.groups, conv_needs)
+            dx, dweight, _ = _conv_grads_cudnn(conv_dy, x, weight, ctx.conv_dtype, ctx.groups, conv_needs)
         dx = dx.to(x.dtype) if needs[0] else None
         dweight = dweight.to(weight.dtype) if needs[1] else None
-    return dx, dweight, dbias, dskip, dscale, dshift, None, None, None, None, None
+    return dx, dweight, dbias, dskip, dscale, dshift, None, None, None, None, None, None
 
 
 _pointwise_fwd = TritonOp('sparx_mm::pointwise_conv_fwd', _pointwise_fwd, _pointwise_fwd_fake,
@@ -558,13 +589,15 @@ _pointwise_fwd = TritonOp('sparx_mm::pointwise_conv_fwd', _pointwise_fwd, _point
 
 def pointwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                             skip: Optional[torch.Tensor], skip_scale: Optional[torch.Tensor],
-                            skip_shift: Optional[torch.Tensor], conv_dtype: torch.dtype,
-                            out_dtype: torch.dtype, groups: int = 1, activation: Optional[str] = None) -> torch.Tensor:
+                            skip_shift: Optional[torch.Tensor], branch_scale: Optional[torch.Tensor],
+                            conv_dtype: torch.dtype, out_dtype: torch.dtype, groups: int = 1,
+                            activation: Optional[str] = None) -> torch.Tensor:
     """Fused Triton implementation of :func:`sparx_mm.ops.pointwise_conv2d` (inputs already checked).
 
     Shapes: x (B, Cin, H, W), weight (Cout, Cin / groups, 1, 1), bias / skip_scale / skip_shift (Cout,) or None,
-    skip (B, Cout, H, W) or None -> (B, Cout, H, W) in ``out_dtype``; the product in ``conv_dtype``; ``activation``
-    (None, 'gelu', 'silu') of conv + bias, without a skip path and without gradients. Inputs that are
+    skip (B, Cout, H, W) or None, branch_scale (B,) or None -> (B, Cout, H, W) in ``out_dtype``; the product in
+    ``conv_dtype``; ``activation`` (None, 'gelu', 'silu') of conv + bias, without a skip path, a branch scale and
+    gradients. Inputs that are
     not contiguous in NCHW order (channels_last) are copied first. Needs CUDA tensors (or ``TRITON_INTERPRET=1``,
     Triton's CPU interpreter, for tests).
     """
@@ -574,5 +607,5 @@ def pointwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
         return None if t is None else t.contiguous()
 
     return _pointwise_fwd(x.contiguous(), weight.contiguous(), contiguous(bias), contiguous(skip),
-                          contiguous(skip_scale), contiguous(skip_shift), conv_dtype, out_dtype,
-                          torch.backends.cudnn.allow_tf32, groups, activation or 'none')
+                          contiguous(skip_scale), contiguous(skip_shift), contiguous(branch_scale), conv_dtype,
+                          out_dtype, torch.backends.cudnn.allow_tf32, groups, activation or 'none')

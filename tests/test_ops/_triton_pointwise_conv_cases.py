@@ -1,8 +1,9 @@
 """Run by test_pointwise_conv.py in a subprocess with TRITON_INTERPRET=1 (Triton's CPU interpreter must be
 switched on before the kernels are defined): the fused 1x1-conv Triton kernels against the reference, the output
 and the gradients of x, weight, bias, skip, skip_scale and skip_shift (the backward kernels, and cuDNN's backward
-for two cases); then the custom ops' registration and a torch.compile capture; then a small SparX-Mamba whose
-blocks fold their residuals into the kernel, against the same model on the reference path. Prints one line per
+for four cases), with and without a per-sample branch scale; then the custom ops' registration and a
+torch.compile capture; then a small SparX-Mamba whose blocks fold their residuals into the kernel, against the same
+model on the reference path. Prints one line per
 case with its largest relative errors, then 'WORST <error>' and exits non-zero when a check fails.
 
 The interpreter has no bfloat16 matrix product (numpy has no bfloat16), so bfloat16 is checked on GPUs only
@@ -52,6 +53,11 @@ SMALL_WGRAD_TILING = (16, 16, 16, 1, 1)
 SHORT_SPLIT_CASE = (3, 40, 24, 5, 7, True, 'both', torch.float32)
 #: Two output-channel blocks and two K blocks of SMALL_TILING a group.
 SMALL_TILES_GROUPED_CASE = (2, 60, 60, 5, 7, True, 'both', 'tf32', 3)
+#: Cases run again with a per-sample branch scale (stochastic depth's factors, float32 as the blocks pass them;
+#: a dropped sample's 0 among them): every dtype mode, without a skip path and with each form, grouped, a batch of
+#: three split between programs.
+BRANCH_CASES = [CASES[0], CASES[1], CASES[5], CASES[7], CASES[9], CASES[13], SHORT_SPLIT_CASE]
+BRANCH_FACTORS = (1.25, 0.0, 0.5)
 
 
 def round_to_tf32(t):
@@ -61,7 +67,7 @@ def round_to_tf32(t):
     return torch.ldexp(torch.round(mantissa * 2048) / 2048, exponent).float()
 
 
-def relative_errors(case):
+def relative_errors(case, branch=False):
     b, cin, cout, h, w, has_bias, skip, dtype = case[:8]
     groups = case[8] if len(case) > 8 else 1
     autocast, tf32 = dtype == 'autocast', dtype == 'tf32'
@@ -76,29 +82,32 @@ def relative_errors(case):
     inputs = [None if t is None else t.to(dtype) for t in inputs]
     leaves = [None if t is None else t.clone().requires_grad_() for t in inputs]
     ref_leaves = [None if t is None else t.float().requires_grad_() for t in inputs]
+    options = dict(groups=groups, branch_scale=torch.tensor(BRANCH_FACTORS[:b]) if branch else None)
     torch.backends.cudnn.allow_tf32 = tf32
     try:
         with torch.autocast('cpu', dtype=torch.float16, enabled=autocast):
-            y = pointwise_conv2d(*leaves, impl='triton', groups=groups)
+            y = pointwise_conv2d(*leaves, impl='triton', **options)
             # the composition's, same autocast state
-            expected_dtype = pointwise_conv2d_reference(*inputs, groups=groups).dtype
+            expected_dtype = pointwise_conv2d_reference(*inputs, **options).dtype
     finally:
         torch.backends.cudnn.allow_tf32 = True
-    y_ref = pointwise_conv2d_reference(*ref_leaves, groups=groups)
+    y_ref = pointwise_conv2d_reference(*ref_leaves, **options)
     y_expected = y_ref.detach()
     dy = torch.randn(y.shape, generator=g).to(y.dtype)
     present = [t for t in leaves if t is not None]
     grads = torch.autograd.grad(y, present, dy)
     ref_grads = list(torch.autograd.grad(y_ref, [t for t in ref_leaves if t is not None], dy.float()))
     if tf32 and tpc.BACKWARD == 'triton':
-        # The output and dx are the TF32 forward kernel's, which rounds its x (dx: of dy) to TF32 in registers;
-        # the interpreter's products are exact, so the weight gradient is too.
+        # The output and dx are the TF32 forward kernel's, which rounds its x (dx: of dy, scaled by the branch
+        # scale) to TF32 in registers; the interpreter's products are exact, so the weight gradient is too.
         with torch.no_grad():
-            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:], groups=groups)
-            ref_grads[0] = torch.nn.grad.conv2d_input(inputs[0].shape, inputs[1], round_to_tf32(dy), groups=groups)
+            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:], **options)
+            conv_dy = dy if not branch else dy * options['branch_scale'].view(-1, 1, 1, 1)
+            ref_grads[0] = torch.nn.grad.conv2d_input(inputs[0].shape, inputs[1], round_to_tf32(conv_dy),
+                                                      groups=groups)
     elif tf32:  # cuDNN's backward (exact on the CPU) of the unrounded inputs
         with torch.no_grad():
-            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:], groups=groups)
+            y_expected = pointwise_conv2d_reference(round_to_tf32(inputs[0]), *inputs[1:], **options)
     assert y.dtype == expected_dtype, (y.dtype, expected_dtype)
     assert all(gr.dtype == leaf.dtype for gr, leaf in zip(grads, present))
     names = [name for name, t in zip(NAMES[1:], leaves) if t is not None]
@@ -107,12 +116,13 @@ def relative_errors(case):
     return dict(zip(['y'] + names, errors))
 
 
-def run_case(case, label=''):
-    errors = relative_errors(case)
+def run_case(case, label='', branch=False):
+    errors = relative_errors(case, branch)
     tol = TOL[case[7]]
     failed = [name for name, e in errors.items() if e > tol]
     dtype = case[7] if isinstance(case[7], str) else str(case[7])[6:]
     groups = f' groups {case[8]}' if len(case) > 8 else ''
+    label += 'branch scale ' if branch else ''
     print(f'{label}{case[:7]} {dtype}{groups}', ' '.join(f'{name} {e:.1e}' for name, e in errors.items()),
           'FAIL ' + ','.join(failed) if failed else '', flush=True)
     return max(e / tol for e in errors.values()), not failed
@@ -216,23 +226,29 @@ def check_registration():
         torch.randn(6, generator=g)
     skip, scale, shift = torch.randn(2, 6, 3, 4, generator=g), torch.randn(6, generator=g), torch.randn(6, generator=g)
     leaves = [t.requires_grad_() for t in (x, weight, bias, skip, scale, shift)]
-    report = torch.library.opcheck(tpc._pointwise_fwd.op, leaves + [torch.float32, torch.float32, False, 1, 'none'])
+    branch_scale = torch.tensor([1.25, 0.0])
+    report = torch.library.opcheck(tpc._pointwise_fwd.op,
+                                   leaves + [None, torch.float32, torch.float32, False, 1, 'none'])
+    branch_report = torch.library.opcheck(tpc._pointwise_fwd.op,
+                                          leaves + [branch_scale, torch.float32, torch.float32, False, 1, 'none'])
     grouped = [x, weight[:, :10].detach().clone().requires_grad_()] + leaves[2:]
     grouped_report = torch.library.opcheck(tpc._pointwise_fwd.op,
-                                           grouped + [torch.float32, torch.float32, False, 2, 'none'])
+                                           grouped + [None, torch.float32, torch.float32, False, 2, 'none'])
     activation_report = torch.library.opcheck(
-        tpc._pointwise_fwd.op, [t.detach() for t in leaves[:3]] + [None, None, None, torch.float32, torch.float32,
-                                                                   False, 1, 'gelu'],
+        tpc._pointwise_fwd.op, [t.detach() for t in leaves[:3]] + [None, None, None, None, torch.float32,
+                                                                   torch.float32, False, 1, 'gelu'],
         test_utils=('test_schema', 'test_faketensor'))
     report = {**report, **{f'activation {k}': v for k, v in activation_report.items()}}
     report = {**report, **{f'groups 2 {k}': v for k, v in grouped_report.items()}}
+    report = {**report, **{f'branch scale {k}': v for k, v in branch_report.items()}}
     dy = torch.randn(2, 6, 3, 4, generator=g)
     for needs in ((True, True, True), (False, True, False), (True, False, False)):
         for groups, w in ((1, weight), (2, grouped[1])):
             bwd_report = torch.library.opcheck(tpc._pointwise_bwd.op, [dy, x.detach(), w.detach(), torch.float32,
                                                                        False, groups, *needs])
             report = {**report, **{f'backward {needs} groups {groups} {k}': v for k, v in bwd_report.items()}}
-    for args in ((dy, skip.detach(), scale.detach(), torch.float32), (dy, None, None, torch.float16)):
+    for args in ((dy, skip.detach(), scale.detach(), torch.float32), (dy, None, None, torch.float16),
+                 (dy, None, scale.detach(), torch.float32, branch_scale)):
         sums_report = torch.library.opcheck(tpc._channel_grads.op, args)
         report = {**report, **{f'channel grads {k}': v for k, v in sums_report.items()}}
     ok = set(report.values()) == {'SUCCESS'}
@@ -254,7 +270,7 @@ def check_channel_grads():
     dy = torch.full((2, 3, 64, 64), 8.0, dtype=torch.float16)
     skip = torch.ones(2, 3, 64, 64, dtype=torch.float16)
     scale = torch.tensor([0.5, 0.25, 2.0])
-    ctx = SimpleNamespace(saved_tensors=(None, None, skip, scale), dtypes=(torch.float32, torch.float16,
+    ctx = SimpleNamespace(saved_tensors=(None, None, skip, scale, None), dtypes=(torch.float32, torch.float16,
                                                                            torch.float32),
                           needs_input_grad=(False, False, True, True, True, True), conv_dtype=torch.float16)
     grads = tpc._backward(ctx, dy)
@@ -268,15 +284,19 @@ def check_channel_grads():
     # Random values, every combination of the optional parts, against torch.
     g = torch.Generator().manual_seed(5)
     dy, skip = torch.randn(3, 5, 7, 9, generator=g), torch.randn(3, 5, 7, 9, generator=g)
-    scale = torch.randn(5, generator=g)
+    scale, branch_scale = torch.randn(5, generator=g), torch.tensor([1.25, 0.0, 0.5])
     for with_skip in (False, True):
         for with_scale in (False, True):
-            dskip, sums = tpc._channel_grads(dy, skip if with_skip else None, scale if with_scale else None,
-                                             torch.float32)
-            expected = torch.stack([dy.sum((0, 2, 3)), (dy * skip).sum((0, 2, 3)) if with_skip else
-                                    torch.zeros(5)])
-            ok = ok and torch.allclose(sums, expected, rtol=1e-5, atol=1e-5) and (
-                torch.equal(dskip, dy * scale.view(1, -1, 1, 1)) if with_scale else dskip.shape == (0, ))
+            for with_branch in (False, True):
+                dskip, dbranch, sums = tpc._channel_grads(dy, skip if with_skip else None,
+                                                          scale if with_scale else None, torch.float32,
+                                                          branch_scale if with_branch else None)
+                scaled_dy = dy * branch_scale.view(-1, 1, 1, 1) if with_branch else dy
+                expected = torch.stack([dy.sum((0, 2, 3)), (dy * skip).sum((0, 2, 3)) if with_skip else
+                                        torch.zeros(5), scaled_dy.sum((0, 2, 3))])
+                ok = ok and torch.allclose(sums, expected, rtol=1e-5, atol=1e-5) and (
+                    torch.equal(dskip, dy * scale.view(1, -1, 1, 1)) if with_scale else dskip.shape == (0, )) and (
+                    torch.equal(dbranch, scaled_dy) if with_branch else dbranch.shape == (0, ))
     # The bias's gradient where dy is not in the convolution dtype (a float32 output under autocast): dy's sum
     # in that dtype, the same pass on the cast dy.
     expected = dy.to(torch.bfloat16).sum((0, 2, 3), dtype=torch.float32)
@@ -289,7 +309,8 @@ def check_model():
     """A small SparX-Mamba (a stage without and two with LayerScale, ganglion layers with DMCAs): the layer kernels
     (the blocks' residuals folded into their last 1x1 convs) and the float32 reference path, each against the
     model in float64, outputs and the input gradient, in eval mode and in training mode with and without
-    stochastic depth (with it the blocks add their residuals themselves). The layer kernels pass within 4x the
+    stochastic depth (with it the layer kernels scale each sample's branch in the 1x1 conv's kernel, from the same
+    draws as the reference path's DropPath). The layer kernels pass within 4x the
     float32 reference's own error (or 1e-5): in training mode the input gradient at initialisation is
     ill-conditioned enough that float32 rounding alone moves it by ~5e-2."""
     from sparx_mm.models import SparXMamba
@@ -327,17 +348,18 @@ def check_model():
 if __name__ == '__main__':
     tpc.BACKWARD = 'triton'  # the Triton backward everywhere ('auto' picks by map size)
     worst, ok = 0.0, True
-    for case in CASES:
-        scaled, passed = run_case(case)
+    for case, branch in [(case, False) for case in CASES] + [(case, True) for case in BRANCH_CASES]:
+        scaled, passed = run_case(case, branch=branch)
         worst, ok = max(worst, scaled), ok and passed
     tpc.TILING_OVERRIDE, tpc.WGRAD_TILING_OVERRIDE = SMALL_TILING, SMALL_WGRAD_TILING
-    for case in CASES[:2] + CASES[5:6] + CASES[7:8] + [SHORT_SPLIT_CASE, SMALL_TILES_GROUPED_CASE]:
-        scaled, passed = run_case(case, label='small tiles ')
+    for case, branch in [(case, False) for case in CASES[:2] + CASES[5:6] + CASES[7:8]] + \
+            [(SHORT_SPLIT_CASE, False), (SMALL_TILES_GROUPED_CASE, False), (SHORT_SPLIT_CASE, True)]:
+        scaled, passed = run_case(case, label='small tiles ', branch=branch)
         worst, ok = max(worst, scaled), ok and passed
     tpc.TILING_OVERRIDE = tpc.WGRAD_TILING_OVERRIDE = None
     tpc.BACKWARD = 'cudnn'  # the convolution's own backward, kept to compare against
-    for case in CASES[:1] + CASES[5:6] + CASES[12:13]:
-        scaled, passed = run_case(case, label='cudnn backward ')
+    for case, branch in [(case, False) for case in CASES[:1] + CASES[5:6] + CASES[12:13]] + [(CASES[5], True)]:
+        scaled, passed = run_case(case, label='cudnn backward ', branch=branch)
         worst, ok = max(worst, scaled), ok and passed
     tpc.BACKWARD = 'triton'
     ok = check_activation() and ok

@@ -1,6 +1,6 @@
 """pointwise_conv2d: the reference against nn.Conv2d + LayerScale + add modules, the output-dtype rule under
-autocast, input errors, the dispatch, and the Triton kernel under Triton's CPU interpreter (with a small
-SparX-Mamba whose blocks fold their residuals into it)."""
+autocast, stochastic depth's per-sample branch scale, input errors, the dispatch, and the Triton kernel under
+Triton's CPU interpreter (with a small SparX-Mamba whose blocks fold their residuals into it)."""
 import re
 
 import pytest
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparx_mm.models.layers import LayerScale, PointwiseConv, SkipPath
+from sparx_mm.models.layers import DropPath, LayerScale, PointwiseConv, SkipPath
 from sparx_mm.ops import add_skip_path, pointwise_conv2d, pointwise_conv2d_reference
 from sparx_mm.ops.pointwise_conv import _dtypes
 
@@ -84,6 +84,34 @@ def test_skip_path_forms(scale, shift):
         1, -1, 1, 1)) + (0 if b is None else b.view(1, -1, 1, 1)), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize('with_skip', [False, True])
+def test_branch_scale_is_stochastic_depth_of_the_convolution(with_skip):
+    """``LS(skip) + drop_path(conv(x))`` with DropPath's factors: the reference's composition, bit for bit in float64
+    (the factors 0 and 1 / keep); SkipPath.add_to (the branches that cannot fold the sum) the same; the gradients
+    of x and the parameters scaled per sample, the skip path's not."""
+    t = {k: v.double().requires_grad_() for k, v in _inputs(b=3).items()}
+    drop = DropPath(0.25).train()
+    torch.manual_seed(3)
+    factors = drop.sample_scale(3, torch.device('cpu'), torch.float64)
+    assert set(factors.tolist()) <= {0.0, 1 / 0.75}
+    factors = torch.tensor([1 / 0.75, 0.0, 1 / 0.75], dtype=torch.float64)  # both kinds, whatever the draws
+    skip = (t['skip'], t['skip_scale'], t['skip_shift']) if with_skip else ()
+    y = pointwise_conv2d(t['x'], t['weight'], t['bias'], *skip, branch_scale=factors)
+    conv = F.conv2d(t['x'], t['weight'], t['bias'])
+    expected = conv * factors.view(-1, 1, 1, 1)
+    if with_skip:
+        expected = t['skip'] * t['skip_scale'].view(1, -1, 1, 1) + t['skip_shift'].view(1, -1, 1, 1) + expected
+        assert torch.equal(SkipPath(*skip, branch_scale=factors).add_to(conv), expected)
+    assert torch.equal(y, expected)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [t['x'], t['weight']] + list(skip), dy)
+    expected_grads = torch.autograd.grad(conv, [t['x'], t['weight']], dy * factors.view(-1, 1, 1, 1))
+    torch.testing.assert_close(grads[:2], expected_grads, rtol=1e-12, atol=1e-12)
+    assert torch.equal(grads[0][1], torch.zeros_like(grads[0][1]))  # the dropped sample's input takes nothing
+    if with_skip:
+        torch.testing.assert_close(grads[2], dy * t['skip_scale'].view(1, -1, 1, 1), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize('x_dtype,skip_dtype,with_scale,expected', [
     (torch.float32, None, False, torch.bfloat16),  # no skip: the convolution's (autocast) dtype
     (torch.bfloat16, torch.bfloat16, False, torch.bfloat16),
@@ -131,6 +159,18 @@ def test_output_dtype_rule_under_autocast(x_dtype, skip_dtype, with_scale, expec
     (dict(weight=torch.zeros(3, 4, 1, 1, dtype=torch.float16)), TypeError,
      'weight is torch.float16 but x is torch.float32; without autocast they must match'),
     (dict(skip=torch.zeros(2, 3, 5, 6, device='meta')), ValueError, 'skip is on meta but x is on cpu'),
+    (dict(branch_scale=torch.ones(3)), ValueError, r'branch_scale must be a \(B,\) = \(2,\) tensor, one factor a '
+                                                   r'sample, got \(3,\)'),
+    (dict(branch_scale=torch.ones(2, 1, 1, 1)), ValueError, r'branch_scale must be a \(B,\) = \(2,\) tensor'),
+    (dict(branch_scale=[1.0, 0.0]), ValueError, r'branch_scale must be a \(B,\) = \(2,\) tensor, one factor a '
+                                                r'sample, got list'),
+    (dict(branch_scale=torch.ones(2, dtype=torch.int64)), TypeError,
+     'branch_scale must be a floating-point tensor, got torch.int64'),
+    (dict(branch_scale=torch.ones(2, requires_grad=True)), ValueError,
+     "branch_scale is a constant .* takes no gradient; pass it detached"),
+    (dict(branch_scale=torch.ones(2), skip=None, skip_scale=None, skip_shift=None, activation='silu'), ValueError,
+     r"branch_scale scales the convolution before a skip path is added; it does not combine with an activation"),
+    (dict(branch_scale=torch.ones(2, device='meta')), ValueError, 'branch_scale is on meta but x is on cpu'),
 ])
 @pytest.mark.parametrize('fn', [pointwise_conv2d, pointwise_conv2d_reference])
 def test_bad_inputs(fn, change, error, match):
@@ -147,7 +187,7 @@ def test_forcing_triton_on_cpu_tensors_is_a_clear_error(monkeypatch):
         pointwise_conv2d(**t, impl='triton')
     from sparx_mm.ops.triton_pointwise_conv import pointwise_conv2d_triton  # triton comes with torch
     with pytest.raises(RuntimeError, match='pointwise_conv2d_triton needs CUDA tensors'):
-        pointwise_conv2d_triton(*t.values(), torch.float32, torch.float32)
+        pointwise_conv2d_triton(*t.values(), None, torch.float32, torch.float32)
 
 
 def test_forcing_triton_for_float64_is_a_clear_error(monkeypatch):
@@ -177,7 +217,7 @@ def test_dispatch_where_triton_runs(dtype, impl, autocast, size, expected, monke
             return
         with pytest.raises(TritonCalled):
             pointwise_conv2d(**t, impl=impl)
-    assert ('triton', ) + calls[0][6:8] == expected
+    assert ('triton', ) + calls[0][7:9] == expected
 
 
 @pytest.mark.parametrize('activation', ['gelu', 'silu'])
@@ -196,7 +236,7 @@ def test_activation_runs_in_the_kernel_only_without_gradients(activation, monkey
         pointwise_conv2d(big['x'], big['weight'], big['bias'], activation=activation)
     with pytest.raises(TritonCalled):
         pointwise_conv2d(big['x'].requires_grad_(), big['weight'], big['bias'], activation=activation)
-    assert calls[0][-1] == activation and len(calls[1]) == 9 and calls[1][3] is None
+    assert calls[0][-1] == activation and len(calls[1]) == 10 and calls[1][3] is None
 
 
 def test_grouped_convolution_dispatch_and_module(monkeypatch):
@@ -213,7 +253,7 @@ def test_grouped_convolution_dispatch_and_module(monkeypatch):
     calls = intercept_triton(monkeypatch, triton_pointwise_conv, 'pointwise_conv2d_triton')
     with pytest.raises(TritonCalled):
         layer(torch.randn(2, 12, 16, 16))
-    assert calls[0][8] == 3
+    assert calls[0][9] == 3
 
 
 @pytest.mark.parametrize('positions,expected', [(3136, True), (784, True), (196, True), (128, True), (127, False),
@@ -227,18 +267,19 @@ def test_triton_kernel_matches_the_reference_in_the_interpreter():
     stdout = run_in_triton_interpreter('_triton_pointwise_conv_cases.py', 900)
     assert float(re.search(r'WORST (\S+) of tolerance', stdout).group(1)) <= 1, stdout
     assert 'OPCHECK ok' in stdout and 'COMPILE graphs 1 breaks 0 matches eager' in stdout, stdout
-    assert stdout.count('small tiles') == 6, stdout
-    assert stdout.count('cudnn backward') == 3, stdout
-    assert stdout.count('groups 3') == 7, stdout  # 6 cases and an activation case
+    assert stdout.count('small tiles') == 7, stdout
+    assert stdout.count('cudnn backward') == 4, stdout
+    assert stdout.count('groups 3') == 8, stdout  # 7 cases and an activation case
+    assert stdout.count('branch scale') == 9, stdout  # 7 cases, one with small tiles, one with cuDNN's backward
     assert stdout.count('MODEL ') == 3, stdout
     assert 'TF32 ROUNDING ok' in stdout, stdout
     assert stdout.count('ACTIVATION ') == 3, stdout
     assert "BACKWARD POLICY ok: ['cudnn', 'triton', 'triton']" in stdout, stdout
     # The per-channel gradients' pass: float16 skip-path gradients, float32 sums past float16's range.
     assert 'CHANNEL GRADS ok' in stdout, stdout
-    # 15 cases, 6 small-tile cases, 3 with cuDNN's backward, 3 activations, the backward policy, rounding, channel
-    # grads, opcheck, compile, 3 models, summary
-    assert stdout.count('\n') == 36, stdout
+    # 15 cases and 7 with a branch scale, 7 small-tile cases, 4 with cuDNN's backward, 3 activations, the backward
+    # policy, rounding, channel grads, opcheck, compile, 3 models, summary
+    assert stdout.count('\n') == 45, stdout
 
 
 @pytest.mark.parametrize('value,expected', [('', 'auto'), ('auto', 'auto'), ('triton', 'triton'),

@@ -87,7 +87,7 @@ def ptxas_usage(ptx: str) -> tuple:
 
 
 #: The 1x1 forward kernels' pointer and integer arguments, in order.
-FORWARD_POINTERS = ('x_ptr', 'w_ptr', 'b_ptr', 's_ptr', 'scale_ptr', 'shift_ptr', 'y_ptr')
+FORWARD_POINTERS = ('x_ptr', 'w_ptr', 'b_ptr', 's_ptr', 'scale_ptr', 'shift_ptr', 'bs_ptr', 'y_ptr')
 FORWARD_INTEGERS = ('CIN_UNITS', 'COUT', 'P_UNITS', 'W_STRIDE_UNITS')
 
 
@@ -106,9 +106,9 @@ def forward_ptx(kernel, dtype: str, positions: int, cin: int, extra_constexprs: 
     values = dict(CIN_UNITS=cin // cin_align, COUT=cout, P_UNITS=positions // p_align,
                   W_STRIDE_UNITS=cin // cin_align)
     arg_types = dict({name: f'*{dtype}' for name in FORWARD_POINTERS}, **{name: 'i32' for name in FORWARD_INTEGERS})
-    constexprs = dict(HAS_BIAS=True, HAS_SKIP=True, HAS_SCALE=False, HAS_SHIFT=False, ACT=0, GROUPS=1,
-                      CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=cin_align, BLOCK_CO=block_co, BLOCK_P=block_p,
-                      BLOCK_K=block_k)
+    constexprs = dict(HAS_BIAS=True, HAS_SKIP=True, HAS_SCALE=False, HAS_SHIFT=False, HAS_BRANCH_SCALE=False, ACT=0,
+                      GROUPS=1, CIN_ALIGN=cin_align, P_ALIGN=p_align, W_ALIGN=cin_align, BLOCK_CO=block_co,
+                      BLOCK_P=block_p, BLOCK_K=block_k)
     constexprs.update(extra_constexprs)
     aligned = FORWARD_POINTERS + tuple(name for name in FORWARD_INTEGERS if values[name] % 16 == 0)
     return hopper_ptx(kernel, arg_types, constexprs, aligned, warps or tiling_warps, stages)

@@ -6,7 +6,8 @@
 check: ``pointwise_conv2d(impl='triton')`` against the reference in float64 on the same (rounded) inputs, the
 output and the gradients of x, weight, bias, skip, skip_scale and skip_shift, on awkward shapes (channel counts
 and map sizes that are multiples of no block, H != W, a 1 x 1 map, one input channel) with every form of the
-skip path, grouped convolutions (the DMCA's fusion conv, 3 groups) among them, for float32 tensors (TF32 off:
+skip path, grouped convolutions (the DMCA's fusion conv, 3 groups) among them, three with stochastic depth's
+per-sample branch scale (a dropped sample among them), for float32 tensors (TF32 off:
 the exact kernel; on: the TF32 one), float16 / bfloat16 tensors, and float32 tensors under float16 / bfloat16
 autocast; the gradients from the Triton backward kernels at every shape (``BACKWARD = 'triton'``). Prints the
 largest relative errors (max |error| / max |reference|) and PASSED / FAILED (exit code 1 on
@@ -50,14 +51,18 @@ DTYPE_MODES = {'float32': (torch.float32, None, False), 'float32 tf32': (torch.f
                'float16': (torch.float16, None, False), 'bfloat16': (torch.bfloat16, None, False),
                'autocast float16': (torch.float32, torch.float16, False),
                'autocast bfloat16': (torch.float32, torch.bfloat16, False)}
-# (batch, Cin, Cout, H, W, bias, skip: None / 'plain' / 'scale' / 'shift' / 'both'[, groups])
+# (batch, Cin, Cout, H, W, bias, skip: None / 'plain' / 'scale' / 'shift' / 'both'[, groups[, branch scale]])
 CHECK_SHAPES = [(2, 96, 192, 56, 56, True, None), (2, 192, 96, 56, 56, True, 'plain'),
                 (3, 320, 1280, 14, 14, True, None), (2, 1280, 320, 14, 14, True, 'both'),
                 (4, 512, 2048, 7, 7, True, 'scale'), (3, 2048, 512, 7, 7, True, 'both'),
                 (2, 37, 70, 9, 13, False, 'shift'), (5, 1, 3, 1, 1, True, 'both'), (2, 200, 33, 150, 3, True, 'plain'),
                 (2, 396, 792, 14, 14, True, 'both'), (2, 38, 20, 6, 5, True, None),  # Cin with factors 4 and 2
                 (2, 288, 192, 56, 56, True, None, 3), (2, 960, 639, 14, 14, True, None, 3),  # SparX-T's fusion convs
-                (2, 45, 21, 9, 13, False, 'both', 3)]
+                (2, 45, 21, 9, 13, False, 'both', 3),
+                (3, 192, 96, 56, 56, True, 'plain', 1, True), (3, 1280, 320, 14, 14, True, 'both', 1, True),
+                (3, 45, 21, 9, 13, False, 'both', 3, True)]
+#: A branch scale's per-sample factors (stochastic depth's 1 / keep probability and 0, and another).
+BRANCH_FACTORS = (1.25, 0.0, 0.5)
 #: Stage widths of SparX-T / S / B.
 ARCH_DIMS = dict(t=(96, 192, 320, 512), s=(96, 192, 328, 544), b=(120, 240, 396, 636))
 
@@ -77,6 +82,14 @@ SWEEP_TILINGS = [(co, p, k, w, s) for co, p, k, (w, s) in
 
 def _groups(shape):
     return shape[7] if len(shape) > 7 else 1
+
+
+def _options(shape, device):
+    """The operator's keyword arguments for a check shape: its groups and its branch scale (float32, as the blocks
+    pass it) or None."""
+    branch = len(shape) > 8 and shape[8]
+    return dict(groups=_groups(shape),
+                branch_scale=torch.tensor(BRANCH_FACTORS[:shape[0]], device=device) if branch else None)
 
 
 def _inputs(shape, dtype, device, g):
@@ -100,15 +113,18 @@ def check_case(shape, mode, device):
     torch.backends.cudnn.allow_tf32 = tf32
     try:
         with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=autocast is not None):
-            y = pointwise_conv2d(*leaves, impl='triton', groups=_groups(shape))
+            y = pointwise_conv2d(*leaves, impl='triton', **_options(shape, device))
             with torch.no_grad():
                 expected_dtype = pointwise_conv2d_reference(*[None if t is None else t.detach() for t in leaves],
-                                                            groups=_groups(shape)).dtype
+                                                            **_options(shape, device)).dtype
         dy = torch.randn(y.shape, generator=g).to(device, y.dtype)
         y.backward(dy)
     finally:
         torch.backends.cudnn.allow_tf32 = True
-    y_ref = pointwise_conv2d_reference(*ref_leaves, groups=_groups(shape))
+    options = _options(shape, device)
+    if options['branch_scale'] is not None:
+        options['branch_scale'] = options['branch_scale'].double()
+    y_ref = pointwise_conv2d_reference(*ref_leaves, **options)
     y_ref.backward(dy.double())
     dtypes_ok = y.dtype == expected_dtype and all(t.grad.dtype == t.dtype for t in leaves if t is not None)
     errors = {'y': rel_err(y.detach(), y_ref.detach())}

@@ -15,9 +15,10 @@ class SparXBlock(nn.Module):
     concatenated shortcut into the channels the mixer expects. LayerScale, where enabled, scales the skip
     path, as the official models do. The mixer is stored as ``op`` (the official checkpoints' name).
 
-    Where the layer kernels run Triton (GPUs) and no stochastic depth is active, each residual ``LS(x) +
-    branch(...)`` is added inside the branch's last 1x1 convolution (:class:`~sparx_mm.models.layers.SkipPath`;
-    mixers and FFNs that take one say so with ``takes_skip``): the same sum, without a pass of its own.
+    Where the layer kernels run Triton (GPUs), each residual ``LS(x) + drop_path(branch(...))`` is added inside
+    the branch's last 1x1 convolution (:class:`~sparx_mm.models.layers.SkipPath`; mixers and FFNs that take one say
+    so with ``takes_skip``), stochastic depth's per-sample factors applied there too: the same sum, without passes
+    of its own.
 
     Args:
         dim: channels C.
@@ -60,8 +61,8 @@ class SparXBlock(nn.Module):
 
         On the reference path (CPU) the sum is written out: it is the official composition, operator for
         operator (and what the FLOP counter and the parity tests trace)."""
-        drop_path_active = self.training and isinstance(self.drop_path, DropPath)
-        if getattr(branch, 'takes_skip', False) and not drop_path_active and \
-                gpu_backends.layer_kernel_impl(x, op='SparXBlock') == 'triton':
-            return branch(branch_in, SkipPath.of(x, layer_scale))
+        if getattr(branch, 'takes_skip', False) and gpu_backends.layer_kernel_impl(x, op='SparXBlock') == 'triton':
+            drop_path_active = isinstance(self.drop_path, DropPath) and self.drop_path.active
+            branch_scale = self.drop_path.sample_scale(x.shape[0], x.device) if drop_path_active else None
+            return branch(branch_in, SkipPath.of(x, layer_scale, branch_scale))
         return layer_scale(x) + self.drop_path(branch(branch_in))
