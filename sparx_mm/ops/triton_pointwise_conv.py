@@ -6,8 +6,9 @@ no layout conversion is needed, and the weight is small enough to stay in L2. Th
 position block are neighbouring programs, so they share the x tiles through L2. A grouped convolution (``GROUPS``
 groups: the DMCA's fusion conv) is the same product on x, y (and skip) viewed as (B * GROUPS, C / GROUPS, H, W),
 each (sample, group) pair a "sample" of the kernels, which take the pair's group of weight rows (and of the
-per-channel parameters). The accumulator is float32; the epilogue adds the bias and the skip path
-(``skip * skip_scale + skip_shift``) to it and stores once in the output dtype.
+per-channel parameters). The accumulator is float32; the epilogue adds the bias, scales the sum by the sample's
+branch scale where there is one (stochastic depth's factor), adds the skip path (``skip * skip_scale +
+skip_shift``) and stores once in the output dtype.
 
 The operands are cast to the convolution dtype in registers before the product (float32 x under float16
 autocast is rounded as autocast would round it). float32 products use TF32 when cuDNN may
@@ -36,7 +37,8 @@ partial sums are added after it (deterministic, no atomics). Its tiling and the 
 more pass over dy, ``_channel_grads_kernel`` (not the weight-gradient kernel: Triton 3.6 miscompiled sums of
 the dy tile that fed its tensor-core product on Hopper): the bias's and the skip shift's (both dy's sum), the
 skip scale's (the sum of dy * skip) and the skip path's own (dy * scale), where torch took a pass over dy for
-each sum and each product (SparX-T's stage-3 blocks: five; docs/benchmarks.md).
+each sum and each product (SparX-T's stage-3 blocks: five; docs/benchmarks.md); with a branch scale also dbranch =
+dy * branch_scale[b], from which the convolution's gradients start (stochastic depth's backward product).
 
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1`` (Triton's
 CPU interpreter, which the CPU tests use).
