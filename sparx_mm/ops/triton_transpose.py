@@ -28,12 +28,13 @@ from .triton_op import TritonOp
 MAX_GRID_YZ = 65535
 #: The tile edge (elements) along an axis longer than WHOLE_AXIS.
 TILE = 32
-#: Axes up to this long are covered whole by one tile (the next power of two). Not yet timed above TILE: on an
-#: H100, SparX-T's 128 x 192 float16 planes of 56 x 56 in 32 x 32 tiles (rows of 64 bytes, every other one
-#: starting mid-sector) moved ~1.1 TB/s, torch's copy ~1.7, where the 32-aligned (96, 3136) planes of the layout
-#: conversions moved ~2.4; 64 (a 56 x 56 plane whole in one program) is the candidate that
-#: ``check_kernels.py --only layout --whole-axis 32 64`` compares.
-WHOLE_AXIS = TILE
+#: Axes up to this long are covered whole by one tile (the next power of two): a 56 x 56 plane whole in one
+#: 64 x 64 program. In 32 x 32 tiles such planes' rows are 64 bytes (float16), every other one starting
+#: mid-sector: SparX-T's stage-1 x^T (128 x 192 float16 planes) took 0.231 ms against torch's copy's 0.169, and
+#: 0.078 whole; the merge of the pairs' sums 0.290 -> 0.185; the scan's transposes at all four stages 0.811 ->
+#: 0.540 ms; a SparX-T fp16 training step 102.1 / 102.6 -> 100.9 / 101.4 ms (H200, 2026-12-06:
+#: ``check_kernels.py --only layout --whole-axis 32 64``, ``benchmark.py``; docs/benchmarks.md).
+WHOLE_AXIS = 64
 #: Elements a program moves at least: planes smaller than that go several to a program (``plane_tiling``; 14 x 14
 #: float16 planes: 0.026 against 0.053 ms one a program).
 TILE_ELEMENTS = TILE * TILE

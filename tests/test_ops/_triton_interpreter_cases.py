@@ -113,14 +113,14 @@ if __name__ == '__main__':
     # both edges (70 x 75 in 32 x 32 tiles), a 1 x 1 map, small planes several to a program (15 planes of 14 x 14,
     # four a program: the last program's partly past the end), adding in float32 and storing in another dtype; its
     # alternating runs (the routes' projections in route order: runs of planes copied and transposed in turn), of
-    # large planes and of small ones two to a program. With the default WHOLE_AXIS and with 64, the candidate (an
-    # axis whole in one tile past its end: 37 of 64).
+    # large planes and of small ones two to a program. With the default WHOLE_AXIS (64: an axis whole in one tile
+    # past its end, 37 of 64) and with TILE (32: such an axis in two tiles).
     from sparx_mm.ops import triton_transpose
     from sparx_mm.ops.triton_transpose import plane_tiling, plane_transpose
     g = torch.Generator().manual_seed(5)
     exact = []
     default = triton_transpose.WHOLE_AXIS
-    for whole_axis in sorted({default, 64}):
+    for whole_axis in sorted({default, triton_transpose.TILE}):
         triton_transpose.WHOLE_AXIS = whole_axis
         assert plane_tiling(15, 14, 14)[0] == 4 and plane_tiling(24, 5, 7, 6)[0] == 2
         assert plane_tiling(6, 37, 70)[1:3] == (64 if whole_axis == 64 else 32, 32)
