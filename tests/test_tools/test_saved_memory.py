@@ -19,7 +19,7 @@ def _total(text):
 
 def test_census_and_the_maps_the_recomputation_no_longer_keeps(saved_memory, capsys):
     common = ['--arch', 't', '--batch', '2', '--size', '64', '--dtype', 'fp32', '--device', 'cpu', '--rows', '50']
-    saved_memory.main(common)
+    saved_memory.main(common + ['--backbone-options', '{"ffn_recompute": true, "norm_recompute": true}'])
     recomputing = capsys.readouterr().out
     saved_memory.main(common + ['--backbone-options', '{"ffn_recompute": false, "norm_recompute": false}'])
     keeping = capsys.readouterr().out

@@ -103,8 +103,10 @@ class SparXMamba(BaseModule):
         norm_recompute: while training, SS2D's output projection does not keep the normalised scan output (2C
             channels); the backward pass renormalises (:class:`SS2D`'s ``norm_recompute``). Both recomputations
             change no output or gradient (:mod:`sparx_mm.models.recompute`: nothing but the recomputed map is
-            rerun) and are on by default: SparX-T fp16 at batch 128 trains in 11.4 instead of 13.5 GB, 1-8 % slower
-            on the lent H100s (docs/benchmarks.md).
+            rerun). Defaults: ``norm_recompute`` on, ``ffn_recompute`` off. SparX-T fp16 training at batch 128 (H200,
+            2026-12-06, docs/benchmarks.md): the defaults 11.47 GB, 99.0 ms a step (S and B 0.57-0.58x the
+            official code's memory, within the goal of 0.6x); both on 10.16 GB, 101.2 ms; both off 12.13 GB, about
+            1 ms faster than the defaults.
             No effect with ``with_cp`` (the whole block is recomputed then), nor under torch.compile (which plans
             its own).
         norm_cfg: config of the BatchNorm layers (stem, downsampling, DMCA), e.g. dict(type='SyncBN').
@@ -134,7 +136,7 @@ class SparXMamba(BaseModule):
     def __init__(self, arch='t', in_channels: int = 3, out_indices: Optional[Sequence[int]] = None,
                  out_norm: Optional[str] = 'layernorm', dmca_scale: str = 'fixed',
                  drop_path_rate: float = 0.0, frozen_stages: int = -1, norm_eval: bool = False,
-                 with_cp: bool = False, ffn_recompute: bool = True, norm_recompute: bool = True,
+                 with_cp: bool = False, ffn_recompute: bool = False, norm_recompute: bool = True,
                  norm_cfg: dict = dict(type='BN'), init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         name = type(self).__name__

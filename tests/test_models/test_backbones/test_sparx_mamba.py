@@ -96,12 +96,14 @@ def test_recomputation_flags_reach_every_layer_and_change_no_gradient_only_the_s
     from sparx_mm.models.layers import ConvFFN
     from sparx_mm.models.mixers.ss2d import SS2D
     torch.manual_seed(0)
-    recomputing = SparXMamba(TINY).train()  # both on by default
+    recomputing = SparXMamba(TINY, ffn_recompute=True).train()
     keeping = SparXMamba(TINY, ffn_recompute=False, norm_recompute=False).train()
-    with_cp = SparXMamba(TINY, with_cp=True)
-    for model, expected in ((recomputing, True), (keeping, False), (with_cp, False)):
-        assert {m.recompute_hidden for m in model.modules() if isinstance(m, ConvFFN)} == {expected}
-        assert {m.norm_recompute for m in model.modules() if isinstance(m, SS2D)} == {expected}
+    with_cp = SparXMamba(TINY, with_cp=True, ffn_recompute=True)
+    default = SparXMamba(TINY)  # the FFNs keep their hidden maps, SS2D recomputes its normalised output
+    for model, ffn, norm in ((recomputing, True, True), (keeping, False, False), (with_cp, False, False),
+                             (default, False, True)):
+        assert {m.recompute_hidden for m in model.modules() if isinstance(m, ConvFFN)} == {ffn}
+        assert {m.norm_recompute for m in model.modules() if isinstance(m, SS2D)} == {norm}
     for flag in ('ffn_recompute', 'norm_recompute'):
         with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'yes'"):
             SparXMamba(TINY, **{flag: 'yes'})
