@@ -18,8 +18,12 @@ kernel computed it, on tensor cores above rank 16: :func:`backward_tiling`) and 
 opposite direction (dh_t = g_t + a_{t+1} dh_{t+1} for a forward route, a_{t-1} and
 dh_{t-1} for a backward one), the decay of the step the state flows to folded into the associative scan.
 Nothing is accumulated across programs (no atomics, deterministic): each writes the raw-dt gradient of its
-channels, its channel block's sums of the B and C gradients and its sample's sums of dA, dD and d dt_bias;
-the dt projection's two gradients are GEMMs over the raw-dt gradient after the kernel.
+channels, its channel block's sums of the B and C gradients and its sample's sums of dA, dD and d dt_bias.
+The dt projection's two gradients, products over the raw-dt gradient ddt (B, K, D, L), come from one more kernel
+that reads ddt once (:func:`_dt_projection_grads_kernel`): dproj_dt = dt_weight_k^T @ ddt and the weight's
+per-sample, per-position-block products ddt @ proj_dt^T, on tensor cores. Two torch GEMMs read it twice before
+(a batched one with the rank, 6 to 40, as its narrow output side), and ddt is the largest tensor of the scan's
+backward pass (SparX-T's stage 1: 616 MB a block at batch 128, float16).
 
 Both kernels prefetch: each iteration of a route's chunk loop issues the loads of the chunk after it (the
 sequence, B and C, the dt projection tile where dt is a tensor-core product, dy, the saved state, the pair's
@@ -471,6 +475,79 @@ def _cross_scan_bwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_pt
                          BLOCK_L, R_PAD)
 
 
+@triton.jit
+def _dt_projection_grads_kernel(ddt_ptr, proj_ptr, w_ptr, dproj_ptr, dw_ptr, Dm, L_UNITS, R, PROJ_ROWS, num_l_blocks,
+                                ROUTES: tl.constexpr, L_ALIGN: tl.constexpr, BLOCK_D: tl.constexpr,
+                                BLOCK_L: tl.constexpr, R_PAD: tl.constexpr):
+    """For (sample, route) ``program_id(1)`` and positions block ``program_id(0)``, over all channels in blocks of
+    BLOCK_D: dproj[b, k, :R, t] = dt_weight[k]^T (R, D) @ ddt[b, k] (D, t), stored in dproj's dtype (rows R.. left
+    alone), and this block's share of the weight gradient, ddt[b, k] (D, t) @ proj[b, k, :R, t]^T, float32, at
+    dw[(b, k), block] (D, R). Products in ddt's dtype (the projection rows and the weights rounded to it, as
+    torch's GEMMs in that dtype did), float32 sums; float32 ones as 3xTF32 (float32 accuracy on tensor cores,
+    as the forward kernel's dt projection: exact float32 products spilled 12 KB a thread at rank 20)."""
+    L = L_UNITS * L_ALIGN
+    bk = tl.program_id(1).to(tl.int64)
+    l_block = tl.program_id(0)
+    k = bk % ROUTES
+    t = l_block * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_t = t < L
+    r = tl.arange(0, R_PAD)
+    mask_r = r < R
+    dtype = ddt_ptr.dtype.element_ty
+    proj_rows = proj_ptr + bk * PROJ_ROWS * L + r[:, None] * L + t[None, :]
+    p = tl.load(proj_rows, mask=mask_r[:, None] & mask_t[None, :], other=0.0).to(dtype)
+    acc = tl.zeros([R_PAD, BLOCK_L], dtype=tl.float32)
+    dw_rows = dw_ptr + (bk * num_l_blocks + l_block) * Dm * R
+    for d0 in range(0, Dm, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = d < Dm
+        g = tl.load(ddt_ptr + (bk * Dm + d)[:, None] * L + t[None, :], mask=mask_d[:, None] & mask_t[None, :],
+                    other=0.0)
+        wt = tl.load(w_ptr + (k * Dm + d)[None, :] * R + r[:, None], mask=mask_r[:, None] & mask_d[None, :],
+                     other=0.0).to(dtype)
+        if dtype == tl.float32:
+            acc = tl.dot(wt, g, acc, input_precision='tf32x3')
+            dw = tl.dot(g, tl.trans(p), input_precision='tf32x3')
+        else:
+            acc = tl.dot(wt, g, acc)
+            dw = tl.dot(g, tl.trans(p))
+        tl.store(dw_rows + d[:, None] * R + r[None, :], dw, mask=mask_d[:, None] & mask_r[None, :])
+    tl.store(dproj_ptr + bk * PROJ_ROWS * L + r[:, None] * L + t[None, :], acc.to(dproj_ptr.dtype.element_ty),
+             mask=mask_r[:, None] & mask_t[None, :])
+
+
+def dt_projection_tiling(channels: int, length: int, rank: int,
+                         dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
+    """(BLOCK_D, BLOCK_L, R_PAD, warps, stages) of :func:`_dt_projection_grads_kernel` for a ``dtype`` ddt: 16-bit,
+    128 positions a program (fewer for shorter sequences, 16 at least: tl.dot's smallest side) and channels in
+    blocks of 64 (32 for 32 or fewer), the loads pipelined in 3 stages; float32 (3xTF32 products, three times the
+    operands in registers), 32 x 32 tiles unpipelined. The rank padded to a power of two of 16 or more. Compiled for
+    sm_90 (``tools/analysis_tools/hopper_codegen.py``) at SparX's stage sizes: 76-204 registers a thread, none
+    spilled (float32 with 16-bit's tiles: up to 12 KB spilled); not tuned on a GPU."""
+    r_pad = max(16, next_power_of_2(rank))
+    if dtype == torch.float32:
+        return 32, min(32, max(16, next_power_of_2(length))), r_pad, 4, 1
+    block_l = min(128, max(16, next_power_of_2(length)))
+    return (32 if channels <= 32 else 64), block_l, r_pad, 4, 3
+
+
+def _dt_projection_grads(ddt: torch.Tensor, proj_routes: torch.Tensor, dt_weight: torch.Tensor,
+                         dproj: torch.Tensor) -> torch.Tensor:
+    """ddt (B, K*D, L), proj_routes (B, K, R + 2N, L), dt_weight (K, D, R) float32, contiguous; writes dproj[:, :,
+    :R] ((B, K, R + 2N, L), proj's dtype) and returns the dt weight's gradient (K, D, R) float32 (the kernel's
+    partial products summed over samples and position blocks, deterministic)."""
+    b, routes, proj_rows, length = proj_routes.shape
+    _, d, rank = dt_weight.shape
+    block_d, block_l, r_pad, warps, stages = dt_projection_tiling(d, length, rank, ddt.dtype)
+    num_l_blocks = cdiv(length, block_l)
+    l_align = power_of_two_factor(length)
+    dw = torch.empty(b * routes, num_l_blocks, d, rank, device=ddt.device, dtype=torch.float32)
+    launch(_dt_projection_grads_kernel, (num_l_blocks, b * routes), ddt, proj_routes, dt_weight, dproj, dw, d,
+           length // l_align, rank, proj_rows, num_l_blocks, ROUTES=routes, L_ALIGN=l_align, BLOCK_D=block_d,
+           BLOCK_L=block_l, R_PAD=r_pad, num_warps=warps, num_stages=stages)
+    return dw.view(b, routes, num_l_blocks, d, rank).sum((0, 2))
+
+
 def _num_pairs(routes: int) -> int:
     return 2 if routes == 4 else 1
 
@@ -549,14 +626,12 @@ def _cross_scan_bwd(dy: torch.Tensor, x: torch.Tensor, proj_routes: torch.Tensor
     rank = dt_weight.shape[2]
     dxs, ddt, dbc, dA, dD, dbias = _launch_bwd_kernel(dy, x, proj_routes, dt_weight, A, D, dt_bias, states, routes,
                                                       block_l)
-    # dt_k = dt_weight[k] @ proj_dt: both gradients are GEMMs over the raw-dt gradient (B, K, D, L) batched over
-    # (sample, route), in ddt's dtype (the inputs' under autocast, as autocast's own dt projection would run);
-    # the weight gradient's per-sample products are summed in float32.
-    ddt = ddt.view(b * routes, d, h * w)
-    proj_dt = proj_routes[:, :, :rank].to(ddt.dtype).reshape(b * routes, rank, h * w)
-    d_dt_weight = torch.bmm(ddt, proj_dt.transpose(1, 2)).view(b, routes, d, rank).sum(0, dtype=torch.float32)
-    dproj_dt = torch.matmul(dt_weight.transpose(1, 2).to(ddt.dtype), ddt.view(b, routes, d, h * w))
-    dproj = torch.cat([dproj_dt.to(proj_routes.dtype), dbc.sum(2).to(proj_routes.dtype)], dim=2)
+    # dt_k = dt_weight[k] @ proj_dt: both gradients are products over the raw-dt gradient (B, K, D, L), in ddt's
+    # dtype (the inputs' under autocast, as autocast's own dt projection would run), from one read of it; the
+    # weight gradient's partial products are summed in float32. B's and C's rows follow.
+    dproj = torch.empty_like(proj_routes)
+    d_dt_weight = _dt_projection_grads(ddt, proj_routes, dt_weight, dproj)
+    dproj[:, :, rank:] = dbc.sum(2)
     dx = _merge_pairs(dxs, routes, h, w, x.dtype)
     return (dx, _to_route_order(dproj, routes, w, h), d_dt_weight, dA.sum(0), dD.sum(0), dbias.sum(0))
 

@@ -154,6 +154,32 @@ if __name__ == '__main__':
                      for k in range(routes))
         exact.append(torch.equal(tcs._to_route_order(ordered, routes, 5, 4), proj))
     print('TRANSPOSE', 'ok' if all(exact) else exact, flush=True)
+    # The dt projection's gradients from one read of ddt (the backward pass's last kernel) against torch's products:
+    # several channel blocks (float32: 32 a block; float16: 70 channels in blocks of 64) and position blocks
+    # (float32: 32 a block; float16: 150 positions in blocks of 128), ranks padded to 16, 32 and 64, one, two and
+    # four routes, B and C rows left alone; float32 (3xTF32 products: exact in the interpreter, float32 rounding
+    # on a GPU) and float16 (products in float16 as before, float32 sums).
+    for (b, routes, d, length, r, n), dtype in [((2, 4, 70, 150, 6, 1), torch.float32),
+                                                ((1, 2, 20, 49, 20, 2), torch.float32),
+                                                ((1, 1, 70, 33, 40, 1), torch.float32),
+                                                ((2, 4, 70, 150, 12, 1), torch.float16)]:
+        ddt = torch.randn(b, routes * d, length, generator=g).to(dtype)
+        proj = torch.randn(b, routes, r + 2 * n, length, generator=g).to(dtype)
+        weight = torch.randn(routes, d, r, generator=g)
+        dproj = torch.full_like(proj, 7.0)
+        d_weight = tcs._dt_projection_grads(ddt, proj, weight, dproj)
+        g_ = ddt.float().view(b, routes, d, length)
+        p_ = proj[:, :, :r].float()
+        w_ = weight.to(dtype).float()
+        expected_w = torch.einsum('bkdl,bkrl->kdr', g_.double(), p_.double())
+        expected_p = torch.einsum('kdr,bkdl->bkrl', w_.double(), g_.double())
+        errors = [float((d_weight - expected_w).abs().max() / expected_w.abs().max()),
+                  float((dproj[:, :, :r].double() - expected_p).abs().max() / expected_p.abs().max())]
+        tol = 1e-5 if dtype == torch.float32 else 2e-3
+        left_alone = bool((dproj[:, :, r:] == 7.0).all())
+        tile = tcs.dt_projection_tiling(d, length, r, dtype)
+        print(f'DT GRADS {(b, routes, d, length, r, n)} {str(dtype)[6:]} tiling {tile} dt_weight {errors[0]:.1e} '
+              f'dproj {errors[1]:.1e}{"" if max(errors) <= tol and left_alone else " FAIL"}', flush=True)
     # The custom-op registration (schema, fake tensors for torch.compile, autograd) on a tiny case.
     from sparx_mm.ops import triton_cross_scan
     g = torch.Generator().manual_seed(1)

@@ -122,6 +122,8 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     assert worst < 1e-5, stdout
     assert 'OPCHECK ok' in stdout, stdout
     assert 'selective_scan_triton' in stdout, stdout
+    # the dt projection's gradients kernel on its own: four cases, each within its dtype's tolerance
+    assert stdout.count('DT GRADS') == 4 and 'FAIL' not in stdout, stdout
     assert stdout.count('inference') == 7, stdout
     # every inference tiling ran, both ways of projecting dt (the tensor-core product: float32 and float16)
     for tiling in ('float32 16 x 32 dt_dot False', 'float32 16 x 32 dt_dot True', 'float32 32 x 64 dt_dot True',
@@ -138,9 +140,9 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     assert re.search(r'^float16 .* backward R_PAD 0 dt_dot True$', stdout, re.M), stdout
     assert stdout.count('backward R_PAD 0 dt_dot False\n') == 4, stdout
     assert 'TRANSPOSE ok' in stdout, stdout
-    # five training cases, the float16 one, seven inference ones, the plain scan, the transposes, the custom-op
-    # check, the summary
-    assert stdout.count('\n') == 17, stdout
+    # five training cases, the float16 one, seven inference ones, the plain scan, the transposes, four dt
+    # projection gradients cases, the custom-op check, the summary
+    assert stdout.count('\n') == 21, stdout
 
 
 class _FusedCalled(Exception):

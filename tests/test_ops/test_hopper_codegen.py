@@ -225,3 +225,18 @@ def test_fused_scan_loops_prefetch_the_next_chunk():
                       constexprs, pointers, 4, 1, 'ttir')
     carried = _loads_carried_to_the_next_iteration(ttir)
     assert carried and max(carried) == 0, carried
+
+
+def test_dt_projection_gradients_stream_ddt_onto_tensor_cores_without_spilling():
+    """The scan backward's dt projection gradients (one read of the raw-dt gradient): float16 at SparX-T's stage 1
+    (3136 positions, rank 6) and stage 3 (196, rank 20) on tensor cores (wgmma) with the ddt tiles copied in 16-byte
+    (stage 1) / 8-byte (196 positions) pieces, nothing spilled; float32 (3xTF32) with its own tiling at ranks 20
+    and 40 spills nothing, where the 16-bit tiling (the control) spills."""
+    ptx = codegen.dt_projection_grads_ptx('fp16', 192, 3136, 6)
+    copies = global_copies(ptx)
+    assert copies.get('cp.async 16', 0) > 0 and 'wgmma' in ptx and codegen.ptxas_usage(ptx)[1] == 0, copies
+    ptx = codegen.dt_projection_grads_ptx('fp16', 640, 196, 20)
+    assert global_copies(ptx).get('cp.async 8', 0) > 0 and codegen.ptxas_usage(ptx)[1] == 0
+    for rank in (20, 40):
+        assert codegen.ptxas_usage(codegen.dt_projection_grads_ptx('fp32', 640, 196, rank))[1] == 0, rank
+    assert codegen.ptxas_usage(codegen.dt_projection_grads_ptx('fp32', 640, 196, 20, (64, 128, 32, 4, 3)))[1] > 0

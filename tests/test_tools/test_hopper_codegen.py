@@ -22,6 +22,14 @@ def test_scan_backward_configs_pair_the_tensor_core_choice_with_its_control(code
     assert [a[3:] for a in chosen] == [(8, 2, 0)] * 4 + [(16, 2, 32)] * 4
 
 
+def test_dt_projection_grads_configs_cover_each_stage_in_three_dtypes(codegen):
+    """SparX-T: each stage's scan (d_inner 2C, its map, rank ceil(C / 16)) in float16, bfloat16 and float32."""
+    configs = list(codegen.dt_projection_grads_configs('t'))
+    assert [arguments for _, arguments in configs[::3]] == [('fp16', 192, 3136, 6), ('fp16', 384, 784, 12),
+                                                            ('fp16', 640, 196, 20), ('fp16', 1024, 49, 32)]
+    assert [arguments[0] for _, arguments in configs[:3]] == ['fp16', 'bf16', 'fp32']
+
+
 def test_wgrad_configs_cover_each_stages_four_convolutions_and_a_dmca_fusion_conv(codegen):
     """SparX-T's sixteen 1x1 convolutions and a grouped DMCA fusion conv a stage, in float16 and TF32; a grouped
     conv compiles its group's product."""

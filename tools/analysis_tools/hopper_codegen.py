@@ -1,6 +1,7 @@
 """What the Triton kernels compile to on Hopper (sm_90, H100 / H200), on a machine without a GPU.
 
-    python tools/analysis_tools/hopper_codegen.py [--arch t] [--part scan-backward pointwise-wgrad pointwise-gelu]
+    python tools/analysis_tools/hopper_codegen.py [--arch t]
+        [--part scan-backward dt-projection-grads pointwise-wgrad pointwise-gelu]
 
 Each kernel is compiled by Triton for ``GPUTarget('cuda', 90, 32)`` at the sizes of the model's layers (batch
 128, 224 x 224) with the launch's tiling, and its PTX assembled by Triton's bundled ptxas: per configuration, the
@@ -10,7 +11,8 @@ scalar accesses where vector ones would do were the losses found on the H200 (do
 convolutions"). Nothing runs: these are facts about the code, not timings.
 
 Parts: ``scan-backward``: the fused scan's backward kernel at each stage, with :func:`backward_tiling`'s choice
-and with the 8-channel multiply-adds; ``pointwise-wgrad``: the 1x1 convolutions' weight-gradient kernel, float16
+and with the 8-channel multiply-adds; ``dt-projection-grads``: the scan backward's last kernel (the dt projection's
+gradients from one read of the raw-dt gradient) at each stage, float16, bfloat16, float32; ``pointwise-wgrad``: the 1x1 convolutions' weight-gradient kernel, float16
 and TF32; ``pointwise-gelu``: the 1x1 forward kernels with the GELU epilogue (the DMCAs' shortcut projections in
 inference), with the launch's warps and with 4. The helpers are what ``tests/test_ops/test_hopper_codegen.py``
 asserts with.
@@ -120,6 +122,23 @@ def gelu_forward_ptx(cin: int, cout: int, positions: int, dtype: str, warps=None
     return forward_ptx(kernel, dtype, positions, cin, dict(extra, HAS_SKIP=False, ACT=1), cout=cout, warps=warps)
 
 
+def dt_projection_grads_ptx(dtype: str, channels: int, length: int, rank: int, tiling=None) -> str:
+    """The scan backward's dt projection gradients kernel (four routes) for ``dtype`` ('fp32', 'fp16', 'bf16')
+    raw-dt gradients of ``channels`` x ``length`` at dt rank ``rank``, with ``dt_projection_tiling``'s tiling for
+    that dtype or ``tiling`` (BLOCK_D, BLOCK_L, R_PAD, warps, stages)."""
+    torch_dtype = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)[dtype]
+    block_d, block_l, r_pad, warps, stages = tiling or tcs.dt_projection_tiling(channels, length, rank, torch_dtype)
+    l_align = power_of_two_factor(length)
+    arg_types = dict(ddt_ptr=f'*{dtype}', proj_ptr=f'*{dtype}', w_ptr='*fp32', dproj_ptr=f'*{dtype}', dw_ptr='*fp32',
+                     Dm='i32', L_UNITS='i32', R='i32', PROJ_ROWS='i32', num_l_blocks='i32')
+    values = dict(Dm=channels, L_UNITS=length // l_align, R=rank, PROJ_ROWS=rank + 2,
+                  num_l_blocks=-(-length // block_l))
+    aligned = ('ddt_ptr', 'proj_ptr', 'w_ptr', 'dproj_ptr', 'dw_ptr') + tuple(
+        name for name, value in values.items() if value % 16 == 0)
+    constexprs = dict(ROUTES=4, L_ALIGN=l_align, BLOCK_D=block_d, BLOCK_L=block_l, R_PAD=r_pad)
+    return hopper_ptx(tcs._dt_projection_grads_kernel, arg_types, constexprs, aligned, warps, stages)
+
+
 def scan_backward_ptx(rank: int, length: int, dtype: str, block_d: int, warps: int, r_pad: int) -> str:
     """The fused scan's backward kernel (four routes, d_state 1, TRAIN_BLOCK_L positions a chunk) for a sequence
     of ``length`` positions with ``dtype`` ('fp32' / 'fp16') inputs."""
@@ -170,6 +189,17 @@ def scan_backward_configs(arch: str):
                        (rank, size * size, dtype, block_d, warps, r_pad))
 
 
+def dt_projection_grads_configs(arch: str):
+    """(label, dt_projection_grads_ptx's arguments) of each stage's dt projection gradients kernel, float16,
+    bfloat16 and float32 raw-dt gradients, with ``dt_projection_tiling``'s tiling."""
+    dims = SparXMamba.arch_zoo[arch]['dims']
+    for dim, size in zip(dims, MAP_SIZES):
+        rank = math.ceil(dim / 16)
+        for dtype in ('fp16', 'bf16', 'fp32'):
+            yield (f'dt projection gradients d_inner {2 * dim} {size}x{size} rank {rank} {dtype}',
+                   (dtype, 2 * dim, size * size, rank))
+
+
 def pointwise_wgrad_configs(arch: str):
     """(label, wgrad_ptx's arguments) of each stage's four 1x1 convolutions and a DMCA's grouped fusion conv at its
     width (3 groups, 3C -> 2C rounded down to a multiple of 3), float16 and TF32; the label says where the model
@@ -205,6 +235,7 @@ def pointwise_gelu_configs(arch: str):
 
 #: Each part's configurations and the function compiling one.
 PARTS = {'scan-backward': (scan_backward_configs, scan_backward_ptx),
+         'dt-projection-grads': (dt_projection_grads_configs, dt_projection_grads_ptx),
          'pointwise-wgrad': (pointwise_wgrad_configs, wgrad_ptx),
          'pointwise-gelu': (pointwise_gelu_configs, gelu_forward_ptx)}
 
