@@ -174,19 +174,23 @@ class DropPath(nn.Module):
     def active(self) -> bool:
         return self.drop_prob > 0.0 and self.training
 
+    def _keep_mask(self, batch: int, device: torch.device) -> torch.Tensor:
+        """(batch,) float32 draws, 1 (kept, with probability 1 - drop_prob) or 0: one float32 Bernoulli draw a
+        sample whatever the model's dtype (the same draws for float16, float32 and float64 models)."""
+        return torch.empty(batch, device=device).bernoulli_(1.0 - self.drop_prob)
+
     def sample_scale(self, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(batch,) ``dtype`` factors: 0 (dropped, with probability drop_prob) or 1 / (1 - drop_prob); ones when
-        inactive. One float32 Bernoulli draw a sample whatever the dtype (the same draws for float16, float32 and
-        float64 models)."""
+        inactive."""
         if not self.active:
             return torch.ones(batch, device=device, dtype=dtype)
-        keep = 1.0 - self.drop_prob
-        return torch.empty(batch, device=device).bernoulli_(keep).to(dtype) / keep
+        return self._keep_mask(batch, device).to(dtype) / (1.0 - self.drop_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return x
-        return scale_samples(x, self.sample_scale(x.shape[0], x.device, x.dtype))
+        # x * mask / keep in x's dtype: the product exact, one rounding (not a rounded 1 / keep times x)
+        return scale_samples(x, self._keep_mask(x.shape[0], x.device)) / (1.0 - self.drop_prob)
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'

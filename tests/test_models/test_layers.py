@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparx_mm.models import layers
-from sparx_mm.models.layers import ConvFFN, DepthwiseConvAct, FoldingSequential, PointwiseConv, SkipPath
+from sparx_mm.models.layers import ConvFFN, DepthwiseConvAct, DropPath, FoldingSequential, PointwiseConv, SkipPath
 
 from .helpers import saved_bytes
 
@@ -27,6 +27,26 @@ def test_depthwise_conv_act_is_a_conv2d_followed_by_its_residual_and_activation(
     x = torch.randn(2, 6, 7, 9)
     expected = act(x + plain(x) if residual else plain(x))
     torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32, torch.float64])
+def test_drop_path_and_its_per_sample_factors_come_from_the_same_draws(dtype):
+    """DropPath zeroes whole samples and scales the rest by 1 / keep (x * mask / keep in x's dtype, one rounding);
+    sample_scale gives the same draws as factors (for the fused residual), in any dtype; inactive (eval, or
+    probability 0) it is the identity and the factors are ones."""
+    drop = DropPath(0.25).train()
+    x = torch.randn(16, 3, 2, 2).to(dtype)
+    torch.manual_seed(4)
+    y = drop(x)
+    torch.manual_seed(4)
+    factors = drop.sample_scale(16, x.device, dtype)
+    torch.manual_seed(4)
+    mask = torch.empty(16).bernoulli_(0.75)
+    assert 0 < mask.sum() < 16  # both kinds of sample among these draws
+    assert torch.equal(y, x * mask.to(dtype).view(-1, 1, 1, 1) / 0.75)
+    assert torch.equal(factors, mask.to(dtype) / 0.75) and factors.dtype == dtype
+    assert torch.equal(DropPath(0.25).eval()(x), x) and torch.equal(DropPath(0.0).train()(x), x)
+    assert torch.equal(DropPath(0.25).eval().sample_scale(3, x.device), torch.ones(3))
 
 
 def test_strided_depthwise_conv_act_is_the_strided_conv2d_and_refuses_a_residual():
