@@ -104,7 +104,7 @@ class SparXMamba(BaseModule):
             channels); the backward pass renormalises (:class:`SS2D`'s ``norm_recompute``). Both recomputations
             change no output or gradient (:mod:`sparx_mm.models.recompute`: nothing but the recomputed map is
             rerun). Defaults: ``norm_recompute`` on, ``ffn_recompute`` off. SparX-T fp16 training at batch 128 (H200,
-            2026-12-06, docs/benchmarks.md): the defaults 11.47 GB, 99.0 ms a step (S and B 0.57-0.58x the
+            2026-12-06, docs/benchmarks.md): the defaults 11.47 GB, 99.0 ms a step (S and B 0.56-0.58x the
             official code's memory, within the goal of 0.6x); both on 10.16 GB, 101.2 ms; both off 12.13 GB, about
             1 ms faster than the defaults.
             No effect with ``with_cp`` (the whole block is recomputed then), nor under torch.compile (which plans
