@@ -424,16 +424,18 @@ def _channel_grads_kernel(dy_ptr, skip_ptr, scale_ptr, dskip_ptr, bs_ptr, dbranc
 
 def _channel_grads(dy: torch.Tensor, skip: Optional[torch.Tensor], scale: Optional[torch.Tensor],
                    dskip_dtype: torch.dtype,
-                   branch_scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   branch_scale: Optional[torch.Tensor] = None
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dy (B, C, H, W), skip (dy's shape) or None, scale (C,) or None, branch_scale (B,) or None, contiguous ->
     (dskip = dy * scale in ``dskip_dtype``, or an empty (0,) tensor without ``scale``; dbranch = dy *
-    branch_scale[b] in dy's dtype, or an empty (0,) tensor without ``branch_scale``; the (3, C) float32 sums over
-    B, H, W of dy, of dy * skip (zeros without ``skip``) and of dy * branch_scale[b] (dy's without
-    ``branch_scale``): the skip shift's, the skip scale's and the bias's gradients)."""
+    branch_scale[b] in dy's dtype, or an empty (0,) tensor without ``branch_scale``; the (2, C) float32 sums over
+    B, H, W of dy and of dy * skip (zeros without ``skip``): the skip shift's and the skip scale's gradients; the
+    (C,) float32 sums of dy * branch_scale[b], the bias's gradient with a branch scale, or an empty (0,) tensor
+    without one (then the bias's is the sum of dy))."""
     batch, channels = dy.shape[:2]
-    dskip, dbranch = _channel_grads_fake(dy, skip, scale, dskip_dtype, branch_scale)[:2]
+    dskip, dbranch, _, weighted = _channel_grads_fake(dy, skip, scale, dskip_dtype, branch_scale)
     if not dy.numel():
-        return dskip, dbranch, dy.new_zeros(3, channels, dtype=torch.float32)
+        return dskip, dbranch, dy.new_zeros(2, channels, dtype=torch.float32), weighted.zero_()
     rows, cols = batch * channels, dy.numel() // (batch * channels)
     block_r, block_s, row_blocks, splits, per_split = _reduce_layout(rows, cols)
     partial = torch.empty(2, rows * splits, device=dy.device, dtype=torch.float32)
@@ -443,17 +445,19 @@ def _channel_grads(dy: torch.Tensor, skip: Optional[torch.Tensor], scale: Option
            dy if branch_scale is None else branch_scale, dy if branch_scale is None else dbranch, partial, rows,
            channels, cols // s_align, per_split, SKIP_SUM=skip is not None, DSKIP=scale is not None,
            DBRANCH=branch_scale is not None, S_ALIGN=s_align, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=4)
-    per_sample = partial.view(2, batch, channels, splits).sum(3)
-    sums = per_sample.sum(1)
+    partial = partial.view(2, batch, channels, splits)
+    if branch_scale is None:
+        return dskip, dbranch, partial.sum((1, 3)), weighted
+    per_sample = partial.sum(3)
     # The bias's gradient is dbranch's sum: the per-sample sums of dy weighted by the (exact, float32) factors.
-    weighted = sums[0] if branch_scale is None else (per_sample[0] * branch_scale.float()[:, None]).sum(0)
-    return dskip, dbranch, torch.cat([sums, weighted[None]])
+    return dskip, dbranch, per_sample.sum(1), (per_sample[0] * branch_scale.float()[:, None]).sum(0)
 
 
 def _channel_grads_fake(dy, skip, scale, dskip_dtype, branch_scale=None):
     return (dy.new_empty(dy.shape if scale is not None else (0, ), dtype=dskip_dtype),
             dy.new_empty(dy.shape if branch_scale is not None else (0, )),
-            dy.new_empty(3, dy.shape[1], dtype=torch.float32))
+            dy.new_empty(2, dy.shape[1], dtype=torch.float32),
+            dy.new_empty(dy.shape[1] if branch_scale is not None else 0, dtype=torch.float32))
 
 
 _channel_grads = TritonOp('sparx_mm::pointwise_conv_channel_grads', _channel_grads, _channel_grads_fake)
@@ -562,10 +566,11 @@ def _backward(ctx, dy):
     branch = branch_scale is not None and (needs[0] or needs[1] or needs[2])
     conv_dy = dy
     if bias_in_pass or scaled_dskip or needs[4] or needs[5] or branch:
-        scaled, dbranch, sums = _channel_grads(dy, skip if needs[4] else None, skip_scale if scaled_dskip else None,
-                                               skip_dtype or dy.dtype, branch_scale if branch else None)
+        scaled, dbranch, sums, weighted = _channel_grads(dy, skip if needs[4] else None,
+                                                         skip_scale if scaled_dskip else None,
+                                                         skip_dtype or dy.dtype, branch_scale if branch else None)
         dskip = scaled if scaled_dskip else None
-        dbias = sums[2].to(bias_dtype) if bias_in_pass else None
+        dbias = (weighted if branch else sums[0]).to(bias_dtype) if bias_in_pass else None
         dscale = sums[1].to(skip_scale.dtype) if needs[4] else None
         dshift = sums[0].to(shift_dtype) if needs[5] else None
         conv_dy = dbranch if branch else dy

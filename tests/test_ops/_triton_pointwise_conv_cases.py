@@ -288,9 +288,10 @@ def check_channel_grads():
     for with_skip in (False, True):
         for with_scale in (False, True):
             for with_branch in (False, True):
-                dskip, dbranch, sums = tpc._channel_grads(dy, skip if with_skip else None,
-                                                          scale if with_scale else None, torch.float32,
-                                                          branch_scale if with_branch else None)
+                dskip, dbranch, sums, weighted = tpc._channel_grads(dy, skip if with_skip else None,
+                                                                    scale if with_scale else None, torch.float32,
+                                                                    branch_scale if with_branch else None)
+                sums = torch.cat([sums, (weighted if with_branch else sums[0])[None]])
                 scaled_dy = dy * branch_scale.view(-1, 1, 1, 1) if with_branch else dy
                 expected = torch.stack([dy.sum((0, 2, 3)), (dy * skip).sum((0, 2, 3)) if with_skip else
                                         torch.zeros(5), scaled_dy.sum((0, 2, 3))])
