@@ -11,9 +11,10 @@ from .cross_scan import cross_merge, cross_scan
 from .cross_selective_scan import (ROUTE_COUNTS, cross_selective_scan, cross_selective_scan_reference,
                                    route_sequence, route_to_positions)
 from .depthwise_conv import depthwise_conv2d_act, depthwise_conv2d_act_reference
-from .pointwise_conv import (add_skip_path, pointwise_conv2d, pointwise_conv2d_reference, scale_samples,
-                             scaled_skip_path, skip_path_dtype)
-from .group_norm import OneGroupNorm, group_norm_one_group, group_norm_one_group_reference
+from .pointwise_conv import (add_skip_path, pointwise_conv2d, pointwise_conv2d_and_input, pointwise_conv2d_reference,
+                             scale_samples, scaled_skip_path, skip_path_dtype)
+from .group_norm import (OneGroupNorm, group_norm_one_group, group_norm_one_group_reference,
+                         group_norm_one_group_with_skip)
 from .memory_format import convert_memory_format
 from .selective_scan import (available_scan_backends, check_scan_inputs,
                              register_scan_backend, selective_scan,
@@ -40,7 +41,9 @@ __all__ = [
     'fold_batch_norm_reference',
     'group_norm_one_group',
     'group_norm_one_group_reference',
+    'group_norm_one_group_with_skip',
     'pointwise_conv2d',
+    'pointwise_conv2d_and_input',
     'pointwise_conv2d_reference',
     'register_scan_backend',
     'scale_samples',

@@ -11,7 +11,7 @@ normalising pass that writes the output dtype directly) or through :func:`group_
 (``F.group_norm`` in float32), chosen as the other fused layer kernels are (``gpu_backends.layer_kernel_impl``).
 Importing this module does not import triton.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from . import gpu_backends
 
-__all__ = ['OneGroupNorm', 'group_norm_one_group', 'group_norm_one_group_reference']
+__all__ = ['OneGroupNorm', 'group_norm_one_group', 'group_norm_one_group_reference',
+           'group_norm_one_group_with_skip']
 
 
 def group_norm_one_group_reference(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
@@ -81,6 +82,29 @@ def group_norm_one_group(x: Tensor, weight: Optional[Tensor] = None, bias: Optio
     return group_norm_one_group_triton(x, weight, bias, eps, out_dtype)
 
 
+def group_norm_one_group_with_skip(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                                   eps: float = 1e-5, impl: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """``(group_norm_one_group(x, ...), x)``, for a pre-norm residual block whose skip path is x itself.
+
+    x then has two uses, and autograd would sum their gradients in a pass of its own (read two maps, write one).
+    On the Triton path, in eager mode with gradients on, the second output is x's alias with the norm as its
+    autograd node: the norm's backward pass gets the skip path's gradient with its own and adds it into dx in
+    its dx kernel (one more read there, in float32, one rounding). Values and gradients are those of the two
+    separate uses; the reference path (and a traced or no-gradient call) returns them as such.
+
+    Args and dtypes as :func:`group_norm_one_group`. Returns (y, skip): y (B, C, *spatial) as that function's,
+    skip x's values (B, C, *spatial), x's dtype.
+    """
+    _check(x, weight, bias)
+    device_type = x.device.type
+    out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    chosen = gpu_backends.layer_kernel_impl(x, impl, 'group_norm_one_group_with_skip')
+    if chosen == 'reference' or x.numel() == 0:
+        return group_norm_one_group_reference(x, weight, bias, eps, out_dtype), x
+    from .triton_group_norm import group_norm_one_group_with_skip_triton
+    return group_norm_one_group_with_skip_triton(x, weight, bias, eps, out_dtype)
+
+
 class OneGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm(1, num_channels)`` computed by :func:`group_norm_one_group`.
 
@@ -94,3 +118,7 @@ class OneGroupNorm(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         return group_norm_one_group(x, self.weight, self.bias, self.eps)
+
+    def forward_with_skip(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """(normalised x, x as a skip path): :func:`group_norm_one_group_with_skip`."""
+        return group_norm_one_group_with_skip(x, self.weight, self.bias, self.eps)

@@ -38,7 +38,7 @@ so the fused op rounds as the convolution it replaces does.
 inputs and runs the Triton kernel (``triton_pointwise_conv.py``, CUDA tensors) or the reference, as
 :func:`sparx_mm.ops.gpu_backends.layer_kernel_impl` chooses.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +48,8 @@ from . import gpu_backends
 from .conv_inputs import autocast_on, check_conv_tensors, conv_dtype, shape_text
 from .depthwise_conv import ACTIVATIONS, activation_fn
 
-__all__ = ['add_skip_path', 'pointwise_conv2d', 'pointwise_conv2d_reference', 'scale_samples', 'scaled_skip_path',
-           'skip_path_dtype']
+__all__ = ['add_skip_path', 'pointwise_conv2d', 'pointwise_conv2d_and_input', 'pointwise_conv2d_reference',
+           'scale_samples', 'scaled_skip_path', 'skip_path_dtype']
 
 _NAME = 'pointwise_conv2d'
 
@@ -244,3 +244,27 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
         return activation_fn(activation)(y)
     return pointwise_conv2d_triton(x, weight, bias, skip, skip_scale, skip_shift, branch_scale, dtype, out_dtype,
                                    groups, activation)
+
+
+def pointwise_conv2d_and_input(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                               impl: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """``(pointwise_conv2d(x, weight, bias), x)``, for an x that feeds the convolution and something else (SS2D's
+    scan input, which its x_proj also reads).
+
+    x then has two uses, and autograd would sum their gradients in a pass of its own (read two maps, write one).
+    On the Triton path, in eager mode with gradients on, the second output is x's alias with the convolution as
+    its autograd node: the convolution's backward pass gets the other use's gradient with its own and adds it in
+    the epilogue of the kernel that computes dx (in float32, one rounding). Values and gradients are those of the
+    two separate uses; the reference path (and a traced or no-gradient call) returns them as such. One group, no
+    skip path or activation.
+
+    Shapes: x (B, Cin, H, W), weight (Cout, Cin, 1, 1), bias (Cout,) or None -> y (B, Cout, H, W) in the
+    convolution dtype (module doc), and x's values (B, Cin, H, W) in x's dtype.
+    """
+    _check_inputs(x, weight, bias, None, None, None, 1)
+    dtype, out_dtype = _dtypes(x, None, None, None)
+    faster = triton_is_faster(x.shape[2] * x.shape[3])
+    if gpu_backends.layer_kernel_impl(x, impl, _NAME, faster) == 'reference' or x.numel() == 0:
+        return _reference(x, weight, bias, None, None, None), x
+    from .triton_pointwise_conv import pointwise_conv2d_and_input_triton
+    return pointwise_conv2d_and_input_triton(x, weight, bias, dtype, out_dtype)

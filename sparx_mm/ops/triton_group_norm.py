@@ -17,7 +17,8 @@ Backward, three launches, with xhat = (x - mean) * rstd and g = dy * weight: per
 and dy * xhat in one pass over x and dy; then one launch that forms each sample's mean_M(g) and
 mean_M(g * xhat) and each channel's d weight and d bias (sums of dy * xhat and dy over samples: deterministic,
 no atomics); then dx = rstd * (g - mean_M(g) - xhat * mean_M(g * xhat)). The backward pass reads x and the
-per-sample mean and rstd saved by the forward pass, not its output.
+per-sample mean and rstd saved by the forward pass, not its output. Where x is also a pre-norm block's skip path
+(:func:`group_norm_one_group_with_skip_triton`), the dx kernel adds that path's gradient of x as it writes dx.
 
 The column count is passed divided by its largest power-of-two factor up to 8 (``S_ALIGN``, multiplied back in
 the kernels; ``triton_launch.power_of_two_factor``): Triton specialises integers on divisibility by 16 only, and
@@ -33,7 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .gpu_backends import check_triton_launchable
+from . import triton_op
+from .gpu_backends import check_triton_launchable, gradient_needed
 from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 from .triton_op import TritonOp
 
@@ -241,10 +243,11 @@ def _grad_reduce_kernel(sums_ptr, w_ptr, terms_ptr, dparams_ptr, B, C, splits, i
 
 
 @triton.jit
-def _grad_input_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, stats_ptr, terms_ptr, rows, C, S_UNITS, col_blocks,
-                       S_ALIGN: tl.constexpr, HAS_WEIGHT: tl.constexpr, BLOCK_R: tl.constexpr,
-                       BLOCK_S: tl.constexpr):
-    """dx = rstd * (dy * weight - mean_M(g) - xhat * mean_M(g * xhat)) on one tile, written in dx's dtype."""
+def _grad_input_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, stats_ptr, terms_ptr, skip_grad_ptr, rows, C, S_UNITS,
+                       col_blocks, S_ALIGN: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SKIP_GRAD: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+    """dx = rstd * (dy * weight - mean_M(g) - xhat * mean_M(g * xhat)) (+ the skip path's gradient of x) on one
+    tile, summed in float32 and written in dx's dtype."""
     S = S_UNITS * S_ALIGN
     r, mask_r, sample, channel = _row_block(tl.program_id(0) // col_blocks, rows, C, BLOCK_R)
     c = (tl.program_id(0) % col_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -260,6 +263,8 @@ def _grad_input_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, stats_ptr, terms_ptr, rows,
         g *= tl.load(w_ptr + channel, mask=mask_r, other=0.0).to(tl.float32)[:, None]
     xhat = (x - mean[:, None]) * rstd[:, None]
     dx = rstd[:, None] * (g - g_mean[:, None] - xhat * gx_mean[:, None])
+    if HAS_SKIP_GRAD:
+        dx += tl.load(skip_grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -318,9 +323,10 @@ def _group_norm_fwd_fake(x, weight, bias, eps, out_dtype):
     return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(2, x.shape[0], dtype=torch.float32)
 
 
-def _group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
-                    stats: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """dy, x (B, C, *spatial) contiguous, stats (2, B) -> dx (x's dtype), (2, C) float32 d weight and d bias."""
+def _group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], stats: torch.Tensor,
+                    skip_grad: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """dy, x (B, C, *spatial) contiguous, stats (2, B), skip_grad None or (x's shape) contiguous: the gradient
+    x gets from its other use, added into dx -> dx (x's dtype), (2, C) float32 d weight and d bias."""
     batch, channels, cols = _sizes(x)
     rows = batch * channels
     f32 = dict(device=x.device, dtype=torch.float32)
@@ -338,12 +344,12 @@ def _group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Te
            HAS_WEIGHT=weight is not None, BLOCK=block, BLOCK_K=block // block_c, BLOCK_C=block_c, num_warps=warps)
     dx = torch.empty_like(x)
     grid, meta = _elementwise_launch(rows, cols)
-    launch(_grad_input_kernel, grid, x, dy, dx, weight, stats, terms, rows, channels, cols // s_align,
-           S_ALIGN=s_align, HAS_WEIGHT=weight is not None, **meta)
+    launch(_grad_input_kernel, grid, x, dy, dx, weight, stats, terms, skip_grad, rows, channels, cols // s_align,
+           S_ALIGN=s_align, HAS_WEIGHT=weight is not None, HAS_SKIP_GRAD=skip_grad is not None, **meta)
     return dx, dparams
 
 
-def _group_norm_bwd_fake(dy, x, weight, stats):
+def _group_norm_bwd_fake(dy, x, weight, stats, skip_grad):
     return torch.empty_like(x), x.new_empty(2, x.shape[1], dtype=torch.float32)
 
 
@@ -358,7 +364,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, _dstats):
     x, weight, stats = ctx.saved_tensors
-    dx, dparams = _group_norm_bwd(dy.contiguous(), x, weight, stats)
+    dx, dparams = _group_norm_bwd(dy.contiguous(), x, weight, stats, None)
     return (dx, None if weight is None else dparams[0].to(weight.dtype),
             None if ctx.bias_dtype is None else dparams[1].to(ctx.bias_dtype), None, None)
 
@@ -379,3 +385,47 @@ def group_norm_one_group_triton(x: torch.Tensor, weight: Optional[torch.Tensor],
     bias = None if bias is None else bias.contiguous()
     y, _ = _group_norm_fwd(x.contiguous(), weight, bias, float(eps), out_dtype)
     return y
+
+
+class _GroupNormWithSkip(torch.autograd.Function):
+    """Eager autograd of :func:`group_norm_one_group_with_skip_triton`: outputs (y, x's alias); the backward pass
+    gets both outputs' gradients in one call and adds the alias's (the skip path's) into dx in the dx kernel.
+    Either gradient may be None (an output nobody differentiated)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, out_dtype):
+        y, stats = _group_norm_fwd.fn(x, weight, bias, eps, out_dtype)
+        ctx.save_for_backward(x, weight, stats)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.set_materialize_grads(False)
+        return y, x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dy, skip_grad):
+        x, weight, stats = ctx.saved_tensors
+        if dy is None:
+            return skip_grad, None, None, None, None
+        dx, dparams = _group_norm_bwd(dy.contiguous(), x, weight, stats,
+                                      None if skip_grad is None else skip_grad.contiguous())
+        return (dx, None if weight is None else dparams[0].to(weight.dtype),
+                None if ctx.bias_dtype is None else dparams[1].to(ctx.bias_dtype), None, None)
+
+
+def group_norm_one_group_with_skip_triton(x: torch.Tensor, weight: Optional[torch.Tensor],
+                                          bias: Optional[torch.Tensor], eps: float,
+                                          out_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Triton implementation of :func:`sparx_mm.ops.group_norm_one_group_with_skip` (inputs already checked, x not
+    empty): (y, skip), y as :func:`group_norm_one_group_triton`'s and skip x itself (a view of it).
+
+    In eager mode with gradients on, the gradient skip gets from its uses is added into dx inside the norm's dx
+    kernel (where autograd would add the two gradients of x in a pass of its own). Traced (torch.compile) or
+    without gradients, ``(y, x)`` from the custom op, and autograd (or the compiler) adds.
+    """
+    check_triton_launchable(x, 'group_norm_one_group_with_skip_triton')
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    x = x.contiguous()
+    args = (x, weight, bias, float(eps), out_dtype)
+    if triton_op.traced_call(args) or not gradient_needed(x, weight, bias):
+        return _group_norm_fwd(*args)[0], x
+    return _GroupNormWithSkip.apply(*args)

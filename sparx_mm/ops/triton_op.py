@@ -16,13 +16,13 @@ from typing import Callable, Optional
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ['TritonOp']
+__all__ = ['TritonOp', 'traced_call']
 
 #: Tensor types of eager calls; anything else (fake, functional, proxy tensors) is being traced.
 _EAGER_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
-def _traced(args) -> bool:
+def traced_call(args) -> bool:
     """Whether a call with ``args`` is being traced (torch.compile, its AOT autograd tracing of backward formulas
     with fake tensors, a dispatch mode such as torch.library.opcheck's) rather than run: then only the custom op
     will do."""
@@ -74,7 +74,7 @@ class TritonOp:
             self.function = _autograd_function(name, fn, setup_context, backward)
 
     def __call__(self, *args):
-        if _traced(args):
+        if traced_call(args):
             return self.op(*args)
         if self.function is not None and torch.is_grad_enabled() and \
                 any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):

@@ -29,7 +29,8 @@ and multiplied back in the kernel, so the compiler sees that factor.
 
 The backward pass stays in NCHW order too (cuDNN's convolution backward converts dy and x to NHWC and back: 7.5
 ms of a SparX-T fp16 training step's 138.6 on an H200, docs/benchmarks.md). dx = weight^T @ dy[b] is the forward
-kernel run on dy with the transposed weight. The weight gradient, a sum over samples and positions, comes from
+kernel run on dy with the transposed weight (its skip path adds the gradient of x's other use, where x has one:
+:func:`pointwise_conv2d_and_input_triton`). The weight gradient, a sum over samples and positions, comes from
 ``_conv1x1_wgrad_kernel``: a program per output tile and split of the batch, dy and x tiles read with the positions (the
 product's K) contiguous, which is how Hopper's tensor cores take both operands, TF32 included; the splits' float32
 partial sums are added after it (deterministic, no atomics). Its tiling and the backward's speed against cuDNN's:
@@ -50,6 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import gpu_backends, triton_op
 from .gpu_backends import check_triton_launchable, choice_from_environment
 from .triton_depthwise_conv import ACT_CODES, _activation
 from .triton_group_norm import _reduce_layout, _row_block, _tile_offsets
@@ -616,3 +618,61 @@ def pointwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     return _pointwise_fwd(x.contiguous(), weight.contiguous(), contiguous(bias), contiguous(skip),
                           contiguous(skip_scale), contiguous(skip_shift), contiguous(branch_scale), conv_dtype,
                           out_dtype, torch.backends.cudnn.allow_tf32, groups, activation or 'none')
+
+
+class _PointwiseConvAndInput(torch.autograd.Function):
+    """Eager autograd of :func:`pointwise_conv2d_and_input_triton`: outputs (y, x's alias); the backward pass gets
+    both outputs' gradients in one call and adds the alias's into dx in the dx kernel's epilogue (the forward
+    kernel's skip path). Either gradient may be None (an output nobody differentiated)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, conv_dtype, out_dtype, tf32):
+        y = _pointwise_fwd.fn(x, weight, bias, None, None, None, None, conv_dtype, out_dtype, tf32, 1, 'none')
+        ctx.save_for_backward(x, weight)
+        ctx.conv_dtype, ctx.tf32 = conv_dtype, tf32
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.set_materialize_grads(False)
+        return y, x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dy, input_grad):
+        x, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if dy is None:
+            return input_grad, None, None, None, None, None
+        dy = dy.contiguous()
+        dx = dweight = dbias = None
+        if needs[0]:
+            dx = torch.empty_like(x)
+            _launch(dy, _transposed_weight(weight, 1), None, None if input_grad is None else input_grad.contiguous(),
+                    None, None, dx, ctx.conv_dtype, ctx.tf32)
+        if needs[1]:
+            positions = x.shape[2] * x.shape[3]
+            if BACKWARD == 'triton' or BACKWARD == 'auto' and triton_backward_is_faster(positions, 1):
+                dweight = _launch_wgrad(dy, x, ctx.conv_dtype, ctx.tf32).view(weight.shape)
+            else:
+                dweight = _conv_grads_cudnn(dy, x, weight, ctx.conv_dtype, 1, (False, True, False))[1]
+            dweight = dweight.to(weight.dtype)
+        if needs[2]:
+            dbias = bias_grad(dy, ctx.conv_dtype).to(ctx.bias_dtype)
+        return dx, dweight, dbias, None, None, None
+
+
+def pointwise_conv2d_and_input_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                                      conv_dtype: torch.dtype,
+                                      out_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Triton implementation of :func:`sparx_mm.ops.pointwise_conv2d_and_input` (inputs already checked, x not
+    empty, one group): (y, x), y as :func:`pointwise_conv2d_triton`'s, x's second use a view of it.
+
+    In eager mode with gradients on, the gradient of x's second use is added into dx in the epilogue of the
+    kernel that computes dx (where autograd would add x's two gradients in a pass of its own); dx comes from the
+    Triton kernel then, the weight gradient as :data:`BACKWARD` chooses. Traced (torch.compile) or without
+    gradients, ``(y, x)`` from the custom op, and autograd (or the compiler) adds.
+    """
+    check_triton_launchable(x, 'pointwise_conv2d_and_input_triton')
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    tf32 = torch.backends.cudnn.allow_tf32
+    if triton_op.traced_call((x, weight, bias)) or not gpu_backends.gradient_needed(x, weight, bias):
+        return _pointwise_fwd(x, weight, bias, None, None, None, None, conv_dtype, out_dtype, tf32, 1, 'none'), x
+    return _PointwiseConvAndInput.apply(x, weight, bias, conv_dtype, out_dtype, tf32)

@@ -9,7 +9,8 @@ assert os.environ.get('TRITON_INTERPRET') == '1', 'run with TRITON_INTERPRET=1'
 
 import torch  # noqa: E402
 
-from sparx_mm.ops import group_norm_one_group, group_norm_one_group_reference  # noqa: E402
+from sparx_mm.ops import (group_norm_one_group, group_norm_one_group_reference,  # noqa: E402
+                          group_norm_one_group_with_skip)
 from sparx_mm.ops import triton_group_norm as tgn  # noqa: E402
 
 # The interpreter runs a program's tile as numpy arrays: small tiles keep it fast, and make the column loops
@@ -82,6 +83,34 @@ def large_mean_error():
     return rel_err(y, torch.nn.functional.group_norm(x.double(), 1, w.double(), b.double(), 1e-5))
 
 
+def with_skip_errors(shape, dtype, uses):
+    """group_norm_one_group_with_skip on the Triton path (the norm's node takes the skip path's gradient into its
+    dx kernel) against the reference norm with x used twice: gradients of x, weight, bias. ``uses``: 'both', or
+    'norm' / 'skip' alone (the other output's gradient None)."""
+    g = torch.Generator().manual_seed(7 + len(uses))
+    channels = shape[1]
+    x = torch.randn(shape, generator=g).to(dtype)
+    w, b = torch.randn(channels, generator=g).to(dtype), torch.randn(channels, generator=g).to(dtype)
+    up_y, up_skip = torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype)
+    grads = []
+    for impl in ('triton', 'reference'):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        if impl == 'triton':
+            y, skip = group_norm_one_group_with_skip(*leaves, impl='triton')
+            assert type(skip.grad_fn).__name__ == '_GroupNormWithSkipBackward', skip.grad_fn
+            assert torch.equal(skip, x) and skip.dtype == dtype
+        else:
+            y, skip = group_norm_one_group(*leaves, impl='reference'), leaves[0]
+        loss = 0
+        if uses in ('both', 'norm'):
+            loss = loss + (y.float() * up_y.float()).sum()
+        if uses in ('both', 'skip'):
+            loss = loss + (skip.float() * up_skip.float()).sum()
+        loss.backward()
+        grads.append([t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves])
+    return [rel_err(a, b) for a, b in zip(*grads)]
+
+
 if __name__ == '__main__':
     ok = True
     worst = 0.0
@@ -101,6 +130,17 @@ if __name__ == '__main__':
     err = large_mean_error()
     ok &= err <= 1e-4
     print(f'mean 1000, y vs float64: {err:.1e}')
+    for shape, dtype, uses in (((2, 5, 7, 9), torch.float32, 'both'), ((3, 37, 3, 3), torch.float32, 'both'),
+                               ((2, 5, 7, 9), torch.float32, 'norm'), ((2, 5, 7, 9), torch.float32, 'skip'),
+                               ((2, 6, 5, 11), torch.float16, 'both')):
+        errors = with_skip_errors(shape, dtype, uses)
+        case_ok = all(e <= TOL[dtype] for e in errors)
+        ok &= case_ok
+        if dtype == torch.float32:
+            worst = max(worst, *errors)
+        print('with skip', shape, str(dtype).split('.')[-1], uses + ':',
+              ' '.join(f'{name} {e:.1e}' for name, e in zip(('dx', 'dweight', 'dbias'), errors)),
+              '' if case_ok else 'FAIL', flush=True)
     report = torch.library.opcheck(tgn._group_norm_fwd.op, (torch.randn(2, 3, 4, 5).requires_grad_(),
                                                            torch.randn(3).requires_grad_(), None, 1e-5, torch.float32))
     opcheck_ok = set(report.values()) == {'SUCCESS'}

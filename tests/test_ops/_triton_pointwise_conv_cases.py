@@ -16,7 +16,7 @@ assert os.environ.get('TRITON_INTERPRET') == '1', 'run with TRITON_INTERPRET=1'
 
 import torch  # noqa: E402
 
-from sparx_mm.ops import pointwise_conv2d, pointwise_conv2d_reference  # noqa: E402
+from sparx_mm.ops import pointwise_conv2d, pointwise_conv2d_and_input, pointwise_conv2d_reference  # noqa: E402
 from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
 from helpers import compile_matches_eager  # noqa: E402  (this folder: the script's sys.path[0])
 
@@ -180,6 +180,47 @@ def check_backward_policy():
     return ok
 
 
+def check_conv_and_input():
+    """pointwise_conv2d_and_input on the Triton path (the convolution's node adds the gradient of x's second use
+    into dx in its dx kernel's epilogue) against the reference convolution with x used twice: gradients of x,
+    weight and bias; float32 (exact products) and float16, the weight gradient from the Triton kernel or cuDNN's
+    backward, and each output alone (the other's gradient None)."""
+    ok = True
+    for dtype, backward, uses in ((torch.float32, 'triton', 'both'), (torch.float16, 'triton', 'both'),
+                                  (torch.float32, 'cudnn', 'both'), (torch.float32, 'triton', 'conv'),
+                                  (torch.float32, 'triton', 'input')):
+        g = torch.Generator().manual_seed(11)
+        x = torch.randn(2, 24, 5, 7, generator=g).to(dtype)
+        weight, bias = (torch.randn(10, 24, 1, 1, generator=g) * 0.3).to(dtype), torch.randn(10, generator=g).to(dtype)
+        dy, dx_other = torch.randn(2, 10, 5, 7, generator=g).to(dtype), torch.randn(2, 24, 5, 7, generator=g).to(dtype)
+        grads = []
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            with mock.patch.object(tpc, 'BACKWARD', backward):
+                for impl in ('triton', 'reference'):
+                    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+                    y, x_again = pointwise_conv2d_and_input(*leaves, impl=impl)
+                    if impl == 'triton':
+                        assert type(x_again.grad_fn).__name__ == '_PointwiseConvAndInputBackward', x_again.grad_fn
+                    else:
+                        assert x_again is leaves[0]
+                    loss = 0
+                    if uses in ('both', 'conv'):
+                        loss = loss + (y.float() * dy.float()).sum()
+                    if uses in ('both', 'input'):
+                        loss = loss + (x_again.float() * dx_other.float()).sum()
+                    loss.backward()
+                    grads.append([torch.zeros_like(t) if t.grad is None else t.grad.float() for t in leaves])
+        finally:
+            torch.backends.cudnn.allow_tf32 = True
+        errors = [float((a - e).abs().max() / e.abs().max().clamp_min(1e-12)) for a, e in zip(*grads)]
+        passed = max(errors) <= (2e-3 if dtype == torch.float16 else 1e-5)
+        ok = ok and passed
+        print(f'AND INPUT {str(dtype)[6:]} {backward} weight gradient, {uses}: dx {errors[0]:.1e} dweight '
+              f'{errors[1]:.1e} dbias {errors[2]:.1e}{"" if passed else " FAIL"}', flush=True)
+    return ok
+
+
 def check_activation():
     """The activation epilogue (no gradient needed) against the reference's conv then activation, and with a
     gradient needed the composition (the kernel, then the torch activation) against the reference's gradients:
@@ -306,12 +347,26 @@ def check_channel_grads():
     return ok
 
 
+def autograd_nodes(outputs, name):
+    """How many nodes of the autograd graph behind ``outputs`` are of class ``name``."""
+    seen, stack = set(), [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return sum(type(n).__name__ == name for n in seen)
+
+
 def check_model():
     """A small SparX-Mamba (a stage without and two with LayerScale, ganglion layers with DMCAs): the layer kernels
     (the blocks' residuals folded into their last 1x1 convs) and the float32 reference path, each against the
     model in float64, outputs and the input gradient, in eval mode and in training mode with and without
     stochastic depth (with it the layer kernels scale each sample's branch in the 1x1 conv's kernel, from the same
-    draws as the reference path's DropPath). The layer kernels pass within 4x the
+    draws as the reference path's DropPath; each block's norms take the skip path's gradient of x into their own
+    backward pass, and each SS2D's x_proj the scan's gradient of its input, the autograd graph shows). The layer
+    kernels pass within 4x the
     float32 reference's own error (or 1e-5): in training mode the input gradient at initialisation is
     ill-conditioned enough that float32 rounding alone moves it by ~5e-2."""
     from sparx_mm.models import SparXMamba
@@ -331,6 +386,9 @@ def check_model():
             torch.manual_seed(2)  # the same stochastic-depth masks
             leaf = x.clone().to(next(net.parameters()).dtype).requires_grad_()
             feats = net(leaf)
+            if name == 'triton':  # every block's two norms take x's skip-path gradient into their backward
+                fused_norms = autograd_nodes(feats, '_GroupNormWithSkipBackward')
+                fused_projections = autograd_nodes(feats, '_PointwiseConvAndInputBackward')
             sum(f.square().mean() for f in feats).backward()
             results[name] = [f.detach().double() for f in feats] + [leaf.grad.double()]
         os.environ.pop('SPARX_LAYER_KERNELS')
@@ -339,10 +397,11 @@ def check_model():
         out_err, grad_err = max(errors['triton'][:-1]), errors['triton'][-1]
         ref_out, ref_grad = max(errors['float32'][:-1]), errors['float32'][-1]
         scaled = max(out_err / max(4 * ref_out, 1e-5), grad_err / max(4 * ref_grad, 1e-5))
-        worst, ok = max(worst, scaled), ok and scaled <= 1
+        passed = scaled <= 1 and fused_norms == 2 * sum(arch['depths']) and fused_projections == sum(arch['depths'])
+        worst, ok = max(worst, scaled), ok and passed
         print(f'MODEL {mode} drop_path {drop_path}: vs float64, layer kernels outputs {out_err:.1e} input gradient '
-              f'{grad_err:.1e}; float32 reference {ref_out:.1e} / {ref_grad:.1e}{"" if scaled <= 1 else " FAIL"}',
-              flush=True)
+              f'{grad_err:.1e}; float32 reference {ref_out:.1e} / {ref_grad:.1e}; {fused_norms} norms with the skip '
+              f'gradient, {fused_projections} x_proj with the scan\'s{"" if passed else " FAIL"}', flush=True)
     return worst, ok
 
 
@@ -364,6 +423,7 @@ if __name__ == '__main__':
         worst, ok = max(worst, scaled), ok and passed
     tpc.BACKWARD = 'triton'
     ok = check_activation() and ok
+    ok = check_conv_and_input() and ok
     ok = check_backward_policy() and ok
     ok = check_tf32_rounding() and ok
     ok = check_channel_grads() and ok

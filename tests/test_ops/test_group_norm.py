@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparx_mm.ops import OneGroupNorm, gpu_backends, group_norm_one_group, group_norm_one_group_reference
+from sparx_mm.ops import (OneGroupNorm, gpu_backends, group_norm_one_group, group_norm_one_group_reference,
+                          group_norm_one_group_with_skip)
 
 from .helpers import TritonCalled, intercept_triton, run_in_triton_interpreter
 
@@ -91,6 +92,26 @@ def test_low_precision_gradients_come_back_in_the_inputs_dtypes():
     assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.bfloat16
 
 
+def test_with_skip_on_the_reference_path_is_the_norm_and_x_itself():
+    x, w, b = (t.requires_grad_() for t in _inputs((2, 4, 3, 5)))
+    norm = OneGroupNorm(4)
+    y, skip = group_norm_one_group_with_skip(x, w, b, impl='reference')
+    assert skip is x and torch.equal(y, group_norm_one_group_reference(x, w, b, 1e-5, torch.float32))
+    y, skip = norm.forward_with_skip(x)
+    assert skip is x and torch.equal(y, norm(x))
+    with pytest.raises(ValueError, match=r'weight must be \(C,\) = \(4,\) .* got shape \(3,\)'):
+        group_norm_one_group_with_skip(x, torch.ones(3))
+
+
+def test_with_skip_dispatches_to_its_triton_entry_point(monkeypatch):
+    from sparx_mm.ops import triton_group_norm
+    calls = intercept_triton(monkeypatch, triton_group_norm, 'group_norm_one_group_with_skip_triton')
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(TritonCalled):
+        group_norm_one_group_with_skip(x)
+    assert calls[0][0] is x and calls[0][3:] == (1e-5, torch.float32)
+
+
 @pytest.mark.parametrize('args,error,match', [
     ((torch.zeros(5),), ValueError, r'x must be \(B, C, \*spatial\) with at least 2 dimensions, got shape \(5,\)'),
     ((torch.zeros(2, 5, 3, dtype=torch.int64),), TypeError, 'x must be a floating-point tensor .* got torch.int64'),
@@ -151,4 +172,6 @@ def test_triton_kernels_match_the_reference_in_the_interpreter():
     stdout = run_in_triton_interpreter('_triton_group_norm_cases.py', 600)
     assert float(re.search(r'WORST (\S+)', stdout).group(1)) < 2e-5, stdout
     assert 'OPCHECK ok' in stdout and 'autocast bfloat16 output' in stdout, stdout
-    assert stdout.count('\n') == 15, stdout  # eleven cases, autocast, large mean, custom op, summary
+    assert stdout.count('with skip') == 5 and 'FAIL' not in stdout, stdout
+    # eleven cases, autocast, large mean, five with a skip path, custom op, summary
+    assert stdout.count('\n') == 20, stdout

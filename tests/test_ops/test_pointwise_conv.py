@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparx_mm.models.layers import DropPath, LayerScale, PointwiseConv, SkipPath
-from sparx_mm.ops import add_skip_path, pointwise_conv2d, pointwise_conv2d_reference
+from sparx_mm.ops import add_skip_path, pointwise_conv2d, pointwise_conv2d_and_input, pointwise_conv2d_reference
 from sparx_mm.ops.pointwise_conv import _dtypes
 
 from .helpers import TritonCalled, intercept_triton, run_in_triton_interpreter
@@ -256,6 +256,23 @@ def test_grouped_convolution_dispatch_and_module(monkeypatch):
     assert calls[0][9] == 3
 
 
+def test_conv_and_input_on_the_reference_path_and_its_dispatch(monkeypatch):
+    """pointwise_conv2d_and_input is (the convolution, x itself) on the reference path, takes the checks of
+    pointwise_conv2d, and reaches its Triton entry point with the conv and output dtypes of the rule (16 x 16: a map
+    where the automatic choice is the kernel)."""
+    t = _inputs()
+    y, x_again = pointwise_conv2d_and_input(t['x'], t['weight'], t['bias'])
+    assert x_again is t['x'] and torch.equal(y, F.conv2d(t['x'], t['weight'], t['bias']))
+    with pytest.raises(ValueError, match=r'weight takes 4 input channels a group .* but x has 3'):
+        pointwise_conv2d_and_input(t['x'][:, :3], t['weight'])
+    from sparx_mm.ops import triton_pointwise_conv
+    calls = intercept_triton(monkeypatch, triton_pointwise_conv, 'pointwise_conv2d_and_input_triton')
+    big = _inputs(h=16, w=16, dtype=torch.float16)
+    with pytest.raises(TritonCalled):
+        pointwise_conv2d_and_input(big['x'], big['weight'])
+    assert calls[0][0] is big['x'] and calls[0][2:] == (None, torch.float16, torch.float16)
+
+
 @pytest.mark.parametrize('positions,expected', [(3136, True), (784, True), (196, True), (128, True), (127, False),
                                                 (49, False)])
 def test_size_policy_follows_the_measurements(positions, expected):
@@ -272,14 +289,17 @@ def test_triton_kernel_matches_the_reference_in_the_interpreter():
     assert stdout.count('groups 3') == 8, stdout  # 7 cases and an activation case
     assert stdout.count('branch scale') == 9, stdout  # 7 cases, one with small tiles, one with cuDNN's backward
     assert stdout.count('MODEL ') == 3, stdout
+    # five blocks: two norms each take x's skip-path gradient, each SS2D's x_proj the scan's gradient of x
+    assert stdout.count('; 10 norms with the skip gradient, 5 x_proj with the scan') == 3, stdout
+    assert stdout.count('AND INPUT ') == 5, stdout
     assert 'TF32 ROUNDING ok' in stdout, stdout
     assert stdout.count('ACTIVATION ') == 3, stdout
     assert "BACKWARD POLICY ok: ['cudnn', 'triton', 'triton']" in stdout, stdout
     # The per-channel gradients' pass: float16 skip-path gradients, float32 sums past float16's range.
     assert 'CHANNEL GRADS ok' in stdout, stdout
-    # 15 cases and 7 with a branch scale, 7 small-tile cases, 4 with cuDNN's backward, 3 activations, the backward
-    # policy, rounding, channel grads, opcheck, compile, 3 models, summary
-    assert stdout.count('\n') == 45, stdout
+    # 15 cases and 7 with a branch scale, 7 small-tile cases, 4 with cuDNN's backward, 3 activations, 5 with x's
+    # second use, the backward policy, rounding, channel grads, opcheck, compile, 3 models, summary
+    assert stdout.count('\n') == 50, stdout
 
 
 @pytest.mark.parametrize('value,expected', [('', 'auto'), ('auto', 'auto'), ('triton', 'triton'),

@@ -49,10 +49,10 @@ def test_inside_ops_counts_the_wrappers_own_ops_and_restores_the_custom_ops(op_c
     """--inside-ops: the ops inside the fused scan's wrappers (the backward's dt-projection GEMMs) are rows of their
     own, at the wrapper's call site; without it they are inside the custom ops and not seen."""
     from sparx_mm.ops import triton_op
-    traced = triton_op._traced
+    traced = triton_op.traced_call
     _, outside = op_census.run_census('t', 64, 1, 'train', 'fp16')
     _, inside = op_census.run_census('t', 64, 1, 'train', 'fp16', inside_ops=True)
-    assert triton_op._traced is traced
+    assert triton_op.traced_call is traced
 
     def sites(census):
         return {site for _, _, site, _ in census.calls}

@@ -127,13 +127,13 @@ class OpCensus(TorchDispatchMode):
 @contextlib.contextmanager
 def wrappers_as_python() -> Iterator[None]:
     """Within it, the Triton operators run their wrappers' Python (and its autograd formula) under the census's
-    dispatch mode too, where they would otherwise run as one custom op each (``triton_op._traced``)."""
-    saved = triton_op._traced
-    triton_op._traced = lambda args: False
+    dispatch mode too, where they would otherwise run as one custom op each (``triton_op.traced_call``)."""
+    saved = triton_op.traced_call
+    triton_op.traced_call = lambda args: False
     try:
         yield
     finally:
-        triton_op._traced = saved
+        triton_op.traced_call = saved
 
 
 def run_census(arch: str, size: int, batch: int, mode: str, dtype: str,

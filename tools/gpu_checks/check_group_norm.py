@@ -7,7 +7,8 @@ check: ``group_norm_one_group(impl='triton')`` against the reference (``F.group_
 inputs) on awkward shapes (maps that are not multiples of the blocks, a 1 x 1 map, (B, C) and (B, C, L)
 inputs, B = 1 with large maps, whose rows are split between programs, a mean far from zero, no affine),
 float32 / float16 / bfloat16 inputs, with and without fp16 / bf16 autocast: outputs, and the gradients of x,
-weight and bias. Prints the largest relative errors, then PASSED or FAILED (exit code 1).
+weight and bias; ``group_norm_one_group_with_skip`` (x's skip-path gradient added in the dx kernel) against the
+reference with x used twice. Prints the largest relative errors, then PASSED or FAILED (exit code 1).
 
 bench: milliseconds (CUDA events, median) of the forward pass and of forward + backward, the Triton op
 against ``nn.GroupNorm(1, C)``, at SparX-T's sizes for batch 128: float32 without autocast, and float16
@@ -24,7 +25,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from sparx_mm.ops import group_norm_one_group, group_norm_one_group_reference  # noqa: E402
+from sparx_mm.ops import (group_norm_one_group, group_norm_one_group_reference,  # noqa: E402
+                          group_norm_one_group_with_skip)
 from gpu_common import check_and_bench_parser, override_constants, rel_err, require_cuda, timed  # noqa: E402
 
 # Largest relative error of a tensor (to its largest magnitude), by the dtype it comes in: both sides round the
@@ -91,6 +93,38 @@ def check(device):
     return ok
 
 
+def check_with_skip(device):
+    """group_norm_one_group_with_skip (the skip path's gradient of x added in the norm's dx kernel) against the
+    reference norm with x used twice, at SparX-T's stage-1 and stage-3 maps and an awkward one: dx, dweight, dbias
+    (float32 exact; float16 x under fp16 autocast, as training runs the blocks)."""
+    ok, worst = True, {}
+    for shape in ((2, 96, 56, 56), (3, 320, 14, 14), (4, 37, 13, 11)):
+        for dtype, autocast_dtype in ((torch.float32, None), (torch.float16, torch.float16)):
+            x, params = make_inputs(shape, 0.0, True, dtype, device, seed=shape[1])
+            g = torch.Generator(device='cpu').manual_seed(shape[1] + 1)
+            up_y, up_skip = (torch.randn(shape, generator=g).to(device, autocast_dtype or dtype) for _ in range(2))
+            grads = []
+            for impl in ('triton', 'reference'):
+                leaves = [t.clone().requires_grad_() for t in [x] + params]
+                with torch.autocast('cuda', dtype=autocast_dtype or torch.float16, enabled=autocast_dtype is not None):
+                    if impl == 'triton':
+                        y, skip = group_norm_one_group_with_skip(*leaves, impl='triton')
+                    else:
+                        y, skip = group_norm_one_group(*leaves, impl='reference'), leaves[0]
+                torch.autograd.backward([y, skip], [up_y, up_skip.to(skip.dtype)])
+                grads.append([t.grad for t in leaves])
+            key = str(dtype).split('.')[-1]
+            for name, ours, ref in zip(('dx', 'dweight', 'dbias'), *grads):
+                err = rel_err(ours, ref)
+                worst[key, name] = max(worst.get((key, name), 0.0), err)
+                if not err <= TOL[ours.dtype]:
+                    ok = False
+                    print(f'FAIL with skip {shape} {key} {name}: rel err {err:.2e} > {TOL[ours.dtype]:.0e}')
+    print('with the skip path\'s gradient, largest relative errors: ' +
+          ', '.join(f'{dtype} {name} {err:.1e}' for (dtype, name), err in worst.items()))
+    return ok
+
+
 def bench_row(batch, channels, h, w, dtype, autocast_dtype, device):
     g = torch.Generator(device='cpu').manual_seed(0)
     x = torch.randn(batch, channels, h, w, generator=g).to(device, dtype).requires_grad_()
@@ -152,7 +186,7 @@ def main():
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
     if 'check' in args.only:
-        ok = check(device)
+        ok = check_with_skip(device) and check(device)
     if 'bench' in args.only:
         bench(args.batch, device)
     sys.exit(0 if ok else 1)

@@ -13,7 +13,8 @@ autocast; the gradients from the Triton backward kernels at every shape (``BACKW
 largest relative errors (max |error| / max |reference|) and PASSED / FAILED (exit code 1 on
 failure). Then the inference-only parts of the DMCA's path: the kernel's activation epilogue (exact GELU, SiLU;
 no autograd) against the float64 convolution and activation, and ``fold_batch_norm``'s kernel against its
-reference.
+reference. Last, ``pointwise_conv2d_and_input`` (the gradient of x's second use added in the dx kernel) at
+SparX-T's x_proj shapes, each dtype mode, against the float64 reference with x used twice.
 
 bench: median GPU milliseconds (gpu_common.timed) of the Triton op against the torch composition
 (``nn.Conv2d`` + the skip add) at SparX-T's sixteen 1x1 convolutions and its DMCAs' grouped fusion convs at
@@ -37,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from sparx_mm.ops import fold_batch_norm, pointwise_conv2d, pointwise_conv2d_reference  # noqa: E402
+from sparx_mm.ops import (fold_batch_norm, pointwise_conv2d, pointwise_conv2d_and_input,  # noqa: E402
+                          pointwise_conv2d_reference)
 from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
 from sparx_mm.ops.pointwise_conv import triton_is_faster  # noqa: E402
 from gpu_common import check_and_bench_parser, rel_err, require_cuda, run_check_grid, timed  # noqa: E402
@@ -288,6 +290,41 @@ def wgrad_sweep(device, batch, arch):
                   f'default {default[0] if default else float("nan"):.3f}, cuDNN {cudnn:.3f}', flush=True)
 
 
+def check_conv_and_input(device) -> bool:
+    """pointwise_conv2d_and_input (the gradient of x's second use added in the dx kernel's epilogue) against the
+    float64 reference with x used twice, at SparX-T's x_proj shapes (stage 1: 192 -> 32 at 56 x 56, the weight
+    gradient from cuDNN under 'auto'; stage 3: 640 -> 88 at 14 x 14, from the Triton kernel), each dtype mode:
+    dx, dweight."""
+    ok, worst = True, {}
+    for mode, tol in TOL.items():
+        dtype, autocast, tf32 = DTYPE_MODES[mode]
+        for b, cin, cout, size in ((2, 192, 32, 56), (3, 640, 88, 14)):
+            g = torch.Generator().manual_seed(cin)
+            x = torch.randn(b, cin, size, size, generator=g).to(device, dtype)
+            weight = (torch.randn(cout, cin, 1, 1, generator=g) * cin ** -0.5).to(device, dtype)
+            dy = torch.randn(b, cout, size, size, generator=g).to(device, autocast or dtype)
+            dx_other = torch.randn(b, cin, size, size, generator=g).to(device, dtype)
+            leaves = [t.clone().requires_grad_() for t in (x, weight)]
+            torch.backends.cudnn.allow_tf32 = tf32
+            try:
+                with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=autocast is not None):
+                    y, x_again = pointwise_conv2d_and_input(*leaves, impl='triton')
+                torch.autograd.backward([y, x_again], [dy, dx_other])
+            finally:
+                torch.backends.cudnn.allow_tf32 = True
+            ref = [t.double().requires_grad_() for t in (x, weight)]
+            torch.autograd.backward([pointwise_conv2d_reference(*ref), ref[0]], [dy.double(), dx_other.double()])
+            for name, ours, expected in zip(('dx', 'dweight'), leaves, ref):
+                err = rel_err(ours.grad, expected.grad)
+                worst[mode, name] = max(worst.get((mode, name), 0.0), err)
+                if not err <= tol:
+                    ok = False
+                    print(f'FAIL and input {mode} {(b, cin, cout, size)} {name}: rel err {err:.2e} > {tol:.0e}')
+    print('conv and input, largest relative errors: ' +
+          ', '.join(f'{mode} {name} {err:.1e}' for (mode, name), err in worst.items()))
+    return ok
+
+
 def main():
     parser = check_and_bench_parser(__doc__, extra_parts=('sweep', 'wgrad-sweep'))
     parser.add_argument('--tiling', type=int, nargs=5, default=None,
@@ -308,6 +345,7 @@ def main():
         finally:
             tpc.BACKWARD = default
         ok = check_inference_epilogues(device) and ok
+        ok = check_conv_and_input(device) and ok
         print('PASSED' if ok else 'FAILED')
     if 'bench' in args.only:
         bench(device, args.batch, args.arch)

@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...ops import ROUTE_COUNTS, OneGroupNorm, cross_selective_scan, pointwise_conv2d
+from ...ops import ROUTE_COUNTS, OneGroupNorm, cross_selective_scan, pointwise_conv2d_and_input
 from ..layers import DepthwiseConvAct, PointwiseConv, SkipPath
 from ..recompute import recompute_saved
 
@@ -92,7 +92,8 @@ class SS2D(nn.Module):
         # GPUs by default, as here) is one 1x1 conv on the map itself: a per-position projection commutes with
         # reordering the positions. The layer operator reads and writes the NCHW maps directly, where
         # torch.matmul(W, x.flatten(2)) copied x transposed and the product back (docs/benchmarks.md).
-        proj = pointwise_conv2d(x, self.x_proj_weight.view(k * (r + 2 * n), d, 1, 1))
+        # x feeds x_proj and the scan: the projection's backward adds the scan's gradient of x into its dx.
+        proj, x = pointwise_conv2d_and_input(x, self.x_proj_weight.view(k * (r + 2 * n), d, 1, 1))
         return cross_selective_scan(
             x, proj.view(b, k, r + 2 * n, h * w), self.dt_projs_weight, -torch.exp(self.A_logs.float()),
             D=self.Ds.float(), dt_bias=self.dt_projs_bias.reshape(-1).float(), routes=k)

@@ -18,7 +18,8 @@ class SparXBlock(nn.Module):
     Where the layer kernels run Triton (GPUs), each residual ``LS(x) + drop_path(branch(...))`` is added inside
     the branch's last 1x1 convolution (:class:`~sparx_mm.models.layers.SkipPath`; mixers and FFNs that take one say
     so with ``takes_skip``), stochastic depth's per-sample factors applied there too: the same sum, without passes
-    of its own.
+    of its own; and the norm before the branch takes x's skip-path gradient into its own backward pass, so that
+    autograd does not sum x's two gradients in another.
 
     Args:
         dim: channels C.
@@ -49,19 +50,31 @@ class SparXBlock(nn.Module):
     def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.pos_embed is not None:
             x = self.pos_embed(x)
-        mixer_in = self.norm(x)
+        fused = gpu_backends.layer_kernel_impl(x, op='SparXBlock') == 'triton'
+        mixer_in, x = self._norm_and_skip(self.norm, x, fused and self._takes_skip(self.op))
         if self.dmca is not None:
             mixer_in = self.dmca(mixer_in, shortcut)
-        x = self._residual(x, self.layerscale_1, self.op, mixer_in)
-        return self._residual(x, self.layerscale_2, self.mlp, self.norm2(x))
+        x = self._residual(x, self.layerscale_1, self.op, mixer_in, fused)
+        ffn_in, x = self._norm_and_skip(self.norm2, x, fused and self._takes_skip(self.mlp))
+        return self._residual(x, self.layerscale_2, self.mlp, ffn_in, fused)
 
-    def _residual(self, x: torch.Tensor, layer_scale: nn.Module, branch: nn.Module,
-                  branch_in: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _takes_skip(branch: nn.Module) -> bool:
+        return getattr(branch, 'takes_skip', False)
+
+    @staticmethod
+    def _norm_and_skip(norm: OneGroupNorm, x: torch.Tensor, fused: bool):
+        """(norm(x), x): where the residual is fused, x's two gradients (the branch's, through the norm, and the
+        skip path's) are summed inside the norm's backward kernel (``OneGroupNorm.forward_with_skip``)."""
+        return norm.forward_with_skip(x) if fused else (norm(x), x)
+
+    def _residual(self, x: torch.Tensor, layer_scale: nn.Module, branch: nn.Module, branch_in: torch.Tensor,
+                  fused: bool) -> torch.Tensor:
         """``layer_scale(x) + drop_path(branch(branch_in))``, folded into the branch where it can be (class doc).
 
         On the reference path (CPU) the sum is written out: it is the official composition, operator for
         operator (and what the FLOP counter and the parity tests trace)."""
-        if getattr(branch, 'takes_skip', False) and gpu_backends.layer_kernel_impl(x, op='SparXBlock') == 'triton':
+        if fused and self._takes_skip(branch):
             drop_path_active = isinstance(self.drop_path, DropPath) and self.drop_path.active
             branch_scale = self.drop_path.sample_scale(x.shape[0], x.device) if drop_path_active else None
             return branch(branch_in, SkipPath.of(x, layer_scale, branch_scale))
