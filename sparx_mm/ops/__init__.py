@@ -1,12 +1,13 @@
 """Scan operators of the SparX-Mamba blocks, and the fused layer operators of SparX's blocks (one-group
 GroupNorm, depthwise conv + activation, 1x1 conv + bias + skip path, a BatchNorm folded into a convolution, NCHW <->
-channels-last conversion).
+channels-last conversion, a channel concatenation with a channel shuffle).
 
 Only torch is imported here, so the package works on CPU-only machines;
 accelerated backends (Triton, mamba-ssm) register themselves with
 :func:`register_scan_backend` from their own modules.
 """
 from .batch_norm_fold import fold_batch_norm, fold_batch_norm_reference
+from .channel_shuffle import concat_shuffled, concat_shuffled_reference, shuffle_groups
 from .cross_scan import cross_merge, cross_scan
 from .cross_selective_scan import (ROUTE_COUNTS, cross_selective_scan, cross_selective_scan_reference,
                                    route_sequence, route_to_positions)
@@ -25,6 +26,8 @@ from . import gpu_backends  # noqa: F401,E402  (registers 'triton' and 'mamba_ss
 __all__ = [
     'OneGroupNorm',
     'add_skip_path',
+    'concat_shuffled',
+    'concat_shuffled_reference',
     'convert_memory_format',
     'ROUTE_COUNTS',
     'cross_selective_scan',
@@ -50,6 +53,7 @@ __all__ = [
     'scaled_skip_path',
     'selective_scan',
     'selective_scan_reference',
+    'shuffle_groups',
     'skip_path_dtype',
     'unregister_scan_backend',
 ]

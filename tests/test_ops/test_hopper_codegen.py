@@ -240,3 +240,14 @@ def test_dt_projection_gradients_stream_ddt_onto_tensor_cores_without_spilling()
     for rank in (20, 40):
         assert codegen.ptxas_usage(codegen.dt_projection_grads_ptx('fp32', 640, 196, rank))[1] == 0, rank
     assert codegen.ptxas_usage(codegen.dt_projection_grads_ptx('fp32', 640, 196, 20, (64, 128, 32, 4, 3)))[1] > 0
+
+
+def test_channel_shuffle_moves_14x14_planes_with_vector_accesses_and_7x7_ones_without_spilling():
+    """concat_shuffled's plane copies: 196-element float16 rows (8-byte aligned) with 8-byte loads and stores, both
+    directions; 7 x 7 planes (scalar accesses, 64 rows a program) spill nothing at the launch's 8 warps, where 4
+    (the control) spill."""
+    for scatter in (True, False):
+        copies = global_copies(codegen.shuffle_copy_ptx(196, 'fp16', scatter))
+        assert copies.get('ld.global.v2.b32', 0) > 0 and copies.get('st.global.v2.b32', 0) > 0, copies
+    assert codegen.ptxas_usage(codegen.shuffle_copy_ptx(49, 'fp16', False))[1] == 0
+    assert codegen.ptxas_usage(codegen.shuffle_copy_ptx(49, 'fp16', False, warps=4))[1] > 0

@@ -1,7 +1,7 @@
 """What the Triton kernels compile to on Hopper (sm_90, H100 / H200), on a machine without a GPU.
 
     python tools/analysis_tools/hopper_codegen.py [--arch t]
-        [--part scan-backward dt-projection-grads pointwise-wgrad pointwise-gelu]
+        [--part scan-backward dt-projection-grads pointwise-wgrad pointwise-gelu channel-shuffle]
 
 Each kernel is compiled by Triton for ``GPUTarget('cuda', 90, 32)`` at the sizes of the model's layers (batch
 128, 224 x 224) with the launch's tiling, and its PTX assembled by Triton's bundled ptxas: per configuration, the
@@ -12,10 +12,11 @@ convolutions"). Nothing runs: these are facts about the code, not timings.
 
 Parts: ``scan-backward``: the fused scan's backward kernel at each stage, with :func:`backward_tiling`'s choice
 and with the 8-channel multiply-adds; ``dt-projection-grads``: the scan backward's last kernel (the dt projection's
-gradients from one read of the raw-dt gradient) at each stage, float16, bfloat16, float32; ``pointwise-wgrad``: the 1x1 convolutions' weight-gradient kernel, float16
-and TF32; ``pointwise-gelu``: the 1x1 forward kernels with the GELU epilogue (the DMCAs' shortcut projections in
-inference), with the launch's warps and with 4. The helpers are what ``tests/test_ops/test_hopper_codegen.py``
-asserts with.
+gradients from one read of the raw-dt gradient) at each stage, float16, bfloat16, float32; ``pointwise-wgrad``: the
+1x1 convolutions' weight-gradient kernel, float16 and TF32; ``pointwise-gelu``: the 1x1 forward kernels with the GELU
+epilogue (the DMCAs' shortcut projections in inference), with the launch's warps and with 4; ``channel-shuffle``:
+the DMCA's concatenation + shuffle (``concat_shuffled``) at each stage's map, forward and backward. The helpers are
+what ``tests/test_ops/test_hopper_codegen.py`` asserts with.
 """
 import argparse
 import collections
@@ -167,6 +168,20 @@ def wgrad_ptx(cin: int, cout: int, positions: int, dtype: str, p_align=None, gro
     return hopper_ptx(tpc._conv1x1_wgrad_kernel, arg_types, constexprs, aligned, warps, stages)
 
 
+def shuffle_copy_ptx(positions: int, dtype: str, scatter: bool, warps=None) -> str:
+    """concat_shuffled's plane-copy kernel for planes of ``positions`` elements, 'fp16' / 'fp32', forward
+    (``scatter``) or backward, with ``triton_channel_shuffle.TILING`` (its warps unless ``warps``)."""
+    from sparx_mm.ops import triton_channel_shuffle as shuffle
+    tile, tile_warps, widest = shuffle.TILING
+    block_hw = min(1 << (positions - 1).bit_length(), widest)
+    constexprs = dict(GROUPS=3, SCATTER=scatter, HW_ALIGN=power_of_two_factor(positions), BLOCK_R=tile // block_hw,
+                      BLOCK_HW=block_hw)
+    arg_types = dict(src_ptr=f'*{dtype}', dst_ptr=f'*{dtype}', rows='i32', C='i32', start='i32', N='i32',
+                     HW_UNITS='i32')
+    return hopper_ptx(shuffle._shuffle_copy_kernel, arg_types, constexprs, ('src_ptr', 'dst_ptr'),
+                      warps or tile_warps)
+
+
 def summary(ptx: str) -> str:
     registers, spills = ptxas_usage(ptx)
     copies = ' '.join(f'{name} {n}' for name, n in sorted(global_copies(ptx).items()))
@@ -233,11 +248,21 @@ def pointwise_gelu_configs(arch: str):
                            (conv.in_channels, conv.out_channels, size * size, dtype, warps))
 
 
+def channel_shuffle_configs(arch: str):
+    """(label, shuffle_copy_ptx's arguments) of the DMCAs' concatenation + shuffle at each stage's map, forward and
+    backward, float16 and float32."""
+    for size in MAP_SIZES:
+        for dtype in ('fp16', 'fp32'):
+            for scatter, name in ((True, 'forward'), (False, 'backward')):
+                yield f'concat_shuffled {size}x{size} {dtype} {name}', (size * size, dtype, scatter)
+
+
 #: Each part's configurations and the function compiling one.
 PARTS = {'scan-backward': (scan_backward_configs, scan_backward_ptx),
          'dt-projection-grads': (dt_projection_grads_configs, dt_projection_grads_ptx),
          'pointwise-wgrad': (pointwise_wgrad_configs, wgrad_ptx),
-         'pointwise-gelu': (pointwise_gelu_configs, gelu_forward_ptx)}
+         'pointwise-gelu': (pointwise_gelu_configs, gelu_forward_ptx),
+         'channel-shuffle': (channel_shuffle_configs, shuffle_copy_ptx)}
 
 
 def main():

@@ -1,6 +1,6 @@
 """GPU check of the Triton kernels against the PyTorch reference (run on a CUDA machine).
 
-    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute launch graph layout]
+    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute launch graph layout shuffle]
         [--whole-axis N [N ...]]
 
 Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
@@ -15,7 +15,9 @@ pass recomputing normalised / hidden maps against one keeping them (bit-identica
 the kernels launched from the cache of compiled kernels against Triton's own launch (bit-identical outputs and
 gradients), and the classifier that benchmark.py times replayed from CUDA graphs (``--cuda-graph``) against
 eager mode (bit-identical outputs and gradients); and the NCHW <-> channels-last conversions
-(``convert_memory_format``: the transpose kernel against torch's copy, bit for bit, with both one's GPU times).
+(``convert_memory_format``: the transpose kernel against torch's copy, bit for bit, with both one's GPU times),
+and the DMCA's concatenation + shuffle (``concat_shuffled``: its kernel against its torch path, bit for bit, forward
+and backward, with the GPU times).
 Prints the largest relative errors and exits non-zero when one exceeds its tolerance. The layer kernels' own checks:
 check_group_norm.py, check_depthwise_conv.py, check_pointwise_conv.py.
 """
@@ -424,20 +426,55 @@ def check_scan_transposes(device, batch=128):
     return ok
 
 
-PARTS = ('scan', 'cross', 'model', 'recompute', 'launch', 'graph', 'layout')
+# The DMCAs' concatenation + shuffle (x, attention, values of C channels each, 3 groups) at SparX-T's stages 2-4
+# (batch 128, float16) and an awkward one: (batch, C, map size).
+SHUFFLE_SHAPES = [(128, 192, 28), (128, 320, 14), (128, 512, 7), (3, 7, 5)]
+
+
+def check_shuffle(device):
+    """concat_shuffled's kernel against its torch path (the same values, bit for bit: a copy), forward and each
+    input's gradient, with both one's GPU times (forward; backward from the output's gradient)."""
+    from sparx_mm.ops import concat_shuffled
+    from gpu_common import timed
+    ok, totals = True, [0.0] * 4
+    for batch, channels, size in SHUFFLE_SHAPES:
+        g = torch.Generator(device='cpu').manual_seed(channels)
+        tensors = [torch.randn(batch, channels, size, size, generator=g).to(device, torch.float16).requires_grad_()
+                   for _ in range(3)]
+        outs = [concat_shuffled(tensors, 3, impl=impl) for impl in ('triton', 'reference')]
+        upstream = torch.randn(outs[0].shape, generator=g).to(device, torch.float16)
+        grads = [torch.autograd.grad(out, tensors, upstream) for out in outs]
+        passed = torch.equal(*outs) and all(torch.equal(a, b) and a.is_contiguous() for a, b in zip(*grads))
+        ok &= passed
+        times = []
+        for impl in ('triton', 'reference'):
+            with torch.no_grad():
+                times.append(timed(lambda: concat_shuffled(tensors, 3, impl=impl))[0])
+            out = concat_shuffled(tensors, 3, impl=impl)
+            times.append(timed(lambda: torch.autograd.grad(out, tensors, upstream, retain_graph=True))[0])
+        totals = [t + new for t, new in zip(totals, times)]
+        print(f'concat_shuffled 3 x {(batch, channels, size, size)} float16: {"exact" if passed else "FAIL"}; '
+              f'forward kernel {times[0]:.3f} ms, torch {times[2]:.3f}; backward kernel {times[1]:.3f} ms, torch '
+              f'{times[3]:.3f}', flush=True)
+    print(f'concat_shuffled, all shapes: forward kernel {totals[0]:.3f} ms, torch {totals[2]:.3f}; backward kernel '
+          f'{totals[1]:.3f} ms, torch {totals[3]:.3f}')
+    return ok
+
+
+PARTS = ('scan', 'cross', 'model', 'recompute', 'launch', 'graph', 'layout', 'shuffle')
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', action='store_true', help='also compare whole-model outputs')
     parser.add_argument('--only', nargs='+', choices=PARTS, default=None,
-                        help='run only these parts (default: scan, cross and layout, plus model, recompute, launch '
-                             'and graph with --model)')
+                        help='run only these parts (default: scan, cross, layout and shuffle, plus model, recompute, '
+                             'launch and graph with --model)')
     parser.add_argument('--whole-axis', type=int, nargs='+', default=None, metavar='N',
                         help='layout part: time the scan\'s transposes with each of these WHOLE_AXIS values '
                              '(triton_transpose.py: axes up to N long in one tile; default the module\'s)')
     args = parser.parse_args()
-    parts = set(args.only or ['scan', 'cross', 'layout']
+    parts = set(args.only or ['scan', 'cross', 'layout', 'shuffle']
                 + (['model', 'recompute', 'launch', 'graph'] if args.model else []))
     if not torch.cuda.is_available():
         sys.exit('check_kernels.py needs a CUDA GPU')
@@ -446,7 +483,7 @@ def main():
     ok = True
     for part, check in (('scan', check_scan), ('cross', check_cross_scan), ('model', check_model),
                         ('recompute', check_recompute), ('launch', check_launch), ('graph', check_graph),
-                        ('layout', check_layout)):
+                        ('layout', check_layout), ('shuffle', check_shuffle)):
         if part in parts:
             ok &= check(device, args.whole_axis) if part == 'layout' else check(device)
     print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')

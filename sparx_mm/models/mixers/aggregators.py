@@ -17,8 +17,8 @@ import torch
 from mmcv.cnn import build_norm_layer
 from torch import nn
 
-from ...ops import OneGroupNorm
-from ..sparx.dmca import ATTN_GROUPS, DMCA, channel_attention, concat_shuffled, pad_channels_by_pooling
+from ...ops import OneGroupNorm, concat_shuffled
+from ..sparx.dmca import ATTN_GROUPS, DMCA, channel_attention, pad_channels_by_pooling
 
 AGGREGATORS = ('dmca', 'concat', 'no_cgca', 'no_skip')
 

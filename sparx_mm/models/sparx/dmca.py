@@ -1,13 +1,12 @@
 """DMCA: the Dynamic Multi-layer Channel Aggregator run by ganglion layers."""
-import itertools
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from torch import nn
 
-from ...ops import OneGroupNorm
+from ...ops import OneGroupNorm, concat_shuffled
 from ..layers import DepthwiseConvAct, FoldingSequential, PointwiseConv
 
 #: The learnable attention scale of the official Mask R-CNN checkpoints starts at (800*1333/16/64) ** -0.5,
@@ -57,64 +56,6 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups:
     else:
         attn = F.scaled_dot_product_attention(q, k, v, scale=None if scale is None else float(scale))
     return attn.reshape(b, c, height, width)
-
-
-def shuffle_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B, N, H, W) -> (B, N, H, W) with new channel j*(N/groups) + c = old channel groups*c + j (j < groups), so
-    each of ``groups`` groups of a following grouped conv sees the blocks of a concatenation in rotation (the
-    DMCA's x, attention and value channels: ``groups=3``). The definition; :func:`concat_shuffled` computes it
-    of a concatenation in one pass."""
-    b, channels, h, w = x.shape
-    return x.reshape(b, channels // groups, groups, h, w).transpose(1, 2).reshape(b, channels, h, w)
-
-
-def _shuffle_runs(channels: Sequence[int], groups: int) -> List[Tuple[int, slice, int]]:
-    """``shuffle_groups(torch.cat(tensors, 1), groups)`` for tensors of ``channels`` channels, as runs in output
-    order: (tensor, its channels first, first + groups, ... as a slice, their count)."""
-    runs, starts = [], [0, *itertools.accumulate(channels)][:-1]
-    for j in range(groups):  # output group j: concatenated channels j, j + groups, j + 2 groups, ...
-        for source, (start, count) in enumerate(zip(starts, channels)):
-            # Output group j's channels before this tensor's, and up to its end: len(range(j, bound, groups)).
-            first, last = len(range(j, start, groups)), len(range(j, start + count, groups))
-            if last > first:
-                offset = groups * first + j - start
-                runs.append((source, slice(offset, offset + groups * (last - first - 1) + 1, groups), last - first))
-    return runs
-
-
-class _ConcatShuffled(torch.autograd.Function):
-    """Forward: one torch.cat of strided channel slices (each plane still contiguous); backward: each input's
-    gradient gathered from the output's, contiguous."""
-
-    @staticmethod
-    def forward(ctx, groups, *tensors):
-        ctx.runs = _shuffle_runs([t.shape[1] for t in tensors], groups)
-        ctx.inputs = [(t.shape, t.dtype) for t in tensors]
-        return torch.cat([tensors[s][:, channels] for s, channels, _ in ctx.runs], 1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grads = [grad.new_empty(shape, dtype=dtype) if needed else None
-                 for (shape, dtype), needed in zip(ctx.inputs, ctx.needs_input_grad[1:])]
-        offset = 0
-        for s, channels, count in ctx.runs:
-            if grads[s] is not None:
-                grads[s][:, channels] = grad[:, offset:offset + count]
-            offset += count
-        return (None, *grads)
-
-
-def concat_shuffled(tensors: Sequence[torch.Tensor], groups: int) -> torch.Tensor:
-    """``shuffle_groups(torch.cat(tensors, dim=1), groups)`` in one pass over memory, forward and backward (the
-    concatenation and the shuffle were a copy each, and the shuffle's gradient a third; the inputs' gradients
-    come back contiguous instead of as channel slices of one tensor). Same values, dtype and gradients.
-
-    Shapes: tensors (B, C_i, H, W), sum of C_i a multiple of ``groups`` -> (B, sum C_i, H, W).
-    """
-    total = sum(t.shape[1] for t in tensors)
-    if total % groups:
-        raise ValueError(f'concat_shuffled: the {total} concatenated channels do not split into {groups} groups')
-    return _ConcatShuffled.apply(groups, *tensors)
 
 
 class _PadWithChannelMean(torch.autograd.Function):

@@ -4,39 +4,7 @@ import pytest
 import torch
 
 from sparx_mm.models.sparx import DMCA, LEARNABLE_SCALE_INIT, channel_attention
-from sparx_mm.models.sparx.dmca import concat_shuffled, pad_channels_by_pooling, shuffle_groups
-
-
-def test_shuffle_groups_rotates_channels():
-    x = torch.arange(12.).view(1, 12, 1, 1)  # C = 4: [x0..x3, a0..a3, v0..v3]
-    out = shuffle_groups(x, 3).flatten().tolist()
-    # new channel g*C + c = old channel 3c + g
-    assert out == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]
-    assert shuffle_groups(torch.arange(4.).view(1, 4, 1, 1), 2).flatten().tolist() == [0, 2, 1, 3]
-
-
-@pytest.mark.parametrize('channels, groups', [([4, 4, 4], 3), ([320, 320, 320], 3), ([7, 7, 7], 3), ([6, 6], 2),
-                                              ([3, 9], 3), ([1, 2, 3, 6], 4)])
-def test_concat_shuffled_is_the_shuffled_concatenation_with_contiguous_gradients(channels, groups):
-    """One pass (the DMCA's x, attention and values, 320 channels each at SparX-T's stage 3; channel counts that
-    do not divide by the groups; blocks of unequal size): the values, dtype and gradients of
-    shuffle_groups(torch.cat(...)), bit for bit, each input's gradient contiguous (not a slice of one tensor)."""
-    tensors = [torch.randn(2, c, 3, 5, requires_grad=True) for c in channels]
-    tensors[0] = tensors[0].detach().double().requires_grad_()  # torch.cat's dtype promotion, kept
-    out = concat_shuffled(tensors, groups)
-    expected = shuffle_groups(torch.cat(tensors, dim=1), groups)
-    assert out.dtype == expected.dtype == torch.float64 and torch.equal(out, expected)
-    upstream = torch.randn_like(out)
-    grads = torch.autograd.grad(out, tensors, upstream)
-    references = torch.autograd.grad(expected, tensors, upstream)
-    for grad, reference, t in zip(grads, references, tensors):
-        assert torch.equal(grad, reference) and grad.is_contiguous() and grad.dtype == t.dtype
-    # An input that needs no gradient gets none; the others' stay right (the runs of the skipped one still count).
-    frozen = [tensors[0].detach()] + list(tensors[1:])
-    partial = torch.autograd.grad(concat_shuffled(frozen, groups), frozen[1:], upstream)
-    assert all(torch.equal(grad, reference) for grad, reference in zip(partial, references[1:]))
-    with pytest.raises(ValueError, match='do not split into 4 groups'):
-        concat_shuffled([torch.randn(1, 3, 2, 2), torch.randn(1, 2, 2, 2)], 4)
+from sparx_mm.models.sparx.dmca import pad_channels_by_pooling
 
 
 def test_channel_padding_means_of_adaptive_bins():
