@@ -12,6 +12,7 @@ import torch  # noqa: E402
 from sparx_mm.ops import (group_norm_one_group, group_norm_one_group_reference,  # noqa: E402
                           group_norm_one_group_with_skip)
 from sparx_mm.ops import triton_group_norm as tgn  # noqa: E402
+from helpers import backward_through_two_uses  # noqa: E402  (this folder: the script's sys.path[0])
 
 # The interpreter runs a program's tile as numpy arrays: small tiles keep it fast, and make the column loops
 # of the reduction kernels run several chunks and split rows between programs on small shapes.
@@ -101,13 +102,7 @@ def with_skip_errors(shape, dtype, uses):
             assert torch.equal(skip, x) and skip.dtype == dtype
         else:
             y, skip = group_norm_one_group(*leaves, impl='reference'), leaves[0]
-        loss = 0
-        if uses in ('both', 'norm'):
-            loss = loss + (y.float() * up_y.float()).sum()
-        if uses in ('both', 'skip'):
-            loss = loss + (skip.float() * up_skip.float()).sum()
-        loss.backward()
-        grads.append([t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves])
+        grads.append(backward_through_two_uses(leaves, y, skip, up_y, up_skip, uses != 'skip', uses != 'norm'))
     return [rel_err(a, b) for a, b in zip(*grads)]
 
 

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from sparx_mm.ops import pointwise_conv2d, pointwise_conv2d_and_input, pointwise_conv2d_reference  # noqa: E402
 from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
-from helpers import compile_matches_eager  # noqa: E402  (this folder: the script's sys.path[0])
+from helpers import backward_through_two_uses, compile_matches_eager  # noqa: E402  (the script's folder)
 
 NAMES = ('y', 'dx', 'dweight', 'dbias', 'dskip', 'dscale', 'dshift')
 # Relative to the largest reference value; float16 tensors against a float32 reference on the same rounded
@@ -204,13 +204,8 @@ def check_conv_and_input():
                         assert type(x_again.grad_fn).__name__ == '_PointwiseConvAndInputBackward', x_again.grad_fn
                     else:
                         assert x_again is leaves[0]
-                    loss = 0
-                    if uses in ('both', 'conv'):
-                        loss = loss + (y.float() * dy.float()).sum()
-                    if uses in ('both', 'input'):
-                        loss = loss + (x_again.float() * dx_other.float()).sum()
-                    loss.backward()
-                    grads.append([torch.zeros_like(t) if t.grad is None else t.grad.float() for t in leaves])
+                    grads.append(backward_through_two_uses(leaves, y, x_again, dy, dx_other, uses != 'input',
+                                                           uses != 'conv'))
         finally:
             torch.backends.cudnn.allow_tf32 = True
         errors = [float((a - e).abs().max() / e.abs().max().clamp_min(1e-12)) for a, e in zip(*grads)]

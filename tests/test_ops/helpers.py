@@ -1,9 +1,11 @@
 """What the op tests share: running a cases script under Triton's CPU interpreter, comparing a torch.compile
-capture with eager mode (in those scripts), and catching the call of a Triton entry point where the dispatch
-would run it."""
+capture with eager mode (in those scripts), the gradients through two outputs that share an input, and catching the
+call of a Triton entry point where the dispatch would run it."""
 import os
 import subprocess
 import sys
+
+import torch
 
 from sparx_mm.ops import gpu_backends
 
@@ -27,7 +29,6 @@ def compile_matches_eager(loss, leaves, atol: float) -> bool:
     """Whether ``loss(*leaves)`` (a scalar) traces as one graph with no breaks and its gradients under
     ``torch.compile(fullgraph=True, backend='aot_eager')`` match eager mode (rtol 1e-5, ``atol``); prints a
     COMPILE line."""
-    import torch
     explanation = torch._dynamo.explain(loss)(*leaves)
     compiled = torch.compile(loss, fullgraph=True, backend='aot_eager')
     grads = torch.autograd.grad(compiled(*leaves), leaves)
@@ -56,3 +57,17 @@ def intercept_triton(monkeypatch, module, name: str) -> list:
 
     monkeypatch.setattr(module, name, stand_in)
     return calls
+
+
+def backward_through_two_uses(leaves, first, second, upstream_first, upstream_second, use_first: bool,
+                              use_second: bool) -> list:
+    """Backpropagate ``sum(first * upstream_first)`` and / or ``sum(second * upstream_second)`` (in float32) from two
+    outputs that share an input (the fused gradient sums' interpreter cases), and return the leaves' gradients as
+    float32, zeros where none came."""
+    loss = 0
+    if use_first:
+        loss = loss + (first.float() * upstream_first.float()).sum()
+    if use_second:
+        loss = loss + (second.float() * upstream_second.float()).sum()
+    loss.backward()
+    return [t.grad.float() if t.grad is not None else torch.zeros_like(t, dtype=torch.float32) for t in leaves]
