@@ -18,16 +18,17 @@ def op_census():
 
 def test_census_counts_the_gpu_paths_kernels_and_finds_the_strided_ops(op_census):
     """SparX-T at 64 x 64 on the GPU path: one fused scan a SS2D block (13), its plane transposes (x^T, the routes'
-    projections, the merge), the layer kernels;
-    the DMCA's shuffled concatenation reads strided channel slices; SS2D itself makes none (its x_proj once copied x
-    transposed)."""
+    projections, the merge), the layer kernels, the DMCAs' shuffled concatenations (a launch an input: x,
+    attention, values in each of the 7 DMCAs), which read no strided channel slices any more (torch's path did);
+    SS2D itself makes none (its x_proj once copied x transposed)."""
     usable, launch = gpu_backends.triton_usable, triton_cross_scan.launch
     launches, census = op_census.run_census('t', 64, 1, 'infer', 'fp32')
     assert launches['_cross_scan_fwd_kernel'] == 13 and launches['_plane_transpose_kernel'] == 39
     assert launches['_normalize_kernel'] > 0 and launches['_dwconv_kernel'] > 0
+    assert launches['_shuffle_copy_kernel'] == 3 * 7
     strided_sites = {site for op, strided, site, _ in census.calls if strided}
-    assert any(site.startswith('models/sparx/dmca.py') and site.endswith(' forward') for site in strided_sites), \
-        strided_sites
+    assert strided_sites and not any('channel_shuffle.py' in site or site.startswith('models/sparx/dmca.py') and
+                                     site.endswith(' forward') for site in strided_sites), strided_sites
     assert not any('ss2d.py' in site for site in strided_sites), strided_sites
     # Everything patched is restored.
     assert gpu_backends.triton_usable is usable and triton_cross_scan.launch is launch
