@@ -47,8 +47,8 @@ def test_training_census_takes_the_channels_last_runs_and_prints_rows(op_census,
 
 
 def test_inside_ops_counts_the_wrappers_own_ops_and_restores_the_custom_ops(op_census):
-    """--inside-ops: the ops inside the fused scan's wrappers (the backward's dt-projection GEMMs) are rows of their
-    own, at the wrapper's call site; without it they are inside the custom ops and not seen."""
+    """--inside-ops: the ops inside the fused scan's wrappers (the backward's sums of its kernels' partial results)
+    are rows of their own, at the wrapper's call site; without it they are inside the custom ops and not seen."""
     from sparx_mm.ops import triton_op
     traced = triton_op.traced_call
     _, outside = op_census.run_census('t', 64, 1, 'train', 'fp16')
