@@ -36,10 +36,15 @@ def concat_shuffled_reference(tensors: Sequence[Tensor], groups: int) -> Tensor:
     return shuffle_groups(torch.cat(list(tensors), 1), groups)
 
 
+def channel_starts(channels: Sequence[int]) -> List[int]:
+    """Where each of tensors of ``channels`` channels starts in their concatenation."""
+    return [0, *itertools.accumulate(channels)][:-1]
+
+
 def _shuffle_runs(channels: Sequence[int], groups: int) -> List[Tuple[int, slice, int]]:
     """``shuffle_groups(torch.cat(tensors, 1), groups)`` for tensors of ``channels`` channels, as runs in output
     order: (tensor, its channels first, first + groups, ... as a slice, their count)."""
-    runs, starts = [], [0, *itertools.accumulate(channels)][:-1]
+    runs, starts = [], channel_starts(channels)
     for j in range(groups):  # output group j: concatenated channels j, j + groups, j + 2 groups, ...
         for source, (start, count) in enumerate(zip(starts, channels)):
             # Output group j's channels before this tensor's, and up to its end: len(range(j, bound, groups)).

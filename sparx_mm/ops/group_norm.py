@@ -52,6 +52,15 @@ def _check(x, weight, bias):
                              f'{tuple(x.shape)}, or None; got shape {tuple(t.shape)}')
 
 
+def _dispatch(x, weight, bias, impl, op: str) -> Tuple[bool, torch.dtype]:
+    """Checks the inputs; (whether the reference runs, the output dtype) of :func:`group_norm_one_group`'s rules.
+    An empty x takes the reference: nothing to launch."""
+    _check(x, weight, bias)
+    device_type = x.device.type
+    out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    return gpu_backends.layer_kernel_impl(x, impl, op) == 'reference' or x.numel() == 0, out_dtype
+
+
 def group_norm_one_group(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                          eps: float = 1e-5, impl: Optional[str] = None) -> Tensor:
     """GroupNorm with one group (module doc): x (B, C, *spatial) -> (B, C, *spatial).
@@ -72,11 +81,8 @@ def group_norm_one_group(x: Tensor, weight: Optional[Tensor] = None, bias: Optio
         convolution (which casts its input to the autocast dtype), SparX's every use, computes: the same
         values, without writing and re-reading a float32 copy.
     """
-    _check(x, weight, bias)
-    device_type = x.device.type
-    out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-    chosen = gpu_backends.layer_kernel_impl(x, impl, 'group_norm_one_group')
-    if chosen == 'reference' or x.numel() == 0:  # nothing to launch for an empty x
+    reference, out_dtype = _dispatch(x, weight, bias, impl, 'group_norm_one_group')
+    if reference:
         return group_norm_one_group_reference(x, weight, bias, eps, out_dtype)
     from .triton_group_norm import group_norm_one_group_triton
     return group_norm_one_group_triton(x, weight, bias, eps, out_dtype)
@@ -95,11 +101,8 @@ def group_norm_one_group_with_skip(x: Tensor, weight: Optional[Tensor] = None, b
     Args and dtypes as :func:`group_norm_one_group`. Returns (y, skip): y (B, C, *spatial) as that function's,
     skip x's values (B, C, *spatial), x's dtype.
     """
-    _check(x, weight, bias)
-    device_type = x.device.type
-    out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-    chosen = gpu_backends.layer_kernel_impl(x, impl, 'group_norm_one_group_with_skip')
-    if chosen == 'reference' or x.numel() == 0:
+    reference, out_dtype = _dispatch(x, weight, bias, impl, 'group_norm_one_group_with_skip')
+    if reference:
         return group_norm_one_group_reference(x, weight, bias, eps, out_dtype), x
     from .triton_group_norm import group_norm_one_group_with_skip_triton
     return group_norm_one_group_with_skip_triton(x, weight, bias, eps, out_dtype)

@@ -207,6 +207,13 @@ def triton_is_faster(positions: int) -> bool:
     return positions >= 128
 
 
+def _runs_reference(x: Tensor, impl: Optional[str]) -> bool:
+    """Whether the reference runs (``impl``, the environment, else :func:`triton_is_faster` at x's map size); an
+    empty x takes it: nothing to launch."""
+    faster = triton_is_faster(x.shape[2] * x.shape[3])
+    return gpu_backends.layer_kernel_impl(x, impl, _NAME, faster) == 'reference' or x.numel() == 0
+
+
 def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: Optional[Tensor] = None,
                      skip_scale: Optional[Tensor] = None, skip_shift: Optional[Tensor] = None,
                      branch_scale: Optional[Tensor] = None, impl: Optional[str] = None, groups: int = 1,
@@ -235,8 +242,7 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     """
     _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation, branch_scale)
     dtype, out_dtype = _dtypes(x, skip, skip_scale, skip_shift)
-    faster = triton_is_faster(x.shape[2] * x.shape[3])
-    if gpu_backends.layer_kernel_impl(x, impl, _NAME, faster) == 'reference' or x.numel() == 0:
+    if _runs_reference(x, impl):
         return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups, activation, branch_scale)
     from .triton_pointwise_conv import pointwise_conv2d_triton
     if activation is not None and gpu_backends.gradient_needed(x, weight, bias):
@@ -263,8 +269,7 @@ def pointwise_conv2d_and_input(x: Tensor, weight: Tensor, bias: Optional[Tensor]
     """
     _check_inputs(x, weight, bias, None, None, None, 1)
     dtype, out_dtype = _dtypes(x, None, None, None)
-    faster = triton_is_faster(x.shape[2] * x.shape[3])
-    if gpu_backends.layer_kernel_impl(x, impl, _NAME, faster) == 'reference' or x.numel() == 0:
+    if _runs_reference(x, impl):
         return _reference(x, weight, bias, None, None, None), x
     from .triton_pointwise_conv import pointwise_conv2d_and_input_triton
     return pointwise_conv2d_and_input_triton(x, weight, bias, dtype, out_dtype)

@@ -12,12 +12,14 @@ so 14 x 14 planes (196 elements) move with vector accesses.
 Importing this module needs triton but no GPU; launching needs CUDA tensors, or ``TRITON_INTERPRET=1``
 (Triton's CPU interpreter, which the CPU tests use).
 """
-from typing import List, Optional, Sequence
+import functools
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .channel_shuffle import channel_starts
 from .gpu_backends import check_triton_launchable
 from .triton_launch import cdiv, launch, next_power_of_2, power_of_two_factor
 
@@ -47,6 +49,13 @@ def _shuffle_copy_kernel(src_ptr, dst_ptr, rows, C, start, N, HW_UNITS, GROUPS: 
     tl.store(dst_ptr + dst_rows[:, None] * HW + cols[None, :], values.to(dst_ptr.dtype.element_ty), mask=mask)
 
 
+def shuffle_tiling(rows: int, hw: int) -> Tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_HW, warps) of a copy of ``rows`` planes of ``hw`` elements (:data:`TILING`)."""
+    tile, warps, widest = TILING
+    block_hw = min(next_power_of_2(hw), widest)
+    return min(max(1, tile // block_hw), next_power_of_2(rows)), block_hw, warps
+
+
 def _copy(src: torch.Tensor, dst: torch.Tensor, channels: int, start: int, total: int, groups: int,
           scatter: bool) -> None:
     """One input's planes (``channels`` of them a sample, concatenated from channel ``start`` of ``total``) to their
@@ -55,21 +64,11 @@ def _copy(src: torch.Tensor, dst: torch.Tensor, channels: int, start: int, total
     rows = batch * channels
     if rows == 0:
         return
-    tile, warps, widest = TILING
-    block_hw = min(next_power_of_2(hw), widest)
-    block_r = min(max(1, tile // block_hw), next_power_of_2(rows))
+    block_r, block_hw, warps = shuffle_tiling(rows, hw)
     hw_align = power_of_two_factor(hw)
     launch(_shuffle_copy_kernel, (cdiv(rows, block_r), cdiv(hw, block_hw)), src, dst, rows, channels, start, total,
            hw // hw_align, GROUPS=groups, SCATTER=scatter, HW_ALIGN=hw_align, BLOCK_R=block_r, BLOCK_HW=block_hw,
            num_warps=warps)
-
-
-def _starts(channels: Sequence[int]) -> List[int]:
-    starts, start = [], 0
-    for c in channels:
-        starts.append(start)
-        start += c
-    return starts
 
 
 class _ConcatShuffledTriton(torch.autograd.Function):
@@ -79,11 +78,9 @@ class _ConcatShuffledTriton(torch.autograd.Function):
         channels = [t.shape[1] for t in tensors]
         total = sum(channels)
         first = tensors[0]
-        dtype = first.dtype
-        for t in tensors[1:]:
-            dtype = torch.promote_types(dtype, t.dtype)
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
         out = torch.empty((first.shape[0], total) + tuple(first.shape[2:]), device=first.device, dtype=dtype)
-        for t, c, start in zip(tensors, channels, _starts(channels)):
+        for t, c, start in zip(tensors, channels, channel_starts(channels)):
             _copy(t.contiguous(), out, c, start, total, groups, True)
         ctx.groups, ctx.inputs = groups, [(t.shape, t.dtype) for t in tensors]
         return out
@@ -95,7 +92,7 @@ class _ConcatShuffledTriton(torch.autograd.Function):
         total = sum(channels)
         grads: List[Optional[torch.Tensor]] = []
         for (shape, dtype), needed, c, start in zip(ctx.inputs, ctx.needs_input_grad[1:], channels,
-                                                     _starts(channels)):
+                                                     channel_starts(channels)):
             g = None
             if needed:
                 g = grad.new_empty(shape, dtype=dtype)

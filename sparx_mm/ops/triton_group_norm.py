@@ -362,11 +362,18 @@ def _setup_context(ctx, inputs, output):
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
-def _backward(ctx, dy, _dstats):
+def _input_and_param_grads(ctx, dy, skip_grad):
+    """The gradients of (x, weight, bias, eps, out_dtype) from the output's dy (and x's skip-path gradient, or
+    None), with the context ``_setup_context`` filled."""
     x, weight, stats = ctx.saved_tensors
-    dx, dparams = _group_norm_bwd(dy.contiguous(), x, weight, stats, None)
+    dx, dparams = _group_norm_bwd(dy.contiguous(), x, weight, stats,
+                                  None if skip_grad is None else skip_grad.contiguous())
     return (dx, None if weight is None else dparams[0].to(weight.dtype),
             None if ctx.bias_dtype is None else dparams[1].to(ctx.bias_dtype), None, None)
+
+
+def _backward(ctx, dy, _dstats):
+    return _input_and_param_grads(ctx, dy, None)
 
 
 _group_norm_fwd = TritonOp('sparx_mm::group_norm_one_group_fwd', _group_norm_fwd, _group_norm_fwd_fake,
@@ -394,21 +401,17 @@ class _GroupNormWithSkip(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, out_dtype):
-        y, stats = _group_norm_fwd.fn(x, weight, bias, eps, out_dtype)
-        ctx.save_for_backward(x, weight, stats)
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        inputs = (x, weight, bias, eps, out_dtype)
+        y, stats = _group_norm_fwd.fn(*inputs)
+        _setup_context(ctx, inputs, (y, stats))
         ctx.set_materialize_grads(False)
         return y, x.view_as(x)
 
     @staticmethod
     def backward(ctx, dy, skip_grad):
-        x, weight, stats = ctx.saved_tensors
         if dy is None:
             return skip_grad, None, None, None, None
-        dx, dparams = _group_norm_bwd(dy.contiguous(), x, weight, stats,
-                                      None if skip_grad is None else skip_grad.contiguous())
-        return (dx, None if weight is None else dparams[0].to(weight.dtype),
-                None if ctx.bias_dtype is None else dparams[1].to(ctx.bias_dtype), None, None)
+        return _input_and_param_grads(ctx, dy, skip_grad)
 
 
 def group_norm_one_group_with_skip_triton(x: torch.Tensor, weight: Optional[torch.Tensor],

@@ -89,6 +89,11 @@ def triton_backward_is_faster(positions: int, groups: int) -> bool:
     return groups > 1 or positions < 784
 
 
+def _triton_backward(positions: int, groups: int) -> bool:
+    """Whether the backward pass runs the Triton kernels (else cuDNN's convolution backward): :data:`BACKWARD`."""
+    return BACKWARD == 'triton' or BACKWARD == 'auto' and triton_backward_is_faster(positions, groups)
+
+
 #: Largest number of position blocks of a launch (a CUDA grid's y extent).
 _MAX_GRID_Y = 65535
 #: float16 / bfloat16 products: weight rows are padded (a copy in the convolution dtype) to a multiple of this
@@ -583,7 +588,7 @@ def _backward(ctx, dy):
     if needs[0] or needs[1]:
         conv_needs = (needs[0], needs[1], False)
         positions = x.shape[2] * x.shape[3]
-        if BACKWARD == 'triton' or BACKWARD == 'auto' and triton_backward_is_faster(positions, ctx.groups):
+        if _triton_backward(positions, ctx.groups):
             dx, dweight, _ = _pointwise_bwd(conv_dy, x, weight, ctx.conv_dtype, ctx.tf32, ctx.groups, *conv_needs)
         else:
             dx, dweight, _ = _conv_grads_cudnn(conv_dy, x, weight, ctx.conv_dtype, ctx.groups, conv_needs)
@@ -648,7 +653,7 @@ class _PointwiseConvAndInput(torch.autograd.Function):
                     None, None, dx, ctx.conv_dtype, ctx.tf32)
         if needs[1]:
             positions = x.shape[2] * x.shape[3]
-            if BACKWARD == 'triton' or BACKWARD == 'auto' and triton_backward_is_faster(positions, 1):
+            if _triton_backward(positions, 1):
                 dweight = _launch_wgrad(dy, x, ctx.conv_dtype, ctx.tf32).view(weight.shape)
             else:
                 dweight = _conv_grads_cudnn(dy, x, weight, ctx.conv_dtype, 1, (False, True, False))[1]

@@ -172,9 +172,8 @@ def shuffle_copy_ptx(positions: int, dtype: str, scatter: bool, warps=None) -> s
     """concat_shuffled's plane-copy kernel for planes of ``positions`` elements, 'fp16' / 'fp32', forward
     (``scatter``) or backward, with ``triton_channel_shuffle.TILING`` (its warps unless ``warps``)."""
     from sparx_mm.ops import triton_channel_shuffle as shuffle
-    tile, tile_warps, widest = shuffle.TILING
-    block_hw = min(1 << (positions - 1).bit_length(), widest)
-    constexprs = dict(GROUPS=3, SCATTER=scatter, HW_ALIGN=power_of_two_factor(positions), BLOCK_R=tile // block_hw,
+    block_r, block_hw, tile_warps = shuffle.shuffle_tiling(128 * 320, positions)  # a DMCA input's planes
+    constexprs = dict(GROUPS=3, SCATTER=scatter, HW_ALIGN=power_of_two_factor(positions), BLOCK_R=block_r,
                       BLOCK_HW=block_hw)
     arg_types = dict(src_ptr=f'*{dtype}', dst_ptr=f'*{dtype}', rows='i32', C='i32', start='i32', N='i32',
                      HW_UNITS='i32')
