@@ -1,6 +1,7 @@
 """GPU check of the Triton kernels against the PyTorch reference (run on a CUDA machine).
 
-    python tools/gpu_checks/check_kernels.py [--model] [--only scan cross model recompute launch graph layout shuffle]
+    python tools/gpu_checks/check_kernels.py [--model]
+        [--only scan cross model recompute launch graph layout shuffle dmca]
         [--whole-axis N [N ...]]
 
 Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
@@ -17,7 +18,8 @@ gradients), and the classifier that benchmark.py times replayed from CUDA graphs
 eager mode (bit-identical outputs and gradients); and the NCHW <-> channels-last conversions
 (``convert_memory_format``: the transpose kernel against torch's copy, bit for bit, with both one's GPU times),
 and the DMCA's concatenation + shuffle (``concat_shuffled``: its kernel against its torch path, bit for bit, forward
-and backward, with the GPU times).
+and backward, with the GPU times), and the DMCA's float16 training path (autocast: the channel attention's explicit
+products, the channel padding's reduction) against float64.
 Prints the largest relative errors and exits non-zero when one exceeds its tolerance. The layer kernels' own checks:
 check_group_norm.py, check_depthwise_conv.py, check_pointwise_conv.py.
 """
@@ -461,20 +463,74 @@ def check_shuffle(device):
     return ok
 
 
-PARTS = ('scan', 'cross', 'model', 'recompute', 'launch', 'graph', 'layout', 'shuffle')
+# DMCAs of SparX-S (the stage-3 and stage-4 ganglion layers: two-channel paddings, the stage-3 one with spatial
+# reduction 2): (dim, shortcut channels, out channels, sr ratio, map size).
+DMCA_SHAPES = [(328, 3 * 328, 656, 2, 14), (544, 2 * 544, 1088, 1, 7)]
+
+
+def check_dmca(device, batch=32):
+    """The DMCA's training path in float16 (autocast), where the channel attention runs as explicit products and
+    the channel padding as its own reduction: output and input gradients against the same module in float64 (rel
+    err within 2e-2, finite), and the padding against the official composition (torch.cat + adaptive_avg_pool3d:
+    the gradient bit for bit; the means within 1e-3 relative of float64's)."""
+    import copy
+    import torch.nn.functional as F
+    from sparx_mm.models.sparx import DMCA
+    from sparx_mm.models.sparx.dmca import pad_channels_by_pooling
+    ok = True
+    for dim, shortcut_channels, out_channels, sr, size in DMCA_SHAPES:
+        torch.manual_seed(dim)
+        dmca = DMCA(dim, shortcut_channels, out_channels, sr_ratio=sr).to(device).train()
+        dmca64 = copy.deepcopy(dmca).double()
+        x = torch.randn(batch, dim, size, size, device=device)
+        shortcut = torch.randn(batch, shortcut_channels, size, size, device=device)
+        upstream = torch.randn(batch, out_channels, size, size, device=device)
+        results = []
+        for net, dtype in ((dmca64, torch.float64), (dmca, torch.float32)):
+            inputs = [x.to(dtype).requires_grad_(), shortcut.to(dtype).requires_grad_()]
+            with torch.autocast('cuda', dtype=torch.float16, enabled=dtype == torch.float32):
+                out = net(*inputs)
+            grads = torch.autograd.grad(out, inputs, upstream.to(out.dtype))
+            results.append((out.float(), *[g.float() for g in grads]))
+        errors = [rel_err(a, b) for a, b in zip(results[1], results[0])]
+        finite = all(torch.isfinite(t).all() for t in results[1])
+        passed = finite and max(errors) <= 2e-2 and results[1][0].dtype == torch.float32
+        ok &= passed
+        print(f'DMCA({dim}, {shortcut_channels} -> {out_channels}, sr {sr}) train, {batch} x {size} x {size}, autocast '
+              f'float16 vs float64: output {errors[0]:.1e}, dx {errors[1]:.1e}, dshortcut {errors[2]:.1e}'
+              f'{"" if passed else "  FAIL"}', flush=True)
+        extra = out_channels - out_channels // 3 * 3
+        y = torch.randn(batch, out_channels - extra, size, size, device=device, dtype=torch.float16,
+                        requires_grad=True)
+        padded = pad_channels_by_pooling(y, extra)
+        pooled = torch.cat([y, F.adaptive_avg_pool3d(y.unsqueeze(1), (extra, size, size)).squeeze(1)], 1)
+        grad_up = torch.randn_like(padded)
+        same_grad = torch.equal(*[torch.autograd.grad(t, y, grad_up)[0] for t in (padded, pooled)])
+        exact = y.detach().double().unflatten(1, (extra, -1)).mean(2)  # equal bins in SparX-S
+        mean_err, pooled_err = (rel_err(t[:, -extra:].double(), exact) for t in (padded, pooled))
+        passed = same_grad and mean_err <= 1e-3 and torch.equal(padded[:, :-extra], y)
+        ok &= passed
+        print(f'pad_channels_by_pooling({out_channels - extra} + {extra}) float16: gradient '
+              f'{"bit-identical to" if same_grad else "DIFFERS from"} cat + adaptive_avg_pool3d\'s; means rel err '
+              f'{mean_err:.1e} from float64 (the composition\'s {pooled_err:.1e}){"" if passed else "  FAIL"}',
+              flush=True)
+    return ok
+
+
+PARTS = ('scan', 'cross', 'model', 'recompute', 'launch', 'graph', 'layout', 'shuffle', 'dmca')
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', action='store_true', help='also compare whole-model outputs')
     parser.add_argument('--only', nargs='+', choices=PARTS, default=None,
-                        help='run only these parts (default: scan, cross, layout and shuffle, plus model, recompute, '
-                             'launch and graph with --model)')
+                        help='run only these parts (default: scan, cross, layout, shuffle and dmca, plus model, '
+                             'recompute, launch and graph with --model)')
     parser.add_argument('--whole-axis', type=int, nargs='+', default=None, metavar='N',
                         help='layout part: time the scan\'s transposes with each of these WHOLE_AXIS values '
                              '(triton_transpose.py: axes up to N long in one tile; default the module\'s)')
     args = parser.parse_args()
-    parts = set(args.only or ['scan', 'cross', 'layout', 'shuffle']
+    parts = set(args.only or ['scan', 'cross', 'layout', 'shuffle', 'dmca']
                 + (['model', 'recompute', 'launch', 'graph'] if args.model else []))
     if not torch.cuda.is_available():
         sys.exit('check_kernels.py needs a CUDA GPU')
@@ -483,7 +539,7 @@ def main():
     ok = True
     for part, check in (('scan', check_scan), ('cross', check_cross_scan), ('model', check_model),
                         ('recompute', check_recompute), ('launch', check_launch), ('graph', check_graph),
-                        ('layout', check_layout), ('shuffle', check_shuffle)):
+                        ('layout', check_layout), ('shuffle', check_shuffle), ('dmca', check_dmca)):
         if part in parts:
             ok &= check(device, args.whole_axis) if part == 'layout' else check(device)
     print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')

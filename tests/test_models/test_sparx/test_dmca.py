@@ -2,26 +2,58 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sparx_mm.models.sparx import DMCA, LEARNABLE_SCALE_INIT, channel_attention
-from sparx_mm.models.sparx.dmca import pad_channels_by_pooling
+from sparx_mm.models.sparx.dmca import adaptive_bins, pad_channels_by_pooling
 
 
-def test_channel_padding_means_of_adaptive_bins():
-    x = torch.randn(2, 5, 3, 4)
-    one = pad_channels_by_pooling(x, 1)
-    torch.testing.assert_close(one[:, 5], x.mean(1))
-    two = pad_channels_by_pooling(x, 2)
-    # adaptive pooling of 5 channels into 2 bins: [0, 3) and [2, 5)
-    torch.testing.assert_close(two[:, 5], x[:, 0:3].mean(1))
-    torch.testing.assert_close(two[:, 6], x[:, 2:5].mean(1))
+def _pooled_padding(x, extra):
+    """The official composition: the channel axis average-pooled adaptively, concatenated."""
+    return torch.cat([x, F.adaptive_avg_pool3d(x.unsqueeze(1), (extra, *x.shape[2:])).squeeze(1)], 1)
+
+
+def test_adaptive_bins_are_pytorchs_boundaries():
+    assert adaptive_bins(5, 2) == [(0, 3), (2, 5)]  # overlapping where the bins do not divide the length
+    assert adaptive_bins(654, 2) == [(0, 327), (327, 654)]
+    assert adaptive_bins(2, 3) == [(0, 1), (0, 2), (1, 2)]
+
+
+@pytest.mark.parametrize('channels, extra', [(5, 2), (654, 2), (9, 3), (10, 4), (2, 3), (639, 1), (7, 1)])
+def test_channel_padding_is_the_adaptive_pooling_composition(channels, extra):
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, 3, 4, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, channels + extra, 3, 4, dtype=torch.float64)
+    padded = pad_channels_by_pooling(x, extra)
+    expected = _pooled_padding(x, extra)
+    torch.testing.assert_close(padded, expected, rtol=1e-12, atol=1e-12)
+    grad, = torch.autograd.grad(padded, x, upstream)
+    expected_grad, = torch.autograd.grad(expected, x, upstream)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+    assert grad.is_contiguous()
     assert pad_channels_by_pooling(x, 0) is x
-    # The one-channel padding's own gradient: torch.cat([x, x.mean(1, keepdim=True)], 1)'s, bit for bit (float16).
-    x = torch.randn(2, 639, 3, 4).half().requires_grad_()
-    upstream = torch.randn(2, 640, 3, 4).half()
-    grad, = torch.autograd.grad(pad_channels_by_pooling(x, 1), x, upstream)
-    expected, = torch.autograd.grad(torch.cat([x, x.mean(1, keepdim=True)], 1), x, upstream)
+
+
+@pytest.mark.parametrize('channels, extra', [(654, 2), (639, 1)])
+def test_channel_padding_float16(channels, extra):
+    """Float16 as the GPUs train: the gradient bit for bit the composition's (one division by the bin's width, one
+    add), the means within float16 rounding of the exact ones (the CPU's float16 adaptive pooling sums in float16,
+    ~10x further off, so float64 is the reference here)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, 3, 4).half().requires_grad_()
+    upstream = torch.randn(2, channels + extra, 3, 4).half()
+    padded = pad_channels_by_pooling(x, extra)
+    assert padded.dtype == torch.float16 and torch.equal(padded[:, :channels], x)
+    exact = _pooled_padding(x.detach().double(), extra)[:, channels:]
+    torch.testing.assert_close(padded[:, channels:].double(), exact, rtol=1e-3, atol=1e-4)
+    grad, = torch.autograd.grad(padded, x, upstream)
+    expected, = torch.autograd.grad(_pooled_padding(x, extra), x, upstream)
     assert torch.equal(grad, expected) and grad.is_contiguous()
+
+
+def test_channel_padding_rejects_negative_extra():
+    with pytest.raises(ValueError, match='extra must be >= 0'):
+        pad_channels_by_pooling(torch.randn(1, 4, 2, 2), -1)
 
 
 def test_channel_attention_is_grouped_softmax_over_channels():
@@ -40,6 +72,26 @@ def test_channel_attention_is_grouped_softmax_over_channels():
     assert scale.grad is not None and scale.grad.abs() > 0
     with torch.no_grad():  # inference takes the fused path with the same result
         torch.testing.assert_close(channel_attention(q, k, v, 4, scale), learned.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_channel_attention_trains_on_explicit_products(monkeypatch):
+    """While autograd records, the explicit products (SDPA's math fallback would compute half precision in float32);
+    without it SDPA, with the same result."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3), torch.randn(2, 8, 6, 6, requires_grad=True)
+    with torch.no_grad():
+        inferred = channel_attention(q, k, v, 4)
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError('SDPA called while autograd records')
+
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', no_sdpa)
+    trained = channel_attention(q, k, v, 4)
+    torch.testing.assert_close(trained.detach(), inferred, rtol=1e-5, atol=1e-6)
+    grad, = torch.autograd.grad(trained.square().sum(), v)
+    v64 = v.detach().double().requires_grad_()
+    expected, = torch.autograd.grad(channel_attention(q.double(), k.double(), v64, 4).square().sum(), v64)
+    torch.testing.assert_close(grad.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('dim, sr, out', [(8, 2, 16), (12, 1, 24), (20, 4, 40), (16, 2, 32)])
