@@ -19,6 +19,11 @@ at the same map sizes (map sizes pick some dispatch paths: use 224).
 Prints the Triton launches by kernel, the totals (aten op calls and the bytes of their operands and outputs, all and
 strided: a measure of the data the torch work between the kernels moves, to compare code versions without a GPU),
 then one row per (op, strided, call site, operand shapes), largest share of bytes first.
+
+fp16 / bf16 run under the CPU's autocast, whose dtype rules are not CUDA's: ops on the CPU's float32 list only (e.g.
+``adaptive_avg_pool3d``) show casts to float32, and float32 results downstream, that a GPU does not run. Check an
+op's CUDA rule before reading such a cast as GPU work (``torch._C._dispatch_dump('aten::OP')`` lists an
+``AutocastCUDA`` kernel where CUDA autocast handles the op).
 """
 import argparse
 import collections
