@@ -380,6 +380,13 @@ _group_norm_fwd = TritonOp('sparx_mm::group_norm_one_group_fwd', _group_norm_fwd
                            _setup_context, _backward)
 
 
+def _forward_args(x, weight, bias, eps, out_dtype, caller: str):
+    """``_group_norm_fwd``'s arguments (x, weight, bias contiguous; eps a float), x checked launchable."""
+    check_triton_launchable(x, caller)
+    return (x.contiguous(), None if weight is None else weight.contiguous(),
+            None if bias is None else bias.contiguous(), float(eps), out_dtype)
+
+
 def group_norm_one_group_triton(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                                 eps: float, out_dtype: torch.dtype) -> torch.Tensor:
     """Triton implementation of :func:`sparx_mm.ops.group_norm_one_group` (inputs already checked, x not empty).
@@ -387,10 +394,7 @@ def group_norm_one_group_triton(x: torch.Tensor, weight: Optional[torch.Tensor],
     x (B, C, *spatial) float32 / float16 / bfloat16, weight / bias (C,) or None -> (B, C, *spatial) out_dtype.
     Needs CUDA tensors (or ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for tests).
     """
-    check_triton_launchable(x, 'group_norm_one_group_triton')
-    weight = None if weight is None else weight.contiguous()
-    bias = None if bias is None else bias.contiguous()
-    y, _ = _group_norm_fwd(x.contiguous(), weight, bias, float(eps), out_dtype)
+    y, _ = _group_norm_fwd(*_forward_args(x, weight, bias, eps, out_dtype, 'group_norm_one_group_triton'))
     return y
 
 
@@ -424,11 +428,8 @@ def group_norm_one_group_with_skip_triton(x: torch.Tensor, weight: Optional[torc
     kernel (where autograd would add the two gradients of x in a pass of its own). Traced (torch.compile) or
     without gradients, ``(y, x)`` from the custom op, and autograd (or the compiler) adds.
     """
-    check_triton_launchable(x, 'group_norm_one_group_with_skip_triton')
-    weight = None if weight is None else weight.contiguous()
-    bias = None if bias is None else bias.contiguous()
-    x = x.contiguous()
-    args = (x, weight, bias, float(eps), out_dtype)
+    args = _forward_args(x, weight, bias, eps, out_dtype, 'group_norm_one_group_with_skip_triton')
+    x, weight, bias = args[:3]
     if triton_op.traced_call(args) or not gradient_needed(x, weight, bias):
         return _group_norm_fwd(*args)[0], x
     return _GroupNormWithSkip.apply(*args)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from torch import nn
 
-from ...ops import OneGroupNorm, concat_shuffled
+from ...ops import OneGroupNorm, concat_shuffled, gpu_backends
 from ..layers import DepthwiseConvAct, FoldingSequential, PointwiseConv
 
 #: The learnable attention scale of the official Mask R-CNN checkpoints starts at (800*1333/16/64) ** -0.5,
@@ -50,7 +50,7 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups:
     q = q.reshape(b * groups, c // groups, qh * qw)
     k = k.reshape(b * groups, c // groups, qh * qw)
     v = v.reshape(b * groups, c // groups, height * width)
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v, scale)):
+    if gpu_backends.gradient_needed(q, k, v, scale):
         # Training: the explicit products, as the official detection and segmentation code trains (a learnable
         # scale needs them: SDPA takes its scale as a Python float). SDPA has no fused kernel for these shapes
         # (3-D, key and value widths h'w' != HW), and its math fallback computes float16 / bfloat16 in float32:
