@@ -60,6 +60,11 @@ BRANCH_CASES = [CASES[0], CASES[1], CASES[5], CASES[7], CASES[9], CASES[13], SHO
 BRANCH_FACTORS = (1.25, 0.0, 0.5)
 
 
+def rel_err(actual, expected) -> float:
+    """Largest |error| relative to the largest |expected| (actual compared in expected's dtype)."""
+    return float((actual.to(expected.dtype) - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+
+
 def round_to_tf32(t):
     """float32 ``t`` (normal numbers) rounded to TF32's 10 mantissa bits, to nearest even: a formulation
     independent of the kernel's bit operations."""
@@ -111,8 +116,7 @@ def relative_errors(case, branch=False):
     assert y.dtype == expected_dtype, (y.dtype, expected_dtype)
     assert all(gr.dtype == leaf.dtype for gr, leaf in zip(grads, present))
     names = [name for name, t in zip(NAMES[1:], leaves) if t is not None]
-    errors = [float((a.float() - e).abs().max() / e.abs().max().clamp_min(1e-12))
-              for a, e in zip([y.detach()] + list(grads), [y_expected] + list(ref_grads))]
+    errors = [rel_err(a, e) for a, e in zip([y.detach()] + list(grads), [y_expected] + list(ref_grads))]
     return dict(zip(['y'] + names, errors))
 
 
@@ -174,7 +178,7 @@ def check_backward_policy():
             dy = torch.randn(2, 6, size, size, generator=g)
             grads = torch.autograd.grad(pointwise_conv2d(x, weight, impl='triton', groups=groups), (x, weight), dy)
             ref = torch.autograd.grad(pointwise_conv2d_reference(x, weight, groups=groups), (x, weight), dy)
-            errors += [float((a - e).abs().max() / e.abs().max()) for a, e in zip(grads, ref)]
+            errors += [rel_err(a, e) for a, e in zip(grads, ref)]
     ok = calls == ['cudnn', 'triton', 'triton'] and max(errors) <= 2e-3  # dx of dy rounded to TF32 (cuDNN's default)
     print(f'BACKWARD POLICY {"ok" if ok else "FAILED"}: {calls}, largest error {max(errors):.1e}')
     return ok
@@ -208,7 +212,7 @@ def check_conv_and_input():
                                                            uses != 'conv'))
         finally:
             torch.backends.cudnn.allow_tf32 = True
-        errors = [float((a - e).abs().max() / e.abs().max().clamp_min(1e-12)) for a, e in zip(*grads)]
+        errors = [rel_err(a, e) for a, e in zip(*grads)]
         passed = max(errors) <= (2e-3 if dtype == torch.float16 else 1e-5)
         ok = ok and passed
         print(f'AND INPUT {str(dtype)[6:]} {backward} weight gradient, {uses}: dx {errors[0]:.1e} dweight '
@@ -244,7 +248,7 @@ def check_activation():
         ref_leaves = [t.float().requires_grad_() for t in (x, weight, bias)]
         ref_grads = torch.autograd.grad(pointwise_conv2d_reference(*ref_leaves, groups=groups, activation=activation),
                                         ref_leaves, dy.float())
-        errors = [float((a.float() - e).abs().max() / e.abs().max()) for a, e in
+        errors = [rel_err(a, e) for a, e in
                   zip([y, y_grad.detach()] + list(grads), [expected, expected] + list(ref_grads))]
         passed = y.dtype == dtype and max(errors) <= tol
         ok = ok and passed
@@ -387,7 +391,7 @@ def check_model():
             sum(f.square().mean() for f in feats).backward()
             results[name] = [f.detach().double() for f in feats] + [leaf.grad.double()]
         os.environ.pop('SPARX_LAYER_KERNELS')
-        errors = {name: [float((a - e).abs().max() / e.abs().max()) for a, e in zip(results[name], results['float64'])]
+        errors = {name: [rel_err(a, e) for a, e in zip(results[name], results['float64'])]
                   for name in ('triton', 'float32')}
         out_err, grad_err = max(errors['triton'][:-1]), errors['triton'][-1]
         ref_out, ref_grad = max(errors['float32'][:-1]), errors['float32'][-1]

@@ -186,7 +186,8 @@ def main():
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
     if 'check' in args.only:
-        ok = check_with_skip(device) and check(device)
+        ok = check(device)
+        ok = check_with_skip(device) and ok
     if 'bench' in args.only:
         bench(args.batch, device)
     sys.exit(0 if ok else 1)
