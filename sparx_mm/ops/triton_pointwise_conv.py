@@ -1,14 +1,17 @@
 """Triton kernels of :func:`sparx_mm.ops.pointwise_conv2d`, forward and backward.
 
-Each program computes a (BLOCK_CO output channels) x (BLOCK_P positions) tile of one sample's output as the
-GEMM ``weight (Cout, Cin) @ x[b] (Cin, H*W)``: x[b] is already a row-major (Cin, H*W) matrix in NCHW order, so
-no layout conversion is needed, and the weight is small enough to stay in L2. The output channel blocks of a
-position block are neighbouring programs, so they share the x tiles through L2. A grouped convolution (``GROUPS``
-groups: the DMCA's fusion conv) is the same product on x, y (and skip) viewed as (B * GROUPS, C / GROUPS, H, W),
-each (sample, group) pair a "sample" of the kernels, which take the pair's group of weight rows (and of the
-per-channel parameters). The accumulator is float32; the epilogue adds the bias, scales the sum by the sample's
-branch scale where there is one (stochastic depth's factor), adds the skip path (``skip * skip_scale +
-skip_shift``) and stores once in the output dtype.
+Each program computes a (BLOCK_CO output channels) x (BLOCK_P positions) tile of the output as the GEMM
+``weight (Cout, Cin) @ x[b] (Cin, H*W)``: x[b] is already a row-major (Cin, H*W) matrix in NCHW order, so no
+layout conversion is needed, and the weight is small enough to stay in L2. A tile's positions are consecutive in
+the (sample, position) order and run on from one sample into the next, so no tile is left part empty at a map's
+end (14 x 14: 196 positions took two 128-position tiles a sample, 23 % of their columns masked); the hints of
+``_columns`` keep the copies vectors. The output channel blocks of a position block are neighbouring programs, so
+they share the x tiles through L2. A grouped convolution (``GROUPS`` groups: the DMCA's fusion conv) is the same
+product on x, y (and skip) viewed as (B * GROUPS, C / GROUPS, H, W), the group on grid axis 1, its programs taking
+the group's weight rows (and per-channel parameters) and each sample's pair (sample, group). The accumulator is
+float32; the epilogue adds the bias, scales each column by its sample's branch scale where there is one
+(stochastic depth's factor), adds the skip path (``skip * skip_scale + skip_shift``) and stores once in the output
+dtype.
 
 The operands are cast to the convolution dtype in registers before the product (float32 x under float16
 autocast is rounded as autocast would round it). float32 products use TF32 when cuDNN may
@@ -32,8 +35,9 @@ ms of a SparX-T fp16 training step's 138.6 on an H200, docs/benchmarks.md). dx =
 kernel run on dy with the transposed weight (its skip path adds the gradient of x's other use, where x has one:
 :func:`pointwise_conv2d_and_input_triton`). The weight gradient, a sum over samples and positions, comes from
 ``_conv1x1_wgrad_kernel``: a program per output tile and split of the batch, dy and x tiles read with the positions (the
-product's K) contiguous, which is how Hopper's tensor cores take both operands, TF32 included; the splits' float32
-partial sums are added after it (deterministic, no atomics). Its tiling and the backward's speed against cuDNN's:
+product's K: the split's samples' positions in one run, chunks running on across samples) contiguous, which is how
+Hopper's tensor cores take both operands, TF32 included; the splits' float32 partial sums are added after it
+(deterministic, no atomics). Its tiling and the backward's speed against cuDNN's:
 ``tools/gpu_checks/check_pointwise_conv.py --only bench wgrad-sweep``. The per-channel gradients come from one
 more pass over dy, ``_channel_grads_kernel`` (not the weight-gradient kernel: Triton 3.6 miscompiled sums of
 the dy tile that fed its tensor-core product on Hopper): the bias's and the skip shift's (both dy's sum), the
@@ -94,7 +98,7 @@ def _triton_backward(positions: int, groups: int) -> bool:
     return BACKWARD == 'triton' or BACKWARD == 'auto' and triton_backward_is_faster(positions, groups)
 
 
-#: Largest number of position blocks of a launch (a CUDA grid's y extent).
+#: Largest extent of a CUDA grid's y axis (the groups of a launch).
 _MAX_GRID_Y = 65535
 #: float16 / bfloat16 products: weight rows are padded (a copy in the convolution dtype) to a multiple of this
 #: many elements when Cin is not, as unaligned rows cannot be read with vector loads (SparX-S's 328 and SparX-B's
@@ -112,21 +116,41 @@ def _round_to_tf32(x):
 
 
 @triton.jit
-def _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr):
-    """This program's output channels (grid axis 0) and positions (axis 1) with their masks, its sample (axis
-    2, int64: offsets of large batches pass 2**31) and that sample's x."""
-    offs_co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    sample = tl.program_id(2).to(tl.int64)
-    return offs_co, offs_co < COUT, offs_p, offs_p < P, sample, x_ptr + sample * CIN * P
+def _program_tile(COUT, N, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's output channels and flattened (sample, position) indices n < N = samples x positions, with
+    their masks. Grid axis 0 runs over (position tile, channel tile) pairs, the channel tiles of a position tile
+    neighbours (they share its x tile through L2); axis 1 is the group."""
+    co_tiles = tl.cdiv(COUT, BLOCK_CO)
+    offs_co = (tl.program_id(0) % co_tiles) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    n = (tl.program_id(0) // co_tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return offs_co, offs_co < COUT, n, n < N
+
+
+@triton.jit
+def _split_positions(n, P, group, GROUPS: tl.constexpr):
+    """Flattened indices n = sample * P + position -> (sample, the (sample, group) pair's index in the (B * GROUPS,
+    C / GROUPS, P) views (int64: element offsets of large batches pass 2**31), position)."""
+    sample = n // P
+    return sample, sample.to(tl.int64) * GROUPS + group, n - sample * P
+
+
+@triton.jit
+def _columns(unit, position, C, P, P_ALIGN: tl.constexpr):
+    """Element offsets of (pair ``unit``, ``position``) in channel 0 of a (pairs, C, P) tensor. Runs of P_ALIGN
+    consecutive indices (P_ALIGN divides P and every tile's first index) stay in one sample, so their offsets are
+    consecutive and the first a multiple of P_ALIGN: the hints let the compiler copy them as vectors."""
+    cols = unit * C * P + position
+    if P_ALIGN > 1:
+        cols = tl.max_contiguous(tl.multiple_of(cols, P_ALIGN), P_ALIGN)
+    return cols
 
 
 @triton.jit
 def _group_params(w_ptr, b_ptr, scale_ptr, shift_ptr, COUT, W_STRIDE, GROUPS: tl.constexpr):
-    """The weight rows and the per-channel parameters of this program's group: its "sample" (grid axis 2) is a
-    (sample, group) pair, group = axis 2 mod GROUPS; the pointers unchanged when GROUPS is 1."""
+    """The weight rows and the per-channel parameters of this program's group (grid axis 1); the pointers unchanged
+    when GROUPS is 1."""
     if GROUPS > 1:
-        group = tl.program_id(2) % GROUPS
+        group = tl.program_id(1)
         w_ptr += group * COUT * W_STRIDE
         b_ptr += group * COUT
         scale_ptr += group * COUT
@@ -135,23 +159,22 @@ def _group_params(w_ptr, b_ptr, scale_ptr, shift_ptr, COUT, W_STRIDE, GROUPS: tl
 
 
 @triton.jit
-def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_ptr, y_ptr,
-                             HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                             HAS_SHIFT: tl.constexpr, HAS_BRANCH_SCALE: tl.constexpr, ACT: tl.constexpr,
-                             GROUPS: tl.constexpr):
+def _add_bias_skip_and_store(acc, co, cols, cols_ok, sample, COUT, P, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_ptr,
+                             y_ptr, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
+                             HAS_SHIFT: tl.constexpr, HAS_BRANCH_SCALE: tl.constexpr, ACT: tl.constexpr):
     """y[sample, co, p] = act(acc + bias[co]) * branch_scale[sample] + skip[sample, co, p] * scale[co] + shift[co]
     (``ACT``: the depthwise kernels' activation codes; the wrapper passes neither a skip path nor a branch scale
-    with an activation; the branch scale is the true sample's, grid axis 2 divided by GROUPS); ``co`` and ``p`` are
-    2-D index tensors broadcasting to acc's shape (either orientation)."""
+    with an activation); ``co`` and the columns' ``cols`` (``_columns`` of y), ``cols_ok`` and ``sample`` are 2-D
+    index tensors broadcasting to acc's shape (either orientation)."""
     co_ok = co < COUT
-    mask = co_ok & (p < P)
+    mask = co_ok & cols_ok
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
     if ACT != 0:
         acc = _activation(acc, ACT)
     if HAS_BRANCH_SCALE:
-        acc *= tl.load(bs_ptr + tl.program_id(2) // GROUPS).to(tl.float32)
-    offs = sample * COUT * P + co * P + p
+        acc *= tl.load(bs_ptr + sample, mask=cols_ok, other=0.0).to(tl.float32)
+    offs = co * P + cols
     if HAS_SKIP:
         skip = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_SCALE:
@@ -164,26 +187,28 @@ def _add_bias_skip_and_store(acc, co, p, sample, COUT, P, b_ptr, s_ptr, scale_pt
 
 @triton.jit
 def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
-                    W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
+                    SAMPLES, W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
                     HAS_SHIFT: tl.constexpr, HAS_BRANCH_SCALE: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
                     GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr, P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr,
                     BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[b, co, p] = act(sum_ci w[co, ci] x[b, ci, p] + bias[co]) * branch_scale[b] + skip[b, co, p] * scale[co]
     + shift[co];
     float16, bfloat16 or exact float32 products (``DOT``). CIN = CIN_UNITS * CIN_ALIGN input channels, P = P_UNITS *
-    P_ALIGN positions, weight rows W_STRIDE_UNITS * W_ALIGN apart (module doc); with GROUPS > 1, b is a (sample,
-    group) pair and CIN / COUT a group's channels (``_group_params``)."""
+    P_ALIGN positions of each of SAMPLES samples, weight rows W_STRIDE_UNITS * W_ALIGN apart (module doc); with
+    GROUPS > 1, CIN / COUT are a group's channels, the group grid axis 1 (``_group_params``)."""
     CIN = CIN_UNITS * CIN_ALIGN
     P = P_UNITS * P_ALIGN
     W_STRIDE = W_STRIDE_UNITS * W_ALIGN
-    offs_co, co_ok, offs_p, p_ok, sample, x_sample = _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO, BLOCK_P)
+    offs_co, co_ok, n, n_ok = _program_tile(COUT, SAMPLES * P, BLOCK_CO, BLOCK_P)
+    sample, unit, position = _split_positions(n, P, tl.program_id(1), GROUPS)
+    x_cols = _columns(unit, position, CIN, P, P_ALIGN)
     w_ptr, b_ptr, scale_ptr, shift_ptr = _group_params(w_ptr, b_ptr, scale_ptr, shift_ptr, COUT, W_STRIDE, GROUPS)
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_CO, BLOCK_P), tl.float32)
     for k0 in range(0, CIN, BLOCK_K):
         ks = k0 + offs_k
         k_ok = ks < CIN
-        xt = tl.load(x_sample + ks[:, None] * P + offs_p[None, :], mask=k_ok[:, None] & p_ok[None, :], other=0.0)
+        xt = tl.load(x_ptr + ks[:, None] * P + x_cols[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         wt = tl.load(w_ptr + offs_co[:, None] * W_STRIDE + ks[None, :], mask=co_ok[:, None] & k_ok[None, :],
                      other=0.0)
         if DOT == 0:
@@ -192,15 +217,16 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_ptr, y_
             acc = tl.dot(wt.to(tl.bfloat16), xt.to(tl.bfloat16), acc)
         else:
             acc = tl.dot(wt.to(tl.float32), xt.to(tl.float32), acc, input_precision='ieee')
-    _add_bias_skip_and_store(acc, offs_co[:, None], offs_p[None, :], sample, COUT, P, b_ptr, s_ptr, scale_ptr,
-                             shift_ptr, bs_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT, HAS_BRANCH_SCALE,
-                             ACT, GROUPS)
+    _add_bias_skip_and_store(acc, offs_co[:, None], _columns(unit, position, COUT, P, P_ALIGN)[None, :],
+                             n_ok[None, :], sample[None, :], COUT, P, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_ptr,
+                             y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT, HAS_BRANCH_SCALE, ACT)
 
 
 @triton.jit
 def _conv1x1_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_ptr, y_ptr, CIN_UNITS, COUT, P_UNITS,
-                         W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                         HAS_SHIFT: tl.constexpr, HAS_BRANCH_SCALE: tl.constexpr, ACT: tl.constexpr,
+                         SAMPLES, W_STRIDE_UNITS, HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr,
+                         HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_BRANCH_SCALE: tl.constexpr,
+                         ACT: tl.constexpr,
                          GROUPS: tl.constexpr, CIN_ALIGN: tl.constexpr, P_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr,
                          BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     """``_conv1x1_kernel``'s result for float32 tensors with TF32 products, as acc (BLOCK_P, BLOCK_CO) = x^T @ w^T,
@@ -208,20 +234,22 @@ def _conv1x1_tf32_kernel(x_ptr, w_ptr, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_pt
     CIN = CIN_UNITS * CIN_ALIGN
     P = P_UNITS * P_ALIGN
     W_STRIDE = W_STRIDE_UNITS * W_ALIGN
-    offs_co, co_ok, offs_p, p_ok, sample, x_sample = _program_tile(x_ptr, CIN, COUT, P, BLOCK_CO, BLOCK_P)
+    offs_co, co_ok, n, n_ok = _program_tile(COUT, SAMPLES * P, BLOCK_CO, BLOCK_P)
+    sample, unit, position = _split_positions(n, P, tl.program_id(1), GROUPS)
+    x_cols = _columns(unit, position, CIN, P, P_ALIGN)
     w_ptr, b_ptr, scale_ptr, shift_ptr = _group_params(w_ptr, b_ptr, scale_ptr, shift_ptr, COUT, W_STRIDE, GROUPS)
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_P, BLOCK_CO), tl.float32)
     for k0 in range(0, CIN, BLOCK_K):
         ks = k0 + offs_k
         k_ok = ks < CIN
-        xt = tl.load(x_sample + ks[None, :] * P + offs_p[:, None], mask=k_ok[None, :] & p_ok[:, None], other=0.0)
+        xt = tl.load(x_ptr + ks[None, :] * P + x_cols[:, None], mask=k_ok[None, :] & n_ok[:, None], other=0.0)
         wt = tl.load(w_ptr + offs_co[None, :] * W_STRIDE + ks[:, None], mask=co_ok[None, :] & k_ok[:, None],
                      other=0.0)
         acc = tl.dot(_round_to_tf32(xt.to(tl.float32)), wt.to(tl.float32), acc, input_precision='tf32')
-    _add_bias_skip_and_store(acc, offs_co[None, :], offs_p[:, None], sample, COUT, P, b_ptr, s_ptr, scale_ptr,
-                             shift_ptr, bs_ptr, y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT, HAS_BRANCH_SCALE,
-                             ACT, GROUPS)
+    _add_bias_skip_and_store(acc, offs_co[None, :], _columns(unit, position, COUT, P, P_ALIGN)[:, None],
+                             n_ok[:, None], sample[:, None], COUT, P, b_ptr, s_ptr, scale_ptr, shift_ptr, bs_ptr,
+                             y_ptr, HAS_BIAS, HAS_SKIP, HAS_SCALE, HAS_SHIFT, HAS_BRANCH_SCALE, ACT)
 
 
 @triton.jit
@@ -246,19 +274,20 @@ def _conv1x1_wgrad_kernel(dy_ptr, x_ptr, dw_ptr, CIN, COUT, P_UNITS, SAMPLES, SA
     co_ok = offs_co < COUT
     ci_ok = offs_ci < CIN
     offs_p = tl.arange(0, BLOCK_P)
-    first = split * SAMPLES_PER_SPLIT
-    chunks = tl.cdiv(P, BLOCK_P)
+    # The split's samples' positions flattened into one K (n = sample * P + position), cut into BLOCK_P chunks that
+    # run on across samples: no chunk half empty at a map's end (196 positions: 4 chunks of 64 a sample, 23 % of
+    # their columns masked), one loop that the compiler pipelines.
+    n_start = split * SAMPLES_PER_SPLIT * P
+    n_end = tl.minimum(split * SAMPLES_PER_SPLIT + SAMPLES_PER_SPLIT, SAMPLES) * P
     acc = tl.zeros((BLOCK_CO, BLOCK_CI), tl.float32)
-    # One loop over (sample, position chunk) pairs, which the compiler pipelines as one K loop.
-    for step in range(tl.minimum(SAMPLES_PER_SPLIT, SAMPLES - first) * chunks):
-        # int64: element offsets of large batches pass 2**31
-        sample = (first + step // chunks).to(tl.int64) * GROUPS + group
-        ps = (step % chunks) * BLOCK_P + offs_p
-        p_ok = ps < P
-        dyt = tl.load(dy_ptr + sample * COUT * P + offs_co[:, None] * P + ps[None, :],
-                      mask=co_ok[:, None] & p_ok[None, :], other=0.0)
-        xt = tl.load(x_ptr + sample * CIN * P + offs_ci[None, :] * P + ps[:, None],
-                     mask=ci_ok[None, :] & p_ok[:, None], other=0.0)
+    for step in range(tl.cdiv(n_end - n_start, BLOCK_P)):
+        n = n_start + step * BLOCK_P + offs_p
+        n_ok = n < n_end
+        _, unit, position = _split_positions(n, P, group, GROUPS)
+        dyt = tl.load(dy_ptr + offs_co[:, None] * P + _columns(unit, position, COUT, P, P_ALIGN)[None, :],
+                      mask=co_ok[:, None] & n_ok[None, :], other=0.0)
+        xt = tl.load(x_ptr + offs_ci[None, :] * P + _columns(unit, position, CIN, P, P_ALIGN)[:, None],
+                     mask=ci_ok[None, :] & n_ok[:, None], other=0.0)
         if DOT == 0:
             acc = tl.dot(dyt.to(tl.float16), xt.to(tl.float16), acc)
         elif DOT == 1:
@@ -277,7 +306,10 @@ def tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype, tf32: b
 
     From sweeps (batch 128, the 1x1 convolutions of SparX-T and B; ``tools/gpu_checks/check_pointwise_conv.py
     --only sweep`` repeats them, for any of T / S / B): float16 and exact float32 on an H100, the fastest of 24
-    tilings each; TF32 on an H200, the fastest of 8 (a sweep before ``--only sweep`` covered this kernel). Products
+    tilings each; TF32 on an H200, the fastest of 8 (a sweep before ``--only sweep`` covered this kernel). 16-bit
+    products at 128-511 positions (stage 3's 196) take K chunks of 32 channels: with the position tiles running on
+    across samples, SparX-B's stage-3 convs in float16 (H100, batch 128) 396 -> 1584 0.169 -> 0.146 ms, 1584 -> 396
+    with a skip path 0.120 -> 0.105, 792 -> 396 0.081 -> 0.071 against 64-channel chunks. Products
     of at most 64 output channels (the groups of SparX-T's first DMCA fusion conv) take 64-channel tiles instead of
     half-empty 128-channel ones: not yet timed. With an ``activation`` epilogue, 128 x 128 tiles take 8 warps: at 4
     the accumulator (128 float32 values a thread) and the GELU's temporaries spill (ptxas for sm_90, SparX-T's DMCA
@@ -303,7 +335,15 @@ def _sweep_tiling(cin: int, positions: int, conv_dtype: torch.dtype, tf32: bool)
         return (128, 128, 32, 8, 3) if positions >= 128 else (128, 64, 32, 8, 3)
     if positions >= 512:
         return (64, 128, 32, 4, 4) if cin <= 192 else (128, 128, 64, 4, 3)
-    return (128, 128, 64, 4, 3) if positions >= 128 else (128, 64, 64, 8, 3)
+    return (128, 128, 32, 4, 3) if positions >= 128 else (128, 64, 64, 8, 3)
+
+
+def _check_flat_positions(batch: int, h: int, w: int, groups: int):
+    """The kernels index a tensor's (sample, position) pairs as one int32 count and its groups on a grid axis."""
+    if batch * h * w >= 2 ** 31 or groups > _MAX_GRID_Y:
+        raise ValueError(f'pointwise_conv2d_triton: {batch} samples of {h} x {w} positions ({groups} group(s)) '
+                         f'exceed the kernels\' 2**31 - 1 sample-positions or {_MAX_GRID_Y} groups; split the batch '
+                         'or use the reference implementation')
 
 
 def _weight_rows(weight: torch.Tensor, conv_dtype: torch.dtype) -> torch.Tensor:
@@ -324,18 +364,15 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, 
     positions = h * w
     tf32 = tf32 and conv_dtype == torch.float32
     block_co, block_p, block_k, warps, stages = tiling(cin, cout, positions, conv_dtype, tf32, activation != 'none')
-    grid = (cdiv(cout, block_co), cdiv(positions, block_p), b * groups)
-    if grid[1] > _MAX_GRID_Y or grid[2] > _MAX_GRID_Y:
-        raise ValueError(f'pointwise_conv2d_triton: a {h} x {w} map in batches of {b} ({groups} group(s)) needs a '
-                         f'grid of {grid}, beyond CUDA\'s {_MAX_GRID_Y}; split the batch or use the reference '
-                         f'implementation')
+    _check_flat_positions(b, h, w, groups)
+    grid = (cdiv(cout, block_co) * cdiv(b * positions, block_p), groups)
     weight = _weight_rows(weight, conv_dtype)
     cin_align, p_align, w_align = (power_of_two_factor(n) for n in (cin, positions, weight.stride(0)))
     dummy = weight
     kernel, dot = (_conv1x1_tf32_kernel, {}) if tf32 else (_conv1x1_kernel, dict(DOT=_DOT_CODES[conv_dtype]))
     launch(kernel, grid, x, weight, dummy if bias is None else bias, dummy if skip is None else skip,
            dummy if skip_scale is None else skip_scale, dummy if skip_shift is None else skip_shift,
-           dummy if branch_scale is None else branch_scale, y, cin // cin_align, cout, positions // p_align,
+           dummy if branch_scale is None else branch_scale, y, cin // cin_align, cout, positions // p_align, b,
            weight.stride(0) // w_align, HAS_BIAS=bias is not None, HAS_SKIP=skip is not None,
            HAS_SCALE=skip_scale is not None, HAS_SHIFT=skip_shift is not None,
            HAS_BRANCH_SCALE=branch_scale is not None, ACT=ACT_CODES[activation], GROUPS=groups, CIN_ALIGN=cin_align,
@@ -343,13 +380,27 @@ def _launch(x, weight, bias, skip, skip_scale, skip_shift, y, conv_dtype, tf32, 
            num_stages=stages, **dot)
 
 
-def wgrad_tiling(cin: int, cout: int, conv_dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
-    """(BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages) of ``_conv1x1_wgrad_kernel``: the largest output tile the channel
-    counts fill, K chunks of 32 float32 / 64 16-bit positions (16 KB a stage and operand at 128 x 128).
-    Not yet tuned on a GPU (``tools/gpu_checks/check_pointwise_conv.py --only wgrad-sweep``)."""
+def wgrad_tiling(cin: int, cout: int, positions: int, conv_dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
+    """(BLOCK_CO, BLOCK_CI, BLOCK_P, warps, stages) of ``_conv1x1_wgrad_kernel`` for a group's (cout, cin) weight at
+    ``positions`` positions a sample. By default the largest output tile the channel counts fill, K chunks of 32
+    float32 / 64 16-bit positions (16 KB a stage and operand at 128 x 128). 16-bit products where SparX runs the
+    kernel, from ``tools/gpu_checks/check_pointwise_conv.py --only wgrad-sweep`` (H100, batch 128, SparX-B's
+    sizes, the fastest of 16 tilings): on maps under 512 positions (stage 3's 196), 32-position chunks of 4 warps
+    for channel counts less than 4x apart, with a 64-wide tile on the smaller side (396 -> 792: 0.124 -> 0.112
+    ms, 792 -> 396: 0.125 -> 0.105, the DMCA's groups 396 -> 264: 0.146 -> 0.119), and for products to 4x fewer
+    output channels (1584 -> 396 at 128 x 128: 0.233 -> 0.173; to 4x more, 396 -> 1584, the default was the
+    fastest); groups of at most 256 channels either way (the DMCAs' fusion convs at 56 x 56 and 28 x 28) 64 x 64
+    tiles (0.189 -> 0.178, 0.128 -> 0.116 ms)."""
     if WGRAD_TILING_OVERRIDE is not None:
         return WGRAD_TILING_OVERRIDE
     block_co, block_ci = (128 if cout > 64 else 64), (128 if cin > 64 else 64)
+    if conv_dtype != torch.float32:
+        if positions < 512 and max(cin, cout) < 4 * min(cin, cout):
+            return (64, 128, 32, 4, 3) if cout < cin else (128, 64, 32, 4, 3)
+        if positions < 512 and cout < cin:
+            return block_co, block_ci, 32, 4, 3
+        if positions >= 512 and cin <= 256 and cout <= 256:
+            return 64, 64, 64, 4, 3
     block_p = 32 if conv_dtype == torch.float32 else 64
     return block_co, block_ci, block_p, (8 if block_co * block_ci >= 128 * 128 else 4), 3
 
@@ -377,7 +428,8 @@ def _launch_wgrad(dy: torch.Tensor, x: torch.Tensor, conv_dtype: torch.dtype, tf
     b, cin, h, w = x.shape
     cout, positions = dy.shape[1], h * w
     cin_group, cout_group = cin // groups, cout // groups
-    block_co, block_ci, block_p, warps, stages = wgrad_tiling(cin_group, cout_group, conv_dtype)
+    block_co, block_ci, block_p, warps, stages = wgrad_tiling(cin_group, cout_group, positions, conv_dtype)
+    _check_flat_positions(b, h, w, groups)
     tiles = (cdiv(cout_group, block_co), cdiv(cin_group, block_ci))
     per_split, splits = wgrad_splits(b, tiles[0] * tiles[1] * groups, x.device)
     dw = torch.empty(splits, cout, cin_group, device=x.device, dtype=torch.float32)

@@ -280,6 +280,22 @@ def test_size_policy_follows_the_measurements(positions, expected):
     assert triton_is_faster(positions) is expected
 
 
+@pytest.mark.parametrize('batch,h,w,groups', [(2 ** 16, 256, 128, 1), (2, 4, 4, 2 ** 16)])
+def test_launches_beyond_the_kernels_indexing_are_a_clear_error(batch, h, w, groups):
+    """The kernels count (sample, position) pairs in int32 (position tiles run on across samples) and put the
+    groups on a grid axis of at most 65535: larger launches are refused before anything is allocated (meta
+    tensors here), forward and weight gradient alike."""
+    from sparx_mm.ops import triton_pointwise_conv as tpc
+    x = torch.empty(batch, 2 * groups, h, w, device='meta', dtype=torch.float16)
+    weight = torch.empty(2 * groups, 2, device='meta', dtype=torch.float16)
+    match = (rf'{batch} samples of {h} x {w} positions \({groups} group\(s\)\) exceed the kernels\' 2\*\*31 - 1 '
+             r'sample-positions or 65535 groups; split the batch')
+    with pytest.raises(ValueError, match=match):
+        tpc._launch(x, weight, None, None, None, None, x, torch.float16, False, groups)
+    with pytest.raises(ValueError, match=match):
+        tpc._launch_wgrad(x, x, torch.float16, False, groups)
+
+
 def test_triton_kernel_matches_the_reference_in_the_interpreter():
     stdout = run_in_triton_interpreter('_triton_pointwise_conv_cases.py', 900)
     assert float(re.search(r'WORST (\S+) of tolerance', stdout).group(1)) <= 1, stdout

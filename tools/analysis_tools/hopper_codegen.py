@@ -91,7 +91,7 @@ def ptxas_usage(ptx: str) -> tuple:
 
 #: The 1x1 forward kernels' pointer and integer arguments, in order.
 FORWARD_POINTERS = ('x_ptr', 'w_ptr', 'b_ptr', 's_ptr', 'scale_ptr', 'shift_ptr', 'bs_ptr', 'y_ptr')
-FORWARD_INTEGERS = ('CIN_UNITS', 'COUT', 'P_UNITS', 'W_STRIDE_UNITS')
+FORWARD_INTEGERS = ('CIN_UNITS', 'COUT', 'P_UNITS', 'SAMPLES', 'W_STRIDE_UNITS')
 
 
 def forward_ptx(kernel, dtype: str, positions: int, cin: int, extra_constexprs: dict, cout=None, warps=None) -> str:
@@ -106,7 +106,7 @@ def forward_ptx(kernel, dtype: str, positions: int, cin: int, extra_constexprs: 
     block_co, block_p, block_k, tiling_warps, stages = tpc.tiling(cin, cout, positions, torch_dtype, tf32,
                                                                   extra_constexprs.get('ACT', 0) != 0)
     cin_align, p_align = power_of_two_factor(cin), power_of_two_factor(positions)
-    values = dict(CIN_UNITS=cin // cin_align, COUT=cout, P_UNITS=positions // p_align,
+    values = dict(CIN_UNITS=cin // cin_align, COUT=cout, P_UNITS=positions // p_align, SAMPLES=128,
                   W_STRIDE_UNITS=cin // cin_align)
     arg_types = dict({name: f'*{dtype}' for name in FORWARD_POINTERS}, **{name: 'i32' for name in FORWARD_INTEGERS})
     constexprs = dict(HAS_BIAS=True, HAS_SKIP=True, HAS_SCALE=False, HAS_SHIFT=False, HAS_BRANCH_SCALE=False, ACT=0,
@@ -158,7 +158,7 @@ def wgrad_ptx(cin: int, cout: int, positions: int, dtype: str, p_align=None, gro
     ``positions`` positions, float16 or TF32 ('fp16' / 'fp32') products, its :func:`wgrad_tiling`; the position
     count passed divided by ``p_align`` (default: its power-of-two factor, as the launch does)."""
     torch_dtype = dict(fp32=torch.float32, fp16=torch.float16)[dtype]
-    block_co, block_ci, block_p, warps, stages = tpc.wgrad_tiling(cin, cout, torch_dtype)
+    block_co, block_ci, block_p, warps, stages = tpc.wgrad_tiling(cin, cout, positions, torch_dtype)
     p_align = power_of_two_factor(positions) if p_align is None else p_align
     values = dict(CIN=cin, COUT=cout, P_UNITS=positions // p_align, SAMPLES=128, SAMPLES_PER_SPLIT=15)
     arg_types = dict(dy_ptr=f'*{dtype}', x_ptr=f'*{dtype}', dw_ptr='*fp32', **{name: 'i32' for name in values})
