@@ -74,6 +74,31 @@ def test_a_setting_out_of_memory_is_reported_and_the_table_goes_on(benchmark, ca
     assert rows[1][:2] == ['t', 'infer'] and float(rows[1][6]) > 0
 
 
+def test_a_failing_setting_is_reported_with_its_traceback_the_table_goes_on_and_the_exit_status_says_so(
+        benchmark, capsys, monkeypatch):
+    real_measure = benchmark.measure
+
+    def measure(arch, batch, size, device, dtype, mode, *args):
+        if mode == 'train':
+            try:
+                raise ValueError('the first error (simulated)')
+            except ValueError:
+                raise RuntimeError('operation failed due to a previous error during capture\nmore text')
+        return real_measure(arch, batch, size, device, dtype, mode, *args)
+
+    monkeypatch.setattr(benchmark, 'measure', measure)
+    with pytest.raises(SystemExit, match=r'1 setting\(s\) failed \(t train fp32\); their tracebacks are above'):
+        benchmark.main(['--arch', 't', '--batch', '1', '--size', '32', '--device', 'cpu', '--mode', 'train', 'infer',
+                        '--warmup', '0', '--iters', '1'])
+    captured = capsys.readouterr()
+    rows = _rows(captured.out)
+    assert ' '.join(rows[0]) == ('t train fp32 1 32 failed (RuntimeError: operation failed due to a previous error '
+                                 'during capture)')
+    assert rows[1][:2] == ['t', 'infer'] and float(rows[1][6]) > 0
+    # the whole chain: the error that caused the failure, then the failure itself
+    assert captured.err.index('ValueError: the first error (simulated)') < captured.err.index('RuntimeError: ')
+
+
 def test_bad_sizes_are_rejected(benchmark):
     with pytest.raises(SystemExit):
         benchmark.main(['--batch', '0', '--device', 'cpu'])

@@ -7,7 +7,10 @@
 Inference is timed under torch.inference_mode(); training times forward + backward + AdamW step on random
 labels (``--optimizer``: torch's default AdamW, a loop of multi-tensor kernels launched from the host each step,
 or ``AdamW(fused=True)``, one kernel a step: the same update). fp16 / bf16 run under autocast
-(the scan keeps a float32 state). Prints one row per setting.
+(the scan keeps a float32 state). Prints one row per setting. A setting that runs out of memory says so in its
+row; one that fails otherwise (a CUDA graph capture, a kernel) prints its traceback, whole exception chain
+included, on stderr and ``failed`` with the error in its row; the table goes on either way, and failures make the
+exit status 1 at the end.
 
 ``--cuda-graph`` (CUDA only) replays the model's kernels from a CUDA graph instead of launching them from Python:
 inference replays one captured forward pass; training replays the model's forward and backward passes
@@ -30,6 +33,7 @@ import os
 import resource
 import sys
 import time
+import traceback
 
 import torch
 
@@ -245,10 +249,11 @@ def main(argv=None):
           + (f', optimizer {args.optimizer}' if 'train' in args.mode else ''))
     print(f"{'arch':>4} {'mode':>5} {'dtype':>5} {'batch':>5} {'size':>5} {'ms/iter':>9} {'img/s':>9} {'peak GB':>8} "
           f"{'host ms':>8}")
+    failed = []
     for arch in args.arch:
         for mode in args.mode:
             for dtype in args.dtype:
-                r = None
+                r, error = None, None
                 try:
                     with unfolded() if args.unfolded else contextlib.nullcontext():
                         r = measure(arch, args.batch, args.size, device, dtype, mode, args.warmup, args.iters,
@@ -256,12 +261,22 @@ def main(argv=None):
                                     args.optimizer)
                 except torch.OutOfMemoryError:
                     pass  # one setting too large for the device must not cost the rest of the table
+                except Exception as exc:  # noqa: BLE001 -- reported in full here, and in the exit status
+                    # Any other failure (a CUDA graph capture, a kernel) is reported where it happened, its whole
+                    # chain of exceptions on stderr, and the table goes on: a long run keeps its other rows.
+                    error = f'{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ""}'
+                    traceback.print_exc()
+                    failed.append(f'{arch} {mode} {dtype}')
                 if r is None:
-                    torch.cuda.empty_cache()  # here, once the failed setting's tensors are released
-                    print(f'{arch:>4} {mode:>5} {dtype:>5} {args.batch:>5} {args.size:>5}   out of memory')
+                    if device.type == 'cuda':
+                        torch.cuda.empty_cache()  # here, once the failed setting's tensors are released
+                    outcome = 'out of memory' if error is None else f'failed ({error})'
+                    print(f'{arch:>4} {mode:>5} {dtype:>5} {args.batch:>5} {args.size:>5}   {outcome}', flush=True)
                     continue
                 print(f"{r['arch']:>4} {r['mode']:>5} {r['dtype']:>5} {r['batch']:>5} {r['size']:>5} "
                       f"{r['ms']:>9.1f} {r['img_s']:>9.1f} {r['peak_gb']:>8.2f} {r['host_ms']:>8.1f}", flush=True)
+    if failed:
+        sys.exit(f'benchmark.py: {len(failed)} setting(s) failed ({", ".join(failed)}); their tracebacks are above')
 
 
 if __name__ == '__main__':
