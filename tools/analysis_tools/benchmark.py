@@ -264,12 +264,11 @@ def main(argv=None):
                 except Exception as exc:  # noqa: BLE001 -- reported in full here, and in the exit status
                     # Any other failure (a CUDA graph capture, a kernel) is reported where it happened, its whole
                     # chain of exceptions on stderr, and the table goes on: a long run keeps its other rows.
-                    error = f'{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ""}'
+                    error = ': '.join([type(exc).__name__] + str(exc).strip().splitlines()[:1])
                     traceback.print_exc()
                     failed.append(f'{arch} {mode} {dtype}')
                 if r is None:
-                    if device.type == 'cuda':
-                        torch.cuda.empty_cache()  # here, once the failed setting's tensors are released
+                    torch.cuda.empty_cache()  # here, once the failed setting's tensors are released
                     outcome = 'out of memory' if error is None else f'failed ({error})'
                     print(f'{arch:>4} {mode:>5} {dtype:>5} {args.batch:>5} {args.size:>5}   {outcome}', flush=True)
                     continue
