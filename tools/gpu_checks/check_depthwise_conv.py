@@ -3,14 +3,15 @@ a CUDA GPU).
 
     python tools/gpu_checks/check_depthwise_conv.py [--only check bench sweep] [--batch 128]
         [--cuda-graphs] [--modes MODE ...] [--fwd-tiling VALUES WARPS] [--bwd-tiling VALUES WARPS]
-        [--min-programs FWD GRAD] [--max-block-w N]
+        [--min-programs FWD GRAD] [--max-block-w N] [--jobs N]
 
 check: ``depthwise_conv2d_act(impl='triton')`` against the reference in float64 on the same (rounded) inputs,
 forward and the gradients of x, weight and bias, on awkward shapes (H != W, widths that are not powers of two
 or wider than a column block, k = 1 to 9, k larger than the map, a 1 x 1 map; with --large a float16 input
 of more than 2**31 elements) for float32 / float16 / bfloat16 tensors and for float32 tensors under float16 /
 bfloat16 autocast. Prints the largest relative errors (max |error| / max |reference|) and PASSED / FAILED
-(exit code 1 on failure).
+(exit code 1 on failure). ``--jobs N`` checks each dtype mode in a process of its own, N at once (the kernels
+compile in parallel).
 
 bench: median GPU milliseconds (gpu_common.timed: the calls queued behind a sleep kernel, so Python and launch
 overhead stay out) of the forward pass and of forward + backward, the Triton op against the torch composition
@@ -33,8 +34,8 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import depthwise_conv2d_act, depthwise_conv2d_act_reference  # noqa: E402
 from sparx_mm.ops.triton_depthwise_conv import strided_shape  # noqa: E402
-from gpu_common import (check_and_bench_parser, override_constants, rel_err, require_cuda,  # noqa: E402
-                        run_check_grid, timed)
+from gpu_common import (add_jobs_option, check_and_bench_parser, override_constants, rel_err,  # noqa: E402
+                        require_cuda, run_check_grid, run_parts_in_processes, timed)
 
 # Outputs and gradients come back in the tensors' dtype: the errors are that dtype's rounding (float16 2**-11,
 # bfloat16 2**-8); weight / bias gradients are sums over the batch and the map, in float32.
@@ -217,7 +218,24 @@ def sweep(device, batch):
             setattr(tdc, name, defaults[kernel])
 
 
-def main():
+#: Options that set triton_depthwise_conv's constants: a check in processes of its own passes them on.
+_CONSTANT_OPTIONS = dict(fwd_tiling='FWD_TILING', bwd_tiling='BWD_TILING', min_programs='MIN_PROGRAMS',
+                         max_block_w='MAX_BLOCK_W')
+
+
+def _mode_argvs(args):
+    """The check as one process a dtype mode (``--jobs``): each run's arguments, the constants' options passed on
+    and ``--large`` with the first."""
+    constants = []
+    for option in _CONSTANT_OPTIONS:
+        value = getattr(args, option)
+        if value is not None:
+            constants += [f'--{option.replace("_", "-")}', *map(str, value if isinstance(value, list) else [value])]
+    return [['--only', 'check', '--modes', mode, *constants, *(['--large'] if args.large and i == 0 else [])]
+            for i, mode in enumerate(args.modes)]
+
+
+def main(argv=None):
     parser = check_and_bench_parser(__doc__, extra_parts=('sweep', ))
     parser.add_argument('--cuda-graphs', action='store_true',
                         help='time CUDA-graph replays of each step instead of eager steps')
@@ -233,16 +251,19 @@ def main():
     parser.add_argument('--min-programs', type=int, nargs=2, metavar=('FWD', 'GRAD'), default=None,
                         help='programs each kernel aims for, rows cut into runs below it (MIN_PROGRAMS)')
     parser.add_argument('--max-block-w', type=int, default=None, help='widest column block (MAX_BLOCK_W)')
-    args = parser.parse_args()
+    add_jobs_option(parser, 'one dtype mode a process (--large with the first),')
+    args = parser.parse_args(argv)
     require_cuda('check_depthwise_conv.py')
     from sparx_mm.ops import triton_depthwise_conv as tdc
-    override_constants(tdc, args, dict(fwd_tiling='FWD_TILING', bwd_tiling='BWD_TILING',
-                                       min_programs='MIN_PROGRAMS', max_block_w='MAX_BLOCK_W'))
+    override_constants(tdc, args, _CONSTANT_OPTIONS)
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True
     if 'check' in args.only:
-        ok = run_checks(device, args.large, args.modes)
+        if args.jobs > 1 and len(args.modes) > 1:
+            ok = run_parts_in_processes(os.path.abspath(__file__), _mode_argvs(args), args.jobs)
+        else:
+            ok = run_checks(device, args.large, args.modes)
         print('DEPTHWISE CONV CHECK PASSED' if ok else 'DEPTHWISE CONV CHECK FAILED', flush=True)
     if 'bench' in args.only:
         bench(device, args.batch, args.cuda_graphs)

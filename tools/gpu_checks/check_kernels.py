@@ -2,7 +2,7 @@
 
     python tools/gpu_checks/check_kernels.py [--model]
         [--only scan cross model recompute launch graph layout shuffle dmca]
-        [--whole-axis N [N ...]]
+        [--whole-axis N [N ...]] [--jobs N]
 
 Checks the selective scan and the fused SS2D scan core (cross_selective_scan: routes read from the map, dt
 projection, scan, merge), forward and every gradient, and its forward pass without autograd (the inference
@@ -20,7 +20,9 @@ eager mode (bit-identical outputs and gradients); and the NCHW <-> channels-last
 and the DMCA's concatenation + shuffle (``concat_shuffled``: its kernel against its torch path, bit for bit, forward
 and backward, with the GPU times), and the DMCA's float16 training path (autocast: the channel attention's explicit
 products, the channel padding's reduction) against float64.
-Prints the largest relative errors and exits non-zero when one exceeds its tolerance. The layer kernels' own checks:
+Prints the largest relative errors and exits non-zero when one exceeds its tolerance. ``--jobs N`` runs each part
+in a process of its own, N at once (the kernels compile in parallel; the GPU times that the layout and shuffle
+parts print are then taken beside the other parts' work). The layer kernels' own checks:
 check_group_norm.py, check_depthwise_conv.py, check_pointwise_conv.py.
 """
 import argparse
@@ -33,7 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import (cross_selective_scan, cross_selective_scan_reference, selective_scan,  # noqa: E402
                           selective_scan_reference)
-from gpu_common import rel_err  # noqa: E402
+from gpu_common import add_jobs_option, rel_err, run_parts_in_processes  # noqa: E402
 
 # Gradients come back in the input dtype, so bf16 / fp16 errors are their rounding (2^-8, 2^-11).
 TOL = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
@@ -520,7 +522,7 @@ def check_dmca(device, batch=32):
 PARTS = ('scan', 'cross', 'model', 'recompute', 'launch', 'graph', 'layout', 'shuffle', 'dmca')
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', action='store_true', help='also compare whole-model outputs')
     parser.add_argument('--only', nargs='+', choices=PARTS, default=None,
@@ -529,11 +531,19 @@ def main():
     parser.add_argument('--whole-axis', type=int, nargs='+', default=None, metavar='N',
                         help='layout part: time the scan\'s transposes with each of these WHOLE_AXIS values '
                              '(triton_transpose.py: axes up to N long in one tile; default the module\'s)')
-    args = parser.parse_args()
+    add_jobs_option(parser, 'the parts')
+    args = parser.parse_args(argv)
     parts = set(args.only or ['scan', 'cross', 'layout', 'shuffle', 'dmca']
                 + (['model', 'recompute', 'launch', 'graph'] if args.model else []))
     if not torch.cuda.is_available():
         sys.exit('check_kernels.py needs a CUDA GPU')
+    if args.jobs > 1 and len(parts) > 1:
+        whole_axis = ['--whole-axis', *map(str, args.whole_axis)] if args.whole_axis else []
+        ok = run_parts_in_processes(os.path.abspath(__file__),
+                                    [['--only', part] + (whole_axis if part == 'layout' else [])
+                                     for part in PARTS if part in parts], args.jobs)
+        print('ALL CHECKS PASSED' if ok else 'SOME CHECKS FAILED')
+        sys.exit(0 if ok else 1)
     device = torch.device('cuda')
     print('GPU:', torch.cuda.get_device_name(), '| torch', torch.__version__)
     ok = True

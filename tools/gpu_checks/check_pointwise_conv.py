@@ -1,7 +1,7 @@
 """GPU check, micro-benchmark and tiling sweep of the fused 1x1 conv + bias + skip path (run on a CUDA GPU).
 
     python tools/gpu_checks/check_pointwise_conv.py [--only check bench sweep] [--batch 128] [--arch t]
-        [--tiling BLOCK_CO BLOCK_P BLOCK_K WARPS STAGES]
+        [--tiling BLOCK_CO BLOCK_P BLOCK_K WARPS STAGES] [--parts PART ...] [--jobs N]
 
 check: ``pointwise_conv2d(impl='triton')`` against the reference in float64 on the same (rounded) inputs, the
 output and the gradients of x, weight, bias, skip, skip_scale and skip_shift, on awkward shapes (channel counts
@@ -14,7 +14,10 @@ largest relative errors (max |error| / max |reference|) and PASSED / FAILED (exi
 failure). Then the inference-only parts of the DMCA's path: the kernel's activation epilogue (exact GELU, SiLU;
 no autograd) against the float64 convolution and activation, and ``fold_batch_norm``'s kernel against its
 reference. Last, ``pointwise_conv2d_and_input`` (the gradient of x's second use added in the dx kernel) at
-SparX-T's x_proj shapes, each dtype mode, against the float64 reference with x used twice.
+SparX-T's x_proj shapes, each dtype mode, against the float64 reference with x used twice. ``--parts`` picks
+some of these (CHECK_PARTS: the grid's dtype modes, 'epilogues', 'conv-and-input'); ``--jobs 8`` runs each part in
+a process of its own, 8 at once: compiling the kernels, one process at a time, is most of the check's time (the
+whole check in seven processes at once: 58 s on a fresh H100, 2026-12-06).
 
 bench: median GPU milliseconds (gpu_common.timed) of the Triton op against the torch composition
 (``nn.Conv2d`` + the skip add) at SparX-T's sixteen 1x1 convolutions and its DMCAs' grouped fusion convs at
@@ -42,7 +45,8 @@ from sparx_mm.ops import (fold_batch_norm, pointwise_conv2d, pointwise_conv2d_an
                           pointwise_conv2d_reference)
 from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
 from sparx_mm.ops.pointwise_conv import triton_is_faster  # noqa: E402
-from gpu_common import check_and_bench_parser, rel_err, require_cuda, run_check_grid, timed  # noqa: E402
+from gpu_common import (add_jobs_option, check_and_bench_parser, rel_err, require_cuda,  # noqa: E402
+                        run_check_grid, run_parts_in_processes, timed)
 
 NAMES = ('y', 'dx', 'dweight', 'dbias', 'dskip', 'dscale', 'dshift')
 # The output and input gradients come back in the tensors' dtype (float16 2**-11, bfloat16 2**-8 rounding);
@@ -325,28 +329,53 @@ def check_conv_and_input(device) -> bool:
     return ok
 
 
-def main():
+#: --parts of the check: the grid's dtype modes, then the inference epilogues (and the BatchNorm fold), then
+#: pointwise_conv2d_and_input.
+CHECK_PARTS = tuple(TOL) + ('epilogues', 'conv-and-input')
+
+
+def run_checks(device, parts) -> bool:
+    """The check's ``parts`` (CHECK_PARTS) in this process."""
+    ok = True
+    modes = {mode: TOL[mode] for mode in parts if mode in TOL}
+    if modes:
+        # the Triton backward at every shape ('auto' hands large ungrouped maps to cuDNN)
+        default, tpc.BACKWARD = tpc.BACKWARD, 'triton'
+        try:
+            ok = run_check_grid(check_case, modes, CHECK_SHAPES, device)
+        finally:
+            tpc.BACKWARD = default
+    if 'epilogues' in parts:
+        ok = check_inference_epilogues(device) and ok
+    if 'conv-and-input' in parts:
+        ok = check_conv_and_input(device) and ok
+    return ok
+
+
+def main(argv=None):
     parser = check_and_bench_parser(__doc__, extra_parts=('sweep', 'wgrad-sweep'))
     parser.add_argument('--tiling', type=int, nargs=5, default=None,
                         metavar=('BLOCK_CO', 'BLOCK_P', 'BLOCK_K', 'WARPS', 'STAGES'),
                         help='one tiling for every size instead of triton_pointwise_conv.tiling')
     parser.add_argument('--arch', default='t', choices=sorted(ARCH_DIMS), help='whose 1x1 convs to time (default t)')
-    args = parser.parse_args()
+    parser.add_argument('--parts', nargs='+', choices=CHECK_PARTS, default=CHECK_PARTS, metavar='PART',
+                        help=f'what the check covers (default all: {", ".join(CHECK_PARTS)})')
+    add_jobs_option(parser, 'the parts')
+    args = parser.parse_args(argv)
     require_cuda('check_pointwise_conv.py')
     device = torch.device('cuda')
     if args.tiling:
         tpc.TILING_OVERRIDE = tuple(args.tiling)
     ok = True
     if 'check' in args.only:
-        # the Triton backward at every shape ('auto' hands large ungrouped maps to cuDNN)
-        default, tpc.BACKWARD = tpc.BACKWARD, 'triton'
-        try:
-            ok = run_check_grid(check_case, TOL, CHECK_SHAPES, device)
-        finally:
-            tpc.BACKWARD = default
-        ok = check_inference_epilogues(device) and ok
-        ok = check_conv_and_input(device) and ok
-        print('PASSED' if ok else 'FAILED')
+        if args.jobs > 1 and len(args.parts) > 1:
+            tiling = ['--tiling', *map(str, args.tiling)] if args.tiling else []
+            ok = run_parts_in_processes(os.path.abspath(__file__),
+                                        [['--only', 'check', '--parts', part, *tiling] for part in args.parts],
+                                        args.jobs)
+        else:
+            ok = run_checks(device, args.parts)
+        print('PASSED' if ok else 'FAILED', flush=True)
     if 'bench' in args.only:
         bench(device, args.batch, args.arch)
     if 'sweep' in args.only:

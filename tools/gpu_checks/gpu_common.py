@@ -3,8 +3,11 @@
 Imported by the scripts of this folder (their own folder is on sys.path when they run).
 """
 import argparse
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
 
 import torch
 
@@ -80,6 +83,34 @@ def check_and_bench_parser(doc: str, extra_parts=()) -> argparse.ArgumentParser:
                         default=('check', 'bench'))
     parser.add_argument('--batch', type=int, default=128, help='batch of the benchmark (default 128)')
     return parser
+
+
+def add_jobs_option(parser: argparse.ArgumentParser, what: str):
+    """--jobs N: run ``what`` in N processes of the script at once (:func:`run_parts_in_processes`)."""
+    parser.add_argument('--jobs', type=int, default=1, metavar='N',
+                        help=f'check {what} in N processes at once, each its own run of this script (default 1: '
+                             'all in this one); on a fresh machine compiling the kernels, one process at a time, '
+                             'takes most of a check\'s time, and the processes share Triton\'s cache')
+
+
+def run_parts_in_processes(script: str, part_argvs: Sequence[Sequence[str]], jobs: int) -> bool:
+    """Run ``python script *argv`` for each argv of ``part_argvs``, at most ``jobs`` at once, and print each run's
+    whole output (stdout here, stderr on stderr) under a header, in the order given, as soon as it and the runs
+    before it have ended. Returns whether every run exited with status 0."""
+    if jobs < 1:
+        raise ValueError(f'--jobs must be 1 or more, got {jobs}')
+
+    def run(argv):
+        return subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
+
+    ok = True
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for argv, done in zip(part_argvs, pool.map(run, part_argvs)):
+            print(f'## {" ".join(argv)}: exit status {done.returncode}', flush=True)
+            print(done.stdout, end='', flush=True)
+            print(done.stderr, end='', file=sys.stderr, flush=True)
+            ok = ok and done.returncode == 0
+    return ok
 
 
 def require_cuda(script: str):
