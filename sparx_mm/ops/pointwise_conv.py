@@ -203,6 +203,12 @@ def triton_is_faster(positions: int) -> bool:
     positions, 1.06-2.25x at 196 (with a skip path too, since the kernel reads such maps with vector loads),
     0.52-1.04x at 49; float32 (TF32) 1.17-2.6x at 3136 and 784, 0.93-1.67x at 196, 0.44-1.18x at 49: the map
     size alone decides, with or without a skip path, in every dtype.
+
+    At 49 positions again with the kernels whose tiles run on across samples (H100, SparX-B's stage-4 convs, batch
+    128, ``check_pointwise_conv.py --only bench --arch b``, 2026-12-06): float16 0.50-0.70x (the fastest of 18
+    tilings 0.55-0.75x, 0.153-0.425 ms against cuDNN's 0.094-0.246 with the adds), TF32 1.17-1.41x. SparX-B with the
+    kernel on 7 x 7 maps too: fp16 training 237.9 -> 245.3 ms a step (240.2 with cuDNN's backward behind it), fp16
+    inference 67.6 -> 70.2 ms, fp32 inference 93.0 -> 91.8 ms; so 7 x 7 maps stay with cuDNN.
     """
     return positions >= 128
 
