@@ -208,7 +208,9 @@ def triton_is_faster(positions: int) -> bool:
     128, ``check_pointwise_conv.py --only bench --arch b``, 2026-12-06): float16 0.50-0.70x (the fastest of 18
     tilings 0.55-0.75x, 0.153-0.425 ms against cuDNN's 0.094-0.246 with the adds), TF32 1.17-1.41x. SparX-B with the
     kernel on 7 x 7 maps too: fp16 training 237.9 -> 245.3 ms a step (240.2 with cuDNN's backward behind it), fp16
-    inference 67.6 -> 70.2 ms, fp32 inference 93.0 -> 91.8 ms; so 7 x 7 maps stay with cuDNN.
+    inference 67.6 -> 70.2 ms, fp32 inference 93.0 -> 91.8 ms; so 7 x 7 maps stay with cuDNN. Compiled for sm_90,
+    the float16 kernel reads a 49-position map's x tiles element by element (2-byte loads: asynchronous copies take
+    4, 8 or 16 bytes), the TF32 kernel with 4-byte asynchronous copies that its loop pipelines.
     """
     return positions >= 128
 
