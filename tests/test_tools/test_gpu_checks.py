@@ -57,6 +57,16 @@ def test_jobs_below_one_is_a_clear_error(gpu_common, part_script):
         gpu_common.run_parts_in_processes(part_script, [['0', '0']], jobs=0)
 
 
+@pytest.mark.parametrize('value', ['0', '-2', 'two'])
+def test_jobs_option_takes_one_or_more_processes(tools_path, monkeypatch, capsys, value):
+    tool = load_tool('tools/gpu_checks/check_pointwise_conv.py')
+    monkeypatch.setattr(tool, 'require_cuda', lambda script: None)
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(['--only', 'check', '--jobs', value])
+    assert exit_info.value.code == 2
+    assert f"--jobs takes a whole number of processes, 1 or more; got '{value}'" in capsys.readouterr().err
+
+
 def _recording(calls, ok=True):
     def run_parts(script, part_argvs, jobs):
         calls.append((script, [list(argv) for argv in part_argvs], jobs))

@@ -251,7 +251,7 @@ def main(argv=None):
     parser.add_argument('--min-programs', type=int, nargs=2, metavar=('FWD', 'GRAD'), default=None,
                         help='programs each kernel aims for, rows cut into runs below it (MIN_PROGRAMS)')
     parser.add_argument('--max-block-w', type=int, default=None, help='widest column block (MAX_BLOCK_W)')
-    add_jobs_option(parser, 'one dtype mode a process (--large with the first),')
+    add_jobs_option(parser, 'dtype modes (--large with the first)')
     args = parser.parse_args(argv)
     require_cuda('check_depthwise_conv.py')
     from sparx_mm.ops import triton_depthwise_conv as tdc

@@ -85,12 +85,23 @@ def check_and_bench_parser(doc: str, extra_parts=()) -> argparse.ArgumentParser:
     return parser
 
 
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f'--jobs takes a whole number of processes, 1 or more; got {text!r}')
+    return jobs
+
+
 def add_jobs_option(parser: argparse.ArgumentParser, what: str):
-    """--jobs N: run ``what`` in N processes of the script at once (:func:`run_parts_in_processes`)."""
-    parser.add_argument('--jobs', type=int, default=1, metavar='N',
-                        help=f'check {what} in N processes at once, each its own run of this script (default 1: '
-                             'all in this one); on a fresh machine compiling the kernels, one process at a time, '
-                             'takes most of a check\'s time, and the processes share Triton\'s cache')
+    """--jobs N: the check's ``what`` each in a process of its own, N at once (:func:`run_parts_in_processes`)."""
+    parser.add_argument('--jobs', type=_jobs, default=1, metavar='N',
+                        help=f"run the check's {what} each in a process of its own (a run of this script), N at "
+                             'once (default 1: all in this process); on a fresh machine compiling the kernels, one '
+                             'process at a time, takes most of a check\'s time, and the processes share Triton\'s '
+                             'cache')
 
 
 def run_parts_in_processes(script: str, part_argvs: Sequence[Sequence[str]], jobs: int) -> bool:
