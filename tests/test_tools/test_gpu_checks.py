@@ -1,6 +1,7 @@
 """tools/gpu_checks on the CPU: --jobs, which runs a check's parts in processes of their own (gpu_common's
 run_parts_in_processes, and the argument lists check_pointwise_conv.py, check_depthwise_conv.py and
-check_kernels.py give those processes). The checks themselves need a GPU."""
+check_kernels.py give those processes), and check_pointwise_conv.py's padded forward (its bench's 'padded fwd')
+on the reference implementation. The checks and timings themselves need a GPU."""
 import sys
 import textwrap
 
@@ -139,3 +140,25 @@ def test_parts_run_with_this_interpreter(gpu_common, tmp_path, capsys):
     script.write_text('import sys\nprint(sys.executable)\n')
     assert gpu_common.run_parts_in_processes(str(script), [[]], jobs=1)
     assert capsys.readouterr().out.splitlines()[1] == sys.executable
+
+
+def test_width_padding_makes_the_positions_a_multiple_of_eight(tools_path):
+    tool = load_tool('tools/gpu_checks/check_pointwise_conv.py')
+    assert [tool.width_padding(h, w) for h, w in ((7, 7), (14, 14), (56, 56), (28, 28), (9, 13), (1, 1))] == \
+        [1, 2, 0, 0, 3, 7]
+
+
+@pytest.mark.parametrize('h, w, groups, with_skip', [(7, 7, 1, True), (14, 14, 3, False), (9, 13, 1, False)])
+def test_padded_forward_is_the_convolution(tools_path, h, w, groups, with_skip):
+    """Bench's padded forward computes the same convolution (the padding's columns sliced off)."""
+    import torch
+    tool = load_tool('tools/gpu_checks/check_pointwise_conv.py')
+    g = torch.Generator().manual_seed(h * w)
+    x = torch.randn(2, 6, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(9, 6 // groups, 1, 1, generator=g, dtype=torch.float64)
+    bias = torch.randn(9, generator=g, dtype=torch.float64)
+    skip = torch.randn(2, 9, h, w, generator=g, dtype=torch.float64) if with_skip else None
+    y = tool.padded_forward(x, weight, bias, skip, groups, impl='reference')
+    expected = torch.nn.functional.conv2d(x, weight, bias, groups=groups) + (0 if skip is None else skip)
+    assert y.shape == expected.shape and y.is_contiguous()
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)

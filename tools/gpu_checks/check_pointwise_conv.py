@@ -25,7 +25,8 @@ each stage's map (batch 128): forward, and forward +
 backward, the latter with the Triton backward kernels and with cuDNN's convolution backward behind the Triton
 forward (``triton_pointwise_conv.BACKWARD``); float16 under autocast (float32 parameters) and float32 (TF32,
 cuDNN's default); --arch t / s / b picks the model. in_proj / fc1 run without a skip path, out_proj / fc2 with
-one, as the blocks use them; the fusion convs (``groups 3``) without.
+one, as the blocks use them; the fusion convs (``groups 3``) without. On maps whose positions are not a multiple of
+8 (14 x 14, 7 x 7) also the Triton forward on the maps padded to one (``padded_forward``: pad, kernel, slice).
 
 sweep: the forward's time for each of a set of tilings at the same sizes, with the skip path where the
 blocks use one; prints the fastest per size (what ``triton_pointwise_conv.tiling`` encodes).
@@ -191,11 +192,31 @@ def _bench_tensors(batch, c_in, c_out, size, skip, groups, dtype, device):
     return x, conv, s
 
 
+def width_padding(h: int, w: int, multiple: int = 8) -> int:
+    """Columns to add on the right of an h x w map for its positions to be a multiple of ``multiple``."""
+    return next(pad for pad in range(multiple) if h * (w + pad) % multiple == 0)
+
+
+def padded_forward(x, weight, bias, skip, groups, impl='triton'):
+    """``pointwise_conv2d`` on x (and the skip path) padded on the right to a multiple of 8 positions a map, the
+    padding's columns sliced off the output in a copy. Where a map's positions are not a multiple of 8 (7 x 7: 49),
+    16-bit rows align to 2 bytes only and the kernel copies x element by element; padded (7 x 8) they are 16-byte
+    copies. Bench's 'padded fwd': what staging such maps in padded planes would gain, the pad and the slice
+    included, measured without changing the kernel."""
+    pad = (0, width_padding(*x.shape[-2:]))
+    y = pointwise_conv2d(F.pad(x, pad), weight, bias, None if skip is None else F.pad(skip, pad), impl=impl,
+                         groups=groups)
+    return y[..., :x.shape[-1]].contiguous()
+
+
 def bench(device, batch, arch):
-    print(f'# {torch.cuda.get_device_name()}, batch {batch}; ms (GPU time of eager steps); f+b: forward + backward '
-          'with the Triton backward, with cuDNN\'s backward behind the Triton forward, and the torch composition')
+    print(f'# {torch.cuda.get_device_name()}, batch {batch}; ms (GPU time of eager steps); padded fwd: the Triton '
+          'forward on maps padded to a multiple of 8 positions, pad and slice included (padded_forward; "-" where '
+          'they are one already); f+b: forward + backward with the Triton backward, with cuDNN\'s backward behind '
+          'the Triton forward, and the torch composition')
     print(f'{"Cin":>5} {"Cout":>5} {"groups":>6} {"HxW":>5} {"skip":>4} {"dtype":>5} {"triton fwd":>10} '
-          f'{"torch fwd":>9} {"speedup":>7} {"triton f+b":>10} {"cudnn bwd":>9} {"torch f+b":>9} {"speedup":>7}')
+          f'{"torch fwd":>9} {"speedup":>7} {"padded fwd":>10} {"triton f+b":>10} {"cudnn bwd":>9} {"torch f+b":>9} '
+          f'{"speedup":>7}')
     for c_in, c_out, size, skip, groups in bench_sizes(arch):
         for mode, dtype, autocast in (('fp16', torch.float16, True), ('fp32', torch.float32, False)):
             x, conv, s = _bench_tensors(batch, c_in, c_out, size, skip, groups, dtype, device)
@@ -217,9 +238,15 @@ def bench(device, batch, arch):
                     row.append(timed(step)[0])
                 finally:
                     tpc.BACKWARD = default
+            padded = '-'
+            if width_padding(size, size):
+                def padded_step():
+                    with torch.autocast('cuda', dtype=torch.float16, enabled=autocast), torch.no_grad():
+                        padded_forward(x, conv.weight, conv.bias, s, groups)
+                padded = f'{timed(padded_step)[0]:.3f}'
             print(f'{c_in:>5} {c_out:>5} {groups:>6} {size:>2}x{size:<2} {"yes" if skip else "no":>4} {mode:>5} '
-                  f'{row[0]:>10.3f} {row[1]:>9.3f} {row[1] / row[0]:>6.2f}x {row[2]:>10.3f} {row[3]:>9.3f} '
-                  f'{row[4]:>9.3f} {row[4] / row[2]:>6.2f}x', flush=True)
+                  f'{row[0]:>10.3f} {row[1]:>9.3f} {row[1] / row[0]:>6.2f}x {padded:>10} {row[2]:>10.3f} '
+                  f'{row[3]:>9.3f} {row[4]:>9.3f} {row[4] / row[2]:>6.2f}x', flush=True)
 
 
 def sweep(device, batch, arch):
