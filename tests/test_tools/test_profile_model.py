@@ -36,8 +36,9 @@ def test_by_module_rows_in_model_order_with_the_scan_core(profile_model, capsys)
     assert rows['stage 3 pos_embed'][0] == 7 and rows['stage 3 dmca'][0] == 4 and rows['stage 3 op.in_proj'][0] == 3
     for stage in (1, 2, 3, 4):
         op, core = rows[f'stage {stage} op'][1], rows[f'stage {stage} scan core'][1]
-        parts = sum(ms for name, (_, ms) in rows.items() if name.startswith(f'stage {stage} op.'))
-        assert core == pytest.approx(op - parts, abs=0.02) and 0 < core < op
+        parts = [ms for name, (_, ms) in rows.items() if name.startswith(f'stage {stage} op.')]
+        # Each printed figure is rounded to 0.01 ms: op, core and each part off by up to 0.005.
+        assert core == pytest.approx(op - sum(parts), abs=0.005 * (len(parts) + 2) + 1e-9) and 0 < core < op
     blocks = sum(ms for name, (_, ms) in rows.items() if name.startswith('stage') and '.' not in name
                  and not name.endswith('scan core'))
     assert 0 < blocks < rows['whole forward'][1]
