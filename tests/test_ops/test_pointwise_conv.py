@@ -280,6 +280,30 @@ def test_size_policy_follows_the_measurements(positions, expected):
     assert triton_is_faster(positions) is expected
 
 
+@pytest.mark.parametrize('cin,cout,positions,dtype,expected', [
+    (396, 792, 196, torch.float16, (128, 64, 32, 4, 3)),    # to at most 4x more channels: 64 wide on cin
+    (792, 396, 196, torch.float16, (64, 128, 32, 4, 3)),    # to fewer: 64 wide on cout
+    (396, 264, 196, torch.bfloat16, (64, 128, 32, 4, 3)),   # a DMCA fusion conv's group
+    (1584, 396, 196, torch.float16, (128, 128, 32, 4, 3)),  # to 4x fewer: 32-position chunks, full tile
+    (396, 1584, 196, torch.float16, (128, 128, 64, 8, 3)),  # to 4x more: the default
+    (120, 80, 3136, torch.float16, (64, 64, 64, 4, 3)),     # small groups on large maps
+    (480, 120, 3136, torch.float16, (128, 128, 64, 8, 3)),
+    (396, 792, 196, torch.float32, (128, 128, 32, 8, 3)),   # float32: the default
+])
+def test_weight_gradient_tiling_follows_the_sweep(cin, cout, positions, dtype, expected):
+    """wgrad_tiling's rules: the H100 sweep's choices (its docstring) by position count, channel ratio and dtype."""
+    from sparx_mm.ops import triton_pointwise_conv as tpc
+    assert tpc.wgrad_tiling(cin, cout, positions, dtype) == expected
+
+
+@pytest.mark.parametrize('positions,expected', [(196, (128, 128, 32, 4, 3)), (3136, (128, 128, 64, 4, 3)),
+                                                (49, (128, 64, 64, 8, 3))])
+def test_16_bit_forward_tiling_takes_32_channel_chunks_at_128_to_511_positions(positions, expected):
+    from sparx_mm.ops import triton_pointwise_conv as tpc
+    for dtype in (torch.float16, torch.bfloat16):
+        assert tpc.tiling(396, 792, positions, dtype) == expected
+
+
 @pytest.mark.parametrize('batch,h,w,groups', [(2 ** 16, 256, 128, 1), (2, 4, 4, 2 ** 16)])
 def test_launches_beyond_the_kernels_indexing_are_a_clear_error(batch, h, w, groups):
     """The kernels count (sample, position) pairs in int32 (position tiles run on across samples) and put the
