@@ -15,7 +15,7 @@ from .depthwise_conv import depthwise_conv2d_act, depthwise_conv2d_act_reference
 from .pointwise_conv import (add_skip_path, pointwise_conv2d, pointwise_conv2d_and_input, pointwise_conv2d_reference,
                              scale_samples, scaled_skip_path, skip_path_dtype)
 from .group_norm import (OneGroupNorm, group_norm_one_group, group_norm_one_group_reference,
-                         group_norm_one_group_with_skip)
+                         group_norm_one_group_with_recipe, group_norm_one_group_with_skip)
 from .memory_format import convert_memory_format
 from .selective_scan import (available_scan_backends, check_scan_inputs,
                              register_scan_backend, selective_scan,
@@ -44,6 +44,7 @@ __all__ = [
     'fold_batch_norm_reference',
     'group_norm_one_group',
     'group_norm_one_group_reference',
+    'group_norm_one_group_with_recipe',
     'group_norm_one_group_with_skip',
     'pointwise_conv2d',
     'pointwise_conv2d_and_input',

@@ -11,7 +11,7 @@ normalising pass that writes the output dtype directly) or through :func:`group_
 (``F.group_norm`` in float32), chosen as the other fused layer kernels are (``gpu_backends.layer_kernel_impl``).
 Importing this module does not import triton.
 """
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from . import gpu_backends
 
 __all__ = ['OneGroupNorm', 'group_norm_one_group', 'group_norm_one_group_reference',
-           'group_norm_one_group_with_skip']
+           'group_norm_one_group_with_skip', 'group_norm_one_group_with_recipe']
 
 
 def group_norm_one_group_reference(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
@@ -108,6 +108,25 @@ def group_norm_one_group_with_skip(x: Tensor, weight: Optional[Tensor] = None, b
     return group_norm_one_group_with_skip_triton(x, weight, bias, eps, out_dtype)
 
 
+def group_norm_one_group_with_recipe(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                                     eps: float = 1e-5, impl: Optional[str] = None
+                                     ) -> Tuple[Tensor, Callable[..., Tensor], tuple]:
+    """``(y, fn, args)``: y = ``group_norm_one_group(x, ...)`` and a recipe that computes y again, ``fn(*args)``,
+    for :func:`sparx_mm.models.recompute.recompute_saved` (a backward pass that recomputes y instead of keeping
+    it). On the Triton path the recipe is the normalising pass alone on the per-sample mean and rstd this call
+    computed (kept: 8 bytes a sample), one read of x where the whole norm takes two; on the reference path it is
+    the whole norm. Either way ``fn(*args)`` gives y bit for bit, in the dtype chosen here (autocast's then).
+
+    Args and dtypes as :func:`group_norm_one_group`.
+    """
+    reference, out_dtype = _dispatch(x, weight, bias, impl, 'group_norm_one_group_with_recipe')
+    if reference:
+        args = (x, weight, bias, eps, out_dtype)
+        return group_norm_one_group_reference(*args), group_norm_one_group_reference, args
+    from .triton_group_norm import group_norm_one_group_triton_with_recipe
+    return group_norm_one_group_triton_with_recipe(x, weight, bias, eps, out_dtype)
+
+
 class OneGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm(1, num_channels)`` computed by :func:`group_norm_one_group`.
 
@@ -121,6 +140,11 @@ class OneGroupNorm(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         return group_norm_one_group(x, self.weight, self.bias, self.eps)
+
+    def forward_with_recipe(self, x: Tensor) -> Tuple[Tensor, Callable[..., Tensor], tuple]:
+        """(normalised x, fn, args) with ``fn(*args)`` the normalised x again:
+        :func:`group_norm_one_group_with_recipe`."""
+        return group_norm_one_group_with_recipe(x, self.weight, self.bias, self.eps)
 
     def forward_with_skip(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """(normalised x, x as a skip path): :func:`group_norm_one_group_with_skip`."""

@@ -11,7 +11,9 @@ Forward, three launches:
    the GPU, each row's columns are split between several programs (partial moments).
 2. sample statistics: one program per sample merges its partial moments (first the weighted mean, then
    M2 = sum of partial M2 + count * (partial mean - mean)^2) into mean and rstd = 1 / sqrt(M2 / M + eps).
-3. normalise: y = (x - mean_b) * rstd_b * weight_c + bias_c, in float32, written in the output dtype.
+3. normalise: y = (x - mean_b) * rstd_b * weight_c + bias_c, in float32, written in the output dtype. This
+   launch alone, on the saved statistics, recomputes y for a backward pass that did not keep it
+   (:func:`group_norm_one_group_triton_with_recipe`).
 
 Backward, three launches, with xhat = (x - mean) * rstd and g = dy * weight: per-row (partial) sums of dy
 and dy * xhat in one pass over x and dy; then one launch that forms each sample's mean_M(g) and
@@ -312,11 +314,20 @@ def _group_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optio
     stats = torch.empty(2, batch, device=x.device, dtype=torch.float32)
     launch(_sample_stats_kernel, (batch,), moments, stats, channels, cols, splits, per_split * block_s,
            1.0 / (channels * cols), eps, BLOCK=SAMPLE_TILING[0], num_warps=SAMPLE_TILING[1])
+    return _normalize(x, stats, weight, bias, out_dtype), stats
+
+
+def _normalize(x: torch.Tensor, stats: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """The forward pass's last launch: x (B, C, *spatial) contiguous and its samples' stats (2, B) -> y (x's
+    shape, out_dtype)."""
+    batch, channels, cols = _sizes(x)
+    rows, s_align = batch * channels, power_of_two_factor(cols)
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
     grid, meta = _elementwise_launch(rows, cols)
     launch(_normalize_kernel, grid, x, y, weight, bias, stats, rows, channels, cols // s_align,
            S_ALIGN=s_align, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **meta)
-    return y, stats
+    return y
 
 
 def _group_norm_fwd_fake(x, weight, bias, eps, out_dtype):
@@ -396,6 +407,17 @@ def group_norm_one_group_triton(x: torch.Tensor, weight: Optional[torch.Tensor],
     """
     y, _ = _group_norm_fwd(*_forward_args(x, weight, bias, eps, out_dtype, 'group_norm_one_group_triton'))
     return y
+
+
+def group_norm_one_group_triton_with_recipe(x: torch.Tensor, weight: Optional[torch.Tensor],
+                                            bias: Optional[torch.Tensor], eps: float, out_dtype: torch.dtype):
+    """Triton implementation of :func:`sparx_mm.ops.group_norm_one_group_with_recipe` (inputs already checked, x not
+    empty): (y, fn, args) with ``fn(*args)`` y again, bit for bit: the normalising launch alone on the samples'
+    mean and rstd that this forward pass computed (one read of x), where the whole norm reads x twice."""
+    args = _forward_args(x, weight, bias, eps, out_dtype, 'group_norm_one_group_triton_with_recipe')
+    y, stats = _group_norm_fwd(*args)
+    x, weight, bias = args[:3]
+    return y, _normalize, (x, stats.detach(), weight, bias, out_dtype)
 
 
 class _GroupNormWithSkip(torch.autograd.Function):

@@ -10,7 +10,7 @@ assert os.environ.get('TRITON_INTERPRET') == '1', 'run with TRITON_INTERPRET=1'
 import torch  # noqa: E402
 
 from sparx_mm.ops import (group_norm_one_group, group_norm_one_group_reference,  # noqa: E402
-                          group_norm_one_group_with_skip)
+                          group_norm_one_group_with_recipe, group_norm_one_group_with_skip)
 from sparx_mm.ops import triton_group_norm as tgn  # noqa: E402
 from helpers import backward_through_two_uses  # noqa: E402  (this folder: the script's sys.path[0])
 
@@ -84,6 +84,25 @@ def large_mean_error():
     return rel_err(y, torch.nn.functional.group_norm(x.double(), 1, w.double(), b.double(), 1e-5))
 
 
+def recipe_case(shape, dtype, autocast):
+    """group_norm_one_group_with_recipe: (whether y is group_norm_one_group's and the recipe, run after the
+    forward pass and outside its autocast, gives it again bit for bit in its dtype; the kernels the recipe
+    launched)."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=g) + 2).to(dtype)
+    weight, bias = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        y, fn, args = group_norm_one_group_with_recipe(x, weight, bias, impl='triton')
+        plain = group_norm_one_group(x, weight, bias, impl='triton')
+    launched, launch = [], tgn.launch
+    tgn.launch = lambda kernel, *a, **k: launched.append(kernel.__name__) or launch(kernel, *a, **k)
+    try:
+        again = fn(*args)
+    finally:
+        tgn.launch = launch
+    return torch.equal(y, plain) and torch.equal(again, y) and again.dtype == plain.dtype, launched
+
+
 def with_skip_errors(shape, dtype, uses):
     """group_norm_one_group_with_skip on the Triton path (the norm's node takes the skip path's gradient into its
     dx kernel) against the reference norm with x used twice: gradients of x, weight, bias. ``uses``: 'both', or
@@ -136,6 +155,13 @@ if __name__ == '__main__':
         print('with skip', shape, str(dtype).split('.')[-1], uses + ':',
               ' '.join(f'{name} {e:.1e}' for name, e in zip(('dx', 'dweight', 'dbias'), errors)),
               '' if case_ok else 'FAIL', flush=True)
+    for shape, dtype, autocast in (((3, 37, 3, 3), torch.float32, False), ((2, 6, 5, 11), torch.float16, False),
+                                   ((2, 5, 7, 9), torch.float32, True)):
+        same, launched = recipe_case(shape, dtype, autocast)
+        case_ok = same and launched == ['_normalize_kernel']
+        ok &= case_ok
+        print('recipe', shape, str(dtype).split('.')[-1], 'autocast bfloat16' if autocast else '',
+              'same' if same else 'DIFFERENT', 'launches', launched, '' if case_ok else 'FAIL', flush=True)
     report = torch.library.opcheck(tgn._group_norm_fwd.op, (torch.randn(2, 3, 4, 5).requires_grad_(),
                                                            torch.randn(3).requires_grad_(), None, 1e-5, torch.float32))
     opcheck_ok = set(report.values()) == {'SUCCESS'}

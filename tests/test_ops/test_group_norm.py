@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sparx_mm.ops import (OneGroupNorm, gpu_backends, group_norm_one_group, group_norm_one_group_reference,
-                          group_norm_one_group_with_skip)
+                          group_norm_one_group_with_recipe, group_norm_one_group_with_skip)
 
 from .helpers import TritonCalled, intercept_triton, run_in_triton_interpreter
 
@@ -103,6 +103,20 @@ def test_with_skip_on_the_reference_path_is_the_norm_and_x_itself():
         group_norm_one_group_with_skip(x, torch.ones(3))
 
 
+def test_with_recipe_on_the_reference_path_recomputes_the_norm_in_the_forward_dtype():
+    x, w, b = _inputs((2, 4, 3, 5))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y, fn, args = group_norm_one_group_with_recipe(x, w, b, impl='reference')
+    again = fn(*args)  # outside autocast: the recipe keeps the output dtype chosen under it
+    assert y.dtype == again.dtype == torch.bfloat16 and torch.equal(again, y)
+    assert torch.equal(y, group_norm_one_group_reference(x, w, b, 1e-5, torch.bfloat16))
+    norm = OneGroupNorm(4)
+    y, fn, args = norm.forward_with_recipe(x)
+    assert torch.equal(y, norm(x)) and torch.equal(fn(*args), y)
+    with pytest.raises(ValueError, match=r'bias must be \(C,\) = \(4,\) .* got shape \(2,\)'):
+        group_norm_one_group_with_recipe(x, None, torch.ones(2))
+
+
 def test_with_skip_dispatches_to_its_triton_entry_point(monkeypatch):
     from sparx_mm.ops import triton_group_norm
     calls = intercept_triton(monkeypatch, triton_group_norm, 'group_norm_one_group_with_skip_triton')
@@ -173,5 +187,7 @@ def test_triton_kernels_match_the_reference_in_the_interpreter():
     assert float(re.search(r'WORST (\S+)', stdout).group(1)) < 2e-5, stdout
     assert 'OPCHECK ok' in stdout and 'autocast bfloat16 output' in stdout, stdout
     assert stdout.count('with skip') == 5 and 'FAIL' not in stdout, stdout
-    # eleven cases, autocast, large mean, five with a skip path, custom op, summary
-    assert stdout.count('\n') == 20, stdout
+    # the recipe (a recomputation's normalising pass alone) gives y bit for bit: float32, float16, under autocast
+    assert stdout.count(" same launches ['_normalize_kernel']") == 3, stdout
+    # eleven cases, autocast, large mean, five with a skip path, three recipes, custom op, summary
+    assert stdout.count('\n') == 23, stdout

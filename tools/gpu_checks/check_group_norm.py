@@ -8,7 +8,9 @@ inputs) on awkward shapes (maps that are not multiples of the blocks, a 1 x 1 ma
 inputs, B = 1 with large maps, whose rows are split between programs, a mean far from zero, no affine),
 float32 / float16 / bfloat16 inputs, with and without fp16 / bf16 autocast: outputs, and the gradients of x,
 weight and bias; ``group_norm_one_group_with_skip`` (x's skip-path gradient added in the dx kernel) against the
-reference with x used twice. Prints the largest relative errors, then PASSED or FAILED (exit code 1).
+reference with x used twice; ``group_norm_one_group_with_recipe``'s recipe (the normalising launch alone on the
+forward pass's statistics) against the output, bit for bit. Prints the largest relative errors, then PASSED or
+FAILED (exit code 1).
 
 bench: milliseconds (CUDA events, median) of the forward pass and of forward + backward, the Triton op
 against ``nn.GroupNorm(1, C)``, at SparX-T's sizes for batch 128: float32 without autocast, and float16
@@ -26,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import (group_norm_one_group, group_norm_one_group_reference,  # noqa: E402
-                          group_norm_one_group_with_skip)
+                          group_norm_one_group_with_recipe, group_norm_one_group_with_skip)
 from gpu_common import check_and_bench_parser, override_constants, rel_err, require_cuda, timed  # noqa: E402
 
 # Largest relative error of a tensor (to its largest magnitude), by the dtype it comes in: both sides round the
@@ -89,7 +91,6 @@ def check(device):
     for key in sorted({k[:2] for k in worst}):
         row = ', '.join(f'{name} {worst[key + (name,)]:.1e}' for name in ('y', 'dx', 'dweight', 'dbias'))
         print(f'  {key[0]:>8} / {key[1]:<8} {row}')
-    print('PASSED' if ok else 'FAILED')
     return ok
 
 
@@ -122,6 +123,25 @@ def check_with_skip(device):
                     print(f'FAIL with skip {shape} {key} {name}: rel err {err:.2e} > {TOL[ours.dtype]:.0e}')
     print('with the skip path\'s gradient, largest relative errors: ' +
           ', '.join(f'{dtype} {name} {err:.1e}' for (dtype, name), err in worst.items()))
+    return ok
+
+
+def check_recipe(device):
+    """group_norm_one_group_with_recipe at SparX-B's SS2D out_norm maps (float32 scan outputs, batch 4) and an
+    awkward one, without and under fp16 autocast: the output as group_norm_one_group's and the recipe's
+    recomputation (run outside the autocast, as a backward pass would) the same bits in the same dtype."""
+    ok = True
+    for shape in ((4, 240, 56, 56), (4, 792, 14, 14), (4, 1272, 7, 7), (3, 37, 13, 11)):
+        x, params = make_inputs(shape, 0.0, True, torch.float32, device, seed=shape[1])
+        for autocast_dtype in (None, torch.float16):
+            with torch.autocast('cuda', dtype=torch.float16, enabled=autocast_dtype is not None):
+                y, fn, args = group_norm_one_group_with_recipe(x, *params, impl='triton')
+                plain = group_norm_one_group(x, *params, impl='triton')
+            again = fn(*args)
+            if not (torch.equal(y, plain) and torch.equal(again, y) and again.dtype == plain.dtype):
+                ok = False
+                print(f'FAIL recipe {shape} autocast {autocast_dtype}: the recomputed output differs')
+    print(f'the recipe\'s recomputation: {"bit for bit" if ok else "DIFFERENT"} (4 shapes, with / without autocast)')
     return ok
 
 
@@ -188,6 +208,8 @@ def main():
     if 'check' in args.only:
         ok = check(device)
         ok = check_with_skip(device) and ok
+        ok = check_recipe(device) and ok
+        print('PASSED' if ok else 'FAILED')  # the verdict of all three checks
     if 'bench' in args.only:
         bench(args.batch, device)
     sys.exit(0 if ok else 1)

@@ -32,8 +32,9 @@ class SS2D(nn.Module):
             ViM); 1 scans it forwards only (vanilla Mamba's single causal direction).
 
     ``norm_recompute``: while training, out_proj does not keep the normalised scan output for its backward pass:
-    it is recomputed from the scan output, which the GroupNorm keeps anyway (:func:`~sparx_mm.models.recompute.
-    recompute_saved`; outputs and gradients unchanged).
+    it is recomputed from the scan output, which the GroupNorm keeps anyway, and the per-sample statistics of the
+    forward pass (:func:`~sparx_mm.models.recompute.recompute_saved`, :meth:`OneGroupNorm.forward_with_recipe`;
+    outputs and gradients unchanged).
 
     Shapes: (B, C, H, W) -> (B, C, H, W); with project_input=False the input is (B, D, H, W).
     """
@@ -101,8 +102,11 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor, skip: Optional[SkipPath] = None) -> torch.Tensor:
         """``skip``: a block's skip path, added inside out_proj's kernel (see :class:`SkipPath`)."""
         y = self.forward_core(self.conv2d(self.in_proj(x)))
-        normed = self.out_norm(y)
-        with recompute_saved(normed, self.out_norm, y, enabled=self.norm_recompute):
+        if not (self.norm_recompute and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+            return self.out_proj(self.out_norm(y), skip)
+        # The recipe renormalises y with the statistics of this pass: one read of y, not the whole norm's two.
+        normed, renormalise, args = self.out_norm.forward_with_recipe(y)
+        with recompute_saved(normed, renormalise, *args):
             return self.out_proj(normed, skip)
 
     def extra_repr(self) -> str:
