@@ -21,7 +21,7 @@ Nothing is accumulated across programs (no atomics, deterministic): each writes 
 channels, its channel block's sums of the B and C gradients and its sample's sums of dA, dD and d dt_bias.
 The dt projection's two gradients, products over the raw-dt gradient ddt (B, K, D, L), come from one more kernel
 that reads ddt once (:func:`_dt_projection_grads_kernel`): dproj_dt = dt_weight_k^T @ ddt and the weight's
-per-sample, per-position-block products ddt @ proj_dt^T, on tensor cores. Two torch GEMMs read it twice before
+partial products ddt @ proj_dt^T (one or two samples' sum, a position block's), on tensor cores. Two torch GEMMs read it twice before
 (a batched one with the rank, 6 to 40, as its narrow output side), and ddt is the largest tensor of the scan's
 backward pass (SparX-T's stage 1: 616 MB a block at batch 128, float16).
 
@@ -476,76 +476,109 @@ def _cross_scan_bwd_kernel(x_ptr, xt_ptr, proj_ptr, w_ptr, A_ptr, D_ptr, bias_pt
 
 
 @triton.jit
+def _accurate_dot(a, b, acc):
+    """acc + a @ b on tensor cores: 16-bit operands as they are, float32 ones as 3xTF32 (float32 accuracy)."""
+    if a.dtype == tl.float32:
+        acc = tl.dot(a, b, acc, input_precision='tf32x3')
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
 def _dt_projection_grads_kernel(ddt_ptr, proj_ptr, w_ptr, dproj_ptr, dw_ptr, Dm, L_UNITS, R, PROJ_ROWS, num_l_blocks,
-                                ROUTES: tl.constexpr, L_ALIGN: tl.constexpr, BLOCK_D: tl.constexpr,
-                                BLOCK_L: tl.constexpr, R_PAD: tl.constexpr):
-    """For (sample, route) ``program_id(1)`` and positions block ``program_id(0)``, over all channels in blocks of
-    BLOCK_D: dproj[b, k, :R, t] = dt_weight[k]^T (R, D) @ ddt[b, k] (D, t), stored in dproj's dtype (rows R.. left
-    alone), and this block's share of the weight gradient, ddt[b, k] (D, t) @ proj[b, k, :R, t]^T, float32, at
-    dw[(b, k), block] (D, R). Products in ddt's dtype (the projection rows and the weights rounded to it, as
-    torch's GEMMs in that dtype did), float32 sums; float32 ones as 3xTF32 (float32 accuracy on tensor cores,
-    as the forward kernel's dt projection: exact float32 products spilled 12 KB a thread at rank 20)."""
+                                B, ROUTES: tl.constexpr, L_ALIGN: tl.constexpr, BLOCK_D: tl.constexpr,
+                                BLOCK_L: tl.constexpr, R_PAD: tl.constexpr, SAMPLES: tl.constexpr):
+    """For route k of samples s0 .. s0 + SAMPLES - 1 (``program_id(1)`` = (s0 / SAMPLES) * ROUTES + k; samples from
+    B on masked) and positions block ``program_id(0)``, over all channels in blocks of BLOCK_D: dproj[s, k, :R, t] =
+    dt_weight[k]^T (R, D) @ ddt[s, k] (D, t), stored in dproj's dtype (rows R.. left alone), and the samples'
+    share of the weight gradient, sum over s of ddt[s, k] (D, t) @ proj[s, k, :R, t]^T, float32, at
+    dw[program_id(1), block] (D, R): one partial product a program, SAMPLES times fewer than one a sample (the
+    partials, float32 (D, R) blocks, outweighed the ddt they came from at short sequences). Products in ddt's dtype
+    (the projection rows and the weights rounded to it, as torch's GEMMs in that dtype did), float32 sums; float32
+    ones as 3xTF32 (float32 accuracy on tensor cores, as the forward kernel's dt projection: exact float32 products
+    spilled 12 KB a thread at rank 20)."""
     L = L_UNITS * L_ALIGN
-    bk = tl.program_id(1).to(tl.int64)
+    group_route = tl.program_id(1)
     l_block = tl.program_id(0)
-    k = bk % ROUTES
+    k = group_route % ROUTES
+    first = (group_route // ROUTES) * SAMPLES
     t = l_block * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_t = t < L
     r = tl.arange(0, R_PAD)
     mask_r = r < R
     dtype = ddt_ptr.dtype.element_ty
-    proj_rows = proj_ptr + bk * PROJ_ROWS * L + r[:, None] * L + t[None, :]
-    p = tl.load(proj_rows, mask=mask_r[:, None] & mask_t[None, :], other=0.0).to(dtype)
-    acc = tl.zeros([R_PAD, BLOCK_L], dtype=tl.float32)
-    dw_rows = dw_ptr + (bk * num_l_blocks + l_block) * Dm * R
+    rows, valid, projections, dprojs = (), (), (), ()
+    for i in tl.static_range(SAMPLES):
+        bk = (first + i).to(tl.int64) * ROUTES + k
+        ok = first + i < B
+        rows = rows + (bk, )
+        valid = valid + (ok, )
+        p = tl.load(proj_ptr + bk * PROJ_ROWS * L + r[:, None] * L + t[None, :],
+                    mask=ok & mask_r[:, None] & mask_t[None, :], other=0.0).to(dtype)
+        projections = projections + (tl.trans(p), )
+        dprojs = dprojs + (tl.zeros([R_PAD, BLOCK_L], dtype=tl.float32), )
+    dw_rows = dw_ptr + (group_route.to(tl.int64) * num_l_blocks + l_block) * Dm * R
     for d0 in range(0, Dm, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         mask_d = d < Dm
-        g = tl.load(ddt_ptr + (bk * Dm + d)[:, None] * L + t[None, :], mask=mask_d[:, None] & mask_t[None, :],
-                    other=0.0)
         wt = tl.load(w_ptr + (k * Dm + d)[None, :] * R + r[:, None], mask=mask_r[:, None] & mask_d[None, :],
                      other=0.0).to(dtype)
-        if dtype == tl.float32:
-            acc = tl.dot(wt, g, acc, input_precision='tf32x3')
-            dw = tl.dot(g, tl.trans(p), input_precision='tf32x3')
-        else:
-            acc = tl.dot(wt, g, acc)
-            dw = tl.dot(g, tl.trans(p))
+        dw = tl.zeros([BLOCK_D, R_PAD], dtype=tl.float32)
+        summed = ()
+        for i in tl.static_range(SAMPLES):
+            g = tl.load(ddt_ptr + (rows[i] * Dm + d)[:, None] * L + t[None, :],
+                        mask=valid[i] & mask_d[:, None] & mask_t[None, :], other=0.0)
+            summed = summed + (_accurate_dot(wt, g, dprojs[i]), )
+            dw = _accurate_dot(g, projections[i], dw)
+        dprojs = summed
         tl.store(dw_rows + d[:, None] * R + r[None, :], dw, mask=mask_d[:, None] & mask_r[None, :])
-    tl.store(dproj_ptr + bk * PROJ_ROWS * L + r[:, None] * L + t[None, :], acc.to(dproj_ptr.dtype.element_ty),
-             mask=mask_r[:, None] & mask_t[None, :])
+    for i in tl.static_range(SAMPLES):
+        tl.store(dproj_ptr + rows[i] * PROJ_ROWS * L + r[:, None] * L + t[None, :],
+                 dprojs[i].to(dproj_ptr.dtype.element_ty), mask=valid[i] & mask_r[:, None] & mask_t[None, :])
 
 
 def dt_projection_tiling(channels: int, length: int, rank: int,
-                         dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
-    """(BLOCK_D, BLOCK_L, R_PAD, warps, stages) of :func:`_dt_projection_grads_kernel` for a ``dtype`` ddt: 16-bit,
-    128 positions a program (fewer for shorter sequences, 16 at least: tl.dot's smallest side) and channels in
-    blocks of 64 (32 for 32 or fewer), the loads pipelined in 3 stages; float32 (3xTF32 products, three times the
-    operands in registers), 32 x 32 tiles unpipelined. The rank padded to a power of two of 16 or more. Compiled for
-    sm_90 (``tools/analysis_tools/hopper_codegen.py``) at SparX's stage sizes: 76-204 registers a thread, none
-    spilled (float32 with 16-bit's tiles: up to 12 KB spilled); not tuned on a GPU."""
+                         dtype: torch.dtype) -> Tuple[int, int, int, int, int, int]:
+    """(BLOCK_D, BLOCK_L, R_PAD, warps, stages, SAMPLES) of :func:`_dt_projection_grads_kernel` for a ``dtype``
+    ddt: 16-bit, 128 positions a program (fewer for shorter sequences, 16 at least: tl.dot's smallest side),
+    channels in blocks of 64 (32 for 32 or fewer), the loads pipelined in 3 stages; float32 (3xTF32 products,
+    three times the operands in registers), 32 x 32 tiles unpipelined. The rank padded to a power of two of 16 or
+    more.
+
+    Two samples a program (16-bit) where a program's sequence block is the whole sequence (7 x 7 maps) or the
+    padded rank is 16 (SparX's stages 1-2): that halves the float32 partial products the kernel writes and the sum
+    after it reads, which outweighed the ddt they came from on 7 x 7 maps (D x R float32 against D x 49 16-bit).
+    H100, batch 128, float16, SparX-B's four stages (``tools/gpu_checks/bench_cross_scan.py --arch b
+    --sweep-dt-grads``, kernel + sum): 0.350 / 0.231 / 0.177 / 0.250 ms with one sample, 0.321 / 0.192 / 0.174 /
+    0.141 with two; 8 warps, or four samples (8 warps, 2 stages), slower. Stage 3 (196 positions, rank 25) keeps
+    one: two gained 2 % there and spill (sm_90, ``tools/analysis_tools/hopper_codegen.py``: 140 bytes; at
+    SparX-T's stage 3 72), where one takes 168 registers a thread; the others with two take 168-255, none
+    spilled at SparX-T's and B's sizes (SparX-S's stage 4, rank 34: 32 bytes)."""
     r_pad = max(16, next_power_of_2(rank))
     if dtype == torch.float32:
-        return 32, min(32, max(16, next_power_of_2(length))), r_pad, 4, 1
+        return 32, min(32, max(16, next_power_of_2(length))), r_pad, 4, 1, 1
     block_l = min(128, max(16, next_power_of_2(length)))
-    return (32 if channels <= 32 else 64), block_l, r_pad, 4, 3
+    samples = 2 if length <= block_l or r_pad == 16 else 1
+    return (32 if channels <= 32 else 64), block_l, r_pad, 4, 3, samples
 
 
 def _dt_projection_grads(ddt: torch.Tensor, proj_routes: torch.Tensor, dt_weight: torch.Tensor,
                          dproj: torch.Tensor) -> torch.Tensor:
     """ddt (B, K*D, L), proj_routes (B, K, R + 2N, L), dt_weight (K, D, R) float32, contiguous; writes dproj[:, :,
     :R] ((B, K, R + 2N, L), proj's dtype) and returns the dt weight's gradient (K, D, R) float32 (the kernel's
-    partial products summed over samples and position blocks, deterministic)."""
+    partial products, one a program, summed over its sample groups and position blocks: deterministic)."""
     b, routes, proj_rows, length = proj_routes.shape
     _, d, rank = dt_weight.shape
-    block_d, block_l, r_pad, warps, stages = dt_projection_tiling(d, length, rank, ddt.dtype)
+    block_d, block_l, r_pad, warps, stages, samples = dt_projection_tiling(d, length, rank, ddt.dtype)
     num_l_blocks = cdiv(length, block_l)
     l_align = power_of_two_factor(length)
-    dw = torch.empty(b * routes, num_l_blocks, d, rank, device=ddt.device, dtype=torch.float32)
-    launch(_dt_projection_grads_kernel, (num_l_blocks, b * routes), ddt, proj_routes, dt_weight, dproj, dw, d,
-           length // l_align, rank, proj_rows, num_l_blocks, ROUTES=routes, L_ALIGN=l_align, BLOCK_D=block_d,
-           BLOCK_L=block_l, R_PAD=r_pad, num_warps=warps, num_stages=stages)
-    return dw.view(b, routes, num_l_blocks, d, rank).sum((0, 2))
+    groups = cdiv(b, samples)
+    dw = torch.empty(groups * routes, num_l_blocks, d, rank, device=ddt.device, dtype=torch.float32)
+    launch(_dt_projection_grads_kernel, (num_l_blocks, groups * routes), ddt, proj_routes, dt_weight, dproj, dw, d,
+           length // l_align, rank, proj_rows, num_l_blocks, b, ROUTES=routes, L_ALIGN=l_align, BLOCK_D=block_d,
+           BLOCK_L=block_l, R_PAD=r_pad, SAMPLES=samples, num_warps=warps, num_stages=stages)
+    return dw.view(groups, routes, num_l_blocks, d, rank).sum((0, 2))
 
 
 def _num_pairs(routes: int) -> int:

@@ -158,16 +158,27 @@ if __name__ == '__main__':
     # several channel blocks (float32: 32 a block; float16: 70 channels in blocks of 64) and position blocks
     # (float32: 32 a block; float16: 150 positions in blocks of 128), ranks padded to 16, 32 and 64, one, two and
     # four routes, B and C rows left alone; float32 (3xTF32 products: exact in the interpreter, float32 rounding
-    # on a GPU) and float16 (products in float16 as before, float32 sums).
-    for (b, routes, d, length, r, n), dtype in [((2, 4, 70, 150, 6, 1), torch.float32),
-                                                ((1, 2, 20, 49, 20, 2), torch.float32),
-                                                ((1, 1, 70, 33, 40, 1), torch.float32),
-                                                ((2, 4, 70, 150, 12, 1), torch.float16)]:
+    # on a GPU) and float16 (products in float16 as before, float32 sums). The last three with several samples a
+    # program (SAMPLES 2 and 4), the batch not a multiple of them (the missing samples masked).
+    for (b, routes, d, length, r, n), dtype, samples in [((2, 4, 70, 150, 6, 1), torch.float32, None),
+                                                         ((1, 2, 20, 49, 20, 2), torch.float32, None),
+                                                         ((1, 1, 70, 33, 40, 1), torch.float32, None),
+                                                         ((2, 4, 70, 150, 12, 1), torch.float16, None),
+                                                         ((3, 4, 70, 150, 12, 1), torch.float16, 2),
+                                                         ((5, 2, 40, 49, 20, 1), torch.float16, 4),
+                                                         ((3, 4, 20, 33, 6, 1), torch.float32, 2)]:
         ddt = torch.randn(b, routes * d, length, generator=g).to(dtype)
         proj = torch.randn(b, routes, r + 2 * n, length, generator=g).to(dtype)
         weight = torch.randn(routes, d, r, generator=g)
         dproj = torch.full_like(proj, 7.0)
-        d_weight = tcs._dt_projection_grads(ddt, proj, weight, dproj)
+        tile = tcs.dt_projection_tiling(d, length, r, dtype)
+        if samples is not None:
+            tile = tile[:5] + (samples, )
+        rule, tcs.dt_projection_tiling = tcs.dt_projection_tiling, lambda *_, tile=tile: tile
+        try:
+            d_weight = tcs._dt_projection_grads(ddt, proj, weight, dproj)
+        finally:
+            tcs.dt_projection_tiling = rule
         g_ = ddt.float().view(b, routes, d, length)
         p_ = proj[:, :, :r].float()
         w_ = weight.to(dtype).float()
@@ -177,7 +188,6 @@ if __name__ == '__main__':
                   float((dproj[:, :, :r].double() - expected_p).abs().max() / expected_p.abs().max())]
         tol = 1e-5 if dtype == torch.float32 else 2e-3
         left_alone = bool((dproj[:, :, r:] == 7.0).all())
-        tile = tcs.dt_projection_tiling(d, length, r, dtype)
         print(f'DT GRADS {(b, routes, d, length, r, n)} {str(dtype)[6:]} tiling {tile} dt_weight {errors[0]:.1e} '
               f'dproj {errors[1]:.1e}{"" if max(errors) <= tol and left_alone else " FAIL"}', flush=True)
     # The custom-op registration (schema, fake tensors for torch.compile, autograd) on a tiny case.

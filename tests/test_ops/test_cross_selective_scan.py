@@ -122,8 +122,12 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     assert worst < 1e-5, stdout
     assert 'OPCHECK ok' in stdout, stdout
     assert 'selective_scan_triton' in stdout, stdout
-    # the dt projection's gradients kernel on its own: four cases, each within its dtype's tolerance
-    assert stdout.count('DT GRADS') == 4 and 'FAIL' not in stdout, stdout
+    # the dt projection's gradients kernel on its own: seven cases (three with several samples a program), each
+    # within its dtype's tolerance
+    assert stdout.count('DT GRADS') == 7 and 'FAIL' not in stdout, stdout
+    for samples_tiling in (', 2)', ', 4)'):
+        assert any(line.startswith('DT GRADS') and samples_tiling + ' dt_weight' in line
+                   for line in stdout.splitlines()), stdout
     assert stdout.count('inference') == 7, stdout
     # every inference tiling ran, both ways of projecting dt (the tensor-core product: float32 and float16)
     for tiling in ('float32 16 x 32 dt_dot False', 'float32 16 x 32 dt_dot True', 'float32 32 x 64 dt_dot True',
@@ -140,9 +144,9 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     assert re.search(r'^float16 .* backward R_PAD 0 dt_dot True$', stdout, re.M), stdout
     assert stdout.count('backward R_PAD 0 dt_dot False\n') == 4, stdout
     assert 'TRANSPOSE ok' in stdout, stdout
-    # five training cases, the float16 one, seven inference ones, the plain scan, the transposes, four dt
+    # five training cases, the float16 one, seven inference ones, the plain scan, the transposes, seven dt
     # projection gradients cases, the custom-op check, the summary
-    assert stdout.count('\n') == 21, stdout
+    assert stdout.count('\n') == 24, stdout
 
 
 class _FusedCalled(Exception):
@@ -250,3 +254,17 @@ def test_the_backward_recomputes_dt_on_tensor_cores_from_rank_17(monkeypatch):
             assert tcs.backward_tiling(rank, dtype) == expected, (rank, dtype)
     monkeypatch.setattr(tcs, 'BWD_DT_DOT_MIN_RANK', 9)
     assert tcs.backward_tiling(12, torch.float16) == (*tcs.BWD_DOT_TILING, 16)
+
+
+def test_dt_projection_gradients_take_two_samples_a_program_where_the_sweep_found_it_faster():
+    """16-bit: two samples a program where a program's positions are the whole sequence (7 x 7) or the padded
+    rank is 16 (stages 1-2), one at 14 x 14 (196 positions in 128-position blocks, rank above 16: spills with
+    two); float32 always one (3xTF32 products take three times the registers)."""
+    from sparx_mm.ops import triton_cross_scan as tcs
+    stages = [(240, 3136, 8), (480, 784, 15), (792, 196, 25), (1272, 49, 40),  # SparX-B
+              (192, 3136, 6), (384, 784, 12), (640, 196, 20), (1024, 49, 32)]  # SparX-T
+    for dtype in (torch.float16, torch.bfloat16):
+        samples = [tcs.dt_projection_tiling(*stage, dtype)[5] for stage in stages]
+        assert samples == [2, 2, 1, 2, 2, 2, 1, 2], dtype
+    assert tcs.dt_projection_tiling(1272, 49, 40, torch.float16) == (64, 64, 64, 4, 3, 2)
+    assert {tcs.dt_projection_tiling(*stage, torch.float32)[5] for stage in stages} == {1}

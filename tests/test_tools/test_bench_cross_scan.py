@@ -91,7 +91,19 @@ def test_help_names_the_new_options():
     result = subprocess.run([sys.executable, str(REPO / 'tools/gpu_checks/bench_cross_scan.py'), '--fused-only',
                              '--help'], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    assert all(option in result.stdout for option in ('--fused-only', '--dt-dot-min-rank', '--sweep-training'))
+    assert all(option in result.stdout for option in ('--fused-only', '--dt-dot-min-rank', '--sweep-training',
+                                                      '--sweep-dt-grads'))
+
+
+def test_dt_grads_candidates_are_distinct_and_include_the_one_sample_baseline(bench):
+    """--sweep-dt-grads' (BLOCK_D, warps, stages, SAMPLES) candidates: distinct, the rule's one-sample tiling
+    among them (the baseline at stage 3), samples 1, 2 and 4."""
+    import torch
+    from sparx_mm.ops import triton_cross_scan as tcs
+    assert len(set(bench.DT_GRADS_TILINGS)) == len(bench.DT_GRADS_TILINGS)
+    chosen = tcs.dt_projection_tiling(792, 196, 25, torch.float16)
+    assert (chosen[0], *chosen[3:]) in bench.DT_GRADS_TILINGS
+    assert {t[3] for t in bench.DT_GRADS_TILINGS} == {1, 2, 4}
 
 
 def test_training_variants_set_existing_settings_and_restore_them(bench):

@@ -124,19 +124,20 @@ def gelu_forward_ptx(cin: int, cout: int, positions: int, dtype: str, warps=None
 
 
 def dt_projection_grads_ptx(dtype: str, channels: int, length: int, rank: int, tiling=None) -> str:
-    """The scan backward's dt projection gradients kernel (four routes) for ``dtype`` ('fp32', 'fp16', 'bf16')
-    raw-dt gradients of ``channels`` x ``length`` at dt rank ``rank``, with ``dt_projection_tiling``'s tiling for
-    that dtype or ``tiling`` (BLOCK_D, BLOCK_L, R_PAD, warps, stages)."""
+    """The scan backward's dt projection gradients kernel (four routes, batch 128) for ``dtype`` ('fp32', 'fp16',
+    'bf16') raw-dt gradients of ``channels`` x ``length`` at dt rank ``rank``, with ``dt_projection_tiling``'s
+    tiling for that dtype or ``tiling`` (BLOCK_D, BLOCK_L, R_PAD, warps, stages, SAMPLES)."""
     torch_dtype = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)[dtype]
-    block_d, block_l, r_pad, warps, stages = tiling or tcs.dt_projection_tiling(channels, length, rank, torch_dtype)
+    block_d, block_l, r_pad, warps, stages, samples = tiling or tcs.dt_projection_tiling(channels, length, rank,
+                                                                                          torch_dtype)
     l_align = power_of_two_factor(length)
     arg_types = dict(ddt_ptr=f'*{dtype}', proj_ptr=f'*{dtype}', w_ptr='*fp32', dproj_ptr=f'*{dtype}', dw_ptr='*fp32',
-                     Dm='i32', L_UNITS='i32', R='i32', PROJ_ROWS='i32', num_l_blocks='i32')
+                     Dm='i32', L_UNITS='i32', R='i32', PROJ_ROWS='i32', num_l_blocks='i32', B='i32')
     values = dict(Dm=channels, L_UNITS=length // l_align, R=rank, PROJ_ROWS=rank + 2,
-                  num_l_blocks=-(-length // block_l))
+                  num_l_blocks=-(-length // block_l), B=128)
     aligned = ('ddt_ptr', 'proj_ptr', 'w_ptr', 'dproj_ptr', 'dw_ptr') + tuple(
         name for name, value in values.items() if value % 16 == 0)
-    constexprs = dict(ROUTES=4, L_ALIGN=l_align, BLOCK_D=block_d, BLOCK_L=block_l, R_PAD=r_pad)
+    constexprs = dict(ROUTES=4, L_ALIGN=l_align, BLOCK_D=block_d, BLOCK_L=block_l, R_PAD=r_pad, SAMPLES=samples)
     return hopper_ptx(tcs._dt_projection_grads_kernel, arg_types, constexprs, aligned, warps, stages)
 
 

@@ -1,7 +1,7 @@
 """Time SS2D's scan core on the GPU: the fused Triton kernel against the unfused composition.
 
     python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--sweep-inference] [--sweep-training]
-        [--fused-only]
+        [--fused-only] [--sweep-dt-grads]
         [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT] [--train-tiling BLOCK_L BLOCK_D WARPS] [--train-fma]
         [--bwd-tiling BLOCK_D WARPS] [--bwd-dot-tiling BLOCK_D WARPS] [--bwd-fma] [--dt-dot-min-rank R]
 
@@ -15,7 +15,10 @@ scan_backend='triton'``; ``--fused-only`` leaves it out, "-"). The tiling option
 dt projection by multiply-adds and on tensor cores, next to the one
 :func:`~sparx_mm.ops.triton_cross_scan.inference_tiling` picks (the sweep behind that function's docstring).
 ``--sweep-training`` times forward + backward (float16 inputs, the training tilings) under each of
-``TRAINING_VARIANTS``, the defaults with one setting moved.
+``TRAINING_VARIANTS``, the defaults with one setting moved. ``--sweep-dt-grads`` times the scan backward's last
+kernel alone, the dt projection's gradients from the raw-dt gradient (float16, the kernel and the sum of its
+partial products), under each of ``DT_GRADS_TILINGS`` next to
+:func:`~sparx_mm.ops.triton_cross_scan.dt_projection_tiling`'s choice, each result checked against the choice's.
 """
 import argparse
 import math
@@ -63,6 +66,12 @@ TRAINING_VARIANTS = [
     ('bwd dot rank 9', dict(BWD_DT_DOT_MIN_RANK=9)),
     ('dot from rank 1', dict(DT_DOT_MIN_RANK=1, BWD_DT_DOT_MIN_RANK=1)),
 ]
+
+
+#: --sweep-dt-grads' candidates (BLOCK_D, warps, stages, SAMPLES), BLOCK_L and R_PAD as the rule sets them:
+#: samples a program (their partial weight-gradient products summed in the program) and the warps and stages their
+#: registers and shared memory allow (sm_90 compiles without spills: hopper_codegen.py).
+DT_GRADS_TILINGS = [(64, 4, 3, 1), (64, 8, 3, 1), (64, 4, 3, 2), (64, 8, 3, 2), (64, 8, 2, 2), (64, 8, 2, 4)]
 
 
 @contextmanager
@@ -114,6 +123,36 @@ def sweep_training(arch, batch, device, dtype=torch.float16):
             with tiling_settings(settings):
                 cells.append(f'{timed(run)[0]:>15.3f}')
         print(f'{channels:>7} {size:>3}x{size:<2} {rank:>4} | ' + ' | '.join(cells), flush=True)
+
+
+def sweep_dt_grads(arch, batch, device, dtype=torch.float16):
+    """ms of ``_dt_projection_grads`` (kernel + partial sums) at each stage under every DT_GRADS_TILINGS entry and
+    the rule's choice; a tiling whose weight gradient or dproj differs from the choice's by more than float16
+    rounding is marked."""
+    rule = triton_cross_scan.dt_projection_tiling
+    print(f'dt projection gradients, {str(dtype)[6:]} ddt: ms (kernel + sums) by (BLOCK_D, warps, stages, SAMPLES); '
+          '"!" marks a result off the chosen tiling\'s')
+    for channels, size, rank in stage_sizes(arch):
+        length = size * size
+        g = torch.Generator(device='cpu').manual_seed(channels)
+        ddt = torch.randn(batch, 4 * channels, length, generator=g).to(device, dtype)
+        proj = torch.randn(batch, 4, rank + 2, length, generator=g).to(device, dtype)
+        weight = (rank ** -0.5 * torch.randn(4, channels, rank, generator=g)).to(device)
+        dproj = torch.empty_like(proj)
+
+        def run():
+            return triton_cross_scan._dt_projection_grads(ddt, proj, weight, dproj)
+        chosen = rule(channels, length, rank, dtype)
+        expected_w, expected_p = run().clone(), dproj.clone()
+        cells = [f'chosen {(chosen[0], *chosen[3:])} {timed(run)[0]:.3f}']
+        for block_d, warps, stages, samples in DT_GRADS_TILINGS:
+            tiling = (block_d, chosen[1], chosen[2], warps, stages, samples)
+            with tiling_settings(dict(dt_projection_tiling=lambda *_, tiling=tiling: tiling)):
+                ms = timed(run)[0]
+                w_err = float((run() - expected_w).abs().max() / expected_w.abs().max())
+                p_err = float((dproj - expected_p).abs().max().float() / expected_p.abs().max().float())
+            cells.append(f'{(block_d, warps, stages, samples)} {ms:.3f}{"!" if max(w_err, p_err) > 2e-3 else ""}')
+        print(f'{channels:>5} {size:>2}x{size:<2} rank {rank:>2} | ' + ' | '.join(cells), flush=True)
 
 
 def apply_tiling_options(args):
@@ -173,6 +212,8 @@ def main():
                              'instead of DT_DOT_MIN_RANK and BWD_DT_DOT_MIN_RANK')
     parser.add_argument('--sweep-training', action='store_true',
                         help='time forward + backward under each of TRAINING_VARIANTS instead (float16 inputs)')
+    parser.add_argument('--sweep-dt-grads', action='store_true',
+                        help="time the dt projection gradients' kernel under each of DT_GRADS_TILINGS instead")
     parser.add_argument('--fused-only', action='store_true',
                         help='time the fused kernels only (the unfused columns print "-")')
     args = parser.parse_args()
@@ -191,7 +232,9 @@ def main():
           f'tensor cores{" " + bwd_dot_from if triton_cross_scan.BWD_DT_DOT else ": off"}); '
           f'inference (BLOCK_L, BLOCK_D, warps, dt_dot) {args.infer_tiling or "by size (inference_tiling)"}; ms')
     device = torch.device('cuda')
-    if args.sweep_inference or args.sweep_training:
+    if args.sweep_inference or args.sweep_training or args.sweep_dt_grads:
+        if args.sweep_dt_grads:
+            sweep_dt_grads(args.arch, args.batch, device)
         if args.sweep_inference:
             sweep_inference(args.arch, args.batch, device)
         if args.sweep_training:
