@@ -69,8 +69,8 @@ TRAINING_VARIANTS = [
 
 
 #: --sweep-dt-grads' candidates (BLOCK_D, warps, stages, SAMPLES), BLOCK_L and R_PAD as the rule sets them:
-#: samples a program (their partial weight-gradient products summed in the program) and the warps and stages their
-#: registers and shared memory allow (sm_90 compiles without spills: hopper_codegen.py).
+#: samples a program (their partial weight-gradient products summed in the program) and warps and stages whose
+#: shared memory fits an H100's (up to 112 KB at 196 positions; some spill registers there: hopper_codegen.py).
 DT_GRADS_TILINGS = [(64, 4, 3, 1), (64, 8, 3, 1), (64, 4, 3, 2), (64, 8, 3, 2), (64, 8, 2, 2), (64, 8, 2, 4)]
 
 
