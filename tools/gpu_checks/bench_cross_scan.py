@@ -53,7 +53,10 @@ def scan_inputs(channels, size, rank, dtype, batch, device, requires_grad):
 
 
 #: --sweep-training's variants: (label, triton_cross_scan settings that differ from the defaults), one setting
-#: moved at a time (the prefetching kernels' registers differ from those the defaults were chosen with).
+#: moved at a time (the prefetching kernels' registers differ from those the defaults were chosen with). The
+#: backward's 16-channel tilings with 4 and 8 warps: at a dt rank padded to 64 (SparX-B's stage 4, rank 40; S's,
+#: 34) the default 2 warps spill 660 bytes a thread (sm_90, float16, 32-position chunks), 4 and 8 none
+#: (hopper_codegen.scan_backward_ptx).
 TRAINING_VARIANTS = [
     ('default', {}),
     ('chunk 64', dict(TRAIN_BLOCK_L=64)),
@@ -62,6 +65,8 @@ TRAINING_VARIANTS = [
     ('bwd fma 16x4', dict(BWD_TILING=(16, 4))),
     ('bwd fma 8x1', dict(BWD_TILING=(8, 1))),
     ('bwd dot 16x2', dict(BWD_DOT_TILING=(16, 2))),
+    ('bwd dot 16x4', dict(BWD_DOT_TILING=(16, 4))),
+    ('bwd dot 16x8', dict(BWD_DOT_TILING=(16, 8))),
     ('bwd dot 32x4', dict(BWD_DOT_TILING=(32, 4))),
     ('bwd dot rank 9', dict(BWD_DT_DOT_MIN_RANK=9)),
     ('dot from rank 1', dict(DT_DOT_MIN_RANK=1, BWD_DT_DOT_MIN_RANK=1)),
