@@ -139,10 +139,10 @@ def sweep_dt_grads(arch, batch, device, dtype=torch.float16):
           '"!" marks a result off the chosen tiling\'s')
     for channels, size, rank in stage_sizes(arch):
         length = size * size
+        inputs = scan_inputs(channels, size, rank, dtype, batch, device, False)
+        proj, weight = inputs['proj'], inputs['dt_weight']
         g = torch.Generator(device='cpu').manual_seed(channels)
         ddt = torch.randn(batch, 4 * channels, length, generator=g).to(device, dtype)
-        proj = torch.randn(batch, 4, rank + 2, length, generator=g).to(device, dtype)
-        weight = (rank ** -0.5 * torch.randn(4, channels, rank, generator=g)).to(device)
         dproj = torch.empty_like(proj)
 
         def run():
