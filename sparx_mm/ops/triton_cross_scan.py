@@ -66,11 +66,27 @@ from .triton_transpose import plane_transpose
 #: :func:`inference_tiling`.
 TRAIN_BLOCK_L = 32
 TRAIN_FWD_TILING = (16, 4)
+#: TRAIN_FWD_TILING for sequences of TRAIN_FWD_MID_LENGTHS positions (14 x 14 maps): forward + backward ms, H100,
+#: fp16, ``bench_cross_scan.py --sweep-training --stages 3`` (2026-12-06), (16, 4) / (16, 2): SparX-T stage 3
+#: 1.829 / 1.803, S 1.865 / 1.847, B 2.321 / 2.278; at 49 and 784 positions 2 warps lost (T stage 4 1.259 /
+#: 1.328, B stage 2 4.535 / 4.630).
+TRAIN_FWD_MID_TILING = (16, 2)
+TRAIN_FWD_MID_LENGTHS = (65, 256)
+#: The chunk of sequences of TRAIN_ONE_CHUNK_L positions or fewer whose dt rank pads to BWD_DOT_WIDE_R_PAD (7 x 7
+#: maps of SparX-S's and B's stage 4, ranks 34 and 40): the whole sequence one chunk (forward + backward ms, H100,
+#: fp16, ``bench_cross_scan.py --sweep-training --stages 4``, 2026-12-06: B 1.983 -> 1.717, S 1.594 -> 1.471;
+#: SparX-T's rank 32 keeps 32-position chunks: 1.259 against 2.613 as one chunk).
+TRAIN_ONE_CHUNK_L = 64
 BWD_TILING = (8, 2)
 #: (BLOCK_D, warps) of the backward kernel where it recomputes dt on tensor cores (:func:`backward_tiling`). With
 #: the prefetching kernels, 2 warps beat 4 at SparX-T's ranks 12 / 20 / 32 (H100, fp16, forward + backward ms
 #: 3.89 / 2.09 / 1.83 -> 3.82 / 2.01 / 1.70; ``bench_cross_scan.py --sweep-training``, 2026-12-05).
 BWD_DOT_TILING = (16, 2)
+#: BWD_DOT_TILING where the dt rank pads to BWD_DOT_WIDE_R_PAD or more (SparX-S's stage 4, rank 34; B's, 40): with
+#: 2 warps the backward kernel spills 600 / 660 bytes a thread there (sm_90, float16, 32-position chunks:
+#: ``hopper_codegen.scan_backward_ptx``), with 4 none.
+BWD_DOT_WIDE_TILING = (16, 4)
+BWD_DOT_WIDE_R_PAD = 64
 #: Input dtypes whose dt projection the forward kernel can run on tensor cores (:func:`_dt_raw_dot`).
 DT_DOT_DTYPES = (torch.float32, torch.float16)
 #: The lowest dt rank projected on tensor cores (training; :func:`inference_tiling` adds float16 inputs of 2048 or
@@ -96,15 +112,18 @@ def _dt_dot_fits(block_d: int, block_l: int, dtype: torch.dtype) -> bool:
     return block_d >= 16 and block_l >= 16 and dtype in DT_DOT_DTYPES
 
 
-def training_tiling(rank: int, dtype: torch.dtype) -> Tuple[int, int, int, bool]:
-    """(BLOCK_L, BLOCK_D, warps, dt_dot) of the forward kernel when a backward pass follows: TRAIN_BLOCK_L and
-    TRAIN_FWD_TILING, with the dt projection on tensor cores where :func:`inference_tiling` puts it (rank above 8,
-    float32 / float16 inputs, 16 or more channels a program). Where the backward kernel recomputes dt otherwise
-    (:func:`backward_tiling`) the two differ by float32 rounding (2-7e-7 relative), far below what the gradients'
-    own rounding moves."""
-    block_d, warps = TRAIN_FWD_TILING
+def training_tiling(rank: int, dtype: torch.dtype, length: int) -> Tuple[int, int, int, bool]:
+    """(BLOCK_L, BLOCK_D, warps, dt_dot) of the forward kernel when a backward pass follows, for sequences of
+    ``length`` positions: TRAIN_BLOCK_L and TRAIN_FWD_TILING (TRAIN_FWD_MID_TILING at TRAIN_FWD_MID_LENGTHS; one
+    TRAIN_ONE_CHUNK_L chunk for short sequences whose dt rank pads to BWD_DOT_WIDE_R_PAD), with the dt projection
+    on tensor cores where :func:`inference_tiling` puts it (rank above 8, float32 / float16 inputs, 16 or more
+    channels a program). Where the backward kernel recomputes dt otherwise (:func:`backward_tiling`) the two differ
+    by float32 rounding (2-7e-7 relative), far below what the gradients' own rounding moves."""
+    low, high = TRAIN_FWD_MID_LENGTHS
+    block_d, warps = TRAIN_FWD_MID_TILING if low <= length <= high else TRAIN_FWD_TILING
     dt_dot = TRAIN_DT_DOT and _dt_dot_pays(rank, dtype) and _dt_dot_fits(block_d, TRAIN_BLOCK_L, dtype)
-    return TRAIN_BLOCK_L, block_d, warps, dt_dot
+    one_chunk = dt_dot and length <= TRAIN_ONE_CHUNK_L and max(16, next_power_of_2(rank)) >= BWD_DOT_WIDE_R_PAD
+    return TRAIN_ONE_CHUNK_L if one_chunk else TRAIN_BLOCK_L, block_d, warps, dt_dot
 
 
 def backward_tiling(rank: int, dtype: torch.dtype, block_l: int = TRAIN_BLOCK_L) -> Tuple[int, int, int]:
@@ -128,7 +147,10 @@ def backward_tiling(rank: int, dtype: torch.dtype, block_l: int = TRAIN_BLOCK_L)
     if BWD_DT_DOT and rank >= BWD_DT_DOT_MIN_RANK and _dt_dot_pays(rank, dtype):
         block_d, warps = BWD_DOT_TILING
         if _dt_dot_fits(block_d, block_l, dtype):
-            return block_d, warps, _padded_rank(rank, block_d, block_l, dtype, True)
+            r_pad = _padded_rank(rank, block_d, block_l, dtype, True)
+            if r_pad >= BWD_DOT_WIDE_R_PAD and _dt_dot_fits(BWD_DOT_WIDE_TILING[0], block_l, dtype):
+                block_d, warps = BWD_DOT_WIDE_TILING
+            return block_d, warps, r_pad
     return (*BWD_TILING, 0)
 
 
@@ -726,7 +748,7 @@ def cross_selective_scan_triton(x, proj, dt_weight, A, D=None, dt_bias=None, rou
     # Absent D / dt_bias are zeros (their gradients are computed and dropped); parameters go in as float32.
     D = D.float() if D is not None else x.new_zeros(kd, dtype=torch.float32)
     dt_bias = dt_bias.float() if dt_bias is not None else x.new_zeros(kd, dtype=torch.float32)
-    tiling = (training_tiling(dt_weight.shape[2], proj.dtype) if needs_grad
+    tiling = (training_tiling(dt_weight.shape[2], proj.dtype, x.shape[2] * x.shape[3]) if needs_grad
               else inference_tiling(x.shape[2] * x.shape[3], dt_weight.shape[2], proj.dtype))
     y, _, _ = _cross_scan_fwd(x.contiguous(), proj.contiguous(), dt_weight.float().contiguous(),
                               A.float().contiguous(), D.contiguous(), dt_bias.contiguous(), routes, *tiling)

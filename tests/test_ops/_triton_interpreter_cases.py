@@ -13,9 +13,10 @@ from sparx_mm.ops import cross_selective_scan, cross_selective_scan_reference  #
 NAMES = ('y', 'dx', 'dproj', 'dt_weight', 'A', 'D', 'dt_bias')
 # (batch, channels, H, W, routes, d_state, dt rank): H != W, L = H * W across chunk boundaries (32 with
 # gradients) in both directions, channels not a multiple of the channel blocks (16 forward, 8 or 16 backward),
-# ranks 2-20 (rank 20: dt on tensor cores in both kernels), every route count, N = 2, a 1 x 1 map.
+# ranks 2-20 (rank 20: dt on tensor cores in both kernels), every route count, N = 2, a 1 x 1 map; rank 40 on a
+# 7 x 7 map (the rank padded to 64: the sequence one 64-position chunk, the backward's 4-warp tiling).
 CASES = [(2, 42, 13, 11, 4, 1, 3), (1, 32, 9, 16, 2, 2, 5), (1, 8, 3, 50, 1, 1, 2), (1, 16, 1, 1, 4, 1, 4),
-         (1, 24, 6, 5, 4, 1, 20)]
+         (1, 24, 6, 5, 4, 1, 20), (1, 24, 7, 7, 4, 1, 40)]
 
 
 def relative_errors(case):
@@ -46,7 +47,8 @@ if __name__ == '__main__':
         worst = max(worst, *errors)
         print(case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)),
               f'backward R_PAD {backward_tiling(case[-1], torch.float32)[2]}',
-              f'dt_dot {training_tiling(case[-1], torch.float32)[3]}', flush=True)
+              f'training chunk {training_tiling(case[-1], torch.float32, case[2] * case[3])[0]}',
+              f'dt_dot {training_tiling(case[-1], torch.float32, case[2] * case[3])[3]}', flush=True)
     # float16 inputs (the raw-dt gradient and the dt projection's gradient GEMMs then run in float16, as
     # autocast's own dt projection would; rank 12: the forward's dt projection on tensor cores) against the
     # float32 reference on the same rounded values.
@@ -67,8 +69,8 @@ if __name__ == '__main__':
     dtypes_ok = all(t.dtype == e.dtype for t, e in zip(results[0][1:3], half))
     print('float16', case, ' '.join(f'{name} {e:.1e}' for name, e in zip(NAMES, errors)),
           f'float16 largest {max(errors):.3e}', 'dtypes', 'ok' if dtypes_ok else 'wrong',
-          f'backward R_PAD {backward_tiling(r, torch.float16)[2]}', f'dt_dot {training_tiling(r, torch.float16)[3]}',
-          flush=True)
+          f'backward R_PAD {backward_tiling(r, torch.float16)[2]}',
+          f'dt_dot {training_tiling(r, torch.float16, h * w)[3]}', flush=True)
     # Inference (no gradient): the forward kernel's tilings, 16 channels x 32 positions by multiply-adds (short
     # sequences, and 2048 positions at rank 4 in float32), channels not a multiple of the blocks; the dt
     # projection as a tensor-core product: 16 x 32 (rank above 8, and 2160 positions at rank 4 padded to 16 in

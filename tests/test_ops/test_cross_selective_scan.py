@@ -140,13 +140,17 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     assert 'dtypes ok' in stdout, stdout
     # Training, rank 20 (float32): both kernels project dt on tensor cores, the backward's rank padded to 32; rank
     # 12 (float16): the forward pass on tensor cores, the backward by multiply-adds; below rank 9 multiply-adds.
-    assert re.search(r'^\(1, 24, 6, 5, 4, 1, 20\) .* backward R_PAD 32 dt_dot True$', stdout, re.M), stdout
+    assert re.search(r'^\(1, 24, 6, 5, 4, 1, 20\) .* backward R_PAD 32 training chunk 32 dt_dot True$', stdout,
+                     re.M), stdout
+    # rank 40 on 49 positions: padded to 64, one 64-position chunk
+    assert re.search(r'^\(1, 24, 7, 7, 4, 1, 40\) .* backward R_PAD 64 training chunk 64 dt_dot True$', stdout,
+                     re.M), stdout
     assert re.search(r'^float16 .* backward R_PAD 0 dt_dot True$', stdout, re.M), stdout
-    assert stdout.count('backward R_PAD 0 dt_dot False\n') == 4, stdout
+    assert stdout.count('backward R_PAD 0 training chunk 32 dt_dot False\n') == 4, stdout
     assert 'TRANSPOSE ok' in stdout, stdout
-    # five training cases, the float16 one, seven inference ones, the plain scan, the transposes, seven dt
+    # six training cases, the float16 one, seven inference ones, the plain scan, the transposes, seven dt
     # projection gradients cases, the custom-op check, the summary
-    assert stdout.count('\n') == 24, stdout
+    assert stdout.count('\n') == 25, stdout
 
 
 class _FusedCalled(Exception):
@@ -230,27 +234,49 @@ def test_the_training_forward_projects_dt_on_tensor_cores_where_inference_does(m
     from sparx_mm.ops import triton_cross_scan as tcs
     for rank in (2, 6, 8, 9, 12, 20, 32, 40):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            block_l, block_d, warps, dt_dot = tcs.training_tiling(rank, dtype)
+            block_l, block_d, warps, dt_dot = tcs.training_tiling(rank, dtype, 784)
             assert (block_l, (block_d, warps)) == (tcs.TRAIN_BLOCK_L, tcs.TRAIN_FWD_TILING)
             assert dt_dot == (rank > 8 and dtype != torch.bfloat16)
             assert tcs._padded_rank(rank, block_d, block_l, dtype, dt_dot) == (
                 max(16, 1 << (rank - 1).bit_length()) if dt_dot else 0)
     monkeypatch.setattr(tcs, 'TRAIN_DT_DOT', False)
-    assert not tcs.training_tiling(20, torch.float16)[3]
+    assert not tcs.training_tiling(20, torch.float16, 784)[3]
     monkeypatch.setattr(tcs, 'TRAIN_DT_DOT', True)
     monkeypatch.setattr(tcs, 'TRAIN_FWD_TILING', (8, 2))  # a program narrower than tl.dot's 16 rows
-    assert tcs.training_tiling(20, torch.float16) == (tcs.TRAIN_BLOCK_L, 8, 2, False)
+    assert tcs.training_tiling(20, torch.float16, 784) == (tcs.TRAIN_BLOCK_L, 8, 2, False)
+
+
+def test_the_training_tiling_by_sequence_length():
+    """14 x 14 maps (65-256 positions): the forward's 2-warp tiling; sequences of 64 positions or fewer whose dt
+    rank pads to 64 (SparX-S's and B's stage 4, ranks 34 and 40): one 64-position chunk, and the backward's 4-warp
+    tiling at that padded rank; SparX-T's stage 4 (rank 32) and the multiply-add path (bfloat16) keep 32-position
+    chunks."""
+    from sparx_mm.ops import triton_cross_scan as tcs
+    assert tcs.training_tiling(20, torch.float16, 196) == (32, *tcs.TRAIN_FWD_MID_TILING, True)
+    assert tcs.training_tiling(25, torch.float16, 196)[1:3] == (16, 2)
+    for length in (64, 257, 784, 3136):
+        assert tcs.training_tiling(25, torch.float16, length)[1:3] == tcs.TRAIN_FWD_TILING, length
+    assert tcs.training_tiling(40, torch.float16, 49) == (64, *tcs.TRAIN_FWD_TILING, True)
+    assert tcs.training_tiling(34, torch.float32, 49)[0] == 64
+    assert tcs.training_tiling(32, torch.float16, 49)[0] == 32  # padded to 32
+    assert tcs.training_tiling(40, torch.float16, 65)[0] == 32  # two chunks
+    assert tcs.training_tiling(40, torch.bfloat16, 49) == (32, *tcs.TRAIN_FWD_TILING, False)
+    assert tcs.backward_tiling(40, torch.float16, 64) == (*tcs.BWD_DOT_WIDE_TILING, 64)
+    assert tcs.backward_tiling(34, torch.float16, 32) == (*tcs.BWD_DOT_WIDE_TILING, 64)
+    assert tcs.backward_tiling(32, torch.float16, 32) == (*tcs.BWD_DOT_TILING, 32)
 
 
 def test_the_backward_recomputes_dt_on_tensor_cores_from_rank_17(monkeypatch):
     """The backward kernel's dt: by multiply-adds in BWD_TILING's programs up to rank 16 (where the training
-    forward may use the product: ranks 9-16), on tensor cores in BWD_DOT_TILING's from rank 17, float32 / float16
-    projections only; BWD_DT_DOT_MIN_RANK moves the threshold."""
+    forward may use the product: ranks 9-16), on tensor cores in BWD_DOT_TILING's from rank 17 (BWD_DOT_WIDE_TILING's
+    where the rank pads to 64), float32 / float16 projections only; BWD_DT_DOT_MIN_RANK moves the threshold."""
     from sparx_mm.ops import triton_cross_scan as tcs
     for rank in (6, 9, 12, 16, 17, 20, 32, 40):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             dot = rank >= 17 and dtype != torch.bfloat16
-            expected = (*tcs.BWD_DOT_TILING, max(16, 1 << (rank - 1).bit_length())) if dot else (*tcs.BWD_TILING, 0)
+            r_pad = max(16, 1 << (rank - 1).bit_length())
+            tiling = tcs.BWD_DOT_WIDE_TILING if r_pad >= tcs.BWD_DOT_WIDE_R_PAD else tcs.BWD_DOT_TILING
+            expected = (*tiling, r_pad) if dot else (*tcs.BWD_TILING, 0)
             assert tcs.backward_tiling(rank, dtype) == expected, (rank, dtype)
     monkeypatch.setattr(tcs, 'BWD_DT_DOT_MIN_RANK', 9)
     assert tcs.backward_tiling(12, torch.float16) == (*tcs.BWD_DOT_TILING, 16)

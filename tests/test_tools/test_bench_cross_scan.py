@@ -44,10 +44,10 @@ def test_train_fma_projects_dt_by_multiply_adds_in_training(bench, monkeypatch):
     for name in ('TRAIN_DT_DOT', 'TRAIN_BLOCK_L', 'TRAIN_FWD_TILING', 'BWD_TILING', 'BWD_DOT_TILING', 'BWD_DT_DOT',
                  'inference_tiling'):
         monkeypatch.setattr(triton_cross_scan, name, getattr(triton_cross_scan, name))  # restored afterwards
-    assert triton_cross_scan.training_tiling(20, torch.float16)[3]
+    assert triton_cross_scan.training_tiling(20, torch.float16, 784)[3]
     bench.apply_tiling_options(argparse.Namespace(train_tiling=None, train_fma=True, bwd_tiling=None,
                                                   bwd_dot_tiling=None, bwd_fma=False, infer_tiling=None))
-    assert not triton_cross_scan.training_tiling(20, torch.float16)[3]
+    assert not triton_cross_scan.training_tiling(20, torch.float16, 784)[3]
     assert triton_cross_scan.backward_tiling(20, torch.float16) == (16, 2, 32)
 
 
@@ -57,14 +57,29 @@ def test_backward_options_pick_the_backward_tilings(bench, monkeypatch):
     import argparse
     import torch
     from sparx_mm.ops import triton_cross_scan
-    for name in ('BWD_TILING', 'BWD_DOT_TILING', 'BWD_DT_DOT'):
+    for name in ('BWD_TILING', 'BWD_DOT_TILING', 'BWD_DOT_WIDE_TILING', 'BWD_DT_DOT'):
         monkeypatch.setattr(triton_cross_scan, name, getattr(triton_cross_scan, name))
     options = dict(train_tiling=None, train_fma=False, bwd_tiling=None, infer_tiling=None)
     bench.apply_tiling_options(argparse.Namespace(**options, bwd_dot_tiling=[32, 8], bwd_fma=False))
     assert triton_cross_scan.backward_tiling(20, torch.float16) == (32, 8, 32)
+    assert triton_cross_scan.backward_tiling(40, torch.float16) == (32, 8, 64)  # at every rank
     assert triton_cross_scan.backward_tiling(6, torch.float16) == (8, 2, 0)  # rank 6: multiply-adds
     bench.apply_tiling_options(argparse.Namespace(**options, bwd_dot_tiling=None, bwd_fma=True))
     assert triton_cross_scan.backward_tiling(20, torch.float16) == (8, 2, 0)
+
+
+def test_train_tiling_sets_one_tiling_at_every_length(bench, monkeypatch):
+    """--train-tiling: the chunk and the forward tiling at every sequence length (the 14 x 14 rule and the one-chunk
+    rule for 7 x 7 maps overridden)."""
+    import argparse
+    import torch
+    from sparx_mm.ops import triton_cross_scan as tcs
+    for name in ('TRAIN_BLOCK_L', 'TRAIN_FWD_TILING', 'TRAIN_FWD_MID_TILING', 'TRAIN_ONE_CHUNK_L'):
+        monkeypatch.setattr(tcs, name, getattr(tcs, name))
+    bench.apply_tiling_options(argparse.Namespace(train_tiling=[32, 32, 8], train_fma=False, bwd_tiling=None,
+                                                  bwd_dot_tiling=None, bwd_fma=False, infer_tiling=None))
+    for length in (49, 196, 784):
+        assert tcs.training_tiling(40, torch.float16, length) == (32, 32, 8, True), length
 
 
 def test_dt_dot_min_rank_moves_the_tensor_core_threshold(bench, monkeypatch):
@@ -76,15 +91,15 @@ def test_dt_dot_min_rank_moves_the_tensor_core_threshold(bench, monkeypatch):
     from sparx_mm.ops import triton_cross_scan
     for name in ('DT_DOT_MIN_RANK', 'BWD_DT_DOT_MIN_RANK'):
         monkeypatch.setattr(triton_cross_scan, name, getattr(triton_cross_scan, name))
-    assert not triton_cross_scan.training_tiling(6, torch.float16)[3]
+    assert not triton_cross_scan.training_tiling(6, torch.float16, 784)[3]
     assert triton_cross_scan.backward_tiling(6, torch.float16) == (8, 2, 0)
     bench.apply_tiling_options(argparse.Namespace(train_tiling=None, train_fma=False, bwd_tiling=None,
                                                   bwd_dot_tiling=None, bwd_fma=False, infer_tiling=None,
                                                   dt_dot_min_rank=1))
-    assert triton_cross_scan.training_tiling(6, torch.float16)[3]
+    assert triton_cross_scan.training_tiling(6, torch.float16, 784)[3]
     assert triton_cross_scan.backward_tiling(6, torch.float16) == (16, 2, 16)
     assert triton_cross_scan.inference_tiling(3136, 6, torch.float16) == (32, 16, 4, True)
-    assert not triton_cross_scan.training_tiling(6, torch.bfloat16)[3]
+    assert not triton_cross_scan.training_tiling(6, torch.bfloat16, 784)[3]
 
 
 def test_help_names_the_new_options():
@@ -108,7 +123,7 @@ def test_dt_grads_candidates_are_distinct_and_include_the_one_sample_baseline(be
 
 def test_training_variants_set_existing_settings_and_restore_them(bench):
     """Each --sweep-training variant moves existing triton_cross_scan settings to tilings the kernels take at every
-    SparX-T stage (the tensor-core path's 16 or more channels), and the module is as before afterwards."""
+    SparX-T and B stage (the tensor-core path's 16 or more channels), and the module is as before afterwards."""
     import torch
     from sparx_mm.ops import triton_cross_scan as tcs
     names = {name for _label, settings in bench.TRAINING_VARIANTS for name in settings}
@@ -119,8 +134,8 @@ def test_training_variants_set_existing_settings_and_restore_them(bench):
         with bench.tiling_settings(settings):
             for name, value in settings.items():
                 assert getattr(tcs, name) == value
-            for _channels, _size, rank in bench.stage_sizes('t'):
-                block_l, block_d, _warps, dt_dot = tcs.training_tiling(rank, torch.float16)
+            for _channels, size, rank in bench.stage_sizes('t') + bench.stage_sizes('b'):
+                block_l, block_d, _warps, dt_dot = tcs.training_tiling(rank, torch.float16, size * size)
                 tcs._padded_rank(rank, block_d, block_l, torch.float16, dt_dot)  # raises where dt_dot cannot fit
                 bwd_block_d, _bwd_warps, r_pad = tcs.backward_tiling(rank, torch.float16, block_l)
                 # the backward takes the product only where the forward pass does (not at ranks 9-16)

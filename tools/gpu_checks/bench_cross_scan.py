@@ -1,6 +1,7 @@
 """Time SS2D's scan core on the GPU: the fused Triton kernel against the unfused composition.
 
-    python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--sweep-inference] [--sweep-training]
+    python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--stages N ...] [--sweep-inference]
+        [--sweep-training]
         [--fused-only] [--sweep-dt-grads]
         [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT] [--train-tiling BLOCK_L BLOCK_D WARPS] [--train-fma]
         [--bwd-tiling BLOCK_D WARPS] [--bwd-dot-tiling BLOCK_D WARPS] [--bwd-fma] [--dt-dot-min-rank R]
@@ -46,6 +47,11 @@ def stage_sizes(arch):
     return [(2 * dim, size, math.ceil(dim / 16)) for dim, size in zip(dims, (56, 28, 14, 7))]
 
 
+def chosen_stages(arch, stage_numbers=None):
+    """:func:`stage_sizes` of the stages numbered in ``stage_numbers`` (1-4; all where None), in stage order."""
+    return [sizes for number, sizes in enumerate(stage_sizes(arch), 1) if not stage_numbers or number in stage_numbers]
+
+
 def scan_inputs(channels, size, rank, dtype, batch, device, requires_grad):
     """The keyword inputs of a four-route scan core (check_kernels.py's, fixed seed)."""
     inputs = make_cross_inputs(batch, channels, size, size, 4, 1, rank, dtype, device)
@@ -53,21 +59,24 @@ def scan_inputs(channels, size, rank, dtype, batch, device, requires_grad):
 
 
 #: --sweep-training's variants: (label, triton_cross_scan settings that differ from the defaults), one setting
-#: moved at a time (the prefetching kernels' registers differ from those the defaults were chosen with). The
-#: backward's 16-channel tilings with 4 and 8 warps: at a dt rank padded to 64 (SparX-B's stage 4, rank 40; S's,
-#: 34) the default 2 warps spill 660 bytes a thread (sm_90, float16, 32-position chunks), 4 and 8 none
-#: (hopper_codegen.scan_backward_ptx).
+#: moved at a time (the prefetching kernels' registers differ from those the defaults were chosen with). 'wide':
+#: the backward's tiling where the dt rank pads to 64 (SparX-S's and B's stage 4; with 2 warps, 'wide 16x2', it
+#: spills 600 / 660 bytes a thread on sm_90), 'one chunk off' / 'fwd mid 16x4': the rules for 7 x 7 and 14 x 14
+#: maps (:func:`~sparx_mm.ops.triton_cross_scan.training_tiling`) undone.
 TRAINING_VARIANTS = [
     ('default', {}),
     ('chunk 64', dict(TRAIN_BLOCK_L=64)),
+    ('one chunk off', dict(TRAIN_ONE_CHUNK_L=0)),
     ('fwd 32x4', dict(TRAIN_FWD_TILING=(32, 4))),
     ('fwd 16x2', dict(TRAIN_FWD_TILING=(16, 2))),
+    ('fwd mid 16x4', dict(TRAIN_FWD_MID_TILING=(16, 4))),
     ('bwd fma 16x4', dict(BWD_TILING=(16, 4))),
     ('bwd fma 8x1', dict(BWD_TILING=(8, 1))),
-    ('bwd dot 16x2', dict(BWD_DOT_TILING=(16, 2))),
     ('bwd dot 16x4', dict(BWD_DOT_TILING=(16, 4))),
     ('bwd dot 16x8', dict(BWD_DOT_TILING=(16, 8))),
     ('bwd dot 32x4', dict(BWD_DOT_TILING=(32, 4))),
+    ('wide 16x2', dict(BWD_DOT_WIDE_TILING=(16, 2))),
+    ('wide 16x8', dict(BWD_DOT_WIDE_TILING=(16, 8))),
     ('bwd dot rank 9', dict(BWD_DT_DOT_MIN_RANK=9)),
     ('dot from rank 1', dict(DT_DOT_MIN_RANK=1, BWD_DT_DOT_MIN_RANK=1)),
 ]
@@ -93,12 +102,12 @@ def tiling_settings(settings):
             setattr(triton_cross_scan, name, value)
 
 
-def sweep_inference(arch, batch, device):
+def sweep_inference(arch, batch, device, stage_numbers=None):
     """Forward ms without autograd for every SWEEP_TILINGS entry (dt_dot ones with float32 / float16 inputs),
     and the automatic choice."""
     chosen_rule = triton_cross_scan.inference_tiling
     print('inference tilings (BLOCK_L, BLOCK_D, warps): ms with dt by multiply-adds (fma) / on tensor cores (dot)')
-    for channels, size, rank in stage_sizes(arch):
+    for channels, size, rank in chosen_stages(arch, stage_numbers):
         for dtype in (torch.float32, torch.float16):
             inputs = scan_inputs(channels, size, rank, dtype, batch, device, False)
 
@@ -113,11 +122,11 @@ def sweep_inference(arch, batch, device):
                   flush=True)
 
 
-def sweep_training(arch, batch, device, dtype=torch.float16):
+def sweep_training(arch, batch, device, dtype=torch.float16, stage_numbers=None):
     """Forward + backward ms (the training tilings) under every TRAINING_VARIANTS entry, float16 inputs."""
     print(f'training variants, {str(dtype)[6:]} inputs: forward + backward ms')
     print(f'{"d_inner":>7} {"HxW":>6} rank | ' + ' | '.join(f'{label:>15}' for label, _ in TRAINING_VARIANTS))
-    for channels, size, rank in stage_sizes(arch):
+    for channels, size, rank in chosen_stages(arch, stage_numbers):
         inputs = scan_inputs(channels, size, rank, dtype, batch, device, True)
         upstream = torch.randn(batch, channels, size, size, device=device)
 
@@ -130,14 +139,14 @@ def sweep_training(arch, batch, device, dtype=torch.float16):
         print(f'{channels:>7} {size:>3}x{size:<2} {rank:>4} | ' + ' | '.join(cells), flush=True)
 
 
-def sweep_dt_grads(arch, batch, device, dtype=torch.float16):
+def sweep_dt_grads(arch, batch, device, dtype=torch.float16, stage_numbers=None):
     """ms of ``_dt_projection_grads`` (kernel + partial sums) at each stage under every DT_GRADS_TILINGS entry and
     the rule's choice; a tiling whose weight gradient or dproj differs from the choice's by more than float16
     rounding is marked."""
     rule = triton_cross_scan.dt_projection_tiling
     print(f'dt projection gradients, {str(dtype)[6:]} ddt: ms (kernel + sums) by (BLOCK_D, warps, stages, SAMPLES); '
           '"!" marks a result off the chosen tiling\'s')
-    for channels, size, rank in stage_sizes(arch):
+    for channels, size, rank in chosen_stages(arch, stage_numbers):
         length = size * size
         inputs = scan_inputs(channels, size, rank, dtype, batch, device, False)
         proj, weight = inputs['proj'], inputs['dt_weight']
@@ -164,13 +173,14 @@ def apply_tiling_options(args):
     """Set triton_cross_scan's tilings as the options ask (for this process)."""
     if args.train_tiling:
         triton_cross_scan.TRAIN_BLOCK_L = args.train_tiling[0]
-        triton_cross_scan.TRAIN_FWD_TILING = tuple(args.train_tiling[1:])
+        triton_cross_scan.TRAIN_FWD_TILING = triton_cross_scan.TRAIN_FWD_MID_TILING = tuple(args.train_tiling[1:])
+        triton_cross_scan.TRAIN_ONE_CHUNK_L = 0  # one tiling at every length
     if args.train_fma:
         triton_cross_scan.TRAIN_DT_DOT = False
     if args.bwd_tiling:
         triton_cross_scan.BWD_TILING = tuple(args.bwd_tiling)
     if args.bwd_dot_tiling:
-        triton_cross_scan.BWD_DOT_TILING = tuple(args.bwd_dot_tiling)
+        triton_cross_scan.BWD_DOT_TILING = triton_cross_scan.BWD_DOT_WIDE_TILING = tuple(args.bwd_dot_tiling)
     if args.bwd_fma:
         triton_cross_scan.BWD_DT_DOT = False
     if getattr(args, 'dt_dot_min_rank', None):
@@ -192,11 +202,13 @@ def main():
     parser.add_argument('--arch', default='t', choices=sorted(SparXMamba.arch_zoo),
                         help='whose stage sizes (default t)')
     parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--stages', type=int, nargs='+', choices=(1, 2, 3, 4), default=None, metavar='N',
+                        help='time these stages only (1-4; default all)')
     parser.add_argument('--sweep-inference', action='store_true',
                         help='time the candidate inference tilings instead (see the module doc)')
     parser.add_argument('--train-tiling', type=int, nargs=3, metavar=('BLOCK_L', 'BLOCK_D', 'WARPS'), default=None,
                         help="the fused kernels' chunk length and the forward kernel's channels per program and warps "
-                             'when gradients follow, instead of the defaults')
+                             'when gradients follow, one tiling at every length instead of the defaults')
     parser.add_argument('--train-fma', action='store_true',
                         help='the forward kernel projects dt by multiply-adds when gradients follow, instead of on '
                              'tensor cores where training_tiling puts it')
@@ -204,7 +216,7 @@ def main():
                         help="the backward kernel's channels per program and warps where it recomputes dt by "
                              'multiply-adds')
     parser.add_argument('--bwd-dot-tiling', type=int, nargs=2, metavar=('BLOCK_D', 'WARPS'), default=None,
-                        help="the same where it recomputes dt on tensor cores (16 or more channels)")
+                        help="the same where it recomputes dt on tensor cores (16 or more channels), at every rank")
     parser.add_argument('--bwd-fma', action='store_true',
                         help='the backward kernel recomputes dt by multiply-adds at every rank, instead of on '
                              'tensor cores where backward_tiling puts it')
@@ -231,23 +243,27 @@ def main():
     dot_from = f'from rank {triton_cross_scan.DT_DOT_MIN_RANK}'
     bwd_dot_from = f'from rank {triton_cross_scan.BWD_DT_DOT_MIN_RANK}'
     print(f'# {torch.cuda.get_device_name()}, SparX-{args.arch.upper()} stage sizes, batch {args.batch}; training: '
-          f'BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L}, (BLOCK_D, warps) forward {triton_cross_scan.TRAIN_FWD_TILING} '
+          f'BLOCK_L {triton_cross_scan.TRAIN_BLOCK_L} ({triton_cross_scan.TRAIN_ONE_CHUNK_L} for short sequences '
+          f'at padded rank {triton_cross_scan.BWD_DOT_WIDE_R_PAD}), (BLOCK_D, warps) forward '
+          f'{triton_cross_scan.TRAIN_FWD_TILING} ({triton_cross_scan.TRAIN_FWD_MID_TILING} at '
+          f'{triton_cross_scan.TRAIN_FWD_MID_LENGTHS} positions) '
           f'(dt {"on tensor cores " + dot_from if triton_cross_scan.TRAIN_DT_DOT else "by multiply-adds"}) '
-          f'backward {triton_cross_scan.BWD_TILING} (multiply-adds) / {triton_cross_scan.BWD_DOT_TILING} (dt on '
+          f'backward {triton_cross_scan.BWD_TILING} (multiply-adds) / {triton_cross_scan.BWD_DOT_TILING} '
+          f'({triton_cross_scan.BWD_DOT_WIDE_TILING} at padded rank {triton_cross_scan.BWD_DOT_WIDE_R_PAD}; dt on '
           f'tensor cores{" " + bwd_dot_from if triton_cross_scan.BWD_DT_DOT else ": off"}); '
           f'inference (BLOCK_L, BLOCK_D, warps, dt_dot) {args.infer_tiling or "by size (inference_tiling)"}; ms')
     device = torch.device('cuda')
     if args.sweep_inference or args.sweep_training or args.sweep_dt_grads:
         if args.sweep_dt_grads:
-            sweep_dt_grads(args.arch, args.batch, device)
+            sweep_dt_grads(args.arch, args.batch, device, stage_numbers=args.stages)
         if args.sweep_inference:
-            sweep_inference(args.arch, args.batch, device)
+            sweep_inference(args.arch, args.batch, device, stage_numbers=args.stages)
         if args.sweep_training:
-            sweep_training(args.arch, args.batch, device)
+            sweep_training(args.arch, args.batch, device, stage_numbers=args.stages)
         return
     print(f'{"d_inner":>7} {"HxW":>6} {"dtype":>5} {"fused fwd":>10} {"unfused fwd":>12} {"fused f+b":>10} '
           f'{"unfused f+b":>12}')
-    for channels, size, rank in stage_sizes(args.arch):
+    for channels, size, rank in chosen_stages(args.arch, args.stages):
         for dtype in (torch.float32, torch.float16):
             inputs = scan_inputs(channels, size, rank, dtype, args.batch, device, True)
             upstream = torch.randn(args.batch, channels, size, size, device=device)

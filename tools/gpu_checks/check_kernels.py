@@ -43,15 +43,15 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
 SHAPES = [(2, 4, 16, 1, 197), (1, 4, 24, 4, 300), (3, 2, 8, 1, 128), (2, 4, 40, 1, 1), (1, 4, 96, 1, 3136),
           (2, 1, 12, 2, 129)]
 # cross_selective_scan: (batch, channels, H, W, routes, d_state, dt rank); SparX-T's stage 1 and 3 sizes among
-# them (channels 128 at 56 x 56 with rank 4, 640 at 14 x 14 with rank 20); ranks above 8 (dt on tensor cores in
-# the forward and backward kernels) with four and two routes.
+# them (channels 128 at 56 x 56 with rank 4, 640 at 14 x 14 with rank 20: the 14 x 14 training tiling), SparX-B's
+# stage 4 (rank 40 padded to 64 on 49 positions: one 64-position chunk, the backward's wide tiling); ranks above 8
+# (dt on tensor cores in the forward and backward kernels) with four and two routes.
 CROSS_SHAPES = [(2, 128, 56, 56, 4, 1, 4), (2, 640, 14, 14, 4, 1, 20), (1, 42, 13, 11, 4, 1, 3),
                 (2, 32, 9, 16, 2, 2, 5), (1, 8, 3, 50, 1, 1, 2), (2, 16, 1, 1, 4, 1, 4), (1, 24, 7, 200, 4, 1, 48),
-                (1, 40, 9, 13, 2, 1, 10)]
+                (1, 40, 9, 13, 2, 1, 10), (2, 1272, 7, 7, 4, 1, 40)]
 # Forward only (the inference tilings; with a dt rank above 8 the dt projection on tensor cores): also SparX-T's
-# stage 2 and 4, SparX-B's stage 3 and 4 (rank 40, padded to 64).
-INFER_SHAPES = CROSS_SHAPES + [(2, 384, 28, 28, 4, 1, 12), (2, 1024, 7, 7, 4, 1, 32), (2, 792, 14, 14, 4, 1, 25),
-                               (2, 1272, 7, 7, 4, 1, 40)]
+# stage 2 and 4, SparX-B's stage 3.
+INFER_SHAPES = CROSS_SHAPES + [(2, 384, 28, 28, 4, 1, 12), (2, 1024, 7, 7, 4, 1, 32), (2, 792, 14, 14, 4, 1, 25)]
 
 
 def make_inputs(batch, routes, per_route, n, length, dtype, device):
