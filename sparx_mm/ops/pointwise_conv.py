@@ -24,7 +24,9 @@ conversions of the NCHW maps, then adds the bias in a separate pass that cannot 
 third: at SparX-T's stage-1 sizes the bias add alone takes three times the GEMM. The Triton kernel reads the
 NCHW map directly as the GEMM's operand, one sample (and group) a program column, and adds the bias and the
 skip path to the float32 accumulator before the one store. Where cuDNN measured faster (7 x 7 maps) the
-automatic choice keeps it (:func:`triton_is_faster`).
+automatic choice keeps it (:func:`triton_is_faster`), except in 16-bit training steps, where one cuBLAS GEMM on
+the map's channels-last rows, channels padded to a multiple of 8, beats cuDNN's forward and backward
+(:func:`gemm_on_rows_pays`, :func:`conv1x1_on_rows`).
 
 Output dtype (both implementations): the convolution runs in ``conv_dtype`` = the autocast dtype when autocast
 is enabled for x's device type and x is not float64, else x's dtype; without a skip the output has
@@ -47,11 +49,18 @@ from torch import Tensor
 from . import gpu_backends
 from .conv_inputs import autocast_on, check_conv_tensors, conv_dtype, shape_text
 from .depthwise_conv import ACTIVATIONS, activation_fn
+from .selective_scan import requested_choice
 
-__all__ = ['add_skip_path', 'pointwise_conv2d', 'pointwise_conv2d_and_input', 'pointwise_conv2d_reference',
-           'scale_samples', 'scaled_skip_path', 'skip_path_dtype']
+__all__ = ['add_skip_path', 'conv1x1_on_rows', 'gemm_on_rows_pays', 'pointwise_conv2d', 'pointwise_conv2d_and_input',
+           'pointwise_conv2d_reference', 'scale_samples', 'scaled_skip_path', 'skip_path_dtype']
 
 _NAME = 'pointwise_conv2d'
+#: Convolution dtypes of :func:`conv1x1_on_rows` in the automatic choice (float32 stays with cuDNN, whose TF32
+#: setting, ``torch.backends.cudnn.allow_tf32``, cuBLAS's matmul does not follow).
+ROWS_GEMM_DTYPES = (torch.float16, torch.bfloat16)
+#: The channel multiple :func:`conv1x1_on_rows` pads its operands to: 16-byte rows of 16-bit values, which
+#: cuBLAS's vectorised kernels need (SparX-B's 636 / 396 / 1908 channels are 8-byte rows).
+ROWS_GEMM_CHANNEL_MULTIPLE = 8
 
 
 def _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation=None, branch_scale=None):
@@ -163,8 +172,54 @@ def scale_samples(y: Tensor, branch_scale: Optional[Tensor]) -> Tensor:
     return y * branch_scale.to(y.dtype).view((-1, ) + (1, ) * (y.dim() - 1))
 
 
-def _reference(x, weight, bias, skip, skip_scale, skip_shift, groups=1, activation=None, branch_scale=None):
-    y = F.conv2d(x, weight, bias, groups=groups)
+def conv1x1_on_rows(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``F.conv2d(x, weight, bias)`` for a 1x1 kernel as one matrix product over x's positions: x's channels-last
+    rows (B*H*W, Cin) times weight^T (a cuBLAS GEMM under ``F.linear``, bias in its epilogue), the result copied
+    back to NCHW; Cin and Cout padded with zeros to multiples of ROWS_GEMM_CHANNEL_MULTIPLE (the padded columns'
+    products are zero, the padded outputs are dropped). Plain torch ops: autograd's backward pass is two more
+    GEMMs on the rows (dx, dweight) and the layout copies. One group; dtypes and autocast as ``F.linear``'s (the
+    same rule as ``F.conv2d``'s).
+
+    Shapes: x (B, Cin, H, W), weight (Cout, Cin, 1, 1), bias (Cout,) or None -> (B, Cout, H, W), contiguous.
+    """
+    b, cin, h, w = x.shape
+    cout = weight.shape[0]
+    pad_in, pad_out = -cin % ROWS_GEMM_CHANNEL_MULTIPLE, -cout % ROWS_GEMM_CHANNEL_MULTIPLE
+    rows = x.permute(0, 2, 3, 1)
+    rows = (F.pad(rows, (0, pad_in)) if pad_in else rows).reshape(b * h * w, cin + pad_in)
+    matrix = weight.reshape(cout, cin)
+    if pad_in or pad_out:
+        matrix = F.pad(matrix, (0, pad_in, 0, pad_out))
+    if bias is not None and pad_out:
+        bias = F.pad(bias, (0, pad_out))
+    y = F.linear(rows, matrix, bias).view(b, h, w, cout + pad_out)
+    return y[..., :cout].permute(0, 3, 1, 2).contiguous()
+
+
+def _on_cuda(x: Tensor) -> bool:
+    return x.is_cuda
+
+
+def gemm_on_rows_pays(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, impl: Optional[str]) -> bool:
+    """Whether the automatic choice (``impl`` and SPARX_LAYER_KERNELS unset) runs the convolution as
+    :func:`conv1x1_on_rows` instead of cuDNN's: CUDA tensors, a map where the Triton kernel does not run
+    (:func:`triton_is_faster`), one group, a 16-bit convolution (ROWS_GEMM_DTYPES) and a gradient to follow.
+
+    Measured on an H100 (batch 128, 7 x 7 maps, float16 autocast, forward + backward ms, cuDNN against the rows
+    GEMM; one-off probe, 2026-12-06): SparX-B 636 -> 2544 0.811 / 0.393, 2544 -> 636 0.759 / 0.445, 636 -> 1272
+    0.404 / 0.263, 1272 -> 636 0.465 / 0.298, 1908 -> 1272 0.805 / 0.489, 396 -> 396 0.205 / 0.163; SparX-T
+    512 -> 2048 0.314 / 0.290, 2048 -> 512 0.313 / 0.290, 1024 -> 512 0.217 / 0.192. The forward pass alone is
+    not always faster (1024 -> 512: 0.061 against 0.075; 2544 -> 636 0.154 against 0.199), so inference keeps
+    cuDNN."""
+    if requested_choice(impl, gpu_backends.LAYER_KERNELS_ENV, 'impl')[0] is not None or not _on_cuda(x):
+        return False
+    return (groups == 1 and conv_dtype(x) in ROWS_GEMM_DTYPES and x.numel() > 0
+            and not triton_is_faster(x.shape[2] * x.shape[3]) and gpu_backends.gradient_needed(x, weight, bias))
+
+
+def _reference(x, weight, bias, skip, skip_scale, skip_shift, groups=1, activation=None, branch_scale=None,
+               on_rows=False):
+    y = conv1x1_on_rows(x, weight, bias) if on_rows else F.conv2d(x, weight, bias, groups=groups)
     if activation is not None:
         return activation_fn(activation)(y)
     y = scale_samples(y, branch_scale)
@@ -232,9 +287,10 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     ``impl`` (else the ``SPARX_LAYER_KERNELS`` variable, else automatic): 'triton' runs the fused Triton kernel
     (CUDA tensors; float32 / float16 / bfloat16 inputs), 'reference' the torch composition. Automatic: Triton for
     CUDA tensors when triton is installed and the map is of a size where the kernel measured faster than cuDNN
-    (:func:`triton_is_faster`), else the reference; float64 inputs take the
-    reference. The Triton path's backward pass runs Triton kernels for the convolution's input, weight and bias
-    gradients (NCHW throughout) and torch ops for the skip path's.
+    (:func:`triton_is_faster`), else the reference, its convolution as one cuBLAS GEMM on the map's rows in 16-bit
+    training steps (:func:`gemm_on_rows_pays`); float64 inputs take the reference. The Triton path's backward
+    pass runs Triton kernels for the convolution's input, weight and bias gradients (NCHW throughout) and torch
+    ops for the skip path's.
 
     ``groups``: as ``F.conv2d``'s, output channel block g taking input channel block g. ``activation`` (None,
     'gelu', 'silu'; not with a skip path): applied to the convolution in the kernel's epilogue when no gradient is
@@ -251,7 +307,8 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     _check_inputs(x, weight, bias, skip, skip_scale, skip_shift, groups, activation, branch_scale)
     dtype, out_dtype = _dtypes(x, skip, skip_scale, skip_shift)
     if _runs_reference(x, impl):
-        return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups, activation, branch_scale)
+        return _reference(x, weight, bias, skip, skip_scale, skip_shift, groups, activation, branch_scale,
+                          gemm_on_rows_pays(x, weight, bias, groups, impl))
     from .triton_pointwise_conv import pointwise_conv2d_triton
     if activation is not None and gpu_backends.gradient_needed(x, weight, bias):
         y = pointwise_conv2d_triton(x, weight, bias, None, None, None, None, dtype, out_dtype, groups)

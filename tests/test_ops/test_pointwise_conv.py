@@ -360,3 +360,57 @@ def test_the_backward_switch_accepts_auto_triton_and_cudnn_only(monkeypatch, val
 def test_backward_policy_follows_the_measurements(positions, groups, expected):
     from sparx_mm.ops.triton_pointwise_conv import triton_backward_is_faster
     assert triton_backward_is_faster(positions, groups) is expected
+
+
+@pytest.mark.parametrize('cin,cout,h,w,with_bias', [(16, 24, 7, 7, True), (13, 21, 7, 5, True), (37, 8, 1, 1, False),
+                                                    (8, 70, 3, 4, False)])
+def test_conv1x1_on_rows_is_the_convolution(cin, cout, h, w, with_bias):
+    """The rows GEMM (channels padded to multiples of 8 where they are not) gives F.conv2d's output and gradients,
+    NCHW-contiguous, in float32, and within bfloat16 rounding in bfloat16."""
+    from sparx_mm.ops.pointwise_conv import conv1x1_on_rows
+    t = _inputs(cin=cin, cout=cout, h=h, w=w, seed=cin)
+    leaves = [t['x'], t['weight'], t['bias'] if with_bias else None]
+    grads = []
+    for fn in (conv1x1_on_rows, F.conv2d):
+        args = [None if a is None else a.clone().requires_grad_() for a in leaves]
+        y = fn(*args)
+        y.backward(torch.arange(y.numel(), dtype=y.dtype).view_as(y).sin())
+        grads.append([y.detach()] + [a.grad for a in args if a is not None])
+    assert grads[0][0].is_contiguous() and grads[0][0].shape == (2, cout, h, w)
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    half = [None if a is None else a.bfloat16() for a in leaves]
+    torch.testing.assert_close(conv1x1_on_rows(*half).float(), F.conv2d(*half).float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize('autocast,grad,size,groups,impl,expected', [
+    (True, True, 7, 1, None, True),                   # 16-bit training step on a small map
+    (True, False, 7, 1, None, False),                 # inference keeps cuDNN
+    (False, True, 7, 1, None, False),                 # float32 keeps cuDNN (TF32 as cudnn.allow_tf32 says)
+    (True, True, 16, 1, None, False),                 # the Triton kernel's maps
+    (True, True, 7, 3, None, False),                  # grouped
+    (True, True, 7, 1, 'reference', False),           # forced reference: F.conv2d
+])
+def test_the_rows_gemm_runs_in_16_bit_training_steps_on_small_maps(autocast, grad, size, groups, impl, expected,
+                                                                  monkeypatch):
+    """gemm_on_rows_pays on a GPU (CUDA stood in for): 16-bit convolutions (here CPU autocast's bfloat16) with a
+    gradient to follow, where the Triton kernel does not run, one group, the automatic choice; and
+    pointwise_conv2d then runs conv1x1_on_rows, its skip path and gradients as the reference's."""
+    from sparx_mm.ops import gpu_backends
+    from sparx_mm.ops import pointwise_conv as pc
+    monkeypatch.delenv(gpu_backends.LAYER_KERNELS_ENV, raising=False)
+    monkeypatch.setattr(gpu_backends, 'triton_usable', lambda x: False)
+    t = _inputs(cin=12, cout=6, h=size, w=size)
+    weight = t['weight'][:, :12 // groups].clone().requires_grad_(grad)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        assert not pc.gemm_on_rows_pays(t['x'], weight, t['bias'], groups, impl)  # a CPU tensor: never
+        monkeypatch.setattr(pc, '_on_cuda', lambda x: True)
+        assert pc.gemm_on_rows_pays(t['x'], weight, t['bias'], groups, impl) is expected
+        calls = []
+        monkeypatch.setattr(pc, 'conv1x1_on_rows', lambda *a: calls.append(a) or F.conv2d(*a))
+        skip = {k: t[k] for k in ('skip', 'skip_scale', 'skip_shift')} if groups == 1 else {}
+        y = pointwise_conv2d(t['x'], weight, t['bias'], **skip, groups=groups, impl=impl)
+        assert torch.equal(y, pointwise_conv2d_reference(t['x'], weight, t['bias'], **skip, groups=groups))
+    assert len(calls) == (1 if expected else 0)
+    monkeypatch.setenv(gpu_backends.LAYER_KERNELS_ENV, 'reference')
+    assert not pc.gemm_on_rows_pays(t['x'], weight, t['bias'], groups, None)

@@ -86,7 +86,7 @@ def test_pointwise_check_parts_go_to_processes_with_the_tiling(tools_path, monke
     (script, argvs, jobs), = calls
     assert script == str(GPU_CHECKS / 'check_pointwise_conv.py') and jobs == 4
     assert [argv[3] for argv in argvs] == list(tool.CHECK_PARTS)
-    assert tool.CHECK_PARTS[-2:] == ('epilogues', 'conv-and-input') and 'autocast bfloat16' in tool.CHECK_PARTS
+    assert tool.CHECK_PARTS[-3:] == ('epilogues', 'conv-and-input', 'rows') and 'autocast bfloat16' in tool.CHECK_PARTS
     assert all(argv[:3] + argv[4:] == ['--only', 'check', '--parts', '--tiling', '64', '128', '32', '4', '3']
                for argv in argvs)
 

@@ -1,6 +1,7 @@
 """GPU check, micro-benchmark and tiling sweep of the fused 1x1 conv + bias + skip path (run on a CUDA GPU).
 
-    python tools/gpu_checks/check_pointwise_conv.py [--only check bench sweep] [--batch 128] [--arch t]
+    python tools/gpu_checks/check_pointwise_conv.py [--only check bench rows-bench sweep wgrad-sweep] [--batch 128]
+        [--arch t]
         [--tiling BLOCK_CO BLOCK_P BLOCK_K WARPS STAGES] [--parts PART ...] [--jobs N]
 
 check: ``pointwise_conv2d(impl='triton')`` against the reference in float64 on the same (rounded) inputs, the
@@ -14,9 +15,11 @@ largest relative errors (max |error| / max |reference|) and PASSED / FAILED (exi
 failure). Then the inference-only parts of the DMCA's path: the kernel's activation epilogue (exact GELU, SiLU;
 no autograd) against the float64 convolution and activation, and ``fold_batch_norm``'s kernel against its
 reference. Last, ``pointwise_conv2d_and_input`` (the gradient of x's second use added in the dx kernel) at
-SparX-T's x_proj shapes, each dtype mode, against the float64 reference with x used twice. ``--parts`` picks
-some of these (CHECK_PARTS: the grid's dtype modes, 'epilogues', 'conv-and-input'); ``--jobs 8`` runs each part in
-a process of its own, 8 at once: compiling the kernels, one process at a time, is most of the check's time (the
+SparX-T's x_proj shapes, each dtype mode, against the float64 reference with x used twice. 'rows': the automatic
+choice in 16-bit training steps on small maps, the convolution as one cuBLAS GEMM on the map's channels-last rows
+(``conv1x1_on_rows``), output and gradients against the float64 reference (``check_rows``). ``--parts`` picks
+some of these (CHECK_PARTS: the grid's dtype modes, 'epilogues', 'conv-and-input', 'rows'); ``--jobs 8`` runs each
+part in a process of its own, 8 at once: compiling the kernels, one process at a time, is most of the check's time (the
 whole check in seven processes at once: 58 s on a fresh H100, 2026-12-06).
 
 bench: median GPU milliseconds (gpu_common.timed) of the Triton op against the torch composition
@@ -28,12 +31,16 @@ cuDNN's default); --arch t / s / b picks the model. in_proj / fc1 run without a 
 one, as the blocks use them; the fusion convs (``groups 3``) without. On maps whose positions are not a multiple of
 8 (14 x 14, 7 x 7) also the Triton forward on the maps padded to one (``padded_forward``: pad, kernel, slice).
 
+rows-bench: cuDNN's convolution against the rows GEMM on 7 x 7 maps (``rows_bench``), forward and forward +
+backward, float16 / bfloat16 autocast: what ``pointwise_conv.gemm_on_rows_pays`` encodes.
+
 sweep: the forward's time for each of a set of tilings at the same sizes, with the skip path where the
 blocks use one; prints the fastest per size (what ``triton_pointwise_conv.tiling`` encodes).
 
 wgrad-sweep: the same for the backward's weight-gradient kernel (and the bias sums), against cuDNN's weight and
 bias gradients (what ``triton_pointwise_conv.wgrad_tiling`` encodes), at the maps where the model runs it.
 """
+import functools
 import itertools
 import os
 import sys
@@ -44,6 +51,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from sparx_mm.ops import (fold_batch_norm, pointwise_conv2d, pointwise_conv2d_and_input,  # noqa: E402
                           pointwise_conv2d_reference)
+from sparx_mm.ops import pointwise_conv as pc  # noqa: E402
 from sparx_mm.ops import triton_pointwise_conv as tpc  # noqa: E402
 from sparx_mm.ops.pointwise_conv import triton_is_faster  # noqa: E402
 from gpu_common import (add_jobs_option, check_and_bench_parser, rel_err, require_cuda,  # noqa: E402
@@ -111,7 +119,7 @@ def _inputs(shape, dtype, device, g):
     return [x, weight, bias, s, scale, shift]
 
 
-def check_case(shape, mode, device):
+def check_case(shape, mode, device, impl='triton'):
     dtype, autocast, tf32 = DTYPE_MODES[mode]
     g = torch.Generator().manual_seed(shape[1] * 7 + shape[3])
     inputs = _inputs(shape, dtype, device, g)
@@ -120,7 +128,7 @@ def check_case(shape, mode, device):
     torch.backends.cudnn.allow_tf32 = tf32
     try:
         with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=autocast is not None):
-            y = pointwise_conv2d(*leaves, impl='triton', **_options(shape, device))
+            y = pointwise_conv2d(*leaves, impl=impl, **_options(shape, device))
             with torch.no_grad():
                 expected_dtype = pointwise_conv2d_reference(*[None if t is None else t.detach() for t in leaves],
                                                             **_options(shape, device)).dtype
@@ -139,6 +147,37 @@ def check_case(shape, mode, device):
         if leaf is not None:
             errors[name] = rel_err(leaf.grad, ref.grad)
     return errors, dtypes_ok
+
+
+#: The rows GEMM's check shapes: CHECK_SHAPES' small ungrouped maps (channels that are multiples of 8 and of none,
+#: a 1 x 1 map, every skip path) and SparX-B's stage-4 convs (636 channels: padded rows), one with a branch scale.
+ROWS_SHAPES = [shape for shape in CHECK_SHAPES if shape[3] * shape[4] < 128 and _groups(shape) == 1] + [
+    (2, 636, 2544, 7, 7, True, None), (2, 2544, 636, 7, 7, True, 'both'), (3, 396, 396, 7, 7, True, 'plain', 1, True)]
+#: The dtype modes in which the automatic choice takes the rows GEMM (16-bit convolutions).
+ROWS_MODES = ('float16', 'bfloat16', 'autocast float16', 'autocast bfloat16')
+
+
+def check_rows(device) -> bool:
+    """The automatic choice in 16-bit training steps on small maps, the convolution as one GEMM on the map's rows
+    (``pointwise_conv.conv1x1_on_rows``), against the float64 reference: the output and every gradient at
+    ROWS_SHAPES in each of ROWS_MODES; fails too if the rows GEMM did not run at every call."""
+    calls = []
+    rows_gemm = pc.conv1x1_on_rows
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return rows_gemm(*args)
+    pc.conv1x1_on_rows = counted
+    try:
+        print('rows GEMM (automatic choice, gradients on):')
+        ok = run_check_grid(functools.partial(check_case, impl=None), {mode: TOL[mode] for mode in ROWS_MODES},
+                            ROWS_SHAPES, device)
+    finally:
+        pc.conv1x1_on_rows = rows_gemm
+    if len(calls) != len(ROWS_SHAPES) * len(ROWS_MODES):
+        print(f'FAIL rows GEMM: ran at {len(calls)} of {len(ROWS_SHAPES) * len(ROWS_MODES)} calls')
+        ok = False
+    return ok
 
 
 def check_inference_epilogues(device) -> bool:
@@ -247,6 +286,35 @@ def bench(device, batch, arch):
             print(f'{c_in:>5} {c_out:>5} {groups:>6} {size:>2}x{size:<2} {"yes" if skip else "no":>4} {mode:>5} '
                   f'{row[0]:>10.3f} {row[1]:>9.3f} {row[1] / row[0]:>6.2f}x {padded:>10} {row[2]:>10.3f} '
                   f'{row[3]:>9.3f} {row[4]:>9.3f} {row[4] / row[2]:>6.2f}x', flush=True)
+
+
+def rows_bench(device, batch, arch):
+    """cuDNN's convolution (with the skip add) against the rows GEMM (``conv1x1_on_rows``, then the add) at the
+    model's 1x1 convs on 7 x 7 maps (no groups) and a stage-3 / stage-4-width square conv at 7 x 7 (the DMCA's
+    spatially reduced maps), float16 / bfloat16 autocast: forward and forward + backward ms."""
+    print(f'# {torch.cuda.get_device_name()}, batch {batch}; ms (GPU time of eager steps), cuDNN / rows GEMM')
+    print(f'{"Cin":>5} {"Cout":>5} {"skip":>4} {"dtype":>8} {"cudnn fwd":>9} {"rows fwd":>8} {"cudnn f+b":>9} '
+          f'{"rows f+b":>8} {"speedup":>7}')
+    sizes = [(c_in, c_out, skip) for c_in, c_out, size, skip, groups in bench_sizes(arch)
+             if size == 7 and groups == 1] + [(c, c, False) for c in ARCH_DIMS[arch][2:]]
+    for c_in, c_out, skip in sizes:
+        for dtype in (torch.float16, torch.bfloat16):
+            x, conv, s = _bench_tensors(batch, c_in, c_out, 7, skip, 1, dtype, device)
+            x.requires_grad_()
+            dy = torch.randn(batch, c_out, 7, 7, device=device, dtype=dtype)
+            row = []
+            for grad in (False, True):
+                for on_rows in (False, True):
+                    def step():
+                        with torch.autocast('cuda', dtype=dtype), torch.set_grad_enabled(grad):
+                            y = (pc.conv1x1_on_rows(x, conv.weight, conv.bias) if on_rows
+                                 else F.conv2d(x, conv.weight, conv.bias))
+                            y = y if s is None else s + y
+                        if grad:
+                            y.backward(dy)
+                    row.append(timed(step)[0])
+            print(f'{c_in:>5} {c_out:>5} {"yes" if skip else "no":>4} {str(dtype)[6:]:>8} {row[0]:>9.3f} '
+                  f'{row[1]:>8.3f} {row[2]:>9.3f} {row[3]:>8.3f} {row[2] / row[3]:>6.2f}x', flush=True)
 
 
 def sweep(device, batch, arch):
@@ -358,7 +426,7 @@ def check_conv_and_input(device) -> bool:
 
 #: --parts of the check: the grid's dtype modes, then the inference epilogues (and the BatchNorm fold), then
 #: pointwise_conv2d_and_input.
-CHECK_PARTS = tuple(TOL) + ('epilogues', 'conv-and-input')
+CHECK_PARTS = tuple(TOL) + ('epilogues', 'conv-and-input', 'rows')
 
 
 def run_checks(device, parts) -> bool:
@@ -376,11 +444,13 @@ def run_checks(device, parts) -> bool:
         ok = check_inference_epilogues(device) and ok
     if 'conv-and-input' in parts:
         ok = check_conv_and_input(device) and ok
+    if 'rows' in parts:
+        ok = check_rows(device) and ok
     return ok
 
 
 def main(argv=None):
-    parser = check_and_bench_parser(__doc__, extra_parts=('sweep', 'wgrad-sweep'))
+    parser = check_and_bench_parser(__doc__, extra_parts=('rows-bench', 'sweep', 'wgrad-sweep'))
     parser.add_argument('--tiling', type=int, nargs=5, default=None,
                         metavar=('BLOCK_CO', 'BLOCK_P', 'BLOCK_K', 'WARPS', 'STAGES'),
                         help='one tiling for every size instead of triton_pointwise_conv.tiling')
@@ -405,6 +475,8 @@ def main(argv=None):
         print('PASSED' if ok else 'FAILED', flush=True)
     if 'bench' in args.only:
         bench(device, args.batch, args.arch)
+    if 'rows-bench' in args.only:
+        rows_bench(device, args.batch, args.arch)
     if 'sweep' in args.only:
         sweep(device, args.batch, args.arch)
     if 'wgrad-sweep' in args.only:
