@@ -205,12 +205,14 @@ def gemm_on_rows_pays(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups:
     :func:`conv1x1_on_rows` instead of cuDNN's: CUDA tensors, a map where the Triton kernel does not run
     (:func:`triton_is_faster`), one group, a 16-bit convolution (ROWS_GEMM_DTYPES) and a gradient to follow.
 
-    Measured on an H100 (batch 128, 7 x 7 maps, float16 autocast, forward + backward ms, cuDNN against the rows
-    GEMM; one-off probe, 2026-12-06): SparX-B 636 -> 2544 0.811 / 0.393, 2544 -> 636 0.759 / 0.445, 636 -> 1272
-    0.404 / 0.263, 1272 -> 636 0.465 / 0.298, 1908 -> 1272 0.805 / 0.489, 396 -> 396 0.205 / 0.163; SparX-T
-    512 -> 2048 0.314 / 0.290, 2048 -> 512 0.313 / 0.290, 1024 -> 512 0.217 / 0.192. The forward pass alone is
-    not always faster (1024 -> 512: 0.061 against 0.075; 2544 -> 636 0.154 against 0.199), so inference keeps
-    cuDNN."""
+    Measured on an H100 (batch 128, 7 x 7 maps, float16 autocast, forward + backward ms, cuDNN (with the skip
+    add) against the rows GEMM; ``tools/gpu_checks/check_pointwise_conv.py --only rows-bench --arch b``,
+    2026-12-06): SparX-B 636 -> 2544 0.809 / 0.393, 2544 -> 636 + skip 0.771 / 0.412, 636 -> 1272 0.413 / 0.261,
+    1272 -> 636 + skip 0.475 / 0.282, 396 -> 396 0.214 / 0.170 (bfloat16 within 6 %); SparX-T (a one-off probe
+    of the same steps) 512 -> 2048 0.314 / 0.290, 2048 -> 512 0.313 / 0.290, 1024 -> 512 0.217 / 0.192. SparX-B
+    fp16 training 235.0 -> 228.6 ms a step with this and the scan's 7 x 7 tiling (``benchmark.py``). The forward
+    pass alone is not always faster (2544 -> 636 + skip: 0.166 against 0.185; T's 1024 -> 512 0.061 against
+    0.075), so inference keeps cuDNN."""
     if requested_choice(impl, gpu_backends.LAYER_KERNELS_ENV, 'impl')[0] is not None or not _on_cuda(x):
         return False
     return (groups == 1 and conv_dtype(x) in ROWS_GEMM_DTYPES and x.numel() > 0

@@ -59,7 +59,8 @@ from .triton_transpose import plane_transpose
 
 #: Tilings (BLOCK_L positions a chunk, BLOCK_D channels a program, warps), measured on an H100 (fp16, batch 128,
 #: SparX-T stage sizes; tools/gpu_checks/bench_cross_scan.py). Training: the backward kernel restarts from the
-#: forward pass's per-chunk states, so both kernels use TRAIN_BLOCK_L. The backward kernel keeps ~30 registers
+#: forward pass's per-chunk states, so both kernels use the chunk :func:`training_tiling` picks (TRAIN_BLOCK_L,
+#: or one TRAIN_ONE_CHUNK_L chunk for some 7 x 7 maps). The backward kernel keeps ~30 registers
 #: per element a thread holds (ptxas -v, sm_90): 16 x 64 with 4 warps spilled; 8 channels x 32 positions with
 #: 2 warps (4 elements a thread, 139 registers) was the fastest of 8 tilings tried (SparX-T weighted by layers:
 #: 37.8 ms a training step's backward scans against 44.9 for 8 x 64 with 4 warps). Inference: see

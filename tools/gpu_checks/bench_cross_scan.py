@@ -1,8 +1,7 @@
 """Time SS2D's scan core on the GPU: the fused Triton kernel against the unfused composition.
 
     python tools/gpu_checks/bench_cross_scan.py [--arch t] [--batch 128] [--stages N ...] [--sweep-inference]
-        [--sweep-training]
-        [--fused-only] [--sweep-dt-grads]
+        [--sweep-training] [--fused-only] [--sweep-dt-grads]
         [--infer-tiling BLOCK_L BLOCK_D WARPS DT_DOT] [--train-tiling BLOCK_L BLOCK_D WARPS] [--train-fma]
         [--bwd-tiling BLOCK_D WARPS] [--bwd-dot-tiling BLOCK_D WARPS] [--bwd-fma] [--dt-dot-min-rank R]
 

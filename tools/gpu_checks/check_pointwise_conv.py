@@ -19,8 +19,8 @@ SparX-T's x_proj shapes, each dtype mode, against the float64 reference with x u
 choice in 16-bit training steps on small maps, the convolution as one cuBLAS GEMM on the map's channels-last rows
 (``conv1x1_on_rows``), output and gradients against the float64 reference (``check_rows``). ``--parts`` picks
 some of these (CHECK_PARTS: the grid's dtype modes, 'epilogues', 'conv-and-input', 'rows'); ``--jobs 8`` runs each
-part in a process of its own, 8 at once: compiling the kernels, one process at a time, is most of the check's time (the
-whole check in seven processes at once: 58 s on a fresh H100, 2026-12-06).
+part in a process of its own, 8 at once: compiling the kernels, one process at a time, is most of the check's time
+(the whole check in seven processes at once: 58 s on a fresh H100, 2026-12-06).
 
 bench: median GPU milliseconds (gpu_common.timed) of the Triton op against the torch composition
 (``nn.Conv2d`` + the skip add) at SparX-T's sixteen 1x1 convolutions and its DMCAs' grouped fusion convs at
@@ -425,7 +425,7 @@ def check_conv_and_input(device) -> bool:
 
 
 #: --parts of the check: the grid's dtype modes, then the inference epilogues (and the BatchNorm fold), then
-#: pointwise_conv2d_and_input.
+#: pointwise_conv2d_and_input, then the rows GEMM of 16-bit training steps on small maps.
 CHECK_PARTS = tuple(TOL) + ('epilogues', 'conv-and-input', 'rows')
 
 
