@@ -213,10 +213,10 @@ def gemm_on_rows_pays(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups:
     fp16 training 235.0 -> 228.6 ms a step with this and the scan's 7 x 7 tiling (``benchmark.py``). The forward
     pass alone is not always faster (2544 -> 636 + skip: 0.166 against 0.185; T's 1024 -> 512 0.061 against
     0.075), so inference keeps cuDNN."""
-    if requested_choice(impl, gpu_backends.LAYER_KERNELS_ENV, 'impl')[0] is not None or not _on_cuda(x):
-        return False
-    return (groups == 1 and conv_dtype(x) in ROWS_GEMM_DTYPES and x.numel() > 0
-            and not triton_is_faster(x.shape[2] * x.shape[3]) and gpu_backends.gradient_needed(x, weight, bias))
+    # The environment is read last: only 16-bit training steps on small maps get that far.
+    return (_on_cuda(x) and groups == 1 and x.numel() > 0 and not triton_is_faster(x.shape[2] * x.shape[3])
+            and conv_dtype(x) in ROWS_GEMM_DTYPES and gpu_backends.gradient_needed(x, weight, bias)
+            and requested_choice(impl, gpu_backends.LAYER_KERNELS_ENV, 'impl')[0] is None)
 
 
 def _reference(x, weight, bias, skip, skip_scale, skip_shift, groups=1, activation=None, branch_scale=None,

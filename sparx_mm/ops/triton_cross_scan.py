@@ -21,9 +21,9 @@ Nothing is accumulated across programs (no atomics, deterministic): each writes 
 channels, its channel block's sums of the B and C gradients and its sample's sums of dA, dD and d dt_bias.
 The dt projection's two gradients, products over the raw-dt gradient ddt (B, K, D, L), come from one more kernel
 that reads ddt once (:func:`_dt_projection_grads_kernel`): dproj_dt = dt_weight_k^T @ ddt and the weight's
-partial products ddt @ proj_dt^T (one or two samples' sum, a position block's), on tensor cores. Two torch GEMMs read it twice before
-(a batched one with the rank, 6 to 40, as its narrow output side), and ddt is the largest tensor of the scan's
-backward pass (SparX-T's stage 1: 616 MB a block at batch 128, float16).
+partial products ddt @ proj_dt^T (one or two samples' sum, a position block's), on tensor cores. Two torch GEMMs
+read it twice before (a batched one with the rank, 6 to 40, as its narrow output side), and ddt is the largest
+tensor of the scan's backward pass (SparX-T's stage 1: 616 MB a block at batch 128, float16).
 
 Both kernels prefetch: each iteration of a route's chunk loop issues the loads of the chunk after it (the
 sequence, B and C, the dt projection tile where dt is a tensor-core product, dy, the saved state, the pair's
@@ -123,7 +123,8 @@ def training_tiling(rank: int, dtype: torch.dtype, length: int) -> Tuple[int, in
     low, high = TRAIN_FWD_MID_LENGTHS
     block_d, warps = TRAIN_FWD_MID_TILING if low <= length <= high else TRAIN_FWD_TILING
     dt_dot = TRAIN_DT_DOT and _dt_dot_pays(rank, dtype) and _dt_dot_fits(block_d, TRAIN_BLOCK_L, dtype)
-    one_chunk = dt_dot and length <= TRAIN_ONE_CHUNK_L and max(16, next_power_of_2(rank)) >= BWD_DOT_WIDE_R_PAD
+    one_chunk = (length <= TRAIN_ONE_CHUNK_L
+                 and _padded_rank(rank, block_d, TRAIN_BLOCK_L, dtype, dt_dot) >= BWD_DOT_WIDE_R_PAD)
     return TRAIN_ONE_CHUNK_L if one_chunk else TRAIN_BLOCK_L, block_d, warps, dt_dot
 
 
